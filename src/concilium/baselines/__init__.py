@@ -1,0 +1,1 @@
+"""concilium.baselines (filled in by its issue)."""

@@ -1,0 +1,3 @@
+"""`concilium ensemble` (see its issue)."""
+
+from concilium.cli.app import app  # noqa: F401

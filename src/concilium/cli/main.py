@@ -1,0 +1,51 @@
+"""Console entry point: ``concilium``. Each command lives in its own module of this package."""
+
+from __future__ import annotations
+
+import sys
+
+from concilium.cli import (  # noqa: F401  (importing registers the commands)
+    audit,
+    demo,
+    ensemble,
+    evaluate,
+    explain,
+    ganmex,
+    report,
+    run,
+    synth,
+    train,
+)
+from concilium.cli.app import app
+
+
+@app.callback()
+def _root() -> None:
+    """Trustworthy saliency explanations: compute, ensemble and measure them."""
+
+
+def main() -> None:
+    """Run the CLI; a ``ValueError``/``TypeError``/``FileNotFoundError`` from our own checks is
+    printed as one clear line, not a stack trace."""
+    try:
+        app(standalone_mode=False)
+    except (ValueError, TypeError, FileNotFoundError) as err:
+        from rich.console import Console
+
+        Console(stderr=True).print(f"[bold red]error:[/] {err}")
+        sys.exit(2)
+    except SystemExit as err:
+        sys.exit(err.code)
+    except Exception as err:  # typer/click usage errors
+        import click
+
+        if isinstance(err, click.exceptions.ClickException):
+            err.show()
+            sys.exit(err.exit_code)
+        if isinstance(err, click.exceptions.Abort):
+            sys.exit(1)
+        raise
+
+
+if __name__ == "__main__":
+    main()

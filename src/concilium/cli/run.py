@@ -1,0 +1,3 @@
+"""`concilium run` (see its issue)."""
+
+from concilium.cli.app import app  # noqa: F401

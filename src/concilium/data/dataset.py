@@ -1,0 +1,135 @@
+"""The in-memory dataset every stage of concilium consumes.
+
+Benchmark data (:mod:`concilium.data.synthetic`) and folder datasets
+(:mod:`concilium.data.folder`) both produce an :class:`ImageDataset`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class ImageDataset:
+    """Images with labels and ground-truth regions.
+
+    Attributes:
+        images: ``(N, 3, H, W)`` float32 in [0, 1].
+        labels: ``(N,)`` int64 class indices.
+        masks: ``(N, H, W)`` bool, the region a good explanation should point at (the object).
+        ids: ``N`` unique sample ids (strings, used as keys in the explanation store).
+        splits: ``N`` split names, each one of ``"train"``, ``"val"``, ``"test"``.
+        class_names: the ``C`` class names; ``labels`` index into it.
+        parts: named extra mask sets, each ``(N, H, W)`` bool: ``"evidence"``, one per part
+            (``"beak"``, ``"wings"``, ...), ``"watermark"``.
+        attributes: ``(N, A)`` float32 multi-hot attribute vectors, or ``None``.
+        attribute_names: the ``A`` attribute names.
+        class_part_values: per class, the defining ``{part: attribute value}``; lets
+            :meth:`difference_masks` build one-vs-one ground truth. ``None`` for folder data.
+        card: free-form description of where the data came from (generator parameters, folder).
+    """
+
+    images: Tensor
+    labels: Tensor
+    masks: Tensor
+    ids: list[str]
+    splits: list[str]
+    class_names: list[str]
+    parts: dict[str, Tensor] = field(default_factory=dict)
+    attributes: Tensor | None = None
+    attribute_names: list[str] = field(default_factory=list)
+    class_part_values: list[dict[str, str]] | None = None
+    card: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        n = self.images.shape[0]
+        if self.images.ndim != 4 or self.images.shape[1] != 3:
+            raise ValueError(f"images must be (N, 3, H, W); got {tuple(self.images.shape)}")
+        h, w = self.images.shape[-2:]
+        if self.masks.shape != (n, h, w):
+            raise ValueError(f"masks must be {(n, h, w)} like the images; got {tuple(self.masks.shape)}")
+        for name, m in self.parts.items():
+            if m.shape != (n, h, w):
+                raise ValueError(f"part masks {name!r} must be {(n, h, w)}; got {tuple(m.shape)}")
+        if len(self.ids) != n or len(set(self.ids)) != n:
+            raise ValueError("ids must be N unique strings")
+        if len(self.splits) != n or not set(self.splits) <= set(SPLITS):
+            raise ValueError(f"splits must be N names from {SPLITS}")
+        if self.labels.shape != (n,):
+            raise ValueError(f"labels must be ({n},); got {tuple(self.labels.shape)}")
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return (self.images.shape[-2], self.images.shape[-1])
+
+    def mask_set(self, name: str = "masks") -> Tensor:
+        """The ground-truth masks called ``name``: ``"masks"`` (object) or a key of ``parts``."""
+        if name in ("masks", "object", "default"):
+            return self.masks
+        if name not in self.parts:
+            raise ValueError(f"unknown mask set {name!r}; valid: masks, {', '.join(sorted(self.parts))}")
+        return self.parts[name]
+
+    def subset(self, index: Tensor | list[int] | str) -> ImageDataset:
+        """A new dataset of the given rows, or of one split by name."""
+        if isinstance(index, str):
+            if index not in SPLITS:
+                raise ValueError(f"unknown split {index!r}; valid: {', '.join(SPLITS)}")
+            index = [i for i, s in enumerate(self.splits) if s == index]
+        idx = torch.as_tensor(index, dtype=torch.long)
+        rows = idx.tolist()
+        return ImageDataset(
+            images=self.images[idx],
+            labels=self.labels[idx],
+            masks=self.masks[idx],
+            ids=[self.ids[i] for i in rows],
+            splits=[self.splits[i] for i in rows],
+            class_names=list(self.class_names),
+            parts={k: v[idx] for k, v in self.parts.items()},
+            attributes=None if self.attributes is None else self.attributes[idx],
+            attribute_names=list(self.attribute_names),
+            class_part_values=self.class_part_values,
+            card=dict(self.card),
+        )
+
+    def difference_masks(self, targets: Tensor) -> Tensor:
+        """One-vs-one ground truth: for sample i of class c and target class t = ``targets[i]``,
+        the union of the part masks whose defining attribute values differ between c and t.
+
+        A class against itself gives an empty mask.
+
+        Raises:
+            ValueError: if the dataset has no ``class_part_values`` (folder datasets).
+        """
+        if self.class_part_values is None:
+            raise ValueError("this dataset has no per-class part definitions; difference masks "
+                             "need the synthetic benchmark or class_part_values")
+        out = torch.zeros_like(self.masks)
+        for i, (c, t) in enumerate(zip(self.labels.tolist(), targets.tolist(), strict=True)):
+            a, b = self.class_part_values[c], self.class_part_values[t]
+            for part in set(a) | set(b):
+                if a.get(part) != b.get(part):
+                    out[i] |= self.parts[part][i]
+        return out
+
+    def fingerprint(self) -> str:
+        """A short content hash of images, labels and ids (identifies the data in stores)."""
+        h = hashlib.sha256()
+        h.update(np.ascontiguousarray(self.images.numpy()).tobytes())
+        h.update(self.labels.numpy().tobytes())
+        h.update("\n".join(self.ids).encode())
+        return h.hexdigest()[:16]

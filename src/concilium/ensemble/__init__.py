@@ -1,0 +1,1 @@
+"""concilium.ensemble (filled in by its issue)."""

@@ -1,0 +1,1 @@
+"""concilium.explain (filled in by its issue)."""

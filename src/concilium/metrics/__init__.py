@@ -1,0 +1,1 @@
+"""concilium.metrics (filled in by its issue)."""

@@ -1,0 +1,1 @@
+"""concilium.pipeline (filled in by its issue)."""

@@ -1,0 +1,1 @@
+"""concilium.report (filled in by its issue)."""

@@ -1,0 +1,1 @@
+"""concilium.store (filled in by its issue)."""
