@@ -1,0 +1,226 @@
+"""One stored explanation: the maps of one source and one method configuration for every sample.
+
+An :class:`Entry` is a zarr group holding
+
+- ``maps``: ``(N, H, W)`` float32 or float16, chunked along samples (``chunk_size`` rows a chunk);
+- ``done``: ``(n_chunks,)`` bool, one file per chunk, set only *after* the chunk's maps are on
+  disk. Both are written through zarr's atomic file replacement, so a process killed at any point
+  leaves every chunk either finished and marked, or unmarked (and rewritten on resume);
+- attributes: ``source``, ``method``, ``params``, ``params_hash``, ``sample_ids``, ``shape``,
+  ``dtype``, ``chunk_size``, ``created`` and the caller's ``meta`` (dataset fingerprint, model card,
+  seed, library versions, ...).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import zarr
+from torch import Tensor
+
+from concilium._checks import check_maps
+
+FLOAT16_MAX = float(np.finfo(np.float16).max)
+
+RowIndex = int | slice | Sequence[int] | Tensor | np.ndarray | None
+
+
+class Entry:
+    """A handle on one stored ``(source, method, params_hash)`` entry.
+
+    Get one from :meth:`concilium.store.ExplanationStore.entry` (get or create) or
+    :meth:`~concilium.store.ExplanationStore.get` (existing only); do not build it directly.
+
+    Attributes:
+        source: member id (``"m0"``) or ensemble name (``"ens-avg"``).
+        method: explanation method name.
+        params: the resolved parameters that were hashed.
+        params_hash: 16 hex digits identifying ``params``.
+        sample_ids: the ``N`` sample ids, in row order.
+        shape: ``(N, H, W)``.
+        dtype: ``"float32"`` or ``"float16"`` (storage type; :meth:`read` always gives float32).
+        chunk_size: rows per chunk.
+        meta: the caller's metadata (dataset fingerprint, model card, seed, versions, ...).
+    """
+
+    def __init__(self, group: zarr.Group) -> None:
+        attrs = dict(group.attrs)
+        self._group = group
+        self._maps = group["maps"]
+        self._done = group["done"]
+        self.source: str = attrs["source"]
+        self.method: str = attrs["method"]
+        self.params: dict[str, Any] = attrs["params"]
+        self.params_hash: str = attrs["params_hash"]
+        self.sample_ids: list[str] = list(attrs["sample_ids"])
+        self.shape: tuple[int, int, int] = tuple(attrs["shape"])  # type: ignore[assignment]
+        self.dtype: str = attrs["dtype"]
+        self.chunk_size: int = int(attrs["chunk_size"])
+        self.created: str = attrs["created"]
+        self.meta: dict[str, Any] = attrs.get("meta", {})
+
+    # -- layout -------------------------------------------------------------------------------
+
+    @property
+    def n(self) -> int:
+        """Number of samples (rows)."""
+        return self.shape[0]
+
+    @property
+    def n_chunks(self) -> int:
+        """Number of chunks along the samples."""
+        return -(-self.n // self.chunk_size)
+
+    def chunk_rows(self, chunk: int) -> tuple[int, int]:
+        """Rows ``(start, stop)`` of chunk number ``chunk``."""
+        if not 0 <= chunk < self.n_chunks:
+            raise ValueError(f"chunk must lie in [0, {self.n_chunks}); got {chunk}")
+        start = chunk * self.chunk_size
+        return start, min(start + self.chunk_size, self.n)
+
+    def done_chunks(self) -> np.ndarray:
+        """``(n_chunks,)`` bool: which chunks are finished."""
+        return np.asarray(self._done[:], dtype=bool)
+
+    def missing_chunks(self) -> list[tuple[int, int]]:
+        """Rows ``(start, stop)`` of every unfinished chunk, in order (empty when complete)."""
+        return [self.chunk_rows(c) for c in np.flatnonzero(~self.done_chunks()).tolist()]
+
+    @property
+    def complete(self) -> bool:
+        """Whether every chunk is finished."""
+        return bool(self.done_chunks().all())
+
+    # -- writing ------------------------------------------------------------------------------
+
+    def write(self, start: int, maps: Tensor) -> None:
+        """Write whole chunks of maps from row ``start`` on, then mark them finished.
+
+        Args:
+            start: first row; must be the start of a chunk (a multiple of ``chunk_size``).
+            maps: ``(k, H, W)`` finite floating maps covering whole chunks: ``k`` is a multiple
+                of ``chunk_size``, or ``start + k == N`` (the last, possibly short, chunk).
+
+        Raises:
+            ValueError: on misaligned rows, a wrong shape, NaN/inf values, or (float16 entries)
+                values beyond float16's range (store as float32 instead).
+            TypeError: if ``maps`` is not a floating tensor.
+        """
+        maps = check_maps(maps)
+        k = maps.shape[0]
+        if not isinstance(start, int) or isinstance(start, bool):
+            raise TypeError(f"start must be an int row index; got {type(start).__name__}")
+        if start < 0 or start % self.chunk_size or start >= self.n:
+            raise ValueError(
+                f"start must be a chunk start (a multiple of {self.chunk_size} below {self.n}); "
+                f"got {start}; use the rows from entry.missing_chunks()"
+            )
+        stop = start + k
+        if tuple(maps.shape[1:]) != self.shape[1:]:
+            raise ValueError(
+                f"maps must be (k, H, W) = (k, {self.shape[1]}, {self.shape[2]}) like the entry; "
+                f"got {tuple(maps.shape)}"
+            )
+        if k == 0 or stop > self.n or (k % self.chunk_size and stop != self.n):
+            raise ValueError(
+                f"maps must cover whole chunks of {self.chunk_size} rows from row {start} "
+                f"(or end at row {self.n}); got {k} rows"
+            )
+        array = maps.detach().to("cpu", torch.float32).numpy()
+        if self.dtype == "float16":
+            peak = float(np.abs(array).max())
+            if peak > FLOAT16_MAX:
+                raise ValueError(
+                    f"maps reach {peak:.4g}, beyond float16's range ({FLOAT16_MAX:.0f}) in entry "
+                    f"{self.source}/{self.method}/{self.params_hash}; store this entry as float32"
+                )
+            array = array.astype(np.float16)
+        self._maps[start:stop] = array
+        first = start // self.chunk_size
+        last = -(-stop // self.chunk_size)
+        for chunk in range(first, last):  # one marker file per chunk, each after the data
+            self._done[chunk] = True
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def _rows(self, index: RowIndex) -> np.ndarray | slice:
+        if index is None:
+            return slice(0, self.n)
+        if isinstance(index, bool):
+            raise TypeError("index must be an int, slice, sequence of ints or bool mask; got bool")
+        if isinstance(index, int):
+            if not -self.n <= index < self.n:
+                raise ValueError(f"row {index} is out of range for an entry of {self.n} rows")
+            return np.array([index % self.n])
+        if isinstance(index, slice):
+            return slice(*index.indices(self.n))
+        rows = index.cpu().numpy() if isinstance(index, Tensor) else np.asarray(index)
+        if rows.dtype == bool:
+            if rows.shape != (self.n,):
+                raise ValueError(f"a bool row mask must have shape ({self.n},); got {rows.shape}")
+            return np.flatnonzero(rows)
+        if rows.ndim != 1 or (rows.size and not np.issubdtype(rows.dtype, np.integer)):
+            raise TypeError(
+                f"index must be an int, slice, 1-D sequence of ints or bool mask; got {rows.dtype} "
+                f"of shape {rows.shape}"
+            )
+        rows = rows.astype(np.int64)
+        if rows.size and (rows.min() < -self.n or rows.max() >= self.n):
+            raise ValueError(f"rows must lie in [-{self.n}, {self.n}); got [{rows.min()}, {rows.max()}]")
+        return rows % self.n
+
+    def read(self, index: RowIndex = None) -> Tensor:
+        """Read maps lazily: only the chunks holding the requested rows are loaded.
+
+        Args:
+            index: ``None`` (all rows), an int (one row, still ``(1, H, W)``), a slice, a 1-D
+                sequence/array/tensor of row numbers (any order, repeats allowed) or a
+                ``(N,)`` bool mask.
+
+        Returns:
+            ``(k, H, W)`` float32 on the CPU (float16 entries are widened).
+
+        Raises:
+            ValueError: if a requested row lies in an unfinished chunk (finish the entry first,
+                e.g. re-run ``concilium explain``), or is out of range.
+        """
+        rows = self._rows(index)
+        if isinstance(rows, slice):
+            chunks = np.arange(rows.start, rows.stop, rows.step) // self.chunk_size
+        else:
+            chunks = rows // self.chunk_size
+        if chunks.size:
+            done = self.done_chunks()
+            missing = np.unique(chunks[~done[chunks]])
+            if missing.size:
+                raise ValueError(
+                    f"entry {self.source}/{self.method}/{self.params_hash} has unfinished chunks "
+                    f"{missing.tolist()[:10]} covering requested rows; finish it first (re-run "
+                    "`concilium explain` on this run) or read only finished rows"
+                )
+        data = self._maps[rows] if isinstance(rows, slice) else self._maps.oindex[rows]
+        return torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))
+
+    def rows_of(self, sample_ids: Sequence[str]) -> list[int]:
+        """Row numbers of the given sample ids.
+
+        Raises:
+            ValueError: naming the first id that is not in this entry.
+        """
+        position = {sid: i for i, sid in enumerate(self.sample_ids)}
+        out = []
+        for sid in sample_ids:
+            if sid not in position:
+                raise ValueError(f"sample id {sid!r} is not in entry {self.source}/{self.method}")
+            out.append(position[sid])
+        return out
+
+    def __repr__(self) -> str:
+        done = int(self.done_chunks().sum())
+        return (
+            f"Entry(source={self.source!r}, method={self.method!r}, params_hash={self.params_hash!r}, "
+            f"shape={self.shape}, dtype={self.dtype!r}, chunks_done={done}/{self.n_chunks})"
+        )
