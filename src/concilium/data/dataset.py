@@ -16,6 +16,56 @@ from torch import Tensor
 SPLITS = ("train", "val", "test")
 
 
+def stratified_splits(
+    labels: Tensor | np.ndarray | list[int],
+    *,
+    fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
+    seed: int = 0,
+) -> list[str]:
+    """A deterministic, seeded, class-stratified train/val/test assignment.
+
+    Every class is spread over the splits in proportion to ``fractions`` (to within one sample)
+    and the global split sizes are exact: ``round(N * fractions[0])`` train samples, then
+    ``round(N * (fractions[0] + fractions[1]))`` train plus val samples, the rest test.
+
+    Args:
+        labels: ``N`` class indices.
+        fractions: train, val and test fractions; non-negative, summing to 1.
+        seed: seed of the random order; the same labels and seed give the same splits.
+
+    Returns:
+        ``N`` split names from :data:`SPLITS`.
+
+    Raises:
+        ValueError: if the fractions are negative or do not sum to 1.
+
+    Example:
+        >>> stratified_splits([0, 0, 1, 1], fractions=(0.5, 0.0, 0.5), seed=0).count("train")
+        2
+    """
+    fr = tuple(float(f) for f in fractions)
+    if len(fr) != 3 or min(fr) < 0 or abs(sum(fr) - 1.0) > 1e-6:
+        raise ValueError(
+            f"split fractions must be three non-negative numbers (train, val, test) summing to 1; "
+            f"got {fractions}"
+        )
+    y = np.asarray(labels.numpy() if isinstance(labels, Tensor) else labels, dtype=np.int64)
+    n = y.shape[0]
+    rng = np.random.default_rng([int(seed), 0x5E1])
+    key = np.empty(n, dtype=np.float64)
+    for c in np.unique(y):
+        idx = np.flatnonzero(y == c)
+        rank = rng.permutation(idx.shape[0])
+        key[idx] = (rank + rng.random()) / idx.shape[0]
+    order = np.lexsort((rng.random(n), key))
+    n_train = round(n * fr[0])
+    n_train_val = max(n_train, round(n * (fr[0] + fr[1])))
+    out = [""] * n
+    for pos, i in enumerate(order.tolist()):
+        out[i] = "train" if pos < n_train else "val" if pos < n_train_val else "test"
+    return out
+
+
 @dataclass
 class ImageDataset:
     """Images with labels and ground-truth regions.
