@@ -1,0 +1,160 @@
+"""Committee consensus of explanations (Li, Xiong et al., ECML 2022).
+
+A committee of ``M`` models (any architectures) explains the same images. Optionally only the
+images every member classifies correctly are kept (:func:`correct_by_all`). Each map is normalised
+per image and the committee votes (:func:`consensus`: mean of the normalised maps, or rank voting).
+A member's **consensus score** is the mean over images of the similarity between its map and the
+consensus (:func:`consensus_scores`); the paper finds it correlates positively with the member's
+accuracy and with its own localisation score (:func:`consensus_correlations`).
+
+The paper's exact normalisation and similarity are not public, so both are options and recorded
+in the tables this module produces.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy import stats
+from torch import Tensor, nn
+
+from concilium.ensemble.normalise import NormalisationName, normalise
+from concilium.ensemble.reduce import reduce, stack_maps
+from concilium.ensemble.similarity import SimilarityName, similarity
+
+Vote = Literal["mean", "rank"]
+
+
+@torch.no_grad()
+def correct_by_all(
+    models: Sequence[nn.Module], images: Tensor, labels: Tensor, *, batch_size: int = 256
+) -> Tensor:
+    """Which images every model classifies correctly: bool ``(N,)``.
+
+    Args:
+        models: the committee (evaluated in eval mode, on the images' device).
+        images: ``(N, C, H, W)``.
+        labels: ``(N,)`` class indices.
+        batch_size: images per forward pass.
+    """
+    if len(models) == 0:
+        raise ValueError("give at least one model")
+    if labels.shape != (images.shape[0],):
+        raise ValueError(f"labels must be ({images.shape[0]},) like the images; got {tuple(labels.shape)}")
+    keep = torch.ones(images.shape[0], dtype=torch.bool)
+    for model in models:
+        was_training = model.training
+        model.eval()
+        try:
+            for s in range(0, images.shape[0], batch_size):
+                pred = model(images[s : s + batch_size]).argmax(-1).cpu()
+                keep[s : s + batch_size] &= pred == labels[s : s + batch_size].cpu()
+        finally:
+            model.train(was_training)
+    return keep
+
+
+def consensus(
+    member_maps: Tensor | Sequence[Tensor] | Mapping[str, Tensor],
+    *,
+    normalisation: NormalisationName | str = "max_abs",
+    vote: Vote = "mean",
+    absolute: bool = True,
+) -> Tensor:
+    """The committee's consensus map ``(N, H, W)``.
+
+    Args:
+        member_maps: ``M`` members' maps of the same images (``(M, N, H, W)``, a sequence or a
+            mapping of ``(N, H, W)``).
+        normalisation: per-image normalisation of each member's map before voting.
+        vote: ``"mean"`` (average of the normalised maps) or ``"rank"`` (average of per-image
+            pixel quantiles, i.e. rank voting).
+        absolute: use ``|map|`` (the paper reduces SmoothGrad by absolute value; default True).
+    """
+    if vote not in ("mean", "rank"):
+        raise ValueError(f"vote must be 'mean' or 'rank'; got {vote!r}")
+    stack = stack_maps(member_maps)
+    if absolute:
+        stack = stack.abs()
+    return reduce(normalise(stack, normalisation), "mean" if vote == "mean" else "rank_mean")
+
+
+def consensus_scores(
+    member_maps: Tensor | Sequence[Tensor] | Mapping[str, Tensor],
+    consensus_map: Tensor,
+    *,
+    similarity_kind: SimilarityName | str = "cosine",
+    normalisation: NormalisationName | str = "max_abs",
+    absolute: bool = True,
+) -> Tensor:
+    """Per-member, per-image similarity to the consensus: ``(M, N)``.
+
+    The member maps get the same preprocessing (``absolute``, ``normalisation``) as in
+    :func:`consensus`; a member whose processed map equals the consensus scores exactly 1.
+    The consensus score of member ``m`` is ``scores[m].mean()``.
+    """
+    stack = stack_maps(member_maps)
+    if consensus_map.shape != stack.shape[1:]:
+        raise ValueError(f"consensus_map must be (N, H, W) = {tuple(stack.shape[1:])} like the members' "
+                         f"maps; got {tuple(consensus_map.shape)}")
+    if absolute:
+        stack = stack.abs()
+    stack = normalise(stack, normalisation)
+    return similarity(stack, consensus_map.expand_as(stack), similarity_kind)
+
+
+def correlation(x: Sequence[float], y: Sequence[float]) -> dict[str, float]:
+    """Pearson and Spearman correlation of ``x`` and ``y`` with two-sided p-values (scipy).
+
+    Fewer than 3 points, or a constant variable, give NaN (a correlation is undefined there).
+    """
+    xa, ya = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if xa.shape != ya.shape:
+        raise ValueError(f"x and y must have the same length; got {xa.shape} and {ya.shape}")
+    nan = {"pearson_r": math.nan, "pearson_p": math.nan, "spearman_rho": math.nan,
+           "spearman_p": math.nan, "n": int(xa.size)}
+    if xa.size < 3 or np.ptp(xa) == 0 or np.ptp(ya) == 0:
+        return nan
+    pr = stats.pearsonr(xa, ya)
+    sr = stats.spearmanr(xa, ya)
+    return {"pearson_r": float(pr.statistic), "pearson_p": float(pr.pvalue),
+            "spearman_rho": float(sr.statistic), "spearman_p": float(sr.pvalue), "n": int(xa.size)}
+
+
+def consensus_table(
+    member_ids: Sequence[str],
+    scores: Tensor,
+    *,
+    accuracy: Sequence[float] | None = None,
+    localisation: Sequence[float] | None = None,
+) -> pd.DataFrame:
+    """One row per member: ``member, consensus_score, accuracy, localisation`` (the scatter-plot
+    data). ``scores`` is the ``(M, N)`` output of :func:`consensus_scores`."""
+    m = len(member_ids)
+    if scores.shape[0] != m:
+        raise ValueError(f"scores has {scores.shape[0]} rows but {m} member ids were given")
+    table = pd.DataFrame({"member": list(member_ids),
+                          "consensus_score": scores.double().mean(1).tolist()})
+    for name, values in (("accuracy", accuracy), ("localisation", localisation)):
+        if values is not None:
+            if len(values) != m:
+                raise ValueError(f"{name} must have one value per member ({m}); got {len(values)}")
+            table[name] = [float(v) for v in values]
+    return table
+
+
+def consensus_correlations(table: pd.DataFrame) -> pd.DataFrame:
+    """Correlation of the consensus score with each other column of :func:`consensus_table`
+    (``accuracy``, ``localisation``): columns ``against, pearson_r, pearson_p, spearman_rho,
+    spearman_p, n``."""
+    rows = []
+    for col in ("accuracy", "localisation"):
+        if col in table.columns:
+            rows.append({"against": col, **correlation(table["consensus_score"], table[col])})
+    return pd.DataFrame(rows, columns=["against", "pearson_r", "pearson_p", "spearman_rho",
+                                       "spearman_p", "n"])

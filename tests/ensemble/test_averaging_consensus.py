@@ -1,0 +1,153 @@
+"""Ens-Avg, Ens-Logit, Exp-Avg table, consensus and its correlations, similarity."""
+
+import pandas as pd
+import pytest
+import scipy.stats
+import torch
+from torch import nn
+
+from concilium.ensemble.averaging import LogitEnsemble, ens_avg, ens_logit_maps, paper_table
+from concilium.ensemble.consensus import (
+    consensus,
+    consensus_correlations,
+    consensus_scores,
+    consensus_table,
+    correct_by_all,
+    correlation,
+)
+from concilium.ensemble.normalise import normalise
+from concilium.ensemble.similarity import SIMILARITIES, mean_pairwise_similarity, similarity
+
+
+def _maps(seed, shape=(3, 5, 5)):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+def test_ensemble_of_one_equals_its_member():
+    m = _maps(0)
+    torch.testing.assert_close(ens_avg([m], normalisation="none"), m)
+    torch.testing.assert_close(ens_avg({"m0": m}, normalisation="l2"), normalise(m, "l2"))
+
+
+def test_ens_avg_is_mean_of_normalised_members():
+    a, b = _maps(1), 5 * _maps(2)
+    expected = (normalise(a, "max_abs") + normalise(b, "max_abs")) / 2
+    torch.testing.assert_close(ens_avg([a, b]), expected)
+
+
+class _Linear(nn.Module):
+    def __init__(self, seed):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.fc = nn.Linear(12, 3)
+
+    def forward(self, x):
+        return self.fc(x.flatten(1))
+
+
+def _grad_explainer(model, images, targets, *, method):
+    x = images.clone().requires_grad_(True)
+    out = model(x).gather(1, targets[:, None]).sum()
+    (g,) = torch.autograd.grad(out, x)
+    return g.sum(1) if method == "saliency" else (g * images).sum(1)
+
+
+def test_logit_ensemble_averages_logits_and_its_gradient_is_the_mean_gradient():
+    models = [_Linear(s) for s in range(3)]
+    x = torch.rand(4, 3, 2, 2)
+    ens = LogitEnsemble(models)
+    torch.testing.assert_close(ens(x), torch.stack([m(x) for m in models]).mean(0))
+    t = torch.tensor([0, 1, 2, 0])
+    got = ens_logit_maps(models, x, t, method="saliency", explainer=_grad_explainer)
+    expected = torch.stack([_grad_explainer(m, x, t, method="saliency") for m in models]).mean(0)
+    torch.testing.assert_close(got, expected)
+    # gradcam: mean of the members' maps
+    got = ens_logit_maps(models, x, t, method="gradcam", explainer=_grad_explainer)
+    expected = torch.stack([_grad_explainer(m, x, t, method="gradcam") for m in models]).mean(0)
+    torch.testing.assert_close(got, expected)
+    with pytest.raises(ValueError, match="non-negative"):
+        LogitEnsemble(models, weights=[1, -1, 1])
+
+
+def test_paper_table_exp_avg_and_gain_direction():
+    rows = []
+    for src, v in (("m0", 0.2), ("m1", 0.4), ("ens-avg", 0.5), ("ens-logit", 0.35)):
+        for sample in range(2):
+            rows.append({"sample": sample, "source": src, "method": "saliency",
+                         "metric": "mask_correlation", "value": v})
+            rows.append({"sample": sample, "source": src, "method": "saliency",
+                         "metric": "com_distance", "value": v})
+    table = paper_table(pd.DataFrame(rows), members=["m0", "m1"],
+                        higher_is_better={"mask_correlation": True, "com_distance": False})
+    row = table.set_index("metric").loc["mask_correlation"]
+    assert row.exp_avg == pytest.approx(0.3) and row.ens_avg == 0.5 and row.ens_logit == 0.35
+    assert row.gain == pytest.approx(0.2) and row.ens_avg_better
+    row = table.set_index("metric").loc["com_distance"]
+    assert row.gain == pytest.approx(-0.2) and not row.ens_avg_better
+    with pytest.raises(ValueError, match="not in the metrics table"):
+        paper_table(pd.DataFrame(rows), members=["m0", "m7"])
+
+
+@pytest.mark.parametrize("kind", SIMILARITIES.names())
+def test_similarity_of_identical_maps_is_one_and_symmetric(kind):
+    a, b = _maps(3), _maps(4)
+    torch.testing.assert_close(similarity(a, a, kind), torch.ones(3))
+    torch.testing.assert_close(similarity(a, b, kind), similarity(b, a, kind))
+    const = torch.ones(1, 5, 5)
+    assert torch.isfinite(similarity(const, a[:1], kind)).all()
+
+
+def test_similarity_against_scipy():
+    a, b = _maps(5, (1, 4, 6)), _maps(6, (1, 4, 6))
+    r = scipy.stats.pearsonr(a.flatten(), b.flatten()).statistic
+    rho = scipy.stats.spearmanr(a.flatten(), b.flatten()).statistic
+    assert similarity(a, b, "pearson").item() == pytest.approx(r, abs=1e-5)
+    assert similarity(a, b, "spearman").item() == pytest.approx(rho, abs=1e-5)
+    assert mean_pairwise_similarity(torch.stack([a, a, a])) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("kind", SIMILARITIES.names())
+@pytest.mark.parametrize("vote", ["mean", "rank"])
+def test_consensus_score_of_member_identical_to_consensus_is_one(kind, vote):
+    m = _maps(7).abs()
+    stack = torch.stack([m, m, m])  # every member equal: each is the consensus
+    cons = consensus(stack, normalisation="rank" if vote == "rank" else "max_abs", vote=vote)
+    scores = consensus_scores(stack, cons, similarity_kind=kind,
+                              normalisation="rank" if vote == "rank" else "max_abs")
+    torch.testing.assert_close(scores, torch.ones(3, 3))
+
+
+def test_consensus_scores_rank_the_outlier_last():
+    base = _maps(8).abs()
+    members = [base + 0.1 * _maps(10 + i).abs() for i in range(4)] + [_maps(99).abs()]
+    cons = consensus(members)
+    table = consensus_table([f"m{i}" for i in range(5)], consensus_scores(members, cons),
+                            accuracy=[0.9, 0.91, 0.88, 0.92, 0.5])
+    assert table.consensus_score.idxmin() == 4
+    corr = consensus_correlations(table).set_index("against").loc["accuracy"]
+    assert corr.pearson_r > 0.5 and corr.n == 5
+
+
+def test_correlation_matches_scipy_and_is_nan_when_undefined():
+    x, y = [1.0, 2.0, 3.0, 4.0], [1.0, 3.0, 2.0, 5.0]
+    out = correlation(x, y)
+    assert out["pearson_p"] == pytest.approx(scipy.stats.pearsonr(x, y).pvalue)
+    assert out["spearman_rho"] == pytest.approx(scipy.stats.spearmanr(x, y).statistic)
+    assert pd.isna(correlation([1, 1, 1], [1, 2, 3])["pearson_r"])
+    assert pd.isna(correlation([1, 2], [1, 2])["spearman_rho"])
+
+
+def test_correct_by_all():
+    models = [_Linear(s) for s in range(2)]
+    x = torch.rand(6, 3, 2, 2)
+    preds = [m(x).argmax(1) for m in models]
+    labels = preds[0]
+    keep = correct_by_all(models, x, labels)
+    assert keep.tolist() == (preds[0] == preds[1]).tolist()
+
+
+def test_consensus_rejects_members_of_different_images():
+    with pytest.raises(ValueError, match="different images"):
+        consensus([torch.zeros(3, 4, 4), torch.zeros(4, 4, 4)])
+    with pytest.raises(ValueError, match="vote"):
+        consensus([torch.zeros(3, 4, 4)], vote="median")
