@@ -1,3 +1,302 @@
-"""`concilium explain` (see its issue)."""
+"""``concilium explain``: every member x every method into the run's resumable store.
 
-from concilium.cli.app import app  # noqa: F401
+Everything is validated before any compute (methods, parameters, target, baseline, device, data,
+models, split); then each member's missing chunks are computed and written one by one, so an
+interrupted run loses at most the chunk in flight and a re-run computes only what is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from concilium.cli.app import app
+
+DEFAULT_METHODS = "saliency,input_x_gradient,integrated_gradients,gradient_shap,gradcam"
+
+
+def parse_methods(text: str) -> list[str]:
+    """Split ``"a,b,c"`` into known method names.
+
+    Raises:
+        ValueError: on an empty list, a repeat or an unknown name (listing the valid ones).
+    """
+    from concilium.explain import METHODS
+
+    names = [m.strip() for m in text.split(",") if m.strip()]
+    if not names:
+        raise ValueError(f"--methods is empty; pick from: {', '.join(METHODS.names())}")
+    repeated = sorted({m for m in names if names.count(m) > 1})
+    if repeated:
+        raise ValueError(f"--methods names {repeated} more than once")
+    for name in names:
+        METHODS.get(name)  # raises listing the valid names
+    return names
+
+
+def parse_params(items: list[str], methods: list[str]) -> dict[str, dict[str, Any]]:
+    """Parse ``--param method.key=value`` items; values are JSON (numbers, true/false, lists)
+    or else plain strings. Every key is checked against the method's signature.
+
+    Raises:
+        ValueError: on a malformed item, a method not in ``methods`` or an unknown key.
+    """
+    from concilium.explain import method_params
+
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        name, eq, raw = item.partition("=")
+        method, dot, key = name.strip().partition(".")
+        if not eq or not dot or not method or not key:
+            raise ValueError(
+                f"--param {item!r} must read method.key=value, e.g. integrated_gradients.n_steps=100"
+            )
+        if method not in methods:
+            raise ValueError(
+                f"--param {item!r} is for {method!r}, which is not in --methods ({', '.join(methods)})"
+            )
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw.strip()
+        out.setdefault(method, {})[key.strip()] = value
+    for method, params in out.items():
+        method_params(method, **params)  # raises on an unknown key or a bad value
+    return out
+
+
+def check_device(device: str) -> str:
+    """``cpu``, ``cuda`` or ``cuda:<k>``, available here.
+
+    Raises:
+        ValueError: on another name or CUDA not available.
+    """
+    import torch
+
+    if device != "cpu" and not (device == "cuda" or device.startswith("cuda:")):
+        raise ValueError(f"--device must be cpu, cuda or cuda:<index>; got {device!r}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda asked for but CUDA is not available here; use --device cpu")
+    return device
+
+
+def _parse_size(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    parts = text.lower().split("x")
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        values = []
+    if len(values) not in (1, 2) or min(values) < 1:
+        raise ValueError(f"--size must be H or HxW in pixels, e.g. 64 or 64x96; got {text!r}")
+    return (values[0], values[-1])
+
+
+def _positive(value: int | None, option: str) -> None:
+    if value is not None and value < 1:
+        raise ValueError(f"{option} must be a positive integer; got {value}")
+
+
+@app.command("explain")
+def explain_command(
+    data: Path = typer.Argument(..., help="Image folder (as written by `concilium synth`)."),
+    models: Path = typer.Option(..., "--models", help="Members folder (MODELS/m0, m1, ...)."),
+    out: Path = typer.Option(..., "--out", help="Run directory (explanations.zarr + run.json)."),
+    methods: str = typer.Option(DEFAULT_METHODS, "--methods", help="Comma-separated methods."),
+    split: str = typer.Option("test", "--split", help="train, val, test or all."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:<k>."),
+    batch_size: int | None = typer.Option(
+        None, "--batch-size", help="Images per pass inside a chunk (default: automatic)."
+    ),
+    limit: int | None = typer.Option(None, "--limit", help="Explain the first N of the split."),
+    target: str = typer.Option(
+        "label", "--target", help="label, pred, <int>, attr:<name|index> or contrast:<t>."
+    ),
+    reduction: str = typer.Option("sum", "--reduction", help="sum, abs_sum, l2 or max_abs."),
+    baseline: str = typer.Option("zero", "--baseline", help="zero, black, blur[:sigma=s], uniform."),
+    float16: bool = typer.Option(False, "--float16", help="Store maps as float16 (half the disk)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of every stochastic method."),
+    param: list[str] | None = typer.Option(
+        None, "--param", help="method.key=value overriding a method default (repeatable)."
+    ),
+    chunk_size: int = typer.Option(64, "--chunk-size", help="Samples per stored chunk."),
+    size: str | None = typer.Option(None, "--size", help="Resize images to H or HxW on loading."),
+) -> None:
+    """Explain every member with every method; resumable, never computes a map twice."""
+    run_explain(
+        data, models=models, out=out, methods=methods, split=split, device=device,
+        batch_size=batch_size, limit=limit, target=target, reduction=reduction,
+        baseline=baseline, float16=float16, seed=seed, param=param, chunk_size=chunk_size,
+        size=size,
+    )
+
+
+def run_explain(
+    data: Path,
+    *,
+    models: Path,
+    out: Path,
+    methods: str = DEFAULT_METHODS,
+    split: str = "test",
+    device: str = "cpu",
+    batch_size: int | None = None,
+    limit: int | None = None,
+    target: str = "label",
+    reduction: str = "sum",
+    baseline: str = "zero",
+    float16: bool = False,
+    seed: int = 0,
+    param: list[str] | None = None,
+    chunk_size: int = 64,
+    size: str | None = None,
+    quiet: bool = False,
+) -> list:
+    """The body of ``concilium explain`` (see :func:`explain_command` for the options).
+
+    Returns:
+        The :class:`~concilium.store.compute.EntryReport` list.
+    """
+    from rich.console import Console
+
+    from concilium.explain.baselines import parse_baseline
+    from concilium.runinfo import DatasetSpec, RunInfo, model_fingerprint, select_split
+
+    console = Console(stderr=True, quiet=quiet)
+    # -- cheap checks first --------------------------------------------------------------------
+    method_names = parse_methods(methods)
+    options = parse_params(list(param or []), method_names)
+    parse_baseline(baseline)
+    check_device(device)
+    _positive(batch_size, "--batch-size")
+    _positive(limit, "--limit")
+    _positive(chunk_size, "--chunk-size")
+    if reduction not in ("sum", "abs_sum", "l2", "max_abs"):
+        raise ValueError(f"--reduction must be sum, abs_sum, l2 or max_abs; got {reduction!r}")
+    if split not in ("train", "val", "test", "all"):
+        raise ValueError(f"--split must be train, val, test or all; got {split!r}")
+    image_size = _parse_size(size)
+    if not Path(data).is_dir():
+        raise FileNotFoundError(f"data folder {data} not found (make one with `concilium synth`)")
+    if not Path(models).is_dir():
+        raise FileNotFoundError(f"models folder {models} not found (train with `concilium train`)")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; pass a directory")
+    # -- data and models -----------------------------------------------------------------------
+    from concilium.models.checkpoint import load_members
+
+    spec = DatasetSpec(kind="folder", path=str(Path(data).resolve()), size=image_size)
+    with console.status("loading data and models"):
+        full = spec.load()
+        selected = select_split(full, split, limit)  # type: ignore[arg-type]
+        members = load_members(models, device="cpu")
+    _check_members(members, selected, target)
+    info = RunInfo(
+        dataset=spec,
+        dataset_fingerprint=full.fingerprint(),
+        split=split,  # type: ignore[arg-type]
+        limit=limit,
+        sample_ids=selected.ids,
+        models_dir=str(Path(models).resolve()),
+        member_ids=[card.member_id for _, card in members],
+        member_fingerprints={card.member_id: model_fingerprint(m) for m, card in members},
+        methods=method_names,
+        device=device,
+        target=target,
+        seed=seed,
+    )
+    run_file = Path(out) / "run.json"
+    if run_file.is_file():
+        info = RunInfo.load(out).merged_with(info)  # raises if the run was made differently
+    from concilium.store import ExplanationStore
+    from concilium.store.compute import explain_to_store
+
+    store = ExplanationStore(out)
+    info.save(out)
+    return _run_with_progress(
+        console, store, selected, members, method_names, options=options, target=target,
+        reduction=reduction, baseline=baseline, seed=seed,
+        dtype="float16" if float16 else "float32", chunk_size=chunk_size,
+        batch_size=batch_size, device=device,
+        meta={"dataset_fingerprint": info.dataset_fingerprint, "split": split},
+        explain_to_store=explain_to_store,
+    )
+
+
+def _check_members(members: list, data: Any, target: str) -> None:
+    """Members must fit the data (classes, channels) and the target must resolve for each."""
+    from concilium.explain.targets import resolve_target
+
+    image = data.images[:1]
+    for model, card in members:
+        if card.class_names and data.class_names and list(card.class_names) != list(data.class_names):
+            raise ValueError(
+                f"member {card.member_id} was trained on classes {card.class_names[:5]}..., the data "
+                f"has {data.class_names[:5]}...; explain it on the data it was trained for"
+            )
+        if card.in_channels != image.shape[1]:
+            raise ValueError(
+                f"member {card.member_id} takes {card.in_channels}-channel images; the data has "
+                f"{image.shape[1]}"
+            )
+        resolve_target(
+            model.eval(), image, target, labels=data.labels[:1],
+            attribute_names=list(card.attribute_names),
+        )
+
+
+def _run_with_progress(console, store, data, members, methods, *, explain_to_store, **kwargs):
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+    from rich.table import Table
+
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("images"),
+        TextColumn("{task.fields[rate]} img/s"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+    )
+    t0 = time.perf_counter()
+    with Progress(*columns, console=console, transient=False) as progress:
+        task = progress.add_task("explaining", total=None, rate="-")
+
+        def on_chunk(event) -> None:
+            elapsed = time.perf_counter() - t0
+            rate = f"{event.images_done / elapsed:.1f}" if elapsed > 0 else "-"
+            progress.update(
+                task, total=event.images_total, completed=event.images_done, rate=rate,
+                description=f"{event.source} ({', '.join(event.methods)})",
+            )
+
+        reports = explain_to_store(store, data, members, methods, on_chunk=on_chunk,
+                                   method_options=kwargs.pop("options"), **kwargs)
+        progress.update(task, description="done")
+    wall = time.perf_counter() - t0
+    table = Table(title=f"explanations in {store.path}")
+    for col in ("member", "method", "params", "status", "chunks new/reused", "images", "seconds"):
+        table.add_column(col, justify="right" if col in ("images", "seconds") else "left")
+    for r in reports:
+        table.add_row(r.source, r.method, r.params_hash, r.status,
+                      f"{r.chunks_computed}/{r.chunks_reused}", str(r.rows_computed),
+                      f"{r.seconds:.2f}")
+    console.print(table)
+    counts = {s: sum(r.status == s for r in reports) for s in ("computed", "resumed", "reused")}
+    console.print(
+        f"{len(reports)} entries: {counts['computed']} computed, {counts['resumed']} resumed, "
+        f"{counts['reused']} reused; {sum(r.rows_computed for r in reports)} maps in {wall:.1f} s"
+    )
+    return reports

@@ -1,0 +1,283 @@
+"""``RUN/run.json``: what a run explained, so that later stages see exactly the same data.
+
+``concilium explain`` writes it; ``evaluate``, ``ensemble``, ``audit`` and ``report`` call
+:func:`load_run_data` to get the explained images (in store row order) and the members back.
+
+Example:
+    >>> info = RunInfo(dataset=DatasetSpec(kind="folder", path="/data/birds"),
+    ...                dataset_fingerprint="0123abcd", split="test", sample_ids=["a", "b"],
+    ...                models_dir="/models", member_ids=["m0"], target="label")
+    >>> info.n
+    2
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from torch import nn
+
+import concilium
+from concilium.data.dataset import SPLITS, ImageDataset
+
+RUN_FILE = "run.json"
+Split = Literal["train", "val", "test", "all"]
+
+
+class DatasetSpec(BaseModel):
+    """How to rebuild the dataset of a run.
+
+    Attributes:
+        kind: ``"folder"`` (an image folder read by :func:`concilium.data.folder.load_folder`) or
+            ``"synthetic"`` (the benchmark, regenerated from ``config``).
+        path: the folder (absolute), for ``"folder"``.
+        size: the ``(H, W)`` the folder images were resized to (``None``: as stored).
+        seed: the folder loader's seed (its train/val/test assignment).
+        config: the generator configuration, for ``"synthetic"``.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["folder", "synthetic"]
+    path: str | None = None
+    size: tuple[int, int] | None = None
+    seed: int = 0
+    config: dict[str, Any] | None = None
+
+    def load(self) -> ImageDataset:
+        """Rebuild the whole dataset (all splits).
+
+        Raises:
+            FileNotFoundError: the folder is gone.
+            ValueError: the spec is incomplete.
+        """
+        if self.kind == "folder":
+            if self.path is None:
+                raise ValueError("a folder dataset spec needs its path")
+            from concilium.data.folder import load_folder
+
+            return load_folder(self.path, size=self.size, seed=self.seed)
+        if self.config is None:
+            raise ValueError("a synthetic dataset spec needs its generator config")
+        from concilium.data import synthetic
+
+        return synthetic.generate(synthetic.SynthConfig.model_validate(self.config))
+
+
+class RunInfo(BaseModel):
+    """The record of a run, saved as ``RUN/run.json``.
+
+    Attributes:
+        dataset: how to rebuild the dataset.
+        dataset_fingerprint: :meth:`ImageDataset.fingerprint` of the whole dataset.
+        split: the split explained (``"all"``: every sample).
+        limit: at most this many samples of the split were explained (the first ones, in
+            dataset order); ``None``: all.
+        sample_ids: the explained sample ids, in store row order.
+        models_dir: the members' folder (absolute).
+        member_ids: the explained members, in order.
+        member_fingerprints: :func:`model_fingerprint` of each member's weights.
+        methods: the method names explained so far.
+        device: the device used.
+        target: the target spec (``label``, ``pred``, ``<int>``, ``attr:<name>``,
+            ``contrast:<t>``).
+        seed: the seed of stochastic methods.
+        concilium_version: the version that wrote the record.
+        created: when the run was first recorded (UTC, ISO 8601).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: DatasetSpec
+    dataset_fingerprint: str
+    split: Split
+    limit: int | None = Field(default=None, ge=1)
+    sample_ids: list[str]
+    models_dir: str
+    member_ids: list[str]
+    member_fingerprints: dict[str, str] = Field(default_factory=dict)
+    methods: list[str] = Field(default_factory=list)
+    device: str = "cpu"
+    target: str = "label"
+    seed: int = 0
+    concilium_version: str = concilium.__version__
+    created: str = Field(
+        default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds")
+    )
+
+    @property
+    def n(self) -> int:
+        """Number of explained samples."""
+        return len(self.sample_ids)
+
+    @classmethod
+    def load(cls, run_dir: str | Path) -> RunInfo:
+        """Read ``run_dir/run.json``.
+
+        Raises:
+            FileNotFoundError: no record (run ``concilium explain ... --out RUN`` first).
+            ValueError: the file is not a valid record.
+        """
+        path = Path(run_dir) / RUN_FILE
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{path} not found; run `concilium explain DATA --models MODELS --out {run_dir}` "
+                "first"
+            )
+        try:
+            return cls.model_validate_json(path.read_text())
+        except ValidationError as err:
+            raise ValueError(f"{path} is not a valid run record: {err}") from None
+
+    def save(self, run_dir: str | Path) -> Path:
+        """Write ``run_dir/run.json`` atomically (creating ``run_dir``); returns the path."""
+        run_dir = Path(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        path = run_dir / RUN_FILE
+        fd, tmp = tempfile.mkstemp(prefix=".run.", suffix=".json.tmp", dir=run_dir)
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(self.model_dump_json(indent=2) + "\n")
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path
+
+    def merged_with(self, new: RunInfo) -> RunInfo:
+        """This record extended by a later call on the same run (more members or methods).
+
+        Raises:
+            ValueError: if ``new`` explains other data, another split/limit/target/seed or
+                another models folder; the message names the differences (use a new ``--out``).
+        """
+        fields = ("dataset_fingerprint", "split", "limit", "sample_ids", "models_dir", "target",
+                  "seed")
+        diff = [f for f in fields if getattr(self, f) != getattr(new, f)]
+        if diff:
+            shown = "; ".join(
+                f"{f}: {_short(getattr(self, f))} -> {_short(getattr(new, f))}" for f in diff
+            )
+            raise ValueError(
+                f"this run directory was made with other settings ({shown}); use a new --out "
+                "directory for a different run"
+            )
+        changed = [
+            m
+            for m in set(self.member_fingerprints) & set(new.member_fingerprints)
+            if self.member_fingerprints[m] != new.member_fingerprints[m]
+        ]
+        if changed:
+            raise ValueError(
+                f"members {sorted(changed)} have other weights than when this run was explained "
+                "(retrained?); use a new --out directory"
+            )
+        return self.model_copy(
+            update={
+                "member_ids": _union(self.member_ids, new.member_ids),
+                "member_fingerprints": {**self.member_fingerprints, **new.member_fingerprints},
+                "methods": _union(self.methods, new.methods),
+                "device": new.device,
+            }
+        )
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """A short content hash of a model's state dict (names, shapes, dtypes and values)."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().to("cpu").contiguous()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _short(value: object) -> str:
+    if isinstance(value, list) and len(value) > 4:
+        return f"[{len(value)} items: {', '.join(map(str, value[:3]))}, ...]"
+    return repr(value)
+
+
+def _union(first: list[str], second: list[str]) -> list[str]:
+    return first + [x for x in second if x not in first]
+
+
+def select_split(dataset: ImageDataset, split: Split, limit: int | None) -> ImageDataset:
+    """The samples a run explains: the split (``"all"``: every sample), in dataset order, cut to
+    the first ``limit``.
+
+    Raises:
+        ValueError: unknown split, a bad limit, or an empty selection (names the split sizes).
+    """
+    if split != "all" and split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; valid: {', '.join((*SPLITS, 'all'))}")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"limit must be a positive int or None; got {limit!r}")
+    rows = [i for i, s in enumerate(dataset.splits) if split == "all" or s == split]
+    if not rows:
+        sizes = ", ".join(f"{s}: {dataset.splits.count(s)}" for s in SPLITS)
+        raise ValueError(f"split {split!r} is empty ({sizes}); choose another --split")
+    return dataset.subset(rows[:limit] if limit is not None else rows)
+
+
+def load_run_data(
+    run_dir: str | Path, *, device: str | None = None, load_models: bool = True
+) -> tuple[ImageDataset, list[tuple[Any, Any]]]:
+    """The explained samples and the members of a run, exactly as ``concilium explain`` saw them.
+
+    Args:
+        run_dir: the run directory (holds ``run.json``).
+        device: where to put the models (default: the device recorded in the run).
+        load_models: ``False`` to skip loading the members (returns an empty list).
+
+    Returns:
+        ``(dataset, members)``: the explained samples in store row order, and
+        ``[(model, MemberCard), ...]`` for the run's member ids, in order, models in eval mode.
+
+    Raises:
+        FileNotFoundError: no ``run.json``, or the data or models folder is gone.
+        ValueError: the data changed since the run (fingerprint or sample ids differ) or a
+            recorded member is missing.
+    """
+    info = RunInfo.load(run_dir)
+    full = info.dataset.load()
+    if full.fingerprint() != info.dataset_fingerprint:
+        raise ValueError(
+            f"the dataset of {run_dir} changed since it was explained (fingerprint "
+            f"{full.fingerprint()} != recorded {info.dataset_fingerprint}); restore the data or "
+            "re-run `concilium explain` into a new --out"
+        )
+    data = select_split(full, info.split, info.limit)
+    if data.ids != info.sample_ids:
+        raise ValueError(
+            f"the samples selected from the data differ from those recorded in {run_dir}/run.json; "
+            "re-run `concilium explain` into a new --out"
+        )
+    if not load_models:
+        return data, []
+    from concilium.models.checkpoint import load_members
+
+    members = load_members(info.models_dir, device=device or info.device)
+    by_id = {card.member_id: (model, card) for model, card in members}
+    missing = [m for m in info.member_ids if m not in by_id]
+    if missing:
+        raise ValueError(
+            f"members {missing} of the run are not in {info.models_dir} any more; "
+            f"found {sorted(by_id)}"
+        )
+    out = [by_id[m] for m in info.member_ids]
+    for model, card in out:
+        recorded = info.member_fingerprints.get(card.member_id)
+        if recorded is not None and model_fingerprint(model) != recorded:
+            raise ValueError(
+                f"member {card.member_id} in {info.models_dir} has other weights than when "
+                f"{run_dir} was explained (retrained?); re-run `concilium explain` into a new --out"
+            )
+    return data, out
