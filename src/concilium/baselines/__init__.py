@@ -1,1 +1,1 @@
-"""concilium.baselines (filled in by its issue)."""
+"""Learned counterfactual baselines for attribution methods (see :mod:`concilium.baselines.ganmex`)."""

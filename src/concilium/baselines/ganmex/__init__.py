@@ -1,0 +1,46 @@
+"""GANMEX: counterfactual baselines from a class-conditional GAN (Shih, Tien and Karnin, 2021).
+
+Modules: :mod:`~.networks` (generator, critic), :mod:`~.losses` (WGAN-GP, generator loss),
+:mod:`~.training` (training loop, validation, resume), :mod:`~.checkpoint` (``GEN/`` on disk) and
+:mod:`~.provider` (the ``BaselineProvider`` for ``concilium.explain``).
+"""
+
+from concilium.baselines.ganmex.checkpoint import (
+    GanmexCard,
+    GanmexOptions,
+    card_hash,
+    load_card,
+    load_generator,
+)
+from concilium.baselines.ganmex.losses import critic_loss, generator_loss, gradient_penalty
+from concilium.baselines.ganmex.networks import Critic, Generator
+from concilium.baselines.ganmex.provider import GanmexBaseline, parse_baseline_spec
+from concilium.baselines.ganmex.training import (
+    ValidationRecord,
+    frozen,
+    sample_targets,
+    train_ganmex,
+    train_step,
+    validate,
+)
+
+__all__ = [
+    "Critic",
+    "GanmexBaseline",
+    "GanmexCard",
+    "GanmexOptions",
+    "Generator",
+    "ValidationRecord",
+    "card_hash",
+    "critic_loss",
+    "frozen",
+    "generator_loss",
+    "gradient_penalty",
+    "load_card",
+    "load_generator",
+    "parse_baseline_spec",
+    "sample_targets",
+    "train_ganmex",
+    "train_step",
+    "validate",
+]

@@ -1,0 +1,66 @@
+"""Generator and critic: shapes for several sizes, output range, refused sizes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from concilium.baselines.ganmex import Critic, Generator
+
+
+@pytest.mark.parametrize(("size", "patches"), [(8, 4), (32, 4), (36, 4), (64, 4), (224, 7)])
+def test_shapes_for_several_sizes(size: int, patches: int) -> None:
+    gen = Generator(num_classes=3, base_channels=4, num_residual=1)
+    critic = Critic(image_size=(size, size), base_channels=4)
+    x = torch.rand(2, 3, size, size)
+    out = gen(x, torch.tensor([0, 2]))
+    assert out.shape == x.shape
+    assert critic.patches(x).shape == (2, 1, patches, patches)
+    assert critic(x).shape == (2,)
+
+
+def test_rectangular_images() -> None:
+    gen = Generator(num_classes=2, base_channels=4, num_residual=0)
+    critic = Critic(image_size=(32, 48), base_channels=4)
+    x = torch.rand(1, 3, 32, 48)
+    assert gen(x, torch.tensor([1])).shape == x.shape
+    assert critic(x).shape == (1,)
+
+
+@pytest.mark.parametrize("output", ["tanh", "sigmoid"])
+def test_output_in_unit_range(output: str) -> None:
+    gen = Generator(num_classes=2, base_channels=4, num_residual=1, output=output)
+    with torch.no_grad():  # push the last layer to saturate both ways
+        gen.net[-1].bias.fill_(50.0)
+        hi = gen(torch.rand(1, 3, 8, 8), torch.tensor([0]))
+        gen.net[-1].bias.fill_(-50.0)
+        lo = gen(torch.rand(1, 3, 8, 8), torch.tensor([0]))
+    assert float(hi.min()) >= 0.99 and float(hi.max()) <= 1.0
+    assert float(lo.max()) <= 0.01 and float(lo.min()) >= 0.0
+
+
+def test_target_changes_output() -> None:
+    gen = Generator(num_classes=3, base_channels=4, num_residual=1)
+    x = torch.rand(1, 3, 16, 16)
+    a = gen(x, torch.tensor([0]))
+    b = gen(x, torch.tensor([1]))
+    assert not torch.allclose(a, b)
+
+
+@pytest.mark.parametrize("size", [30, 6])
+def test_sizes_not_divisible_by_4_are_refused(size: int) -> None:
+    gen = Generator(num_classes=2, base_channels=4)
+    with pytest.raises(ValueError, match="divisible by 4"):
+        gen(torch.rand(1, 3, size, size), torch.tensor([0]))
+    with pytest.raises(ValueError, match="divisible by 4"):
+        Critic(image_size=(size, size))
+
+
+def test_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="num_classes >= 2"):
+        Generator(num_classes=1)
+    with pytest.raises(ValueError, match="output"):
+        Generator(num_classes=2, output="relu")  # type: ignore[arg-type]
+    gen = Generator(num_classes=2, base_channels=4)
+    with pytest.raises(ValueError, match="3-channel"):
+        gen(torch.rand(1, 1, 8, 8), torch.tensor([0]))

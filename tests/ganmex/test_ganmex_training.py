@@ -1,0 +1,174 @@
+"""Training: frozen classifier, targets, one step lowers the loss, validation, checkpoints, resume."""
+
+from __future__ import annotations
+
+import copy
+import csv
+
+import pytest
+import torch
+
+from concilium.baselines.ganmex import (
+    GanmexOptions,
+    frozen,
+    generator_loss,
+    load_card,
+    load_generator,
+    sample_targets,
+    train_ganmex,
+    train_step,
+    validate,
+)
+from concilium.baselines.ganmex.checkpoint import build_networks
+
+from .conftest import CLASSES, SIZE, TINY, TinyClassifier, colour_images
+
+
+def test_frozen_restores_flags_and_mode_even_on_error(classifier: TinyClassifier) -> None:
+    classifier.train()
+    classifier.head.weight.requires_grad_(False)
+    with pytest.raises(RuntimeError), frozen(classifier):
+        assert not classifier.training
+        assert not any(p.requires_grad for p in classifier.parameters())
+        raise RuntimeError("boom")
+    assert classifier.training
+    assert [p.requires_grad for p in classifier.parameters()] == [True, True, False, True]
+
+
+def test_sample_targets_never_the_source_and_cover_the_others() -> None:
+    labels = torch.arange(4).repeat(250)
+    t = sample_targets(labels, 4, generator=torch.Generator().manual_seed(0))
+    assert not (t == labels).any()
+    for c in range(4):
+        assert set(t[labels == c].tolist()) == set(range(4)) - {c}
+    with pytest.raises(ValueError, match="num_classes >= 2"):
+        sample_targets(labels, 1, generator=torch.Generator())
+
+
+def test_one_step_decreases_the_generator_loss_on_a_fixed_batch(
+    classifier: TinyClassifier,
+) -> None:
+    options = GanmexOptions(**TINY)
+    gen, critic = build_networks(options, num_classes=3, image_size=(SIZE, SIZE), in_channels=3)
+    images, labels = colour_images(4)
+    targets = sample_targets(labels, 3, generator=torch.Generator().manual_seed(1))
+    opt_g = torch.optim.Adam(gen.parameters(), lr=options.lr_g)
+    opt_d = torch.optim.Adam(critic.parameters(), lr=options.lr_d)
+    before_gen = copy.deepcopy(gen)
+    with frozen(classifier):
+        train_step(gen, critic, classifier, opt_g, opt_d, [(images, labels, targets)],
+                   options=options, rng=torch.Generator().manual_seed(2))
+        # both losses with the critic as the generator update saw it
+        before = generator_loss(before_gen, critic, classifier, images, labels, targets).total
+        after = generator_loss(gen, critic, classifier, images, labels, targets).total
+    assert after.item() < before.item()
+
+
+def test_training_never_modifies_the_classifier(tmp_path, classifier: TinyClassifier) -> None:
+    images, labels = colour_images(12)
+    state = copy.deepcopy(classifier.state_dict())
+    classifier.train()
+    train_ganmex(classifier, images, labels, out_dir=tmp_path, class_names=CLASSES,
+                 options=GanmexOptions(steps=2, checkpoint_every=1, n_critic=2, **TINY))
+    for k, v in classifier.state_dict().items():
+        torch.testing.assert_close(v, state[k], rtol=0, atol=0)
+    assert classifier.training and all(p.requires_grad for p in classifier.parameters())
+
+
+def test_checkpoints_validation_csv_and_card(tmp_path, classifier: TinyClassifier) -> None:
+    images, labels = colour_images(12)
+    records = []
+    card, history = train_ganmex(
+        classifier, images, labels, out_dir=tmp_path, class_names=CLASSES,
+        options=GanmexOptions(steps=3, checkpoint_every=2, **TINY),
+        classifier_card_hash="abc", data_fingerprint="fp", on_validation=records.append,
+    )
+    assert [r.step for r in history] == [2, 3] and records == history
+    assert card.step == 3 and card.image_size == (SIZE, SIZE) and card.class_names == CLASSES
+    assert load_card(tmp_path) == card
+    with (tmp_path / "validation.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows] == [2, 3]
+    for r in history:
+        assert 0.0 <= r.success_rate <= 1.0 and r.l1 > 0 and r.seconds > 0
+        assert r.feature_distance >= 0 and r.feature_distance_input >= 0
+    assert "success" in history[-1].line()
+    gen, loaded = load_generator(tmp_path)
+    assert loaded.step == 3 and not gen.training
+
+
+def test_resume_equals_an_uninterrupted_run(tmp_path, classifier: TinyClassifier) -> None:
+    images, labels = colour_images(12)
+    straight, resumed = tmp_path / "a", tmp_path / "b"
+    opts = dict(checkpoint_every=2, **TINY)
+    _, hist_a = train_ganmex(classifier, images, labels, out_dir=straight, class_names=CLASSES,
+                             options=GanmexOptions(steps=4, **opts))
+    train_ganmex(classifier, images, labels, out_dir=resumed, class_names=CLASSES,
+                 options=GanmexOptions(steps=2, **opts))
+    card, hist_b = train_ganmex(classifier, images, labels, out_dir=resumed,
+                                class_names=CLASSES, options=GanmexOptions(steps=4, **opts))
+    assert card.step == 4 and [r.step for r in hist_b] == [2, 4]
+    gen_a, _ = load_generator(straight)
+    gen_b, _ = load_generator(resumed)
+    for (k, va), vb in zip(gen_a.state_dict().items(), gen_b.state_dict().values(), strict=True):
+        torch.testing.assert_close(va, vb, rtol=0, atol=0, msg=k)
+    assert hist_a[-1].success_rate == hist_b[-1].success_rate
+    assert hist_a[-1].l1 == pytest.approx(hist_b[-1].l1)
+
+
+def test_resume_with_other_settings_is_refused(tmp_path, classifier: TinyClassifier) -> None:
+    images, labels = colour_images(12)
+    train_ganmex(classifier, images, labels, out_dir=tmp_path, class_names=CLASSES,
+                 options=GanmexOptions(steps=1, **TINY))
+    with pytest.raises(ValueError, match="option l_sim"):
+        train_ganmex(classifier, images, labels, out_dir=tmp_path, class_names=CLASSES,
+                     options=GanmexOptions(steps=2, l_sim=1.0, **TINY))
+    with pytest.raises(ValueError, match="classifier_card_hash"):
+        train_ganmex(classifier, images, labels, out_dir=tmp_path, class_names=CLASSES,
+                     options=GanmexOptions(steps=2, **TINY), classifier_card_hash="other")
+    card, _ = train_ganmex(classifier, images, labels, out_dir=tmp_path, class_names=CLASSES,
+                           options=GanmexOptions(steps=1, l_sim=1.0, **TINY), resume=False)
+    assert card.options.l_sim == 1.0
+
+
+def test_interrupted_save_is_detected(tmp_path, classifier: TinyClassifier) -> None:
+    images, labels = colour_images(12)
+    train_ganmex(classifier, images, labels, out_dir=tmp_path, class_names=CLASSES,
+                 options=GanmexOptions(steps=1, **TINY))
+    card = load_card(tmp_path)
+    (tmp_path / "card.json").write_text(card.model_copy(update={"step": 5}).model_dump_json())
+    with pytest.raises(ValueError, match="killed while saving"):
+        load_generator(tmp_path)
+
+
+def test_validate_counts_successes(classifier: TinyClassifier) -> None:
+    options = GanmexOptions(**TINY)
+    gen, critic = build_networks(options, num_classes=3, image_size=(SIZE, SIZE), in_channels=3)
+    images, labels = colour_images(6)
+    targets = torch.tensor([1, 2, 0, 2, 0, 1])
+
+    class Oracle(torch.nn.Module):  # predicts the target the generator was asked for
+        def forward(self, x):
+            return torch.nn.functional.one_hot(targets, 3).float() + 0 * x.sum()
+
+    scores = validate(gen, critic, Oracle(), images, labels, targets)
+    assert scores["success_rate"] == 1.0
+    with torch.no_grad():
+        expected_l1 = (images - gen(images, targets)).abs().mean().item()
+    assert scores["l1"] == pytest.approx(expected_l1, rel=1e-5)
+
+
+def test_bad_inputs_are_refused(tmp_path, classifier: TinyClassifier) -> None:
+    images, labels = colour_images(6)
+    with pytest.raises(ValueError, match="two classes"):
+        train_ganmex(classifier, images, labels * 0, out_dir=tmp_path, class_names=["a"])
+    with pytest.raises(ValueError, match="divisible by 4"):
+        train_ganmex(classifier, images[..., :14, :14], labels, out_dir=tmp_path,
+                     class_names=CLASSES)
+    with pytest.raises(ValueError, match="val_labels"):
+        train_ganmex(classifier, images, labels, out_dir=tmp_path, class_names=CLASSES,
+                     val_images=images)
+    with pytest.raises(ValueError):
+        GanmexOptions(steps=0)
+    with pytest.raises(ValueError):
+        GanmexOptions(unknown=1)  # type: ignore[call-arg]
