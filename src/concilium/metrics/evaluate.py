@@ -1,0 +1,172 @@
+"""The uniform entry point: ``evaluate(name, maps, ...)`` for any registered metric."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from concilium._checks import check_images, check_labels, check_maps, check_masks
+from concilium.metrics.registry import DATA_ARGS, METRICS, MetricSpec
+from concilium.metrics.robustness import Explainer
+
+#: Seed of the generator used when a stochastic metric is evaluated without one.
+DEFAULT_SEED = 0
+
+
+def check_params(spec: MetricSpec, params: dict[str, Any]) -> None:
+    """Raise ``ValueError`` naming every unknown parameter and listing the valid ones."""
+    unknown = sorted(set(params) - set(spec.params))
+    if unknown:
+        valid = ", ".join(f"{k}={v!r}" for k, v in spec.params.items()) or "none"
+        raise ValueError(
+            f"unknown parameter(s) {', '.join(unknown)} for metric {spec.name!r}; "
+            f"valid parameters (with defaults): {valid}"
+        )
+
+
+def _check_inputs(
+    spec: MetricSpec,
+    maps: Tensor,
+    images: Tensor | None,
+    labels: Tensor | None,
+    masks: Tensor | None,
+    model: nn.Module | None,
+    explainer: Explainer | None,
+) -> None:
+    check_maps(maps)
+    if spec.needs_mask:
+        if masks is None:
+            raise ValueError(f"metric {spec.name!r} needs masks (N, H, W) bool; pass masks=...")
+        check_masks(masks, like=maps)
+    if spec.needs_model:
+        for name, value in (("images", images), ("labels", labels), ("model", model)):
+            if value is None:
+                raise ValueError(f"metric {spec.name!r} needs {name}; pass {name}=...")
+        check_images(images)
+        if images.shape[0] != maps.shape[0] or images.shape[-2:] != maps.shape[-2:]:
+            raise ValueError(
+                f"images {tuple(images.shape)} must match maps {tuple(maps.shape)} in N, H and W"
+            )
+        check_labels(labels, maps.shape[0])
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
+    if spec.needs_explainer and explainer is None:
+        raise ValueError(
+            f"metric {spec.name!r} needs explainer(model, images, targets) -> (N, H, W); "
+            "pass explainer=..."
+        )
+
+
+def evaluate(
+    name: str,
+    maps: Tensor,
+    *,
+    images: Tensor | None = None,
+    labels: Tensor | None = None,
+    masks: Tensor | None = None,
+    model: nn.Module | None = None,
+    explainer: Explainer | None = None,
+    generator: torch.Generator | None = None,
+    **params: Any,
+) -> Tensor:
+    """Score every map with the metric ``name``: one value per image.
+
+    Inputs a metric does not need are ignored, so one call shape serves every metric.
+    ``params`` are checked against the metric's real signature (``METRICS.get(name).params``).
+    A stochastic metric called without ``generator`` uses ``torch.Generator().manual_seed(0)``,
+    so results are reproducible by default.
+
+    Args:
+        name: a registered metric (``METRICS.names()``).
+        maps: explanations ``(N, H, W)``.
+        images: ``(N, C, H, W)`` in [0, 1] (model-bound metrics).
+        labels: ``(N,)`` target classes (model-bound metrics).
+        masks: ``(N, H, W)`` bool ground truth (localisation metrics).
+        model: the classifier (model-bound metrics); never modified.
+        explainer: ``explainer(model, images, targets) -> (N, H, W)`` (robustness,
+            randomisation).
+        generator: random source of stochastic metrics.
+        **params: the metric's parameters.
+
+    Returns:
+        ``(N,)`` float64 scores on the device of ``maps``; NaN (with a warning) where an image's
+        score is undefined.
+
+    Raises:
+        ValueError: unknown metric or parameter, missing or mis-shaped input.
+        TypeError: an input of the wrong type.
+
+    Example:
+        >>> import torch
+        >>> maps = torch.zeros(1, 4, 4); maps[0, 1, 1] = 1.0
+        >>> masks = torch.zeros(1, 4, 4, dtype=torch.bool); masks[0, :2, :2] = True
+        >>> evaluate("pointing_game", maps, masks=masks)
+        tensor([1.], dtype=torch.float64)
+    """
+    spec = METRICS.get(name)
+    check_params(spec, params)
+    _check_inputs(spec, maps, images, labels, masks, model, explainer)
+    if spec.stochastic and generator is None and "generator" in spec.data_args:
+        generator = torch.Generator().manual_seed(DEFAULT_SEED)
+    data = {
+        "images": images,
+        "labels": labels,
+        "masks": masks,
+        "model": model,
+        "explainer": explainer,
+        "generator": generator,
+    }
+    kwargs = {k: data[k] for k in spec.data_args}
+    scores = spec.fn(maps, **kwargs, **params)
+    return scores.double().to(maps.device).reshape(maps.shape[0])
+
+
+def evaluate_curve(
+    name: str,
+    maps: Tensor,
+    *,
+    images: Tensor | None = None,
+    labels: Tensor | None = None,
+    masks: Tensor | None = None,
+    model: nn.Module | None = None,
+    explainer: Explainer | None = None,
+    generator: torch.Generator | None = None,
+    **params: Any,
+) -> Any:
+    """The curve behind a curve metric (``deletion``, ``insertion``, ``pixel_flipping``, ``road``,
+    ``mprt``...): whatever its curve function returns (see ``METRICS.get(name).curve``).
+
+    ``params`` are checked against the curve function's signature.
+
+    Raises:
+        ValueError: if the metric has no curve, or for an unknown parameter.
+    """
+    spec = METRICS.get(name)
+    if spec.curve is None:
+        with_curve = [n for n, s in METRICS.items() if s.curve is not None]
+        raise ValueError(f"metric {name!r} has no curve; metrics with one: {', '.join(with_curve)}")
+    sig = inspect.signature(spec.curve).parameters
+    valid = {
+        k: p.default for k, p in sig.items() if p.kind is p.KEYWORD_ONLY and k not in DATA_ARGS
+    }
+    unknown = sorted(set(params) - set(valid))
+    if unknown:
+        raise ValueError(
+            f"unknown parameter(s) {', '.join(unknown)} for the curve of {name!r}; valid: "
+            + ", ".join(f"{k}={v!r}" for k, v in valid.items())
+        )
+    _check_inputs(spec, maps, images, labels, masks, model, explainer)
+    if spec.stochastic and generator is None:
+        generator = torch.Generator().manual_seed(DEFAULT_SEED)
+    data = {
+        "images": images,
+        "labels": labels,
+        "masks": masks,
+        "model": model,
+        "explainer": explainer,
+        "generator": generator,
+    }
+    return spec.curve(maps, **{k: v for k, v in data.items() if k in sig}, **params)

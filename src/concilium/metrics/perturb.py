@@ -1,0 +1,244 @@
+"""Batched perturbation machinery shared by the model-bound metrics.
+
+Every perturbed copy is built on the model's device, inside the chunk that is evaluated, from the
+original images, a baseline and a boolean "replace" mask; chunks hold ``batch_size`` copies, so
+memory is bounded by ``batch_size`` images whatever the number of steps, and there is no numpy
+round trip per step.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+BaselineName = Literal["zero", "black", "blur", "uniform", "mean"]
+Baseline = BaselineName | float | Tensor
+BASELINE_NAMES: tuple[str, ...] = ("zero", "black", "blur", "uniform", "mean")
+STOCHASTIC_BASELINES: tuple[str, ...] = ("uniform",)
+
+Unit = Literal["pixels", "percent"]
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter or buffer (CPU for a parameter-free model)."""
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return torch.device("cpu")
+
+
+def _gaussian_blur(images: Tensor, sigma: float) -> Tensor:
+    radius = max(1, int(math.ceil(3 * sigma)))
+    x = torch.arange(-radius, radius + 1, device=images.device, dtype=images.dtype)
+    kernel = torch.exp(-(x**2) / (2 * sigma**2))
+    kernel = kernel / kernel.sum()
+    c = images.shape[1]
+    out = nn.functional.pad(images, (radius, radius, radius, radius), mode="replicate")
+    out = nn.functional.conv2d(out, kernel.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
+    return nn.functional.conv2d(out, kernel.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
+
+
+def make_baseline(
+    images: Tensor, baseline: Baseline, *, generator: torch.Generator | None = None
+) -> Tensor:
+    """The replacement values ``(N, C, H, W)`` for ``images``.
+
+    Args:
+        images: ``(N, C, H, W)``.
+        baseline: ``"zero"`` (0), ``"black"`` (each image's minimum, as Quantus's ``black``),
+            ``"mean"`` (each image's mean over all values, as Quantus), ``"blur"`` (Gaussian blur,
+            sigma = a tenth of the smaller side), ``"uniform"`` (U(0, 1) noise per value, drawn
+            from ``generator``), a number (constant), or a tensor ``(C, H, W)``/``(N, C, H, W)``.
+        generator: random source for ``"uniform"``.
+
+    Raises:
+        ValueError: for an unknown name or a tensor of the wrong shape.
+        TypeError: for another type.
+    """
+    n = images.shape[0]
+    if isinstance(baseline, Tensor):
+        b = baseline.to(device=images.device, dtype=images.dtype)
+        if b.shape == images.shape[1:]:
+            return b.unsqueeze(0).expand_as(images)
+        if b.shape == images.shape:
+            return b
+        raise ValueError(
+            f"a tensor baseline must be (C, H, W) = {tuple(images.shape[1:])} or (N, C, H, W) = "
+            f"{tuple(images.shape)}; got {tuple(b.shape)}"
+        )
+    if isinstance(baseline, bool) or not isinstance(baseline, (str, int, float)):
+        raise TypeError(
+            f"baseline must be one of {BASELINE_NAMES}, a number or a tensor; "
+            f"got {type(baseline).__name__}"
+        )
+    if isinstance(baseline, (int, float)):
+        return torch.full_like(images, float(baseline))
+    if baseline == "zero":
+        return torch.zeros_like(images)
+    if baseline == "black":
+        return images.flatten(1).amin(1).view(n, 1, 1, 1).expand_as(images)
+    if baseline == "mean":
+        return images.flatten(1).mean(1).view(n, 1, 1, 1).expand_as(images)
+    if baseline == "blur":
+        return _gaussian_blur(images, max(1.0, min(images.shape[-2:]) / 10))
+    if baseline == "uniform":
+        noise = torch.rand(images.shape, generator=generator, device=_gen_device(generator))
+        return noise.to(device=images.device, dtype=images.dtype)
+    raise ValueError(
+        f"unknown baseline {baseline!r}; valid: {', '.join(BASELINE_NAMES)}, a number or a tensor"
+    )
+
+
+def _gen_device(generator: torch.Generator | None) -> torch.device:
+    return generator.device if generator is not None else torch.device("cpu")
+
+
+def is_stochastic_baseline(baseline: Baseline) -> bool:
+    """Whether ``baseline`` draws random numbers."""
+    return isinstance(baseline, str) and baseline in STOCHASTIC_BASELINES
+
+
+def check_batch_size(batch_size: int) -> int:
+    """Validate ``batch_size`` (the number of perturbed copies per forward pass)."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int; got {batch_size!r}")
+    return batch_size
+
+
+def target_scores(
+    model: nn.Module, images: Tensor, labels: Tensor, *, softmax: bool, batch_size: int
+) -> Tensor:
+    """The model's output for ``labels`` (softmax probability or logit), ``(M,)``, in chunks."""
+    out = []
+    with torch.no_grad():
+        for start in range(0, images.shape[0], batch_size):
+            logits = model(images[start : start + batch_size])
+            if softmax:
+                logits = logits.softmax(dim=1)
+            out.append(logits.gather(1, labels[start : start + batch_size, None]).squeeze(1))
+    return torch.cat(out) if out else images.new_zeros(0)
+
+
+def predicted_classes(model: nn.Module, images: Tensor, *, batch_size: int) -> Tensor:
+    """``argmax`` of the model's logits, ``(M,)``, in chunks."""
+    out = []
+    with torch.no_grad():
+        for start in range(0, images.shape[0], batch_size):
+            out.append(model(images[start : start + batch_size]).argmax(dim=1))
+    return torch.cat(out)
+
+
+ReplaceFn = Callable[[Tensor, Tensor], Tensor]
+"""``replace(image_idx (B,), variant_idx (B,)) -> (B, H, W)`` bool: the pixels to replace."""
+
+
+def variant_scores(
+    model: nn.Module,
+    images: Tensor,
+    labels: Tensor,
+    baselines: Tensor,
+    replace: ReplaceFn,
+    n_variants: int,
+    *,
+    softmax: bool,
+    batch_size: int,
+    baseline_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
+) -> Tensor:
+    """Target scores ``(N, V)`` of the copies ``x_iv = where(replace(i, v), b_i, x_i)``.
+
+    The ``N * V`` copies are built chunk by chunk on the images' device, ``batch_size`` at a
+    time, so that every forward pass is full whatever ``V``.
+
+    Args:
+        model: the classifier.
+        images: ``(N, C, H, W)`` on the model's device.
+        labels: ``(N,)`` target classes.
+        baselines: ``(N, C, H, W)`` replacement values.
+        replace: which pixels each copy replaces.
+        n_variants: ``V``.
+        softmax: score the softmax probability instead of the logit.
+        batch_size: copies per forward pass.
+        baseline_fn: optional ``(image_idx, variant_idx) -> (B, C, H, W)`` baselines drawn per
+            copy (stochastic baselines); overrides ``baselines``.
+    """
+    n = images.shape[0]
+    total = n * n_variants
+    out = torch.empty(total, device=images.device, dtype=torch.float32)
+    with torch.no_grad():
+        for start in range(0, total, batch_size):
+            flat = torch.arange(start, min(start + batch_size, total), device=images.device)
+            i, v = flat // n_variants, flat % n_variants
+            mask = replace(i, v).unsqueeze(1)
+            base = baseline_fn(i, v) if baseline_fn is not None else baselines[i]
+            x = torch.where(mask, base, images[i])
+            logits = model(x)
+            if softmax:
+                logits = logits.softmax(dim=1)
+            out[flat] = logits.gather(1, labels[i, None]).squeeze(1).float()
+    return out.view(n, n_variants)
+
+
+def pixel_ranks(maps: Tensor, *, descending: bool) -> Tensor:
+    """Position of every pixel in the perturbation order, ``(N, H*W)`` long; ties keep pixel
+    order (a stable sort), so the order is deterministic."""
+    flat = maps.flatten(1)
+    order = torch.sort(-flat if descending else flat, dim=1, stable=True).indices
+    ranks = torch.empty_like(order)
+    ranks.scatter_(1, order, torch.arange(flat.shape[1], device=flat.device).expand_as(order))
+    return ranks
+
+
+def step_counts(n_pixels: int, *, step: float, unit: Unit) -> Tensor:
+    """Cumulative number of perturbed pixels after each step, ``(S,)``, the last one ``H*W``.
+
+    ``unit="pixels"``: ``step`` pixels per step (an int); ``unit="percent"``: ``step`` percent of
+    the pixels per step (``round``-ed, at least one pixel).
+    """
+    if unit not in ("pixels", "percent"):
+        raise ValueError(f"unit must be 'pixels' or 'percent'; got {unit!r}")
+    if unit == "pixels":
+        if int(step) != step or step < 1:
+            raise ValueError(f"step in pixels must be a positive integer; got {step}")
+        per = int(step)
+    else:
+        if not 0 < step <= 100:
+            raise ValueError(f"step in percent must be in (0, 100]; got {step}")
+        per = max(1, round(n_pixels * step / 100))
+    if per > n_pixels:
+        raise ValueError(f"step ({per} pixels) is larger than the image ({n_pixels} pixels)")
+    n_steps = math.ceil(n_pixels / per)
+    return torch.clamp(torch.arange(1, n_steps + 1) * per, max=n_pixels)
+
+
+def model_inputs(
+    metric: str, maps: Tensor, images: Tensor | None, labels: Tensor | None, model: nn.Module | None
+) -> tuple[Tensor, Tensor, Tensor, torch.device]:
+    """Check the inputs of a model-bound metric and move maps, images and labels to the model's
+    device. Returns ``(maps, images, labels, device)``.
+
+    Raises:
+        ValueError: when an input is missing or its shape does not match the maps.
+        TypeError: when ``model`` is not an ``nn.Module``.
+    """
+    from concilium._checks import check_images, check_labels, check_maps
+
+    for name, value in (("images", images), ("labels", labels), ("model", model)):
+        if value is None:
+            raise ValueError(f"{metric} needs {name}; pass {name}=... to evaluate()")
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
+    check_maps(maps)
+    check_images(images)
+    if images.shape[0] != maps.shape[0] or images.shape[-2:] != maps.shape[-2:]:
+        raise ValueError(
+            f"images {tuple(images.shape)} must match maps {tuple(maps.shape)} in N, H and W "
+            "(explain the same images you evaluate)"
+        )
+    labels = check_labels(labels, images.shape[0])
+    device = model_device(model)
+    return maps.to(device), images.to(device), labels.to(device), device
