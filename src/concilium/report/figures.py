@@ -1,0 +1,224 @@
+"""Matplotlib figures of the report, each returned as a ``data:image/png;base64,...`` URI so that
+the HTML file is self-contained and readable offline.
+
+Every function takes plain numpy arrays or pandas DataFrames (no store, no model), draws on the
+non-interactive Agg backend and closes its figure.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+FAMILIES = ("localisation", "faithfulness", "robustness", "complexity", "randomisation")
+MAP_CMAP = "bwr"
+DPI = 72
+
+
+def to_data_uri(fig: Figure) -> str:
+    """Encode a figure as a base64 PNG data URI and close it."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def unit_scale(saliency: np.ndarray) -> np.ndarray:
+    """Scale one map to max-abs 1 so every map of the gallery shares the colour scale [-1, 1].
+
+    A constant-zero map stays zero.
+    """
+    peak = float(np.abs(saliency).max()) if saliency.size else 0.0
+    return saliency / peak if peak > 0 else np.zeros_like(saliency)
+
+
+def _show_image(ax: plt.Axes, image: np.ndarray) -> None:
+    ax.imshow(np.clip(image, 0.0, 1.0), interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+@dataclass
+class GalleryCell:
+    """One map of the gallery grid.
+
+    Attributes:
+        row: the row label (the method, or ``"across methods"``).
+        column: the column label (the source: a member id or an ensemble name).
+        saliency: the ``(H, W)`` map, any scale (it is rescaled to max-abs 1).
+        caption: the per-image scores printed under the map.
+    """
+
+    row: str
+    column: str
+    saliency: np.ndarray
+    caption: str = ""
+
+
+def gallery_figure(
+    image: np.ndarray, mask: np.ndarray, cells: Sequence[GalleryCell], *, title: str
+) -> str:
+    """One test image: the image and its mask, then a grid of maps (rows: methods, columns:
+    sources), all on one colour scale with one colour bar, per-image scores under each map.
+
+    Args:
+        image: ``(H, W, 3)`` in [0, 1].
+        mask: ``(H, W)`` bool ground truth.
+        cells: the maps to draw.
+        title: figure title (plain text; the figure is a picture, no HTML).
+    """
+    rows = list(dict.fromkeys(c.row for c in cells))
+    cols = list(dict.fromkeys(c.column for c in cells))
+    n_rows, n_cols = len(rows) + 1, max(len(cols), 2)
+    fig, axes = plt.subplots(
+        n_rows, n_cols, figsize=(1.55 * n_cols + 0.6, 1.7 * n_rows), squeeze=False
+    )
+    for ax in axes.flat:
+        ax.axis("off")
+    axes[0, 0].axis("on")
+    _show_image(axes[0, 0], image)
+    axes[0, 0].set_title("image", fontsize=8)
+    axes[0, 1].axis("on")
+    _show_image(axes[0, 1], image * 0.35)
+    axes[0, 1].imshow(np.ma.masked_where(~mask, mask), cmap="autumn", alpha=0.8, vmin=0, vmax=1)
+    axes[0, 1].set_title("mask", fontsize=8)
+    last = None
+    for cell in cells:
+        ax = axes[rows.index(cell.row) + 1, cols.index(cell.column)]
+        ax.axis("on")
+        gray = image.mean(axis=-1) if image.ndim == 3 else image
+        ax.imshow(gray, cmap="gray", alpha=0.35)
+        last = ax.imshow(
+            unit_scale(cell.saliency), cmap=MAP_CMAP, vmin=-1, vmax=1, alpha=0.85,
+            interpolation="nearest",
+        )
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(cell.column, fontsize=7)
+        if cols.index(cell.column) == 0:
+            ax.set_ylabel(cell.row, fontsize=7)
+        if cell.caption:
+            ax.set_xlabel(cell.caption, fontsize=6)
+    for r, row in enumerate(rows, start=1):
+        axes[r, 0].axis("on")
+        axes[r, 0].set_ylabel(row, fontsize=7)
+        axes[r, 0].set_xticks([])
+        axes[r, 0].set_yticks([])
+    if last is not None:
+        bar = fig.colorbar(last, ax=axes.ravel().tolist(), shrink=0.5, pad=0.02)
+        bar.set_label("map / max|map|", fontsize=7)
+        bar.ax.tick_params(labelsize=6)
+    fig.suptitle(title, fontsize=9)
+    return to_data_uri(fig)
+
+
+def radar_figures(scores: pd.DataFrame, *, columns: int = 4) -> str:
+    """Small multiples: one radar chart per explanation over the metric families.
+
+    Args:
+        scores: index = explanation labels, columns = families, values in [0, 1] (1 = best);
+            NaN where a family was not measured (drawn at 0 and marked "n/a").
+        columns: charts per row.
+    """
+    families = list(scores.columns)
+    n = len(scores)
+    n_cols = min(columns, max(n, 1))
+    n_rows = int(np.ceil(n / n_cols))
+    angles = np.linspace(0, 2 * np.pi, len(families), endpoint=False)
+    closed = np.concatenate([angles, angles[:1]])
+    fig, axes = plt.subplots(
+        n_rows, n_cols, figsize=(2.6 * n_cols, 2.7 * n_rows),
+        subplot_kw={"projection": "polar"}, squeeze=False,
+    )
+    for ax in axes.flat:
+        ax.set_visible(False)
+    for ax, (label, row) in zip(axes.flat, scores.iterrows(), strict=False):
+        ax.set_visible(True)
+        values = row.to_numpy(dtype=float)
+        shown = np.nan_to_num(values, nan=0.0)
+        ax.plot(closed, np.concatenate([shown, shown[:1]]), color="tab:blue", linewidth=1.2)
+        ax.fill(closed, np.concatenate([shown, shown[:1]]), color="tab:blue", alpha=0.25)
+        ax.set_xticks(angles)
+        ax.set_xticklabels(
+            [f"{f[:5]}" + (" n/a" if np.isnan(v) else "") for f, v in zip(families, values,
+                                                                          strict=True)],
+            fontsize=6,
+        )
+        ax.set_ylim(0, 1)
+        ax.set_yticks([0.5, 1.0])
+        ax.set_yticklabels([])
+        ax.set_title(str(label), fontsize=7, pad=10)
+    fig.tight_layout()
+    return to_data_uri(fig)
+
+
+def scatter_figure(
+    x: np.ndarray, y: np.ndarray, labels: Sequence[str], *, xlabel: str, ylabel: str, title: str
+) -> str:
+    """A labelled scatter plot with a least-squares line (e.g. consensus score vs accuracy)."""
+    fig, ax = plt.subplots(figsize=(4.4, 3.4))
+    ax.scatter(x, y, color="tab:blue", s=22)
+    for xi, yi, label in zip(x, y, labels, strict=True):
+        ax.annotate(str(label), (xi, yi), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    finite = np.isfinite(x) & np.isfinite(y)
+    if finite.sum() >= 2 and np.ptp(x[finite]) > 0:
+        slope, intercept = np.polyfit(x[finite], y[finite], 1)
+        xs = np.linspace(x[finite].min(), x[finite].max(), 10)
+        ax.plot(xs, slope * xs + intercept, color="tab:red", linewidth=1, linestyle="--")
+    ax.set_xlabel(xlabel, fontsize=8)
+    ax.set_ylabel(ylabel, fontsize=8)
+    ax.set_title(title, fontsize=8)
+    ax.tick_params(labelsize=7)
+    return to_data_uri(fig)
+
+
+def bar_figure(
+    labels: Sequence[str], values: np.ndarray, *, flagged: Sequence[bool] | None = None,
+    threshold: float | None = None, xlabel: str, title: str,
+) -> str:
+    """Horizontal bars, flagged bars in red, an optional threshold line."""
+    n = len(labels)
+    fig, ax = plt.subplots(figsize=(4.8, 0.28 * n + 1.1))
+    colours = ["tab:red" if f else "tab:blue" for f in (flagged or [False] * n)]
+    ax.barh(np.arange(n), np.nan_to_num(values, nan=0.0), color=colours)
+    ax.set_yticks(np.arange(n))
+    ax.set_yticklabels([str(s) for s in labels], fontsize=7)
+    ax.invert_yaxis()
+    if threshold is not None:
+        ax.axvline(threshold, color="black", linestyle=":", linewidth=1)
+    ax.set_xlabel(xlabel, fontsize=8)
+    ax.set_title(title, fontsize=8)
+    ax.tick_params(axis="x", labelsize=7)
+    return to_data_uri(fig)
+
+
+def attribute_card_figure(
+    image: np.ndarray, class_map: np.ndarray, attribute_maps: Sequence[tuple[str, np.ndarray]],
+    *, class_title: str,
+) -> str:
+    """The class map next to the maps of the attributes found, each on the image."""
+    n = 2 + len(attribute_maps)
+    fig, axes = plt.subplots(1, n, figsize=(1.6 * n, 1.9), squeeze=False)
+    axes = axes[0]
+    _show_image(axes[0], image)
+    axes[0].set_title("image", fontsize=7)
+    gray = image.mean(axis=-1)
+    panels = [(class_title, class_map), *attribute_maps]
+    for ax, (name, saliency) in zip(axes[1:], panels, strict=True):
+        ax.imshow(gray, cmap="gray", alpha=0.35)
+        ax.imshow(unit_scale(saliency), cmap=MAP_CMAP, vmin=-1, vmax=1, alpha=0.85)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(name, fontsize=7)
+    return to_data_uri(fig)

@@ -1,0 +1,132 @@
+"""Numbers of the report: hand values on tiny tables, direction handling, findings."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from report_helpers import META, make_metrics
+from scipy import stats as sps
+
+from concilium.report.summary import (
+    MEMBERS,
+    best_per_metric,
+    consensus_points,
+    explanation_stats,
+    family_scores,
+    findings,
+    is_member,
+    mean_ci,
+    paper_table,
+)
+
+
+def _table(rows):
+    return pd.DataFrame(rows, columns=["sample", "label", "source", "method", "metric", "value"])
+
+
+def test_mean_ci_hand_values():
+    mean, low, high, n = mean_ci(np.array([1.0, 2.0, 3.0, np.nan]))
+    half = sps.t.ppf(0.975, 2) * 1.0 / math.sqrt(3)  # sd of 1, 2, 3 is 1
+    assert (mean, n) == (2.0, 3)
+    assert low == pytest.approx(2 - half) and high == pytest.approx(2 + half)
+    assert math.isnan(mean_ci(np.array([5.0]))[1])
+    assert mean_ci(np.array([np.nan]))[3] == 0
+
+
+def test_is_member():
+    assert is_member("m0") and is_member("m12")
+    assert not is_member("ens-avg") and not is_member("members") and not is_member("cnn")
+
+
+def test_pooled_members_average_per_sample_first():
+    t = _table([
+        ("a", 0, "m0", "sal", "rm", 0.0), ("a", 0, "m1", "sal", "rm", 1.0),
+        ("b", 0, "m0", "sal", "rm", 1.0), ("b", 0, "m1", "sal", "rm", 1.0),
+        ("a", 0, "ens-avg", "sal", "rm", 0.9), ("b", 0, "ens-avg", "sal", "rm", 0.7),
+    ])
+    stats = explanation_stats(t).set_index("source")
+    assert stats.loc[MEMBERS, "mean"] == pytest.approx(0.75)
+    assert stats.loc[MEMBERS, "n"] == 2  # per-sample pooled, not 4 member rows
+    assert stats.loc["ens-avg", "mean"] == pytest.approx(0.8)
+    assert set(explanation_stats(t, members="each")["source"]) == {"m0", "m1", "ens-avg"}
+    assert len(explanation_stats(t, members="both")) == 4
+
+
+def test_missing_columns_named():
+    with pytest.raises(ValueError, match=r"lacks columns \['value'\]"):
+        explanation_stats(pd.DataFrame(columns=["sample", "label", "source", "method", "metric"]))
+
+
+def test_best_respects_direction():
+    stats = pd.DataFrame({
+        "explanation": ["x", "y", "x", "y"], "metric": ["rm", "rm", "del", "del"],
+        "mean": [0.2, 0.5, 0.2, 0.5],
+    })
+    meta = pd.DataFrame({"metric": ["rm", "del"], "category": ["localisation", "faithfulness"],
+                         "higher_is_better": [True, False]})
+    assert best_per_metric(stats, meta) == {"rm": "y", "del": "x"}
+
+
+def test_family_scores_flip_lower_is_better_and_average_family():
+    stats = pd.DataFrame({
+        "explanation": ["x", "y", "z"] * 2, "metric": ["rm"] * 3 + ["del"] * 3,
+        "mean": [0.0, 0.5, 1.0, 0.0, 0.5, 1.0],
+    })
+    meta = pd.DataFrame({"metric": ["rm", "del"], "category": ["localisation", "faithfulness"],
+                         "higher_is_better": [True, False]})
+    scores = family_scores(stats, meta)
+    assert scores.loc[["x", "y", "z"], "localisation"].tolist() == [0.0, 0.5, 1.0]
+    assert scores.loc[["x", "y", "z"], "faithfulness"].tolist() == [1.0, 0.5, 0.0]
+    assert scores["robustness"].isna().all()
+
+
+def test_paper_table_hand_values():
+    t = _table([
+        ("a", 0, "m0", "sal", "rm", 0.2), ("a", 0, "m1", "sal", "rm", 0.4),
+        ("b", 0, "m0", "sal", "rm", 0.4), ("b", 0, "m1", "sal", "rm", 0.4),
+        ("a", 0, "ens-avg", "sal", "rm", 0.6), ("b", 0, "ens-avg", "sal", "rm", 0.8),
+    ])
+    row = paper_table(t).iloc[0]
+    assert row["exp_avg"] == pytest.approx(0.35)  # mean of member means 0.3 and 0.4
+    assert row["ens_avg"] == pytest.approx(0.7)
+    assert math.isnan(row["ens_logit"]) and row["members"] == 2
+
+
+def test_findings_report_numbers_and_verdicts(report_data):
+    found = {f.claim.split(" (")[0]: f for f in findings(
+        report_data.metrics, report_data.meta, report_data.tables, card=report_data.dataset)}
+    consensus = found["Consensus score correlates positively with member accuracy"]
+    assert consensus.held is True and "Pearson r = +" in consensus.detail
+    rare = found["The rare class is flagged by the per-class quality audit"]
+    assert rare.held is True
+    water = found["The watermark class is flagged by the bias audit"]
+    assert water.held is True and "plain" in water.detail
+
+
+def test_findings_not_measured_without_inputs():
+    found = findings(None, META, {}, card={})
+    assert found and all(f.held is None for f in found)
+
+
+def test_averaging_claim_fails_when_members_better():
+    t = _table([("a", 0, "m0", "sal", "mask_correlation", 0.9),
+                ("a", 0, "ens-avg", "sal", "mask_correlation", 0.1)])
+    f = findings(t, META, {})[0]
+    assert f.held is False and "-0.800" in f.detail
+
+
+def test_consensus_points_average_rows_per_member():
+    table = pd.DataFrame({"source": ["m0", "m0", "m1"], "consensus_score": [0.2, 0.4, 0.5],
+                          "accuracy": [0.8, 0.8, 0.9]})
+    p = consensus_points(table).set_index("member")
+    assert p.loc["m0", "consensus_score"] == pytest.approx(0.3)
+    assert consensus_points(pd.DataFrame({"x": [1]})) is None
+
+
+def test_stats_on_generated_table_have_finite_ci():
+    stats = explanation_stats(make_metrics())
+    assert np.isfinite(stats[["mean", "ci_low", "ci_high"]].to_numpy()).all()
+    assert (stats["ci_low"] <= stats["mean"]).all() and (stats["mean"] <= stats["ci_high"]).all()
