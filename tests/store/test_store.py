@@ -96,19 +96,23 @@ def test_kill_and_resume_is_byte_identical(tmp_path):
 
 
 _KILLER = """
-import os, signal, sys, torch
-sys.path.insert(0, {tests!r})
-from test_store import new_entry, maps_for
-entry = new_entry({run!r})
-entry.write(0, maps_for(0, 4))
-entry._maps[4:8] = maps_for(4, 8).numpy()   # chunk 1's data is on disk, its marker is not
+import os, signal, numpy as np, zarr
+group = zarr.open_group({path!r}, mode="r+")
+maps = np.load({npy!r})
+group["maps"][0:4] = maps[0:4]
+group["done"][0] = True
+group["maps"][4:8] = maps[4:8]   # chunk 1's data reaches the disk, its marker does not
 os.kill(os.getpid(), signal.SIGKILL)
 """
 
 
 def test_sigkill_between_data_and_marker_resumes(tmp_path):
+    """A real SIGKILL (a lean child process writing the store's layout with zarr alone)."""
     clean, killed = tmp_path / "clean", tmp_path / "killed"
-    code = _KILLER.format(tests=str(Path(__file__).parent), run=str(killed))
+    entry = new_entry(killed)
+    np.save(tmp_path / "maps.npy", maps_for(0, 10).numpy())
+    path = killed / "explanations.zarr" / "entries" / "m0" / "saliency" / entry.params_hash
+    code = _KILLER.format(path=str(path), npy=str(tmp_path / "maps.npy"))
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60)
     assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()
     entry = new_entry(killed)

@@ -6,10 +6,17 @@ images go once to the device, the methods missing it are computed (sharing passe
 ``explain_many`` where the methods allow) and every map is written as soon as it exists. Complete
 entries cost nothing.
 
-Determinism: a chunk's random numbers come from a generator seeded by
-``(seed, member, method, first row)`` only, so a chunk computed after a resume, alone or together
-with other methods, equals the chunk of an uninterrupted run bit for bit (on the same device and
-library versions).
+Determinism: a resumed run ends byte-identical to an uninterrupted one (same device and library
+versions), because nothing a chunk's maps depend on changes between processes:
+
+- random numbers: each chunk's generator is seeded by ``(seed, member, first row)``; ``explain``
+  draws one base seed from it and mixes in the method name and the image index;
+- batching: the rows per model call (``batch_size``; when not given, chosen once by the timing
+  probe of :func:`concilium.explain.probe`) are recorded in each entry's ``meta`` and reused for
+  that entry when the run resumes, so Captum's partial sums add up in the same order;
+- shared passes: whenever a chunk needs any of ``saliency``, ``input_x_gradient``, ``gradcam``,
+  all of those the run asks for are computed together by ``explain_many`` (finished ones are not
+  rewritten), so a chunk always takes the same code path.
 """
 
 from __future__ import annotations
@@ -84,12 +91,13 @@ class Plan:
     model: nn.Module
     card: Any
     entries: dict[str, Entry] = field(default_factory=dict)
+    batch_sizes: dict[str, int] = field(default_factory=dict)
     missing: dict[tuple[int, int], list[str]] = field(default_factory=dict)
 
 
-def chunk_seed(seed: int, source: str, method: str, start: int) -> int:
-    """The seed of one chunk's generator: a hash of ``(seed, source, method, start)``."""
-    digest = hashlib.sha256(f"{seed}|{source}|{method}|{start}".encode()).digest()
+def chunk_seed(seed: int, source: str, start: int) -> int:
+    """The seed of one chunk's generator: a hash of ``(seed, source, start)``."""
+    digest = hashlib.sha256(f"{seed}|{source}|{start}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
@@ -134,14 +142,21 @@ def plan_members(
     seed: int,
     dtype: Literal["float32", "float16"],
     chunk_size: int,
+    batch_size: int | None,
+    device: torch.device,
     meta: Mapping[str, Any],
 ) -> list[Plan]:
-    """Open or create every entry and list the missing chunks; computes nothing."""
+    """Open or create every entry, fix each entry's batch size and list the missing chunks."""
+    from concilium.explain import probe
     from concilium.runinfo import model_fingerprint
 
     h, w = data.image_size
     plans = []
     for model, card in members:
+        rows = batch_size
+        if rows is None:
+            model.to(device).eval()
+            rows = probe(model, data.images[:1].to(device)).rows_grad
         source = card.member_id
         card_dict = card.model_dump(mode="json") if hasattr(card, "model_dump") else dict(card)
         entry_meta = {
@@ -149,6 +164,7 @@ def plan_members(
             "model_card": card_dict,
             "model_fingerprint": model_fingerprint(model),
             "seed": seed,
+            "batch_size": rows,
         }
         plan = Plan(source, model, card)
         for method in methods:
@@ -165,8 +181,12 @@ def plan_members(
                 chunk_size=chunk_size, meta=entry_meta,
             )
             plan.entries[method] = entry
-            for rows in entry.missing_chunks():
-                plan.missing.setdefault(rows, []).append(method)
+            # a resumed entry keeps the batching it was started with, unless the user sets one
+            plan.batch_sizes[method] = (
+                batch_size if batch_size is not None else int(entry.meta.get("batch_size", rows))
+            )
+            for chunk_rows in entry.missing_chunks():
+                plan.missing.setdefault(chunk_rows, []).append(method)
         plans.append(plan)
     return plans
 
@@ -225,7 +245,7 @@ def explain_to_store(
     plans = plan_members(
         store, data, members, methods, method_options=options, target=target,
         reduction=reduction, baseline=baseline, seed=seed, dtype=dtype, chunk_size=chunk_size,
-        meta=meta or {},
+        batch_size=batch_size, device=device, meta=meta or {},
     )
     reports = {
         (p.source, m): EntryReport(p.source, m, e.params_hash) for p in plans
@@ -246,7 +266,7 @@ def explain_to_store(
             for method, maps, seconds in compute_chunk(
                 model, images, labels, chunk_methods, card=plan.card, source=plan.source,
                 start=start, method_options=options, target=target, reduction=reduction,
-                baseline=baseline, seed=seed, batch_size=batch_size,
+                baseline=baseline, seed=seed, batch_sizes=plan.batch_sizes,
             ):
                 plan.entries[method].write(start, maps)
                 report = reports[(plan.source, method)]
@@ -273,24 +293,51 @@ def compute_chunk(
     reduction: str,
     baseline: str,
     seed: int,
-    batch_size: int | None,
+    batch_sizes: Mapping[str, int],
 ) -> Iterator[tuple[str, Tensor, float]]:
     """Yield the maps of one chunk for each of ``methods``: ``(method, (n, H, W) CPU, seconds)``,
-    one method at a time, so that the caller writes each as soon as it exists.
+    as soon as each exists, so that the caller writes it at once.
 
-    Each method gets its own generator seeded by :func:`chunk_seed`, so its maps do not depend
-    on which other methods are computed alongside.
+    ``batch_sizes`` holds every method of the run (missing in this chunk or not): the
+    shared-pass methods among them (``SHARED_PASS``) are computed together by ``explain_many``
+    whenever one of them is missing, so the chunk's code path never depends on what a killed run
+    had already finished.
     """
-    from concilium.explain import explain
+    from concilium.explain import SHARED_PASS, explain, explain_many
 
+    common = {
+        "reduction": reduction,
+        "baseline": baseline,
+        "labels": labels,
+        "attribute_names": list(getattr(card, "attribute_names", []) or []),
+    }
+
+    def generator() -> torch.Generator:
+        g = torch.Generator(device=images.device)
+        g.manual_seed(chunk_seed(seed, source, start))
+        return g
+
+    shared_all = [m for m in SHARED_PASS if m in batch_sizes]
+    groups: dict[int, list[str]] = {}
+    for m in shared_all if len(shared_all) > 1 and set(shared_all) & set(methods) else []:
+        groups.setdefault(batch_sizes[m], []).append(m)
+    grouped = {m for ms in groups.values() for m in ms}
+    for rows, group in groups.items():
+        t0 = time.perf_counter()
+        out = explain_many(
+            model, images, target, {m: method_options.get(m, {}) for m in group},
+            batch_size=rows, generator=generator(), **common,
+        )
+        seconds = (time.perf_counter() - t0) / len(group)
+        for m in group:
+            if m in methods:
+                yield m, out[m].detach().to("cpu", torch.float32), seconds
     for method in methods:
-        generator = torch.Generator(device=images.device)
-        generator.manual_seed(chunk_seed(seed, source, method, start))
+        if method in grouped:
+            continue
         t0 = time.perf_counter()
         maps = explain(
-            model, images, target, labels=labels,
-            attribute_names=list(getattr(card, "attribute_names", []) or []),
-            method=method, reduction=reduction, baseline=baseline, batch_size=batch_size,
-            generator=generator, **method_options.get(method, {}),
+            model, images, target, method=method, batch_size=batch_sizes[method],
+            generator=generator(), **common, **method_options.get(method, {}),
         )
         yield method, maps.detach().to("cpu", torch.float32), time.perf_counter() - t0

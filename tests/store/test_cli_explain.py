@@ -1,0 +1,197 @@
+"""`concilium explain` end to end on a tiny folder dataset and two tiny saved members, plus the
+orchestrator's resume and validation before compute."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("concilium.data.folder", reason="needs concilium.data.folder (data package)")
+pytest.importorskip("concilium.models.checkpoint", reason="needs concilium.models.checkpoint")
+explain_pkg = pytest.importorskip("concilium.explain", reason="needs concilium.explain")
+if not hasattr(explain_pkg, "explain"):
+    pytest.skip("concilium.explain.explain is not there yet (methods package)",
+                allow_module_level=True)
+
+from concilium.data.dataset import ImageDataset  # noqa: E402
+from concilium.data.folder import write_folder  # noqa: E402
+from concilium.models.architectures import create_model  # noqa: E402
+from concilium.models.checkpoint import MemberCard, load_members, save_member  # noqa: E402
+from concilium.runinfo import RunInfo, load_run_data, select_split  # noqa: E402
+from concilium.store import ExplanationStore  # noqa: E402
+from concilium.store.compute import explain_to_store  # noqa: E402
+
+N, HW = 8, 16
+METHODS = "saliency,gradient_shap"
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("explain")
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(N, 3, HW, HW, generator=g)
+    data = ImageDataset(
+        images=(images * 255).round() / 255,  # exactly representable in 8-bit PNG
+        labels=torch.arange(N) % 2,
+        masks=torch.rand(N, HW, HW, generator=g) > 0.5,
+        ids=[f"s{i}" for i in range(N)],
+        splits=["train", "train"] + ["test"] * (N - 2),
+        class_names=["a", "b"],
+    )
+    write_folder(data, root / "data")
+    for k in range(2):
+        torch.manual_seed(k)
+        model = create_model("small-cnn", num_classes=2)
+        card = MemberCard(
+            member_id=f"m{k}", arch="small-cnn", num_classes=2, class_names=["a", "b"],
+            image_size=(HW, HW), seed=k, diversity="seed", epochs=0,
+            gradcam_layer=model.gradcam_layer, data_fingerprint=data.fingerprint(),
+        )
+        save_member(model.eval(), card, root / "models" / f"m{k}")
+    return root / "data", root / "models"
+
+
+def invoke(args: list[str]):
+    from typer.testing import CliRunner
+
+    from concilium.cli.main import app
+
+    return CliRunner().invoke(app, ["explain", *map(str, args)])
+
+
+def test_cli_end_to_end_then_rerun_reuses(setup, tmp_path):
+    data, models = setup
+    run = tmp_path / "run"
+    args = [data, "--models", models, "--out", run, "--methods", METHODS, "--limit", "5",
+            "--chunk-size", "2", "--seed", "3"]
+    result = invoke(args)
+    assert result.exit_code == 0, result.output
+    table = ExplanationStore(run).entries()
+    assert sorted(zip(table.source, table.method, strict=True)) == [
+        ("m0", "gradient_shap"), ("m0", "saliency"), ("m1", "gradient_shap"), ("m1", "saliency")]
+    assert table.complete.all() and (table.n == 5).all()
+    info = RunInfo.load(run)
+    assert info.sample_ids == ["s2", "s3", "s4", "s5", "s6"] and info.member_ids == ["m0", "m1"]
+    loaded, members = load_run_data(run)
+    assert loaded.ids == info.sample_ids and [c.member_id for _, c in members] == ["m0", "m1"]
+    maps = ExplanationStore(run).get("m1", "saliency").read()
+    assert maps.shape == (5, HW, HW) and torch.isfinite(maps).all() and maps.abs().sum() > 0
+    before = {p: p.stat().st_mtime_ns for p in run.rglob("c/*") if p.is_file()}
+    again = invoke(args)
+    assert again.exit_code == 0, again.output
+    assert "0 computed, 0 resumed, 4 reused" in again.output
+    assert {p: p.stat().st_mtime_ns for p in run.rglob("c/*") if p.is_file()} == before
+
+
+def _files(run: Path) -> dict[str, bytes]:
+    root = run / "explanations.zarr"
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and "/c/" in p.as_posix()}
+
+
+def test_interrupted_run_resumes_to_identical_arrays(setup, tmp_path, monkeypatch):
+    """Killed between two writes of one chunk (saliency written, input x gradient not), then
+    resumed: byte-identical to an uninterrupted run, shared pass and stochastic method included."""
+    from concilium.data.folder import load_folder
+    from concilium.store.entry import Entry
+
+    data_dir, models = setup
+    data = select_split(load_folder(data_dir), "test", None)
+    members = load_members(models)
+    kwargs = {"seed": 5, "chunk_size": 2, "meta": {"dataset_fingerprint": "x"}}
+    methods = ["saliency", "input_x_gradient", "gradient_shap"]
+    explain_to_store(ExplanationStore(tmp_path / "clean"), data, members, methods, **kwargs)
+
+    real_write = Entry.write
+    writes = []
+
+    def dying_write(self, start, maps):
+        if len(writes) == 4:  # chunk 0: 3 writes; chunk 1: saliency, then the kill
+            raise KeyboardInterrupt
+        writes.append((self.method, start))
+        real_write(self, start, maps)
+
+    monkeypatch.setattr(Entry, "write", dying_write)
+    with pytest.raises(KeyboardInterrupt):
+        explain_to_store(ExplanationStore(tmp_path / "killed"), data, members, methods, **kwargs)
+    monkeypatch.setattr(Entry, "write", real_write)
+    assert writes[-1] == ("saliency", 2)
+    reports = explain_to_store(ExplanationStore(tmp_path / "killed"), data, members, methods,
+                               **kwargs)
+    status = {(r.source, r.method): (r.status, r.chunks_computed) for r in reports}
+    assert status[("m0", "saliency")] == ("resumed", 1)
+    assert status[("m0", "input_x_gradient")] == ("resumed", 2)
+    assert status[("m1", "gradient_shap")] == ("computed", 3)
+    assert _files(tmp_path / "clean") == _files(tmp_path / "killed")
+
+
+def test_changed_param_makes_new_entries(setup, tmp_path):
+    data, models = setup
+    base = [data, "--models", models, "--out", tmp_path, "--methods", "gradient_shap",
+            "--limit", "2"]
+    assert invoke(base).exit_code == 0
+    assert invoke([*base, "--param", "gradient_shap.n_samples=3"]).exit_code == 0
+    table = ExplanationStore(tmp_path).entries()
+    assert len(table) == 4 and table.params.str.contains('"n_samples":3').sum() == 2
+    with pytest.raises(ValueError, match="2 entries match m0/gradient_shap"):
+        ExplanationStore(tmp_path).get("m0", "gradient_shap")
+
+
+@pytest.mark.parametrize(
+    ("extra", "error", "match"),
+    [
+        (["--methods", "saliency,nope"], ValueError, "unknown explanation method 'nope'"),
+        (["--target", "7"], ValueError, "out of range"),
+        (["--target", "attr:beak"], ValueError, "attribute head"),
+        (["--split", "val"], ValueError, "split 'val' is empty"),
+        (["--split", "dev"], ValueError, "--split"),
+        (["--param", "saliency.nope=1"], ValueError, "nope"),
+        (["--param", "gradcam.layer=x"], ValueError, "not in --methods"),
+        (["--param", "saliency"], ValueError, "method.key=value"),
+        (["--reduction", "mean"], ValueError, "--reduction"),
+        (["--baseline", "fog"], ValueError, "unknown baseline"),
+        (["--limit", "0"], ValueError, "--limit"),
+        (["--device", "tpu"], ValueError, "--device"),
+    ],
+)
+def test_bad_inputs_fail_before_any_compute(setup, tmp_path, extra, error, match):
+    from concilium.cli.explain import run_explain
+
+    data, models = setup
+    options = {"methods": "saliency", "split": "test", "target": "label", "reduction": "sum",
+               "baseline": "zero", "limit": None, "device": "cpu", "param": []}
+    key = None
+    for item in extra:
+        if item.startswith("--"):
+            key = item[2:]
+        elif key == "param":
+            options["param"] = [item]
+        elif key == "limit":
+            options["limit"] = int(item)
+        else:
+            options[key] = item
+    with pytest.raises(error, match=match):
+        run_explain(data, models=models, out=tmp_path / "run", quiet=True, **options)
+    assert not (tmp_path / "run" / "explanations.zarr").exists()
+
+
+def test_missing_folders(setup, tmp_path):
+    from concilium.cli.explain import run_explain
+
+    data, models = setup
+    with pytest.raises(FileNotFoundError, match="models folder"):
+        run_explain(data, models=tmp_path / "none", out=tmp_path / "run", quiet=True)
+    with pytest.raises(FileNotFoundError, match="data folder"):
+        run_explain(tmp_path / "none", models=models, out=tmp_path / "run", quiet=True)
+
+
+def test_other_settings_into_same_run_refused(setup, tmp_path):
+    data, models = setup
+    assert invoke([data, "--models", models, "--out", tmp_path, "--methods", "saliency",
+                   "--limit", "2"]).exit_code == 0
+    result = invoke([data, "--models", models, "--out", tmp_path, "--methods", "saliency",
+                     "--limit", "3"])
+    assert result.exit_code != 0
+    assert "use a new --out" in str(result.exception)
