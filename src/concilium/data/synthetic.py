@@ -87,7 +87,10 @@ _WATERMARK_FILL = np.array([1.0, 1.0, 1.0], dtype=np.float32)
 _WATERMARK_INK = np.array([1.0, 0.0, 1.0], dtype=np.float32)
 # Where each attribute part sits in the bird frame; a distractor part is centred on it.
 _PART_CENTRES = {"beak": (1.02, 0.30), "wings": (-0.08, 0.08), "tail": (-0.78, 0.0)}
-_BIRD_RADIUS = 1.2  # every bird pixel lies within this distance of the bird origin (units)
+# The bird point placed at the sampled centre, and a radius around it that holds every bird
+# pixel (units), so that no bird leaves the image whatever its rotation.
+_BIRD_ORIGIN = (0.15, 0.05)
+_BIRD_RADIUS = 1.35
 _NUM_UNIFORMS = 32  # scalar uniforms drawn per sample, in a fixed order
 
 
@@ -184,7 +187,10 @@ def _ellipse(x: np.ndarray, y: np.ndarray, cx: float, cy: float, a: float, b: fl
 
 
 def _triangle(x: np.ndarray, y: np.ndarray, p0, p1, p2) -> np.ndarray:
-    """Inside of a counter-clockwise triangle: on the left of all three edges."""
+    """Inside of a triangle (either orientation): on the inner side of all three edges."""
+    (ax, ay), (bx, by), (cx, cy) = p0, p1, p2
+    if (bx - ax) * (cy - ay) - (by - ay) * (cx - ax) < 0:  # clockwise: make it counter-clockwise
+        p1, p2 = p2, p1
     out = None
     for (x0, y0), (x1, y1) in ((p0, p1), (p1, p2), (p2, p0)):
         side = (x1 - x0) * (y - y0) - (y1 - y0) * (x - x0) >= 0.0
@@ -200,11 +206,11 @@ def _backward_sector(x, y, cx: float, radius: float, slope: float) -> np.ndarray
 
 def _beak(value: str, x, y) -> np.ndarray:
     if value == "short":
-        return _triangle(x, y, (0.78, 0.18), (1.10, 0.29), (0.78, 0.40))
+        return _triangle(x, y, (0.78, 0.16), (1.16, 0.29), (0.78, 0.42))
     if value == "long":
-        return _triangle(x, y, (0.78, 0.22), (1.42, 0.30), (0.78, 0.38))
-    upper = _triangle(x, y, (0.78, 0.16), (1.14, 0.36), (0.78, 0.44))
-    hook = _triangle(x, y, (1.00, 0.44), (1.06, 0.06), (1.20, 0.34))
+        return _triangle(x, y, (0.78, 0.20), (1.45, 0.30), (0.78, 0.40))
+    upper = _triangle(x, y, (0.78, 0.14), (1.22, 0.38), (0.78, 0.46))
+    hook = _triangle(x, y, (1.04, 0.46), (1.10, -0.02), (1.28, 0.36))
     return upper | hook
 
 
@@ -295,11 +301,11 @@ def _draw(config: SynthConfig, index: int, p: _Params, j: int, cum: np.ndarray) 
             p.values[part][j] = min(int(u[4 + k] * len(values)), len(values) - 1)
     p.colour[j] = min(int(u[7] * len(BODY_COLOURS)), len(BODY_COLOURS) - 1)
     size = config.size
-    unit = size * (0.27 + 0.06 * u[8])
+    unit = size * (0.28 + 0.06 * u[8])
     p.unit[j] = unit
     p.angle[j] = np.deg2rad(config.rotation * (2.0 * u[9] - 1.0))
     p.flip[j] = u[10] < 0.5
-    margin = _BIRD_RADIUS * unit
+    margin = _BIRD_RADIUS * unit + 1.0  # keep a free pixel at the border
     p.cx[j] = margin + (size - 2 * margin) * u[11]
     p.cy[j] = margin + (size - 2 * margin) * u[12]
     # background: grey level, tint (3), two texture waves (freq, orientation, phase, amplitude)
@@ -346,7 +352,7 @@ def _frame(p: _Params, size: int) -> tuple[np.ndarray, np.ndarray]:
     x = cos * dx + sin * dy
     y = cos * dy - sin * dx
     x = np.where(p.flip[:, None, None], -x, x)
-    return x, y
+    return x + _BIRD_ORIGIN[0], y + _BIRD_ORIGIN[1]
 
 
 def _select(value_index: np.ndarray, options: list[np.ndarray]) -> np.ndarray:
