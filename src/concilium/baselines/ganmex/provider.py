@@ -106,6 +106,8 @@ class GanmexBaseline:
         self.batch_size = batch_size
         weights = hashlib.sha256((self.gen_dir / GENERATOR_FILE).read_bytes()).hexdigest()[:16]
         self.fingerprint = f"{weights}-{self.card.step}"
+        self.name = f"ganmex:{self.fingerprint}"
+        """Stable, content-based description (used by ``concilium.explain`` in params hashes)."""
         self._memory: dict[tuple[str, int], Tensor] = {}
         self.generated = 0
         """Number of baselines this provider computed with the generator (cache misses)."""
