@@ -1,1 +1,63 @@
-"""concilium.explain (filled in by its issue)."""
+"""Attribution methods (Captum wrappers), baselines, targets and automatic batching.
+
+>>> from concilium.explain import explain, METHODS
+>>> "integrated_gradients" in METHODS
+True
+"""
+
+from concilium.explain.baselines import (
+    BASELINES,
+    BaselineProvider,
+    BlackBaseline,
+    BlurBaseline,
+    MeanBaseline,
+    TensorBaseline,
+    UniformBaseline,
+    ZeroBaseline,
+    baseline_name,
+    parse_baseline,
+    resolve_baselines,
+)
+from concilium.explain.batching import Plan, probe
+from concilium.explain.core import (
+    REDUCTIONS,
+    SHARED_PASS,
+    conv_layers,
+    explain,
+    explain_many,
+    method_params,
+    reduce_channels,
+    resolve_layer,
+)
+from concilium.explain.methods import METHODS, MethodSpec
+from concilium.explain.targets import ContrastModel, Target, contrast_target, resolve_target
+
+__all__ = [
+    "BASELINES",
+    "METHODS",
+    "REDUCTIONS",
+    "SHARED_PASS",
+    "BaselineProvider",
+    "BlackBaseline",
+    "BlurBaseline",
+    "ContrastModel",
+    "MeanBaseline",
+    "MethodSpec",
+    "Plan",
+    "Target",
+    "TensorBaseline",
+    "UniformBaseline",
+    "ZeroBaseline",
+    "baseline_name",
+    "contrast_target",
+    "conv_layers",
+    "explain",
+    "explain_many",
+    "method_params",
+    "parse_baseline",
+    "probe",
+    "reduce_channels",
+    "resolve_baselines",
+    "resolve_layer",
+    "resolve_target",
+]
