@@ -1,0 +1,120 @@
+"""Ensemble sources through the store (round trip), the CLI, and the audits on a tiny run."""
+
+import pandas as pd
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import concilium.explain
+from concilium.cli.main import app
+from concilium.ensemble.averaging import ens_avg
+from concilium.ensemble.cnn import CNNTrainConfig
+from concilium.ensemble.registry import ENSEMBLERS, EnsembleOptions, run_ensemble
+from concilium.ensemble.sources import open_run, read_maps
+from concilium.store import ExplanationStore
+
+TINY_CNN = CNNTrainConfig(base_channels=4, depth=1, epochs=3, patience=3, batch_size=8)
+
+
+def test_ens_avg_round_trip_through_the_store(tiny_run):
+    result = run_ensemble(tiny_run, "ens-avg", EnsembleOptions(normalisation="l2"))
+    assert {(e.source, e.method) for e in result.entries} == {("ens-avg", "saliency"),
+                                                              ("ens-avg", "gradcam")}
+    store = ExplanationStore(tiny_run, mode="r")
+    members = torch.stack([store.get(m, "saliency").read() for m in ("m0", "m1")])
+    stored = store.get("ens-avg", "saliency")
+    torch.testing.assert_close(stored.read(), ens_avg(members, normalisation="l2"))
+    assert stored.sample_ids == store.get("m0", "saliency").sample_ids
+    assert stored.params["inputs"] == {m: store.get(m, "saliency").params_hash for m in ("m0", "m1")}
+    # same settings again: the same entry, nothing duplicated
+    again = run_ensemble(tiny_run, "ens-avg", EnsembleOptions(normalisation="l2"))
+    assert again.entries[0].params_hash == result.entries[0].params_hash
+    assert len(ExplanationStore(tiny_run).entries().query("source == 'ens-avg'")) == 2
+
+
+def test_method_ensembles_write_combined_sources(tiny_run):
+    run_ensemble(tiny_run, "aggregate", EnsembleOptions(reducer="max"))
+    run_ensemble(tiny_run, "krr", EnsembleOptions(folds=2, pixels_per_image=8))
+    pd.DataFrame({"sample": 0, "label": 0, "source": "m0", "method": ["saliency", "gradcam"],
+                  "metric": "relevance_mass", "value": [0.2, 0.6], "params_hash": "x"}
+                 ).to_parquet(tiny_run / "results" / "metrics.parquet"
+                              if (tiny_run / "results").mkdir(exist_ok=True) is None else None)
+    w = run_ensemble(tiny_run, "weighted", EnsembleOptions())
+    assert w.tables["weights"].set_index("method").weight.to_dict() == {"gradcam": 1.0,
+                                                                         "saliency": 0.0}
+    store = ExplanationStore(tiny_run, mode="r")
+    for source in ("aggregate", "krr", "weighted"):
+        maps = store.get(source, "gradcam+saliency").read()
+        assert maps.shape == (32, 32, 32) and torch.isfinite(maps).all()
+
+
+def test_cnn_kind_trains_saves_and_reapplies(tiny_run):
+    run_ensemble(tiny_run, "cnn", EnsembleOptions(cnn=TINY_CNN))
+    store = ExplanationStore(tiny_run, mode="r")
+    probs = store.get("cnn", "gradcam+saliency").read()
+    logits = store.get("cnn:logit", "gradcam+saliency").read()
+    torch.testing.assert_close(probs, torch.sigmoid(logits))
+    assert (tiny_run / "results" / "cnn_history.parquet").is_file()
+    saved = tiny_run / "ensemblers" / "cnn"
+    again = run_ensemble(tiny_run, "cnn", EnsembleOptions(ensembler=str(saved), source="cnn:again"))
+    torch.testing.assert_close(again.entries[0].read(), probs)
+    with pytest.raises(ValueError, match="trained on methods"):
+        run_ensemble(tiny_run, "cnn", EnsembleOptions(ensembler=str(saved), methods=["saliency"],
+                                                      source="cnn:k1"))
+
+
+def test_consensus_kind_tables(tiny_run):
+    result = run_ensemble(tiny_run, "consensus", EnsembleOptions(correct_only=False,
+                                                                 similarity="spearman"))
+    table = result.tables["consensus"]
+    assert set(table.columns) >= {"member", "method", "consensus_score", "accuracy",
+                                  "localisation", "similarity"}
+    assert len(table) == 4 and (table.similarity == "spearman").all()
+    assert (tiny_run / "results" / "consensus_correlations.parquet").is_file()
+
+
+def test_ens_logit_kind_with_a_stand_in_explainer(tiny_run, monkeypatch):
+    def fake_explain(model, images, target, *, labels, method, reduction, baseline, generator):
+        x = images.clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(model(x).gather(1, labels[:, None]).sum(), x)
+        return g.sum(1)
+
+    monkeypatch.setattr(concilium.explain, "explain", fake_explain, raising=False)
+    result = run_ensemble(tiny_run, "ens-logit", EnsembleOptions(methods=["saliency"]))
+    ctx = open_run(tiny_run, load_models=True)
+    models = [ctx.models[m] for m in ("m0", "m1")]
+    x = ctx.data.images[:4]
+    expected = torch.stack([fake_explain(m, x, "label", labels=ctx.data.labels[:4], method="s",
+                                         reduction="sum", baseline="zero", generator=None)
+                            for m in models]).mean(0)
+    torch.testing.assert_close(result.entries[0].read([0, 1, 2, 3]), expected, atol=1e-5, rtol=1e-4)
+
+
+def test_members_with_different_image_sets_are_refused(tiny_run):
+    store = ExplanationStore(tiny_run)
+    other = store.entry("m9", "saliency", {"x": 1}, [f"other{i}" for i in range(32)], shape=(32, 32))
+    other.write(0, torch.zeros(32, 32, 32))
+    ctx = open_run(tiny_run)
+    with pytest.raises(ValueError, match="different image sets"):
+        read_maps(store, "m9", "saliency", ctx.data.ids)
+    with pytest.raises(ValueError, match="not in this run"):
+        run_ensemble(tiny_run, "ens-avg", EnsembleOptions(members=["m0", "m9"]))
+    with pytest.raises(ValueError, match="valid names"):
+        run_ensemble(tiny_run, "median-vote")
+    assert "cnn" in ENSEMBLERS
+
+
+def test_cli_ensemble_and_audit(tiny_run):
+    runner = CliRunner()
+    out = runner.invoke(app, ["ensemble", str(tiny_run), "--kind", "cnn", "--epochs", "2"])
+    assert out.exit_code == 0, out.output
+    assert "cnn/gradcam+saliency" in out.output
+    out = runner.invoke(app, ["audit", str(tiny_run), "--sources", "m0,cnn"])
+    assert out.exit_code == 0, out.output
+    per_class = pd.read_parquet(tiny_run / "results" / "per_class.parquet")
+    assert set(per_class.columns) >= {"class", "dice", "iou", "flagged"}
+    bias = pd.read_parquet(tiny_run / "results" / "bias.parquet")
+    # the watermark is drawn on class 1 only
+    assert set(bias.label) == {1} and set(bias.source) == {"m0", "cnn"}
+    out = runner.invoke(app, ["ensemble", str(tiny_run), "--kind", "nope"])
+    assert out.exit_code != 0
