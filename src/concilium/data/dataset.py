@@ -104,7 +104,9 @@ class ImageDataset:
             raise ValueError(f"images must be (N, 3, H, W); got {tuple(self.images.shape)}")
         h, w = self.images.shape[-2:]
         if self.masks.shape != (n, h, w):
-            raise ValueError(f"masks must be {(n, h, w)} like the images; got {tuple(self.masks.shape)}")
+            raise ValueError(
+                f"masks must be {(n, h, w)} like the images; got {tuple(self.masks.shape)}"
+            )
         for name, m in self.parts.items():
             if m.shape != (n, h, w):
                 raise ValueError(f"part masks {name!r} must be {(n, h, w)}; got {tuple(m.shape)}")
@@ -131,7 +133,9 @@ class ImageDataset:
         if name in ("masks", "object", "default"):
             return self.masks
         if name not in self.parts:
-            raise ValueError(f"unknown mask set {name!r}; valid: masks, {', '.join(sorted(self.parts))}")
+            raise ValueError(
+                f"unknown mask set {name!r}; valid: masks, {', '.join(sorted(self.parts))}"
+            )
         return self.parts[name]
 
     def subset(self, index: Tensor | list[int] | str) -> ImageDataset:
@@ -166,8 +170,10 @@ class ImageDataset:
             ValueError: if the dataset has no ``class_part_values`` (folder datasets).
         """
         if self.class_part_values is None:
-            raise ValueError("this dataset has no per-class part definitions; difference masks "
-                             "need the synthetic benchmark or class_part_values")
+            raise ValueError(
+                "this dataset has no per-class part definitions; difference masks "
+                "need the synthetic benchmark or class_part_values"
+            )
         out = torch.zeros_like(self.masks)
         for i, (c, t) in enumerate(zip(self.labels.tolist(), targets.tolist(), strict=True)):
             a, b = self.class_part_values[c], self.class_part_values[t]

@@ -125,9 +125,12 @@ def _mask_paths(base: Path, what: str, items: list[tuple[str, str, Path]]) -> li
     return paths
 
 
-def _read_csv(path: Path, ids: list[str]) -> tuple[list[str], dict[str, list[str]]]:
-    """Header and ``id -> row values`` of a CSV whose first column is ``id``; every image id must
-    appear exactly once and no other id may."""
+def _read_csv(
+    path: Path, ids: list[str], *, header: list[str] | None = None
+) -> tuple[list[str], dict[str, list[str]]]:
+    """Header and ``id -> row values`` of a CSV whose first column is ``id`` (and whose header
+    is exactly ``header`` when given); every image id must appear exactly once and no other id
+    may."""
     try:
         with path.open(newline="", encoding="utf-8") as fh:
             rows = list(csv.reader(fh))
@@ -137,7 +140,12 @@ def _read_csv(path: Path, ids: list[str]) -> tuple[list[str], dict[str, list[str
         ) from None
     if not rows or not rows[0] or rows[0][0].strip() != "id":
         raise FolderDatasetError(f"{path} must start with a header row whose first column is 'id'")
-    header = [h.strip() for h in rows[0]]
+    found = [h.strip() for h in rows[0]]
+    if header is not None and found != header:
+        raise FolderDatasetError(
+            f"{path} must have exactly the columns {','.join(header)}; got {','.join(found)}"
+        )
+    header = found
     values: dict[str, list[str]] = {}
     for line, row in enumerate(rows[1:], start=2):
         if not row:
@@ -185,9 +193,7 @@ def _attributes(path: Path, ids: list[str]) -> tuple[torch.Tensor, list[str]]:
 
 
 def _splits(path: Path, ids: list[str]) -> list[str]:
-    header, values = _read_csv(path, ids)
-    if header != ["id", "split"]:
-        raise FolderDatasetError(f"{path} must have exactly the columns id,split; got {header}")
+    _, values = _read_csv(path, ids, header=["id", "split"])
     out = []
     for sid in ids:
         split = values[sid][0]
