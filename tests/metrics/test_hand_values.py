@@ -96,8 +96,15 @@ def test_faithfulness_correlation_exact_attribution_is_one():
     x = torch.rand(1, 1, 4, 4, generator=g)
     model = LinearNet(w.unsqueeze(0))
     score = evaluate(
-        "faithfulness_correlation", w * x[:, 0], images=x, labels=Y, model=model,
-        nr_runs=20, subset_size=5, baseline="zero", generator=g,
+        "faithfulness_correlation",
+        w * x[:, 0],
+        images=x,
+        labels=Y,
+        model=model,
+        nr_runs=20,
+        subset_size=5,
+        baseline="zero",
+        generator=g,
     )
     assert score.item() == pytest.approx(1.0, abs=1e-9)
 
@@ -137,8 +144,15 @@ def test_local_lipschitz_of_linear_explainer_is_its_slope():
 
     g = torch.Generator().manual_seed(1)
     score = evaluate(
-        "local_lipschitz", 2 * X[:, 0], images=X, labels=Y, model=LinearNet(W.unsqueeze(0)),
-        explainer=explainer, generator=g, nr_samples=5, normalise=False,
+        "local_lipschitz",
+        2 * X[:, 0],
+        images=X,
+        labels=Y,
+        model=LinearNet(W.unsqueeze(0)),
+        explainer=explainer,
+        generator=g,
+        nr_samples=5,
+        normalise=False,
     )
     assert score.item() == pytest.approx(2.0, rel=1e-6)
 
@@ -152,12 +166,26 @@ def test_sensitivity_slow_reimplementation():
     a = explainer(None, x, y)
     model = LinearNet(torch.ones(1, 1, 3, 3))
     got_max = evaluate(
-        "max_sensitivity", a, images=x, labels=y, model=model, explainer=explainer,
-        generator=torch.Generator().manual_seed(3), nr_samples=4, normalise=False,
+        "max_sensitivity",
+        a,
+        images=x,
+        labels=y,
+        model=model,
+        explainer=explainer,
+        generator=torch.Generator().manual_seed(3),
+        nr_samples=4,
+        normalise=False,
     )
     got_avg = evaluate(
-        "avg_sensitivity", a, images=x, labels=y, model=model, explainer=explainer,
-        generator=torch.Generator().manual_seed(3), nr_samples=4, normalise=False,
+        "avg_sensitivity",
+        a,
+        images=x,
+        labels=y,
+        model=model,
+        explainer=explainer,
+        generator=torch.Generator().manual_seed(3),
+        nr_samples=4,
+        normalise=False,
     )
     # the same draws, one copy at a time: rows ordered (image, sample)
     noise = torch.rand(8, 1, 3, 3, generator=torch.Generator().manual_seed(3)) * 0.4 - 0.2
@@ -165,7 +193,9 @@ def test_sensitivity_slow_reimplementation():
     for row in range(8):
         i, s = divmod(row, 4)
         a_noisy = explainer(None, x[i : i + 1] + noise[row], y[i : i + 1])[0]
-        values[i, s] = torch.linalg.norm((a[i] - a_noisy).double()) / torch.linalg.norm(a[i].double())
+        values[i, s] = torch.linalg.norm((a[i] - a_noisy).double()) / torch.linalg.norm(
+            a[i].double()
+        )
     assert torch.allclose(got_max, values.max(1).values)
     assert torch.allclose(got_avg, values.mean(1))
 
@@ -176,8 +206,12 @@ def test_mprt_of_model_independent_explainer_is_one():
 
     x = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(4))
     score = evaluate(
-        "mprt", x[:, 0], images=x, labels=torch.zeros(2, dtype=torch.long),
-        model=TinyNet(1), explainer=explainer,
+        "mprt",
+        x[:, 0],
+        images=x,
+        labels=torch.zeros(2, dtype=torch.long),
+        model=TinyNet(1),
+        explainer=explainer,
     )
     assert torch.allclose(score, torch.ones(2, dtype=torch.float64))
 
@@ -193,8 +227,13 @@ def test_random_logit_two_classes_is_2d_ssim():
 
     x = torch.rand(1, 1, 9, 9, generator=g)
     score = evaluate(
-        "random_logit", per_class[:1], images=x, labels=Y, model=LinearNet(torch.ones(1, 1, 9, 9)),
-        explainer=explainer, normalise=False,
+        "random_logit",
+        per_class[:1],
+        images=x,
+        labels=Y,
+        model=LinearNet(torch.ones(1, 1, 9, 9)),
+        explainer=explainer,
+        normalise=False,
     )
     a, b = per_class[0].double().numpy(), per_class[1].double().numpy()
     rng = max(a.max(), b.max()) - min(a.min(), b.min())
@@ -210,10 +249,14 @@ def test_ssim2d_matches_skimage_on_random_pairs():
     for i in range(3):
         x, y = a[i].double().numpy(), b[i].double().numpy()
         rng = max(x.max(), y.max()) - min(x.min(), y.min())
-        assert ours[i].item() == pytest.approx(structural_similarity(x, y, data_range=rng), abs=1e-9)
+        assert ours[i].item() == pytest.approx(
+            structural_similarity(x, y, data_range=rng), abs=1e-9
+        )
 
 
-@pytest.mark.parametrize("name", ["pointing_game", "relevance_mass", "auc", "iou", "mask_correlation"])
+@pytest.mark.parametrize(
+    "name", ["pointing_game", "relevance_mass", "auc", "iou", "mask_correlation"]
+)
 def test_empty_mask_is_nan_with_warning(name):
     with pytest.warns(MetricWarning, match="mask is empty"):
         score = evaluate(name, MAP, masks=torch.zeros(1, 2, 2, dtype=torch.bool))

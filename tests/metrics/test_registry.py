@@ -28,19 +28,49 @@ ALL = METRICS.names()
 def _run(name, batch, generator=None, **extra):
     model, images, labels, maps, masks = batch
     return evaluate(
-        name, maps, images=images, labels=labels, masks=masks, model=model,
-        explainer=input_x_gradient, generator=generator, **FAST.get(name, {}), **extra,
+        name,
+        maps,
+        images=images,
+        labels=labels,
+        masks=masks,
+        model=model,
+        explainer=input_x_gradient,
+        generator=generator,
+        **FAST.get(name, {}),
+        **extra,
     )
 
 
 def test_registry_holds_the_issue_metrics():
     required = {
-        "pointing_game", "relevance_mass", "relevance_rank", "top_k_intersection", "auc",
-        "average_precision", "iou", "f1_at_quarter_max", "com_distance", "mask_correlation",
-        "faithfulness_correlation", "pixel_flipping", "deletion", "insertion", "aopc",
-        "monotonicity", "monotonicity_correlation", "road", "infidelity", "sufficiency",
-        "max_sensitivity", "avg_sensitivity", "local_lipschitz", "sparseness", "complexity",
-        "effective_complexity", "mprt", "random_logit",
+        "pointing_game",
+        "relevance_mass",
+        "relevance_rank",
+        "top_k_intersection",
+        "auc",
+        "average_precision",
+        "iou",
+        "f1_at_quarter_max",
+        "com_distance",
+        "mask_correlation",
+        "faithfulness_correlation",
+        "pixel_flipping",
+        "deletion",
+        "insertion",
+        "aopc",
+        "monotonicity",
+        "monotonicity_correlation",
+        "road",
+        "infidelity",
+        "sufficiency",
+        "max_sensitivity",
+        "avg_sensitivity",
+        "local_lipschitz",
+        "sparseness",
+        "complexity",
+        "effective_complexity",
+        "mprt",
+        "random_logit",
     }
     assert required <= set(ALL)
     for _name, spec in METRICS.items():
@@ -71,9 +101,7 @@ def test_score_depends_only_on_its_own_image(name):
     assert together[0].item() == pytest.approx(alone[0].item(), rel=1e-5, abs=1e-6)
 
 
-@pytest.mark.parametrize(
-    "name", [n for n in ALL if METRICS.get(n).needs_model]
-)
+@pytest.mark.parametrize("name", [n for n in ALL if METRICS.get(n).needs_model])
 def test_model_and_global_rng_untouched(name):
     batch = make_batch()
     model = batch[0]
@@ -86,7 +114,9 @@ def test_model_and_global_rng_untouched(name):
 
 def test_unknown_parameter_lists_valid_ones():
     with pytest.raises(ValueError, match=r"unknown parameter\(s\) kk .*valid parameters.*k=1000"):
-        evaluate("top_k_intersection", torch.rand(1, 4, 4), masks=torch.ones(1, 4, 4, dtype=bool), kk=3)
+        evaluate(
+            "top_k_intersection", torch.rand(1, 4, 4), masks=torch.ones(1, 4, 4, dtype=bool), kk=3
+        )
 
 
 def test_unknown_metric_lists_names():
@@ -100,8 +130,13 @@ def test_unknown_metric_lists_names():
 )
 def test_missing_input_is_named(name, missing):
     model, images, labels, maps, masks = make_batch()
-    kwargs = {"images": images, "labels": labels, "masks": masks, "model": model,
-              "explainer": input_x_gradient}
+    kwargs = {
+        "images": images,
+        "labels": labels,
+        "masks": masks,
+        "model": model,
+        "explainer": input_x_gradient,
+    }
     kwargs[missing] = None
     with pytest.raises(ValueError, match=missing):
         evaluate(name, maps, **kwargs)

@@ -45,8 +45,8 @@ def constant_rows(flat: Tensor) -> Tensor:
 
 
 def nan_where(scores: Tensor, bad: Tensor, metric: str, reason: str) -> Tensor:
-    """Set ``scores[bad] = NaN`` (as float) and warn why."""
-    scores = scores.float()
+    """Set ``scores[bad] = NaN`` (as float64) and warn why."""
+    scores = scores.double()
     if bool(bad.any()):
         scores = scores.masked_fill(bad, float("nan"))
         warn_nan(metric, bad, reason)
