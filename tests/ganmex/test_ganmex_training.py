@@ -116,6 +116,24 @@ def test_resume_equals_an_uninterrupted_run(tmp_path, classifier: TinyClassifier
     assert hist_a[-1].l1 == pytest.approx(hist_b[-1].l1)
 
 
+def test_until_success_stops_at_the_first_good_checkpoint(
+    tmp_path, classifier: TinyClassifier
+) -> None:
+    images, labels = colour_images(12)
+
+    class AlwaysBlue(TinyClassifier):  # succeeds exactly on the targets "blue"
+        def forward(self, x):
+            return super().forward(x) * 0 + torch.tensor([0.0, 0.0, 10.0])
+
+    card, history = train_ganmex(AlwaysBlue(), images, labels, out_dir=tmp_path,
+                                 class_names=CLASSES, until_success=0.1,
+                                 options=GanmexOptions(steps=5, checkpoint_every=1, **TINY))
+    assert card.step == 1 and len(history) == 1 and history[0].success_rate >= 0.1
+    with pytest.raises(ValueError, match="until_success"):
+        train_ganmex(classifier, images, labels, out_dir=tmp_path, class_names=CLASSES,
+                     until_success=1.5)
+
+
 def test_resume_with_other_settings_is_refused(tmp_path, classifier: TinyClassifier) -> None:
     images, labels = colour_images(12)
     train_ganmex(classifier, images, labels, out_dir=tmp_path, class_names=CLASSES,

@@ -60,6 +60,10 @@ def train(
         int, typer.Option(help="Validate and save every this many steps.")
     ] = 200,
     val_size: Annotated[int, typer.Option(help="Validation images (from the val split).")] = 256,
+    until_success: Annotated[
+        float | None,
+        typer.Option(help="Stop at the first checkpoint with this target success rate (0-1]."),
+    ] = None,
     restart: Annotated[
         bool, typer.Option(help="Start over instead of resuming a run found in --out.")
     ] = False,
@@ -84,6 +88,8 @@ def train(
     # -- cheap checks first --------------------------------------------------------------------
     if steps is not None and epochs is not None:
         raise ValueError("give --steps or --epochs, not both")
+    if until_success is not None and not 0.0 < until_success <= 1.0:
+        raise ValueError(f"--until-success must lie in (0, 1]; got {until_success}")
     if epochs is not None and epochs <= 0:
         raise ValueError(f"--epochs must be positive; got {epochs}")
     _check_device(device)
@@ -155,6 +161,7 @@ def train(
             classifier_card_hash=card_hash(card), classifier_name=str(model.resolve()),
             data_fingerprint=dataset.fingerprint(), device=device, resume=not restart,
             on_step=on_step, on_validation=lambda rec: progress.console.print(rec.line()),
+            until_success=until_success,
         )
     if history:
         last = history[-1]

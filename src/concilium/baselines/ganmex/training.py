@@ -301,6 +301,7 @@ def train_ganmex(
     resume: bool = True,
     on_step: Callable[[int, StepLosses], None] | None = None,
     on_validation: Callable[[ValidationRecord], None] | None = None,
+    until_success: float | None = None,
 ) -> tuple[GanmexCard, list[ValidationRecord]]:
     """Train (or resume training) a GANMEX generator for ``classifier`` and save it to ``out_dir``.
 
@@ -329,6 +330,9 @@ def train_ganmex(
             over and overwrites it.
         on_step: called after every step with ``(step, losses)`` (progress bars).
         on_validation: called with each validation record.
+        until_success: stop early at the first checkpoint whose target success rate reaches
+            this value (``None``: always run ``options.steps`` steps). A later call with the
+            same settings resumes from there.
 
     Returns:
         The final card and the full validation history (including lines of earlier runs).
@@ -338,6 +342,8 @@ def train_ganmex(
             the checkpoint being resumed.
     """
     options = options or GanmexOptions()
+    if until_success is not None and not 0.0 < until_success <= 1.0:
+        raise ValueError(f"until_success must lie in (0, 1]; got {until_success}")
     images = check_images(images)
     num_classes = len(class_names)
     labels = check_labels(labels, images.shape[0], num_classes)
@@ -420,4 +426,6 @@ def train_ganmex(
                             opt_d=opt_d, rng=rng)
             if on_validation is not None:
                 on_validation(record)
+            if until_success is not None and record.success_rate >= until_success:
+                break
     return card, history
