@@ -10,14 +10,18 @@ from concilium.models.base import ConciliumNet
 
 
 def tiny_net(*, seed: int = 0, num_classes: int = 3, num_attributes: int = 2,
-             in_channels: int = 3, dtype: torch.dtype = torch.float32) -> ConciliumNet:
-    """A small CNN following the model contract: two convs (GradCAM on the second)."""
+             in_channels: int = 3, dtype: torch.dtype = torch.float32,
+             smooth: bool = False) -> ConciliumNet:
+    """A small CNN following the model contract: two convs (GradCAM on the second).
+
+    ``smooth=True`` uses Softplus instead of ReLU, so path integrals have no kinks.
+    """
     torch.manual_seed(seed)
     backbone = nn.Sequential(
         nn.Conv2d(in_channels, 6, 3, padding=1),
-        nn.ReLU(),
+        nn.Softplus() if smooth else nn.ReLU(),
         nn.Conv2d(6, 8, 3, padding=1),
-        nn.ReLU(inplace=True),
+        nn.Softplus() if smooth else nn.ReLU(inplace=True),
         nn.AdaptiveAvgPool2d(2),
         nn.Flatten(),
     )
