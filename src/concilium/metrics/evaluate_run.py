@@ -1,0 +1,253 @@
+"""Evaluate every stored explanation of a run with a set of metrics (``concilium evaluate``).
+
+Which model a model-bound metric uses, per source:
+
+* a member source (``m0``, ``m1``, ...): that member;
+* ``ens-logit``: the averaged-logit ensemble of all members (``concilium.ensemble.LogitEnsemble``);
+* any other ensemble source (``ens-avg``, ``consensus``, ``weighted``, ...): the member ``m0``
+  (the first member). Faithfulness then asks "does this map find what ``m0`` relies on".
+
+Metrics that call the explanation method (robustness, randomisation) need the method that made
+the map; an ensemble map has no such single method, so for ensemble sources other than
+``ens-logit`` they are skipped, with a note, rather than measuring a stand-in. Targets are the
+entry's recorded target spec (``label``, ``pred``, an int, ``attr:...``); contrast targets skip the
+model-bound metrics.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from concilium.metrics.evaluate import check_params, evaluate
+from concilium.metrics.perturb import model_device
+from concilium.metrics.registry import METRICS
+from concilium.metrics.results import ResultsTable, group_rows, metric_params_hash
+
+DEFAULT_CHUNK = 64
+
+
+@dataclass
+class EvaluateReport:
+    """What :func:`evaluate_run` did: groups computed, skipped as done, and skipped with why."""
+
+    computed: list[tuple[str, ...]] = field(default_factory=list)
+    already_done: list[tuple[str, ...]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def load_metric_params(
+    path: str | Path | None, metrics: Sequence[str]
+) -> dict[str, dict[str, Any]]:
+    """Read ``metrics.toml`` (one table per metric: ``[top_k_intersection] k = 500``) and check
+    every key against the metric's real signature.
+
+    Raises:
+        ValueError: an unknown metric, a metric not selected, or an unknown parameter.
+    """
+    if path is None:
+        return {}
+    import tomllib
+
+    with open(path, "rb") as f:
+        raw = tomllib.load(f)
+    out: dict[str, dict[str, Any]] = {}
+    for name, params in raw.items():
+        spec = METRICS.get(name)
+        if not isinstance(params, dict):
+            raise ValueError(f"{path}: [{name}] must be a table of parameters; got {params!r}")
+        if name not in metrics:
+            raise ValueError(f"{path}: parameters for {name!r}, which is not among --metrics")
+        check_params(spec, params)
+        out[name] = {k: tuple(v) if isinstance(v, list) else v for k, v in params.items()}
+    return out
+
+
+def _seed(*parts: object) -> int:
+    digest = hashlib.sha256("|".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def _explainer(
+    params: Mapping[str, Any], seed: int
+) -> Callable[[nn.Module, Tensor, Tensor], Tensor] | None:
+    if "method_params" not in params or "method" not in params:
+        return None
+    from concilium.explain import explain
+
+    def explainer(model: nn.Module, images: Tensor, targets: Tensor) -> Tensor:
+        return explain(
+            model,
+            images,
+            targets,
+            method=params["method"],
+            reduction=params.get("reduction", "sum"),
+            baseline=params.get("baseline", "zero"),
+            generator=torch.Generator().manual_seed(seed),
+            **params["method_params"],
+        )
+
+    return explainer
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    metrics: Sequence[str],
+    *,
+    params: Mapping[str, Mapping[str, Any]] | None = None,
+    mask: str = "masks",
+    device: str | None = None,
+    batch_size: int | None = None,
+    seed: int = 0,
+    chunk: int = DEFAULT_CHUNK,
+    progress: Callable[[str], None] | None = None,
+) -> EvaluateReport:
+    """Compute ``metrics`` for every complete entry of ``RUN/explanations.zarr`` and append the
+    rows to ``RUN/results/metrics.parquet`` (+ ``.csv``), one finished group at a time; groups
+    already in the table are skipped (resumable).
+
+    Args:
+        run_dir: the run directory (``run.json`` + the store).
+        metrics: metric names (see :func:`concilium.metrics.metrics_in`).
+        params: per-metric parameters (checked against each metric's signature).
+        mask: the ground-truth mask set: ``"masks"`` (the object) or a named set (``evidence``,
+            a part).
+        device: where models and images go (default: the run's device).
+        batch_size: perturbed copies per forward pass for metrics with a ``batch_size``.
+        seed: base seed of the stochastic metrics (one generator per group, derived from it).
+        chunk: samples per :func:`~concilium.metrics.evaluate` call.
+        progress: called with one line per finished group.
+
+    Returns:
+        An :class:`EvaluateReport`.
+    """
+    from concilium.runinfo import load_run_data
+    from concilium.store import ExplanationStore
+
+    params = {k: dict(v) for k, v in (params or {}).items()}
+    for name in metrics:
+        check_params(METRICS.get(name), params.get(name, {}))
+        if batch_size is not None and "batch_size" in METRICS.get(name).params:
+            params.setdefault(name, {}).setdefault("batch_size", batch_size)
+    store = ExplanationStore(run_dir, mode="r")
+    entries = store.entries()
+    report = EvaluateReport()
+    incomplete = entries[~entries["complete"]]
+    for _, row in incomplete.iterrows():
+        report.notes.append(f"{row.source}/{row.method}/{row.params_hash}: incomplete, skipped")
+    entries = entries[entries["complete"]]
+    need_model = any(METRICS.get(m).needs_model for m in metrics)
+    data, members = load_run_data(run_dir, device=device, load_models=need_model)
+    masks = data.mask_set(mask) if any(METRICS.get(m).needs_mask for m in metrics) else None
+    if device is not None:
+        dev = torch.device(device)
+    else:
+        dev = model_device(members[0][0]) if members else torch.device("cpu")
+    table = ResultsTable(run_dir)
+    done = table.done_groups()
+    by_id = {card.member_id: model for model, card in members}
+    for _, row in entries.iterrows():
+        entry = store.get(row.source, row.method, row.params_hash)
+        rows_idx = entry.rows_of(data.ids)
+        maps = entry.read(rows_idx)
+        model, why_not_model = _model_for(row.source, by_id, members)
+        targets, target_model, why_not_target = None, None, None
+        if need_model and model is not None:
+            targets, target_model, why_not_target = _targets(entry.params, model, data, dev)
+        explainer = (
+            _explainer(entry.params, _seed(seed, row.source, row.method, row.params_hash))
+            if row.source in by_id or row.source == "ens-logit"
+            else None
+        )
+        for metric in metrics:
+            spec = METRICS.get(metric)
+            mparams = params.get(metric, {})
+            phash, pjson = metric_params_hash(metric, mparams, mask=mask)
+            key = (row.source, row.method, row.params_hash, metric, phash)
+            if key in done:
+                report.already_done.append(key)
+                continue
+            what = f"{row.source}/{row.method}/{metric}"
+            if spec.needs_model and (model is None or target_model is None):
+                report.notes.append(f"{what}: skipped ({why_not_model or why_not_target})")
+                continue
+            if spec.needs_explainer and explainer is None:
+                report.notes.append(
+                    f"{what}: skipped (the map of source {row.source!r} has no single explanation "
+                    "method to re-run)"
+                )
+                continue
+            gen = torch.Generator().manual_seed(_seed(seed, *key)) if spec.stochastic else None
+            values = []
+            for start in range(0, maps.shape[0], chunk):
+                sl = slice(start, start + chunk)
+                values.append(
+                    evaluate(
+                        metric,
+                        maps[sl].to(dev),
+                        images=data.images[sl].to(dev) if spec.needs_model else None,
+                        labels=targets[sl] if spec.needs_model else None,
+                        masks=masks[sl].to(dev) if spec.needs_mask else None,
+                        model=target_model if spec.needs_model else None,
+                        explainer=explainer,
+                        generator=gen,
+                        **mparams,
+                    ).cpu()
+                )
+            scores = torch.cat(values)
+            table.append(
+                group_rows(
+                    samples=data.ids,
+                    labels=data.labels.tolist(),
+                    source=row.source,
+                    method=row.method,
+                    entry_hash=row.params_hash,
+                    metric=metric,
+                    mask=mask,
+                    values=scores.tolist(),
+                    params_hash=phash,
+                    params=pjson,
+                )
+            )
+            report.computed.append(key)
+            if progress is not None:
+                finite = scores[torch.isfinite(scores)]
+                mean = f"{finite.mean().item():.4g}" if finite.numel() else "nan"
+                progress(f"{what}: mean {mean} over {finite.numel()}/{scores.numel()} samples")
+    return report
+
+
+def _model_for(
+    source: str, by_id: Mapping[str, nn.Module], members: Sequence[tuple[nn.Module, Any]]
+) -> tuple[nn.Module | None, str | None]:
+    if not members:
+        return None, "no models loaded"
+    if source in by_id:
+        return by_id[source], None
+    if source == "ens-logit":
+        try:
+            from concilium.ensemble import LogitEnsemble
+        except ImportError:
+            return None, "concilium.ensemble.LogitEnsemble is not available"
+        return LogitEnsemble([m for m, _ in members]).eval(), None
+    return members[0][0], None
+
+
+def _targets(
+    params: Mapping[str, Any], model: nn.Module, data: Any, device: torch.device
+) -> tuple[Tensor | None, nn.Module | None, str | None]:
+    from concilium.explain.targets import resolve_target
+
+    spec = params.get("target", "label")
+    model = model.to(device).eval()
+    images = data.images.to(device)
+    target = resolve_target(model, images, spec, labels=data.labels.to(device))
+    if target.forward_args is not None:
+        return None, None, f"target {spec!r} needs extra forward arguments (contrast)"
+    return target.classes.to(device), target.module, None

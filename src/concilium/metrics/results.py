@@ -1,0 +1,230 @@
+"""The tidy metrics table of a run (``RUN/results/metrics.parquet`` + ``.csv``) and its summary.
+
+One row per (sample, source, method, metric): columns :data:`COLUMNS`. The table is appended to
+one finished group at a time, (source, method, entry, metric, params), so a killed
+``concilium evaluate`` loses at most the group in flight and a rerun skips what is there.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from concilium.metrics.registry import METRICS
+
+COLUMNS: tuple[str, ...] = (
+    "sample",
+    "label",
+    "source",
+    "method",
+    "entry_hash",
+    "metric",
+    "category",
+    "mask",
+    "value",
+    "params_hash",
+    "params",
+)
+GROUP_KEY: tuple[str, ...] = ("source", "method", "entry_hash", "metric", "params_hash")
+MEMBER_SOURCE = re.compile(r"^m\d+$")
+EXP_AVG = "exp-avg"
+
+
+def metric_params_hash(metric: str, params: Mapping[str, Any], *, mask: str) -> tuple[str, str]:
+    """``(hash, canonical json)`` of a metric's resolved parameters (defaults filled in) and the
+    mask set, so that a default made explicit hashes the same."""
+    from concilium.store.hashing import canonical_json, params_hash
+
+    spec = METRICS.get(metric)
+    resolved = {**spec.params, **dict(params)}
+    if spec.needs_mask:
+        resolved["__mask__"] = mask
+    plain = {k: list(v) if isinstance(v, tuple) else v for k, v in resolved.items()}
+    return params_hash(plain), canonical_json(plain)
+
+
+class ResultsTable:
+    """The metrics table of a run directory.
+
+    Args:
+        run_dir: the run; the table lives in ``run_dir/results/metrics.parquet`` (and ``.csv``).
+    """
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.dir = Path(run_dir) / "results"
+        self.parquet = self.dir / "metrics.parquet"
+        self.csv = self.dir / "metrics.csv"
+
+    def load(self) -> pd.DataFrame:
+        """The table (empty with :data:`COLUMNS` if nothing was written yet)."""
+        if not self.parquet.exists():
+            return pd.DataFrame({c: pd.Series(dtype=_dtype(c)) for c in COLUMNS})
+        return pd.read_parquet(self.parquet)
+
+    def done_groups(self) -> set[tuple[str, ...]]:
+        """The finished ``(source, method, entry_hash, metric, params_hash)`` groups."""
+        table = self.load()
+        return {
+            tuple(str(v) for v in row) for row in table[list(GROUP_KEY)].drop_duplicates().values
+        }
+
+    def append(self, rows: pd.DataFrame) -> None:
+        """Append finished rows; writes the parquet and the csv (temp file + rename each)."""
+        missing = [c for c in COLUMNS if c not in rows.columns]
+        if missing:
+            raise ValueError(f"rows lack the columns {missing}")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        table = pd.concat([self.load(), rows[list(COLUMNS)]], ignore_index=True)
+        for path, write in ((self.parquet, table.to_parquet), (self.csv, table.to_csv)):
+            tmp = path.with_suffix(path.suffix + ".tmp")
+            write(tmp, index=False)
+            tmp.replace(path)
+
+
+def _dtype(column: str) -> str:
+    return {"label": "int64", "value": "float64"}.get(column, "object")
+
+
+def group_rows(
+    *,
+    samples: Iterable[str],
+    labels: Iterable[int],
+    source: str,
+    method: str,
+    entry_hash: str,
+    metric: str,
+    mask: str,
+    values: Iterable[float],
+    params_hash: str,
+    params: str,
+) -> pd.DataFrame:
+    """The rows of one finished group, in :data:`COLUMNS` order."""
+    samples = list(samples)
+    values = np.asarray(list(values), dtype=np.float64)
+    if len(samples) != len(values):
+        raise ValueError(f"{len(samples)} samples but {len(values)} values")
+    n = len(samples)
+    return pd.DataFrame(
+        {
+            "sample": samples,
+            "label": np.asarray(list(labels), dtype=np.int64),
+            "source": [source] * n,
+            "method": [method] * n,
+            "entry_hash": [entry_hash] * n,
+            "metric": [metric] * n,
+            "category": [METRICS.get(metric).category] * n,
+            "mask": [mask if METRICS.get(metric).needs_mask else ""] * n,
+            "value": values,
+            "params_hash": [params_hash] * n,
+            "params": [params] * n,
+        }
+    )
+
+
+def mean_ci(values: np.ndarray, *, level: float = 0.95) -> tuple[float, float, float, int]:
+    """Mean and Student-t confidence interval of the finite values: ``(mean, low, high, n)``.
+    One value gives a zero-width interval; none gives NaNs."""
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    n = int(v.size)
+    if n == 0:
+        return math.nan, math.nan, math.nan, 0
+    mean = float(v.mean())
+    if n == 1:
+        return mean, mean, mean, 1
+    half = float(stats.t.ppf(0.5 + level / 2, n - 1) * v.std(ddof=1) / math.sqrt(n))
+    return mean, mean - half, mean + half, n
+
+
+def summarise(table: pd.DataFrame, *, level: float = 0.95) -> pd.DataFrame:
+    """Mean and confidence interval per (source, method, metric), plus an ``exp-avg`` row per
+    (method, metric): per sample, the mean over member sources (``m0``, ``m1``, ...), then the
+    mean and interval over samples (Exp-Avg of Ahamed et al.). ``best`` marks, per metric, the
+    row with the best mean in the metric's direction (``exp-avg`` rows included).
+
+    Returns:
+        Columns ``source, method, metric, category, higher_is_better, mean, ci_low, ci_high, n,
+        n_nan, best``.
+    """
+    rows = []
+    if table.empty:
+        return pd.DataFrame(
+            columns=[
+                "source",
+                "method",
+                "metric",
+                "category",
+                "higher_is_better",
+                "mean",
+                "ci_low",
+                "ci_high",
+                "n",
+                "n_nan",
+                "best",
+            ]
+        )
+    for (source, method, metric), grp in table.groupby(["source", "method", "metric"], sort=True):
+        rows.append(_summary_row(source, method, metric, grp["value"].to_numpy(), level))
+    members = table[table["source"].astype(str).str.match(MEMBER_SOURCE)]
+    for (method, metric), grp in members.groupby(["method", "metric"], sort=True):
+        if grp["source"].nunique() < 2:
+            continue
+        per_sample = grp.groupby("sample")["value"].mean()
+        rows.append(_summary_row(EXP_AVG, method, metric, per_sample.to_numpy(), level))
+    out = pd.DataFrame(rows)
+    out["best"] = False
+    for metric, grp in out.groupby("metric"):
+        means = grp["mean"]
+        if means.notna().any():
+            best = means.idxmax() if METRICS.get(metric).higher_is_better else means.idxmin()
+            out.loc[best, "best"] = True
+    return out
+
+
+def _summary_row(source: str, method: str, metric: str, values: np.ndarray, level: float) -> dict:
+    spec = METRICS.get(metric)
+    mean, low, high, n = mean_ci(values, level=level)
+    return {
+        "source": source,
+        "method": method,
+        "metric": metric,
+        "category": spec.category,
+        "higher_is_better": spec.higher_is_better,
+        "mean": mean,
+        "ci_low": low,
+        "ci_high": high,
+        "n": n,
+        "n_nan": int(np.sum(~np.isfinite(np.asarray(values, dtype=np.float64)))),
+        "best": False,
+    }
+
+
+def render_summary(summary: pd.DataFrame) -> Any:
+    """A ``rich.table.Table`` of the summary: one row per (metric, method, source), the best
+    per metric in bold green, Exp-Avg rows in italics, arrows for the metric direction."""
+    from rich.table import Table
+
+    table = Table(title="metrics: mean [95% CI] per source and method")
+    for col in ("metric", "method", "source", "mean", "95% CI", "n", "NaN"):
+        table.add_column(col, justify="right" if col in ("mean", "n", "NaN") else "left")
+    for _, r in summary.sort_values(["category", "metric", "method", "source"]).iterrows():
+        arrow = "↑" if r["higher_is_better"] else "↓"
+        style = "bold green" if r["best"] else ("italic" if r["source"] == EXP_AVG else None)
+        table.add_row(
+            f"{r['metric']} {arrow}",
+            str(r["method"]),
+            str(r["source"]),
+            f"{r['mean']:.4g}",
+            f"[{r['ci_low']:.4g}, {r['ci_high']:.4g}]",
+            str(r["n"]),
+            str(r["n_nan"]),
+            style=style,
+        )
+    return table
