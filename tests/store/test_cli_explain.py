@@ -76,7 +76,10 @@ def test_cli_end_to_end_then_rerun_reuses(setup, tmp_path):
     assert info.sample_ids == ["s2", "s3", "s4", "s5", "s6"] and info.member_ids == ["m0", "m1"]
     loaded, members = load_run_data(run)
     assert loaded.ids == info.sample_ids and [c.member_id for _, c in members] == ["m0", "m1"]
-    maps = ExplanationStore(run).get("m1", "saliency").read()
+    entry = ExplanationStore(run).get("m1", "saliency")
+    assert entry.meta["batch_size"] >= 1 and entry.meta["model_card"]["member_id"] == "m1"
+    assert entry.params["method_params"] == {"abs": True} and entry.params["seed"] == 3
+    maps = entry.read()
     assert maps.shape == (5, HW, HW) and torch.isfinite(maps).all() and maps.abs().sum() > 0
     before = {p: p.stat().st_mtime_ns for p in run.rglob("c/*") if p.is_file()}
     again = invoke(args)

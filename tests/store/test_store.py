@@ -145,6 +145,16 @@ def test_changed_params_make_a_new_entry(tmp_path):
     assert len(ExplanationStore(tmp_path).entries()) == 2
 
 
+def test_lookup_finds_only_existing_entries(tmp_path):
+    store = ExplanationStore(tmp_path)
+    assert store.lookup("m0", "saliency", {"reduction": "sum"}) is None
+    assert not (tmp_path / "explanations.zarr" / "entries").exists()  # lookup creates nothing
+    made = new_entry(tmp_path)
+    found = store.lookup("m0", "saliency", {"reduction": "sum"})
+    assert found is not None and found.params_hash == made.params_hash
+    assert store.lookup("m0", "saliency", {"reduction": "l2"}) is None
+
+
 def test_key_order_and_tuples_do_not_change_the_hash():
     assert params_hash({"a": 1, "b": (1, 2)}) == params_hash({"b": [1, 2], "a": 1})
     assert params_hash({"a": 1}) != params_hash({"a": 2})
@@ -157,7 +167,7 @@ def test_float16_option(tmp_path):
     assert ExplanationStore(tmp_path)._root["entries/m0/saliency"][entry.params_hash]["maps"].dtype == np.float16
     out = entry.read()
     assert out.dtype == torch.float32
-    torch.testing.assert_close(out, maps_for(0, 10).half().float(), rtol=0, atol=0)
+    assert torch.equal(out, maps_for(0, 10).half().float())
     assert not torch.equal(out, maps_for(0, 10))  # really rounded
 
 

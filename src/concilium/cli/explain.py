@@ -287,10 +287,11 @@ def _run_with_progress(console, store, data, members, methods, *, explain_to_sto
         progress.update(task, description="done")
     wall = time.perf_counter() - t0
     table = Table(title=f"explanations in {store.path}")
-    for col in ("member", "method", "params", "status", "chunks new/reused", "images", "seconds"):
-        table.add_column(col, justify="right" if col in ("images", "seconds") else "left")
+    for col in ("member", "method", "hash", "status", "chunks new/old", "maps", "seconds"):
+        table.add_column(col, justify="right" if col in ("maps", "seconds") else "left",
+                         no_wrap=col in ("method", "status"))
     for r in reports:
-        table.add_row(r.source, r.method, r.params_hash, r.status,
+        table.add_row(r.source, r.method, r.params_hash[:8], r.status,
                       f"{r.chunks_computed}/{r.chunks_reused}", str(r.rows_computed),
                       f"{r.seconds:.2f}")
     console.print(table)

@@ -153,11 +153,19 @@ def plan_members(
     h, w = data.image_size
     plans = []
     for model, card in members:
-        rows = batch_size
-        if rows is None:
-            model.to(device).eval()
-            rows = probe(model, data.images[:1].to(device)).rows_grad
         source = card.member_id
+        all_params = {
+            method: entry_params(
+                method, method_options.get(method, {}), target=target, reduction=reduction,
+                baseline=baseline, seed=seed,
+            )
+            for method in methods
+        }
+        existing = [store.lookup(source, m, p) for m, p in all_params.items()]
+        rows = batch_size
+        if rows is None and any(e is None or "batch_size" not in e.meta for e in existing):
+            model.to(device).eval()  # new entries: batching chosen once by the timing probe
+            rows = probe(model, data.images[:1].to(device)).rows_grad
         card_dict = card.model_dump(mode="json") if hasattr(card, "model_dump") else dict(card)
         entry_meta = {
             **meta,
@@ -167,24 +175,16 @@ def plan_members(
             "batch_size": rows,
         }
         plan = Plan(source, model, card)
-        for method in methods:
-            params = entry_params(
-                method,
-                method_options.get(method, {}),
-                target=target,
-                reduction=reduction,
-                baseline=baseline,
-                seed=seed,
-            )
+        for method, params in all_params.items():
             entry = store.entry(
                 source, method, params, data.ids, shape=(h, w), dtype=dtype,
                 chunk_size=chunk_size, meta=entry_meta,
             )
             plan.entries[method] = entry
             # a resumed entry keeps the batching it was started with, unless the user sets one
-            plan.batch_sizes[method] = (
-                batch_size if batch_size is not None else int(entry.meta.get("batch_size", rows))
-            )
+            recorded = entry.meta.get("batch_size")
+            chosen = batch_size if batch_size is not None else recorded
+            plan.batch_sizes[method] = int(chosen if chosen is not None else rows)  # type: ignore[arg-type]
             for chunk_rows in entry.missing_chunks():
                 plan.missing.setdefault(chunk_rows, []).append(method)
         plans.append(plan)

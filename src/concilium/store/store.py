@@ -49,15 +49,20 @@ def _node_name(name: str, what: str) -> str:
 
 
 def library_versions() -> dict[str, str]:
-    """Versions of concilium, torch, captum, numpy and zarr, for entry metadata."""
-    import captum
+    """Versions of concilium, torch, captum, numpy and zarr, for entry metadata (read from the
+    installed distributions: importing captum just for its version costs seconds)."""
+    from importlib.metadata import PackageNotFoundError, version
 
     import concilium
 
+    try:
+        captum_version = version("captum")
+    except PackageNotFoundError:
+        captum_version = "not installed"
     return {
         "concilium": concilium.__version__,
         "torch": torch.__version__,
-        "captum": captum.__version__,
+        "captum": captum_version,
         "numpy": np.__version__,
         "zarr": zarr.__version__,
     }
@@ -207,6 +212,15 @@ class ExplanationStore:
                 "done", shape=(-(-n // chunk),), chunks=(1,), dtype="bool", fill_value=False
             )
         return Entry(group)
+
+    def lookup(self, source: str, method: str, params: Mapping[str, Any]) -> Entry | None:
+        """The existing entry of ``(source, method, hash(params))``, or ``None``; creates nothing."""
+        path = self._entry_path(source, method, params_hash(_json_roundtrip(params, "params")))
+        if path in self._root:
+            group = self._root[path]
+            if "params_hash" in group.attrs and "maps" in group and "done" in group:
+                return Entry(group)
+        return None
 
     def _entry_groups(self) -> list[zarr.Group]:
         if "entries" not in self._root:
