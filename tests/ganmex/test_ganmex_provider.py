@@ -127,3 +127,36 @@ def test_parse_baseline_spec(trained_gen) -> None:
     assert isinstance(provider, GanmexBaseline)
     with pytest.raises(ValueError, match="ganmex:GEN"):
         parse_baseline_spec("ganmex:")
+
+
+def test_for_contrast_uses_the_bound_class_whatever_the_batching(trained_gen) -> None:
+    gen_dir, _ = trained_gen
+    provider = GanmexBaseline(gen_dir)
+    images, labels = colour_images(4, seed=5)
+    contrast = (labels + 1) % 3
+    bound = provider.for_contrast(images, contrast)
+    expected = provider(images, contrast)
+    torch.testing.assert_close(bound(images, labels), expected)  # explained classes ignored
+    torch.testing.assert_close(bound(images[[3, 1]], labels[[3, 1]]), expected[[3, 1]])
+    with pytest.raises(ValueError, match="not bound"):
+        bound(torch.rand(1, 3, SIZE, SIZE), torch.tensor([0]))
+    assert bound.name.startswith(provider.name)
+
+
+def test_integrated_gradients_completeness_with_the_ganmex_baseline(trained_gen) -> None:
+    explain_mod = pytest.importorskip("concilium.explain")
+    from .conftest import TinyClassifier
+
+    gen_dir, _ = trained_gen
+    provider = GanmexBaseline(gen_dir)
+    model = TinyClassifier().eval()
+    images, labels = colour_images(3, seed=9)
+    contrast = (labels + 2) % 3
+    bound = provider.for_contrast(images, contrast)
+    maps = explain_mod.explain(model, images, labels, method="integrated_gradients",
+                               baseline=bound, n_steps=64, batch_size=64)
+    with torch.no_grad():
+        baselines = provider(images, contrast)
+        rows = torch.arange(3)
+        expected = model(images)[rows, labels] - model(baselines)[rows, labels]
+    torch.testing.assert_close(maps.flatten(1).sum(1), expected, rtol=0.02, atol=2e-3)

@@ -28,7 +28,13 @@ from concilium.baselines.ganmex.checkpoint import (
     load_generator,
 )
 
-__all__ = ["CACHE_NAME", "GanmexBaseline", "image_key", "parse_baseline_spec"]
+__all__ = [
+    "CACHE_NAME",
+    "ContrastBaseline",
+    "GanmexBaseline",
+    "image_key",
+    "parse_baseline_spec",
+]
 
 CACHE_NAME = "ganmex_baselines"
 
@@ -209,9 +215,50 @@ class GanmexBaseline:
                 self._memory[keys[i]] = out[i] = b
         return torch.stack(out).to(images.device, images.dtype)  # type: ignore[arg-type]
 
+    def for_contrast(self, images: Tensor, contrast: Tensor) -> ContrastBaseline:
+        """A provider that always uses the contrast class of each of ``images``.
+
+        ``concilium.explain`` hands a provider the *explained* classes. For GANMEX's one-vs-one
+        explanation, "why ``c`` and not ``t``", the explained class is ``c`` but the baseline must
+        be ``G(x, t)``: this binds each image (by content hash) to its ``t``, so the provider
+        works for any batching or subset of these images (e.g. inside a randomisation metric).
+
+        Args:
+            images: ``(N, C, H, W)`` the images that will be explained.
+            contrast: ``(N,)`` their contrast classes ``t``.
+        """
+        contrast = self._check_call(images, contrast)
+        return ContrastBaseline(self, {image_key(x): int(t) for x, t in
+                                       zip(images, contrast.tolist(), strict=True)})
+
     def __repr__(self) -> str:
         return (f"GanmexBaseline({str(self.gen_dir)!r}, classes={self.card.class_names}, "
                 f"image_size={tuple(self.card.image_size)}, step={self.card.step})")
+
+
+class ContrastBaseline:
+    """A :class:`GanmexBaseline` bound to one contrast class per image (see
+    :meth:`GanmexBaseline.for_contrast`); the ``targets`` it is called with are ignored."""
+
+    def __init__(self, provider: GanmexBaseline, contrast: dict[str, int]) -> None:
+        self.provider = provider
+        self.contrast = contrast
+        digest = hashlib.sha256(repr(sorted(contrast.items())).encode()).hexdigest()[:12]
+        self.name = f"{provider.name}:contrast-{digest}"
+
+    def __call__(self, images: Tensor, targets: Tensor | None = None) -> Tensor:
+        keys = [image_key(x) for x in check_images(images)]
+        missing = sum(k not in self.contrast for k in keys)
+        if missing:
+            raise ValueError(
+                f"{missing} of {len(keys)} images were not bound to a contrast class; call "
+                "GanmexBaseline.for_contrast(images, contrast) with these images"
+            )
+        t = torch.tensor([self.contrast[k] for k in keys], dtype=torch.long)
+        return self.provider(images, t)
+
+    def __repr__(self) -> str:
+        return f"ContrastBaseline({self.provider!r}, {len(self.contrast)} images)"
 
 
 def parse_baseline_spec(
