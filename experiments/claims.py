@@ -1,0 +1,351 @@
+"""The four claims of the ensembling issue, measured on the ground-truth benchmark.
+
+Usage::
+
+    .venv/bin/python experiments/claims.py --quick          # minutes on a laptop CPU
+    .venv/bin/python experiments/claims.py --n 3000 --size 64 --test-images 256
+
+Each claim is printed with its numbers and whether it held. Nothing here is tuned to make a claim
+hold: the settings below were fixed before the first run, and a claim that fails is reported as
+failing.
+
+1. Ens-Avg vs Exp-Avg (and Ens-Logit) for saliency, input_x_gradient, integrated_gradients,
+   gradient_shap and gradcam on ``mask_correlation`` (the paper's metric), ``relevance_mass`` and
+   ``com_distance``, for each diversity source (``head`` with 11 members, ``seed``, ``bootstrap``,
+   ``arch``), next to the members' explanation diversity (mean pairwise Spearman of their maps).
+2. The committee consensus (SmoothGrad, images every member gets right) aligns with the masks
+   better (AUC, average precision, mask correlation) than the median member, and the consensus
+   score correlates positively with member accuracy (members of varied architectures and
+   training lengths).
+3. E* of the CNN ensembler beats the best single method on relevance mass, IoU and pointing game
+   on the test split, and its deletion AUC is at least as good (low) as the median method's.
+4. Per-class quality of E* flags the rare class (lowest Dice); the watermark class is flagged by
+   the bias audit for a model trained on watermarked data and not for one trained on clean data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from concilium.data.dataset import ImageDataset
+from concilium.data.synthetic import SynthConfig, generate
+from concilium.ensemble import (
+    CNNTrainConfig,
+    aggregate,
+    consensus,
+    consensus_scores,
+    correct_by_all,
+    correlation,
+    ens_avg,
+    ens_logit_maps,
+    mean_pairwise_similarity,
+    train_cnn_ensembler,
+)
+from concilium.ensemble.audit import bias_table, per_class_quality
+from concilium.explain import explain
+from concilium.metrics import evaluate
+from concilium.models import (
+    create_model,
+    evaluate_accuracy,
+    load_members,
+    train_ensemble,
+    train_member,
+)
+
+PAPER_METHODS = ("saliency", "input_x_gradient", "integrated_gradients", "gradient_shap", "gradcam")
+RARE_CLASS, WATERMARK_CLASS = 5, 1
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def method_params(quick: bool) -> dict[str, dict]:
+    return {
+        "integrated_gradients": {"n_steps": 8 if quick else 32},
+        "gradient_shap": {"n_samples": 8 if quick else 20},
+        "smoothgrad": {"n_samples": 8 if quick else 32},
+    }
+
+
+def explain_maps(model, data: ImageDataset, method: str, params: dict, *, seed: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return explain(model, data.images, "label", labels=data.labels, method=method, batch_size=64,
+                   generator=gen, **params.get(method, {})).detach().float()
+
+
+def score(metric: str, maps: torch.Tensor, data: ImageDataset, model=None) -> float:
+    values = evaluate(metric, maps, images=data.images, labels=data.labels, masks=data.masks,
+                      model=model)
+    return float(np.nanmean(values.numpy()))
+
+
+def better(metric: str, a: float, b: float) -> bool:
+    """Whether ``a`` is better than ``b`` on ``metric``."""
+    from concilium.metrics import METRICS
+
+    return a > b if METRICS.get(metric).higher_is_better else a < b
+
+
+# -- claim 1 ---------------------------------------------------------------------------------
+
+
+def claim_averaging(data: ImageDataset, test: ImageDataset, args, workdir: Path) -> bool:
+    metrics = ("mask_correlation", "relevance_mass", "com_distance")
+    params = method_params(args.quick)
+    setups = {
+        "head": {"members": 11, "arch": "small-cnn"},
+        "seed": {"members": args.members, "arch": "small-cnn"},
+        "bootstrap": {"members": args.members, "arch": "small-cnn"},
+        "arch": {"members": 3, "archs": ["small-cnn", "vgg11-small", "resnet18-small"]},
+    }
+    rows = []
+    for diversity, setup in setups.items():
+        t0 = time.time()
+        out = workdir / f"members-{diversity}"
+        train_ensemble(data, out=out, diversity=diversity, epochs=args.epochs, seed=args.seed,
+                       progress=False, **setup)
+        members = [m for m, _ in load_members(out)]
+        accs = [evaluate_accuracy(m, test.images, test.labels)[0] for m in members]
+        log(f"claim 1: {diversity}: {len(members)} members trained, test accuracy "
+            f"{np.mean(accs):.3f} ({time.time() - t0:.0f}s)")
+        for method in PAPER_METHODS:
+            stack = torch.stack([explain_maps(m, test, method, params, seed=args.seed)
+                                 for m in members])
+            ens = ens_avg(stack, normalisation="max_abs")
+            logit = ens_logit_maps(members, test.images, "label", method=method,
+                                   params={"labels": test.labels, "batch_size": 64,
+                                           "generator": torch.Generator().manual_seed(args.seed),
+                                           **params.get(method, {})},
+                                   explainer=explain)
+            row = {"diversity": diversity, "method": method, "members": len(members),
+                   "accuracy": float(np.mean(accs)),
+                   "map_spearman": mean_pairwise_similarity(stack, "spearman")}
+            for metric in metrics:
+                row[f"{metric}:ens_avg"] = score(metric, ens, test)
+                row[f"{metric}:exp_avg"] = float(np.mean([score(metric, s, test) for s in stack]))
+                row[f"{metric}:ens_logit"] = score(metric, logit.detach(), test)
+            rows.append(row)
+    table = pd.DataFrame(rows)
+    print("\nClaim 1: Ens-Avg vs Exp-Avg (mean over members) and Ens-Logit, test split")
+    show = table[["diversity", "method", "members", "accuracy", "map_spearman"]].copy()
+    for metric in metrics:
+        for k in ("ens_avg", "exp_avg", "ens_logit"):
+            show[f"{metric[:8]}:{k}"] = table[f"{metric}:{k}"]
+    print(show.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    held_all = True
+    print()
+    for metric in metrics:
+        for diversity in setups:
+            part = table[table.diversity == diversity]
+            wins = sum(better(metric, r[f"{metric}:ens_avg"], r[f"{metric}:exp_avg"])
+                       for _, r in part.iterrows())
+            gain = (part[f"{metric}:ens_avg"] - part[f"{metric}:exp_avg"]).mean()
+            print(f"  {metric:17s} {diversity:9s}: Ens-Avg better than Exp-Avg for {wins}/5 "
+                  f"methods (mean difference {gain:+.3f}; map Spearman "
+                  f"{part.map_spearman.mean():.3f})")
+            if metric == "mask_correlation":
+                held_all &= wins == len(PAPER_METHODS)
+    div = table.groupby("diversity").agg(spearman=("map_spearman", "mean"))
+    div["gain"] = (table["mask_correlation:ens_avg"] - table["mask_correlation:exp_avg"]
+                   ).groupby(table.diversity).mean()
+    r = correlation(1 - div.spearman, div.gain)
+    print(f"  gain in mask correlation vs diversity (1 - Spearman) over the 4 sources: Spearman "
+          f"rho = {r['spearman_rho']:.2f} (n = 4)")
+    print(f"CLAIM 1 (Ens-Avg > Exp-Avg on mask_correlation for all 5 methods and all 4 "
+          f"diversity sources): {'HELD' if held_all else 'NOT HELD'}")
+    return held_all
+
+
+# -- claim 2 ---------------------------------------------------------------------------------
+
+
+def claim_consensus(data: ImageDataset, test: ImageDataset, args) -> bool:
+    committee = [("small-cnn", 1), ("small-cnn", 3), ("small-cnn", args.epochs),
+                 ("vgg11-small", 2), ("vgg11-small", args.epochs), ("resnet18-small", 3)]
+    params = method_params(args.quick)
+    models, accs = [], []
+    for i, (arch, epochs) in enumerate(committee):
+        with torch.random.fork_rng():
+            torch.manual_seed(args.seed + 100 + i)
+            model = create_model(arch, num_classes=data.num_classes)
+        train_member(model, data, epochs=epochs, seed=args.seed + 100 + i)
+        models.append(model)
+        accs.append(evaluate_accuracy(model, test.images, test.labels)[0])
+    log(f"claim 2: committee accuracies {[round(a, 3) for a in accs]}")
+    keep = correct_by_all(models, test.images, test.labels)
+    sub = test.subset(torch.nonzero(keep).squeeze(1)) if keep.sum() >= 8 else test
+    note = (f"{int(keep.sum())} images every member gets right" if keep.sum() >= 8 else
+            f"only {int(keep.sum())} images every member gets right: all {len(test)} used")
+    stack = torch.stack([explain_maps(m, sub, "smoothgrad", params, seed=args.seed) for m in models])
+    cons = consensus(stack, normalisation="max_abs", vote="mean", absolute=True)
+    metrics = ("auc", "average_precision", "mask_correlation")
+    print(f"\nClaim 2: committee consensus (SmoothGrad, {note})")
+    rows = []
+    for metric in metrics:
+        member = [score(metric, s.abs(), sub) for s in stack]
+        rows.append({"metric": metric, "consensus": score(metric, cons, sub),
+                     "median_member": float(np.median(member)), "best_member": max(member),
+                     "worst_member": min(member)})
+    loc = pd.DataFrame(rows)
+    print(loc.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    held_loc = all(better(r.metric, r.consensus, r.median_member) for r in loc.itertuples())
+    scores = consensus_scores(stack, cons, similarity_kind="cosine", absolute=True).mean(1)
+    members = pd.DataFrame({"member": [f"{a}/{e}ep" for a, e in committee], "accuracy": accs,
+                            "consensus_score": scores.tolist(),
+                            "auc": [score("auc", s.abs(), sub) for s in stack]})
+    print(members.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    r_acc = correlation(members.consensus_score, members.accuracy)
+    r_loc = correlation(members.consensus_score, members.auc)
+    print(f"  consensus score vs accuracy: Pearson r = {r_acc['pearson_r']:.2f} "
+          f"(p = {r_acc['pearson_p']:.2f}), Spearman rho = {r_acc['spearman_rho']:.2f} "
+          f"(p = {r_acc['spearman_p']:.2f}), n = {r_acc['n']}")
+    print(f"  consensus score vs localisation (AUC): Pearson r = {r_loc['pearson_r']:.2f}, "
+          f"Spearman rho = {r_loc['spearman_rho']:.2f}")
+    held_corr = r_acc["pearson_r"] > 0 and r_acc["spearman_rho"] > 0
+    print(f"CLAIM 2a (consensus beats the median member on AUC, AP and mask correlation): "
+          f"{'HELD' if held_loc else 'NOT HELD'}")
+    print(f"CLAIM 2b (consensus score correlates positively with accuracy): "
+          f"{'HELD' if held_corr else 'NOT HELD'}")
+    return held_loc and held_corr
+
+
+# -- claims 3 and 4 --------------------------------------------------------------------------
+
+
+def limit_split(data: ImageDataset, split: str, n: int) -> ImageDataset:
+    rows = [i for i, s in enumerate(data.splits) if s == split][:n]
+    return data.subset(rows)
+
+
+def claim_cnn_and_audit(clean: ImageDataset, biased: ImageDataset, args) -> tuple[bool, bool]:
+    params = method_params(args.quick)
+    with torch.random.fork_rng():
+        torch.manual_seed(args.seed)
+        model = create_model("small-cnn", num_classes=clean.num_classes)
+    train_member(model, clean, epochs=args.epochs, seed=args.seed)
+    parts = {"train": limit_split(clean, "train", args.cnn_train_images),
+             "val": limit_split(clean, "val", args.test_images),
+             "test": limit_split(clean, "test", 10**9)}
+    maps = {s: {m: explain_maps(model, d, m, params, seed=args.seed) for m in PAPER_METHODS}
+            for s, d in parts.items()}
+    log(f"claim 3: explained {sum(len(d) for d in parts.values())} images x 5 methods")
+    cfg = CNNTrainConfig(epochs=args.cnn_epochs, patience=10, seed=args.seed)
+    ens, history = train_cnn_ensembler(maps["train"], parts["train"].masks, val_maps=maps["val"],
+                                       val_masks=parts["val"].masks, config=cfg)
+    log(f"claim 3: CNN ensembler trained {len(history)} epochs, best val Dice "
+        f"{ens.card.best_val_dice:.3f}")
+    test = parts["test"]
+    _, estar = ens.predict(maps["test"])
+    candidates = {"E* (cnn)": estar, **maps["test"],
+                  "aggregate(mean)": aggregate(maps["test"], normalisation="max_abs")}
+    metrics = ("relevance_mass", "iou", "pointing_game", "deletion")
+    rows = [{"source": name, **{m: score(m, x, test, model=model) for m in metrics}}
+            for name, x in candidates.items()]
+    table = pd.DataFrame(rows)
+    print(f"\nClaim 3: CNN ensembler E* vs single methods ({len(test)} test images)")
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    single = table[table.source.isin(PAPER_METHODS)]
+    e = table.iloc[0]
+    from concilium.metrics import METRICS
+
+    best = {m: single[m].max() if METRICS.get(m).higher_is_better else single[m].min()
+            for m in metrics}
+    held3 = all(better(m, e[m], best[m]) for m in ("relevance_mass", "iou", "pointing_game"))
+    held3 &= e["deletion"] <= single["deletion"].median()
+    print(f"CLAIM 3 (E* beats the best method on relevance mass, IoU and pointing game, and "
+          f"deletion AUC <= the median method's): {'HELD' if held3 else 'NOT HELD'}")
+
+    quality = per_class_quality(estar, test.masks, test.labels, class_names=test.class_names)
+    print("\nClaim 4a: per-class quality of E* (test split)")
+    print(quality.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    rare = quality[quality.label == RARE_CLASS]
+    held4a = bool(len(rare)) and bool(rare.flagged.iloc[0]) and (
+        rare.dice.iloc[0] == quality.dice.min())
+    print(f"CLAIM 4a (the rare class {clean.class_names[RARE_CLASS]!r} is flagged, lowest Dice): "
+          f"{'HELD' if held4a else 'NOT HELD'}")
+
+    with torch.random.fork_rng():
+        torch.manual_seed(args.seed)
+        biased_model = create_model("small-cnn", num_classes=biased.num_classes)
+    train_member(biased_model, biased, epochs=args.epochs, seed=args.seed)
+    btest = limit_split(biased, "test", 10**9)
+    rows = []
+    for name, m in (("biased", biased_model), ("clean", model)):
+        acc = evaluate_accuracy(m, btest.images, btest.labels)[0]
+        for method in PAPER_METHODS:
+            x = explain_maps(m, btest, method, params, seed=args.seed)
+            t = bias_table(x, btest.parts["watermark"], btest.labels,
+                           class_names=btest.class_names)
+            w = t[t.label == WATERMARK_CLASS]
+            rows.append({"model": name, "accuracy": acc, "method": method,
+                         "share": float(w.share.iloc[0]), "area": float(w.area.iloc[0]),
+                         "enrichment": float(w.enrichment.iloc[0]),
+                         "flagged": bool(w.flagged.iloc[0]),
+                         "other_classes_flagged": int(t[t.label != WATERMARK_CLASS].flagged.sum())})
+    bias = pd.DataFrame(rows)
+    print(f"\nClaim 4b: attribution share on the watermark of class "
+          f"{biased.class_names[WATERMARK_CLASS]!r} (watermarked test images)")
+    print(bias.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    n_b = int(bias[bias.model == "biased"].flagged.sum())
+    n_c = int(bias[bias.model == "clean"].flagged.sum())
+    held4b = n_b > len(PAPER_METHODS) / 2 and n_c < len(PAPER_METHODS) / 2
+    print(f"CLAIM 4b (watermark class flagged for the biased model by most methods ({n_b}/5) and "
+          f"not for the clean model ({n_c}/5)): {'HELD' if held4b else 'NOT HELD'}")
+    return held3, held4a and held4b
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes (a few minutes)")
+    parser.add_argument("--n", type=int, default=None, help="benchmark images")
+    parser.add_argument("--size", type=int, default=32, help="image size")
+    parser.add_argument("--classes", type=int, default=6)
+    parser.add_argument("--epochs", type=int, default=None, help="training epochs of a member")
+    parser.add_argument("--members", type=int, default=None, help="members for seed/bootstrap")
+    parser.add_argument("--test-images", type=int, default=None, help="explained test images")
+    parser.add_argument("--cnn-train-images", type=int, default=None)
+    parser.add_argument("--cnn-epochs", type=int, default=None)
+    parser.add_argument("--claims", default="1,2,3", help="which of 1,2,3 to run (3 includes 4)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    args = parser.parse_args()
+    q = args.quick
+    args.n = args.n or (1200 if q else 3000)
+    args.epochs = args.epochs or (8 if q else 15)
+    args.members = args.members or (4 if q else 11)
+    args.test_images = args.test_images or (64 if q else 256)
+    args.cnn_train_images = args.cnn_train_images or (300 if q else 1200)
+    args.cnn_epochs = args.cnn_epochs or (30 if q else 60)
+    torch.set_num_threads(args.threads)
+    base = dict(n=args.n, size=args.size, num_classes=args.classes, seed=args.seed,
+                rare_class=RARE_CLASS, rare_fraction=0.04)
+    clean = generate(SynthConfig(**base))
+    test = limit_split(clean, "test", args.test_images)
+    print(f"benchmark: {args.n} images {args.size}px, {args.classes} classes (rare class "
+          f"{RARE_CLASS} at 4%), members trained {args.epochs} epochs; {len(test)} test images "
+          f"explained; settings fixed before the first run")
+    wanted = {c.strip() for c in args.claims.split(",")}
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        if "1" in wanted:
+            results["1"] = claim_averaging(clean, test, args, Path(tmp))
+        if "2" in wanted:
+            results["2"] = claim_consensus(clean, test, args)
+        if "3" in wanted:
+            biased = generate(SynthConfig(**base, watermark_class=WATERMARK_CLASS,
+                                          watermark_rate=0.9))
+            results["3"], results["4"] = claim_cnn_and_audit(clean, biased, args)
+    print("\nSummary: " + ", ".join(f"claim {k}: {'held' if v else 'NOT held'}"
+                                    for k, v in results.items()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,99 @@
+"""Audits (per-class quality, metric means, bias, anonymisation) and the method-subset study."""
+
+import pandas as pd
+import pytest
+import torch
+
+from concilium.ensemble.audit import (
+    anonymise,
+    attribution_share,
+    bias_table,
+    per_class_metric_means,
+    per_class_quality,
+)
+from concilium.ensemble.cnn import CNNTrainConfig
+from concilium.ensemble.subsets import method_subset_study, method_subsets
+
+
+def test_per_class_quality_hand_values_and_flags():
+    masks = torch.zeros(3, 2, 2, dtype=torch.bool)
+    masks[:, 0, 0] = True
+    probs = torch.zeros(3, 2, 2)
+    probs[0, 0, 0] = 0.9  # class 0: perfect
+    probs[1, 0, :] = 0.9  # class 1: Dice 2/3, IoU 1/2
+    probs[2, 1, 1] = 0.9  # class 1: Dice 0
+    table = per_class_quality(probs, masks, torch.tensor([0, 1, 1]), class_names=["a", "b"])
+    t = table.set_index("class")
+    assert t.loc["a", "dice"] == pytest.approx(1.0) and t.loc["b", "dice"] == pytest.approx(1 / 3)
+    assert t.loc["b", "iou"] == pytest.approx(0.25)
+    assert t.loc["b", "flagged"] and not t.loc["a", "flagged"]
+    table = per_class_quality(probs, masks, torch.tensor([0, 1, 1]), class_names=["a", "b"],
+                              flag_below=0.2)
+    assert not table.flagged.any()
+    with pytest.raises(ValueError, match="masks must be"):
+        per_class_quality(probs, masks[:2], torch.tensor([0, 1, 1]), class_names=["a", "b"])
+
+
+def test_per_class_metric_means_direction_aware():
+    rows = [{"sample": i, "label": c, "source": "m0", "method": "s", "metric": metric, "value": v}
+            for metric, values in (("relevance_mass", [0.8, 0.8, 0.8, 0.1]),
+                                   ("com_distance", [1.0, 1.0, 1.0, 9.0]))
+            for i, (c, v) in enumerate(zip([0, 1, 2, 3], values, strict=True))]
+    table = per_class_metric_means(pd.DataFrame(rows), class_names=list("abcd"),
+                                   higher_is_better={"relevance_mass": True, "com_distance": False})
+    flagged = table[table.flagged]
+    assert set(zip(flagged.metric, flagged["class"], strict=True)) == {("relevance_mass", "d"),
+                                                                      ("com_distance", "d")}
+
+
+def test_attribution_share_and_bias_flags():
+    maps = torch.zeros(4, 4, 4)
+    region = torch.zeros(4, 4, 4, dtype=torch.bool)
+    region[:, 0, 0] = True  # area 1/16
+    maps[0, 0, 0], maps[0, 3, 3] = 3.0, -1.0  # share 0.75
+    maps[1] = 1.0  # uniform: share 1/16
+    maps[2, 0, 0] = 1.0  # share 1
+    maps[3] = 0.0  # no mass: ignored
+    share = attribution_share(maps, region)
+    assert share[:3].tolist() == pytest.approx([0.75, 1 / 16, 1.0]) and share[3].isnan()
+    table = bias_table(maps, region, torch.tensor([0, 1, 0, 1]), class_names=["w", "clean"])
+    t = table.set_index("class")
+    assert t.loc["w", "share"] == pytest.approx(0.875) and t.loc["w", "flagged"]
+    assert t.loc["clean", "enrichment"] == pytest.approx(1.0) and not t.loc["clean", "flagged"]
+    assert t.loc["clean", "n"] == 1
+
+
+def test_anonymise_modes():
+    images = torch.rand(2, 3, 4, 4)
+    e = torch.rand(2, 4, 4)
+    torch.testing.assert_close(anonymise(images, e, "product"), images * e[:, None])
+    assert anonymise(images, e, "map").shape == images.shape
+    assert anonymise(images, e, "original") is images
+    with pytest.raises(ValueError, match="like the images"):
+        anonymise(images, e[:1], "product")
+
+
+def test_method_subsets():
+    assert method_subsets(["a", "b", "c"]) == [("a", "b", "c"), ("b", "c"), ("a", "c"), ("a", "b")]
+    assert len(method_subsets(list("abcd"), "all")) == 15
+    with pytest.raises(ValueError, match="K=6"):
+        method_subsets(list("abcdef"), "all")
+
+
+def test_subset_study_finds_the_informative_method():
+    gen = torch.Generator().manual_seed(0)
+    masks = torch.zeros(12, 10, 10, dtype=torch.bool)
+    for i in range(12):
+        r, c = torch.randint(0, 5, (2,), generator=gen).tolist()
+        masks[i, r : r + 5, c : c + 5] = True
+    maps = {"good": masks.float() + 0.2 * torch.randn(12, 10, 10, generator=gen),
+            "noise": torch.randn(12, 10, 10, generator=gen)}
+    cut = {s: {m: x[sl] for m, x in maps.items()}
+           for s, sl in (("train", slice(0, 8)), ("val", slice(8, 10)), ("test", slice(10, 12)))}
+    cfg = CNNTrainConfig(base_channels=4, depth=1, epochs=10, patience=10, batch_size=4, lr=1e-2)
+    table = method_subset_study(cut["train"], masks[:8], val_maps=cut["val"], val_masks=masks[8:10],
+                                test_maps=cut["test"], test_masks=masks[10:], config=cfg)
+    t = table.set_index("subset")
+    assert list(t.index) == ["good+noise", "noise", "good"]
+    assert t.loc["noise", "test_dice"] < t.loc["good", "test_dice"]
+    assert t.loc["noise", "left_out"] == "good"
