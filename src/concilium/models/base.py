@@ -86,7 +86,9 @@ class AttributeView(nn.Module):
     def __init__(self, model: ConciliumNet) -> None:
         super().__init__()
         if getattr(model, "attribute_head", None) is None:
-            raise ValueError("this model has no attribute head; train it with attributes (multitask)")
+            raise ValueError(
+                "this model has no attribute head; train it with attributes (multitask)"
+            )
         self.model = model
         self.gradcam_layer = f"model.{model.gradcam_layer}"
 
