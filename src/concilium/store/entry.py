@@ -3,9 +3,10 @@
 An :class:`Entry` is a zarr group holding
 
 - ``maps``: ``(N, H, W)`` float32 or float16, chunked along samples (``chunk_size`` rows a chunk);
-- ``done``: ``(n_chunks,)`` bool, one file per chunk, set only *after* the chunk's maps are on
-  disk. Both are written through zarr's atomic file replacement, so a process killed at any point
-  leaves every chunk either finished and marked, or unmarked (and rewritten on resume);
+- ``done``: ``(n_chunks,)`` bool in one small file, set only *after* the chunk's maps are on
+  disk. Every file is written through zarr's atomic replacement (temporary file, then rename), so
+  a process killed at any point leaves every chunk either finished and marked, or unmarked (and
+  rewritten on resume);
 - attributes: ``source``, ``method``, ``params``, ``params_hash``, ``sample_ids``, ``shape``,
   ``dtype``, ``chunk_size``, ``created`` and the caller's ``meta`` (dataset fingerprint, model card,
   seed, library versions, ...).
@@ -20,8 +21,6 @@ import numpy as np
 import torch
 import zarr
 from torch import Tensor
-
-from concilium._checks import check_maps
 
 FLOAT16_MAX = float(np.finfo(np.float16).max)
 
@@ -109,7 +108,15 @@ class Entry:
                 values beyond float16's range (store as float32 instead).
             TypeError: if ``maps`` is not a floating tensor.
         """
-        maps = check_maps(maps)
+        if not isinstance(maps, Tensor):
+            raise TypeError(f"maps must be a torch.Tensor (k, H, W); got {type(maps).__name__}")
+        if maps.ndim != 3:
+            raise ValueError(
+                f"maps must be (k, H, W); got shape {tuple(maps.shape)}"
+                + (" (reduce the channel axis first, e.g. maps.sum(1))" if maps.ndim == 4 else "")
+            )
+        if not maps.is_floating_point():
+            raise TypeError(f"maps must be floating point; got {maps.dtype}")
         k = maps.shape[0]
         if not isinstance(start, int) or isinstance(start, bool):
             raise TypeError(f"start must be an int row index; got {type(start).__name__}")
@@ -130,6 +137,13 @@ class Entry:
                 f"(or end at row {self.n}); got {k} rows"
             )
         array = maps.detach().to("cpu", torch.float32).numpy()
+        finite = np.isfinite(array).reshape(k, -1).all(1)
+        if not finite.all():
+            bad = np.flatnonzero(~finite)
+            raise ValueError(
+                f"maps of rows {(start + bad[:10]).tolist()} contain NaN or infinite values "
+                f"(entry {self.source}/{self.method}); check the explanation method"
+            )
         if self.dtype == "float16":
             peak = float(np.abs(array).max())
             if peak > FLOAT16_MAX:
@@ -141,8 +155,7 @@ class Entry:
         self._maps[start:stop] = array
         first = start // self.chunk_size
         last = -(-stop // self.chunk_size)
-        for chunk in range(first, last):  # one marker file per chunk, each after the data
-            self._done[chunk] = True
+        self._done[first:last] = True  # after the data: a kill in between leaves them unmarked
 
     # -- reading ------------------------------------------------------------------------------
 

@@ -4,7 +4,7 @@
 Layout inside the zarr v3 group::
 
     entries/<source>/<method>/<params_hash>/maps   (N, H, W) float32|float16, chunks (c, H, W)
-    entries/<source>/<method>/<params_hash>/done   (ceil(N / c),) bool, chunks (1,)
+    entries/<source>/<method>/<params_hash>/done   (ceil(N / c),) bool, one chunk
     cache/<name>/<key_hash>/data                   any shape; group attr "complete" set last
 
 Sources and method names are percent-encoded in node names (``ens-avg:head`` ->
@@ -26,6 +26,7 @@ import pandas as pd
 import torch
 import zarr
 from torch import Tensor
+from zarr.codecs import BloscCodec
 
 from concilium.store.entry import Entry
 from concilium.store.hashing import canonical_json, params_hash
@@ -35,6 +36,11 @@ FORMAT_VERSION = 1
 IDENTITY_META = ("dataset_fingerprint", "model_fingerprint")
 """``meta`` keys that must match when an existing entry is reopened: maps computed on other data
 or another model under the same member id are never silently reused."""
+
+MAPS_CODEC = BloscCodec(cname="zstd", clevel=1, shuffle="shuffle")
+"""Maps are compressed with byte-shuffled zstd at level 1: 0.66x the raw size for smooth maps
+(GradCAM), 0.86x for noisy ones (saliency), at about the speed of no compression; zarr's
+default (plain zstd) compresses less and writes several times slower."""
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.+\-]")
 
@@ -105,7 +111,7 @@ class ExplanationStore:
         self.mode = mode
         self._root = zarr.open_group(self.path, mode=mode)
         if mode == "a" and "format" not in self._root.attrs:
-            self._root.attrs.update({"format": FORMAT_VERSION, "kind": "concilium explanations"})
+            self._root.update_attributes({"format": FORMAT_VERSION, "kind": "concilium explanations"})
         found = self._root.attrs.get("format")
         if found != FORMAT_VERSION:
             raise ValueError(
@@ -199,17 +205,19 @@ class ExplanationStore:
                 "meta": meta_plain,
             }
             group = self._root.require_group(path)
-            group.attrs.update(attrs)
+            group.update_attributes(attrs)  # one write of zarr.json
         chunk = int(group.attrs["chunk_size"])
         n = len(ids)
         # Arrays are created after the attributes; a kill in between is repaired here.
         if "maps" not in group:
             group.create_array(
-                "maps", shape=(n, h, w), chunks=(min(chunk, n), h, w), dtype=dtype, fill_value=0
+                "maps", shape=(n, h, w), chunks=(min(chunk, n), h, w), dtype=dtype,
+                fill_value=0, compressors=MAPS_CODEC,
             )
-        if "done" not in group:
+        if "done" not in group:  # one small file, rewritten atomically per finished chunk
+            n_chunks = -(-n // chunk)
             group.create_array(
-                "done", shape=(-(-n // chunk),), chunks=(1,), dtype="bool", fill_value=False
+                "done", shape=(n_chunks,), chunks=(n_chunks,), dtype="bool", fill_value=False
             )
         return Entry(group)
 
@@ -322,12 +330,12 @@ class ExplanationStore:
             raise TypeError(f"compute for cache {name!r} must return a Tensor; got {type(value).__name__}")
         array = value.detach().cpu().numpy()
         group = self._root.require_group(path)
-        group.attrs.update({"name": name, "key": plain, "complete": False})
+        group.update_attributes({"name": name, "key": plain, "complete": False})
         data = group.create_array(
             "data", shape=array.shape, dtype=array.dtype, fill_value=0, overwrite=True
         )
         data[...] = array
-        group.attrs.update({"complete": True})
+        group.update_attributes({"complete": True})
         return torch.from_numpy(np.asarray(data[...]))
 
 

@@ -1,0 +1,93 @@
+"""Explanation store I/O: what writing and reading maps through the store costs.
+
+Measured in one run, against references measured in the same run:
+
+- write: ``entry.write`` chunk by chunk (data + done marker per chunk), as ``concilium explain``
+  does, vs one ``np.save`` of the whole array (no chunking, no resumability);
+- full read: ``entry.read()`` vs ``np.load`` of that file;
+- lazy read: ``entry.read(rows)`` of a few random rows vs the full read;
+- float16: disk bytes vs float32.
+
+Usage::
+
+    .venv/bin/python benchmarks/store_io.py [--n 2048] [--size 64] [--chunk 64] [--rows 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from concilium.store import ExplanationStore
+
+
+def _disk_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def _best(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=2048, help="maps (samples)")
+    parser.add_argument("--size", type=int, default=64, help="map height and width")
+    parser.add_argument("--chunk", type=int, default=64, help="samples per chunk")
+    parser.add_argument("--rows", type=int, default=16, help="rows read by the lazy read")
+    parser.add_argument("--repeats", type=int, default=3, help="best of this many timings")
+    args = parser.parse_args()
+    g = torch.Generator().manual_seed(0)
+    # smooth-ish maps (like real saliency) so compression is not trivially perfect or useless
+    maps = torch.nn.functional.avg_pool2d(
+        torch.randn(args.n, 1, args.size, args.size, generator=g), 5, 1, 2
+    )[:, 0].contiguous()
+    ids = [f"s{i}" for i in range(args.n)]
+    mb = maps.numel() * 4 / 2**20
+    rows = torch.randperm(args.n, generator=g)[: args.rows].tolist()
+    tmp = Path(tempfile.mkdtemp())
+
+    def write_store(dtype: str, k: list[int]) -> None:
+        store = ExplanationStore(tmp / f"run-{dtype}-{k[0]}")
+        k[0] += 1
+        entry = store.entry("m0", "bench", {}, ids, shape=(args.size, args.size), dtype=dtype,
+                            chunk_size=args.chunk)
+        for start, stop in entry.missing_chunks():
+            entry.write(start, maps[start:stop])
+
+    counter = [0]
+    t_write = _best(lambda: write_store("float32", counter), args.repeats)
+    t_npsave = _best(lambda: np.save(tmp / "ref.npy", maps.numpy()), args.repeats)
+    entry = ExplanationStore(tmp / "run-float32-0").get("m0", "bench")
+    t_read = _best(lambda: entry.read(), args.repeats)
+    t_npload = _best(lambda: np.load(tmp / "ref.npy"), args.repeats)
+    t_lazy = _best(lambda: entry.read(rows), args.repeats)
+    counter16 = [0]
+    write_store("float16", counter16)
+    size32 = _disk_bytes(tmp / "run-float32-0" / "explanations.zarr")
+    size16 = _disk_bytes(tmp / "run-float16-0" / "explanations.zarr")
+
+    print(f"store I/O: {args.n} maps of {args.size}x{args.size} float32 ({mb:.1f} MB), "
+          f"chunks of {args.chunk}, best of {args.repeats}")
+    print(f"  write (chunked + markers) {t_write * 1e3:8.1f} ms  {mb / t_write:7.1f} MB/s  "
+          f"{t_write / t_npsave:5.2f}x np.save ({t_npsave * 1e3:.1f} ms)")
+    print(f"  full read                 {t_read * 1e3:8.1f} ms  {mb / t_read:7.1f} MB/s  "
+          f"{t_read / t_npload:5.2f}x np.load ({t_npload * 1e3:.1f} ms)")
+    print(f"  lazy read of {args.rows:3d} rows      {t_lazy * 1e3:8.1f} ms  "
+          f"{t_lazy / t_read:5.3f}x the full read")
+    print(f"  disk: float32 {size32 / 2**20:.2f} MB, float16 {size16 / 2**20:.2f} MB "
+          f"({size16 / size32:.2f}x); raw {mb:.2f} MB")
+
+
+if __name__ == "__main__":
+    main()
