@@ -198,3 +198,17 @@ def test_other_settings_into_same_run_refused(setup, tmp_path):
                      "--limit", "3"])
     assert result.exit_code != 0
     assert "use a new --out" in str(result.exception)
+
+
+def test_load_run_data_refuses_changed_data_or_weights(setup, tmp_path):
+    data, models = setup
+    assert invoke([data, "--models", models, "--out", tmp_path, "--methods", "saliency",
+                   "--limit", "2"]).exit_code == 0
+    info = RunInfo.load(tmp_path)
+    info.model_copy(update={"member_fingerprints": {"m0": "0" * 16}}).save(tmp_path)
+    with pytest.raises(ValueError, match="member m0 .* other weights"):
+        load_run_data(tmp_path)
+    assert load_run_data(tmp_path, load_models=False)[0].ids == ["s2", "s3"]
+    info.model_copy(update={"dataset_fingerprint": "0" * 16}).save(tmp_path)
+    with pytest.raises(ValueError, match="dataset of .* changed"):
+        load_run_data(tmp_path, load_models=False)

@@ -111,7 +111,8 @@ def explain_command(
     split: str = typer.Option("test", "--split", help="train, val, test or all."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:<k>."),
     batch_size: int | None = typer.Option(
-        None, "--batch-size", help="Images per pass inside a chunk (default: automatic)."
+        None, "--batch-size",
+        help="Model-input rows per call (default: timing probe, recorded per entry)."
     ),
     limit: int | None = typer.Option(None, "--limit", help="Explain the first N of the split."),
     target: str = typer.Option(

@@ -313,9 +313,8 @@ def compute_chunk(
     }
 
     def generator() -> torch.Generator:
-        g = torch.Generator(device=images.device)
-        g.manual_seed(chunk_seed(seed, source, start))
-        return g
+        # a CPU generator on every device: explain draws one base seed from it on the CPU
+        return torch.Generator().manual_seed(chunk_seed(seed, source, start))
 
     shared_all = [m for m in SHARED_PASS if m in batch_sizes]
     groups: dict[int, list[str]] = {}
