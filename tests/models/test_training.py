@@ -54,10 +54,12 @@ def test_multitask_loss_by_hand() -> None:
 
 
 def test_training_reaches_90_percent_on_a_quick_benchmark() -> None:
+    # 500 images of 48 px, two classes (~3 s on one core). At 32 px the beak, which tells the
+    # two classes apart, is 2-3 pixels long and the same budget reaches only 86-91%.
     data = generate(
         SynthConfig(
-            n=600,
-            size=32,
+            n=500,
+            size=48,
             seed=0,
             num_classes=2,
             rotation=0.0,
@@ -67,7 +69,7 @@ def test_training_reaches_90_percent_on_a_quick_benchmark() -> None:
     )
     torch.manual_seed(0)
     model = create_model("small-cnn", num_classes=2)
-    result = train_member(model, data, epochs=5, lr=5e-3, batch_size=16, seed=0)
+    result = train_member(model, data, epochs=5, lr=1e-2, batch_size=16, seed=0)
     assert result.val_accuracy is not None and result.val_accuracy > 0.9, result
 
 
