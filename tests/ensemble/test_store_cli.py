@@ -35,10 +35,10 @@ def test_ens_avg_round_trip_through_the_store(tiny_run):
 def test_method_ensembles_write_combined_sources(tiny_run):
     run_ensemble(tiny_run, "aggregate", EnsembleOptions(reducer="max"))
     run_ensemble(tiny_run, "krr", EnsembleOptions(folds=2, pixels_per_image=8))
+    (tiny_run / "results").mkdir(exist_ok=True)
     pd.DataFrame({"sample": 0, "label": 0, "source": "m0", "method": ["saliency", "gradcam"],
                   "metric": "relevance_mass", "value": [0.2, 0.6], "params_hash": "x"}
-                 ).to_parquet(tiny_run / "results" / "metrics.parquet"
-                              if (tiny_run / "results").mkdir(exist_ok=True) is None else None)
+                 ).to_parquet(tiny_run / "results" / "metrics.parquet")
     w = run_ensemble(tiny_run, "weighted", EnsembleOptions())
     assert w.tables["weights"].set_index("method").weight.to_dict() == {"gradcam": 1.0,
                                                                          "saliency": 0.0}
@@ -109,6 +109,10 @@ def test_cli_ensemble_and_audit(tiny_run):
     out = runner.invoke(app, ["ensemble", str(tiny_run), "--kind", "cnn", "--epochs", "2"])
     assert out.exit_code == 0, out.output
     assert "cnn/gradcam+saliency" in out.output
+    (tiny_run / "results").mkdir(exist_ok=True)
+    pd.DataFrame({"sample": 0, "label": [0, 1, 0], "source": ["m0", "m1", "ens-avg"],
+                  "method": "saliency", "metric": "mask_correlation", "value": [0.1, 0.3, 0.4],
+                  "params_hash": "x"}).to_parquet(tiny_run / "results" / "metrics.parquet")
     out = runner.invoke(app, ["audit", str(tiny_run), "--sources", "m0,cnn"])
     assert out.exit_code == 0, out.output
     per_class = pd.read_parquet(tiny_run / "results" / "per_class.parquet")
@@ -116,5 +120,7 @@ def test_cli_ensemble_and_audit(tiny_run):
     bias = pd.read_parquet(tiny_run / "results" / "bias.parquet")
     # the watermark is drawn on class 1 only
     assert set(bias.label) == {1} and set(bias.source) == {"m0", "cnn"}
+    paper = pd.read_parquet(tiny_run / "results" / "paper_table.parquet").iloc[0]
+    assert paper.exp_avg == pytest.approx(0.2) and paper.ens_avg == pytest.approx(0.4)
     out = runner.invoke(app, ["ensemble", str(tiny_run), "--kind", "nope"])
     assert out.exit_code != 0

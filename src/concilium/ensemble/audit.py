@@ -287,7 +287,8 @@ def run_audit(
 
     Returns:
         ``name -> table`` for every table written (``per_class``, ``per_class_metrics``,
-        ``bias``, ``anonymisation``, ``subsets``).
+        ``paper_table`` (Ens-Avg vs Exp-Avg vs Ens-Logit, when the metrics table scores
+        ``ens-avg``), ``bias``, ``anonymisation``, ``subsets``).
 
     Raises:
         ValueError: the region has no masks, or an asked-for study lacks its inputs.
@@ -308,8 +309,16 @@ def run_audit(
                                                 class_names=data.class_names)
     metrics_path = Path(run_dir) / "results" / "metrics.parquet"
     if metrics_path.is_file():
-        tables["per_class_metrics"] = per_class_metric_means(pd.read_parquet(metrics_path),
-                                                             class_names=data.class_names)
+        metrics = pd.read_parquet(metrics_path)
+        tables["per_class_metrics"] = per_class_metric_means(metrics, class_names=data.class_names)
+        scored = set(metrics.source)
+        members = [m for m in ctx.member_ids if m in scored]
+        if "ens-avg" in scored and members:
+            from concilium.ensemble.averaging import paper_table
+
+            tables["paper_table"] = paper_table(
+                metrics, members=members,
+                logit_source="ens-logit" if "ens-logit" in scored else None)
     if region == "watermark":
         if "watermark" not in data.parts or not data.parts["watermark"].any():
             raise ValueError("this dataset has no watermark pixels; audit bias with "
