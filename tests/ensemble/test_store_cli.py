@@ -124,3 +124,10 @@ def test_cli_ensemble_and_audit(tiny_run):
     assert paper.exp_avg == pytest.approx(0.2) and paper.ens_avg == pytest.approx(0.4)
     out = runner.invoke(app, ["ensemble", str(tiny_run), "--kind", "nope"])
     assert out.exit_code != 0
+
+
+def test_cnn_kind_needs_train_and_val_rows(tiny_run):
+    ctx = open_run(tiny_run)
+    ctx.data.splits = ["test"] * len(ctx.data)
+    with pytest.raises(ValueError, match="--split all"):
+        ENSEMBLERS.get("cnn")(ctx, EnsembleOptions(cnn=TINY_CNN))
