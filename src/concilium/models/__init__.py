@@ -10,7 +10,13 @@ from concilium.models.checkpoint import (
     read_card,
     save_member,
 )
-from concilium.models.training import TrainResult, evaluate_accuracy, train_ensemble, train_member
+from concilium.models.training import (
+    TrainResult,
+    evaluate_accuracy,
+    multitask_loss,
+    train_ensemble,
+    train_member,
+)
 
 __all__ = [
     "ARCHITECTURES",
@@ -24,6 +30,7 @@ __all__ = [
     "load_member",
     "load_members",
     "load_state_dict_file",
+    "multitask_loss",
     "read_card",
     "save_member",
     "train_ensemble",
