@@ -7,7 +7,8 @@ too large thrashes caches or memory. concilium picks them itself from
 * a **memory budget**: bytes one row needs, from the activation sizes of one forward pass
   (deterministic), give the most rows a call may hold; and
 * a **one-off timing probe**: forward+backward (and forward-only) time per row at doubling batch
-  sizes up to that limit; the largest batch within 5% of the best time per row wins.
+  sizes up to that limit; the largest batch within 5% of the best time per row wins. On the CPU
+  the probe reads the process's CPU time, so other processes on the machine do not skew it.
 
 The probe is cached per architecture (module type, parameter shapes), input shape, device and
 dtype, so the members of an ensemble share one probe. Every method then receives a row budget
@@ -100,13 +101,18 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _clock(device: torch.device) -> float:
+    # On the CPU the process's CPU time: robust to other processes sharing the cores.
+    return time.perf_counter() if device.type == "cuda" else time.process_time()
+
+
 def _time_rows(module: nn.Module, image: Tensor, rows: int, *, backward: bool) -> float:
     """Best of two timings of one call on ``rows`` copies of ``image``, seconds per row."""
     x = image[:1].expand(rows, *image.shape[1:]).contiguous()
     best = float("inf")
     for _ in range(2):
         _sync(x.device)
-        t0 = time.perf_counter()
+        t0 = _clock(x.device)
         if backward:
             xr = x.detach().requires_grad_(True)
             out = module(xr)
@@ -115,7 +121,7 @@ def _time_rows(module: nn.Module, image: Tensor, rows: int, *, backward: bool) -
             with torch.no_grad():
                 module(x)
         _sync(x.device)
-        best = min(best, time.perf_counter() - t0)
+        best = min(best, _clock(x.device) - t0)
     return best / rows
 
 
@@ -158,15 +164,16 @@ def probe(
         raise ValueError(f"memory_budget_mb must be > 0; got {memory_budget_mb}")
     if batch_size is not None and (isinstance(batch_size, bool) or int(batch_size) < 1):
         raise ValueError(f"batch_size must be a positive number of rows per call; got {batch_size}")
-    per_row = bytes_per_row(module, images)
-    max_rows = max(1, int(memory_budget_mb * 2**20 // per_row))
-    if batch_size is not None:
-        rows = int(batch_size)
-        return Plan(rows, rows, per_row, max_rows)
     key = _architecture_key(module, images, memory_budget_mb)
+    if batch_size is not None:
+        per_row = _CACHE[key].bytes_per_row if key in _CACHE else bytes_per_row(module, images)
+        max_rows = max(1, int(memory_budget_mb * 2**20 // per_row))
+        return Plan(int(batch_size), int(batch_size), per_row, max_rows)
     if key in _CACHE:
         return _CACHE[key]
     t0 = time.perf_counter()
+    per_row = bytes_per_row(module, images)
+    max_rows = max(1, int(memory_budget_mb * 2**20 // per_row))
     limit = min(MAX_ROWS, max_rows)
     if limit <= MIN_ROWS:
         plan = Plan(limit, limit, per_row, max_rows)

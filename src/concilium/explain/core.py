@@ -186,6 +186,7 @@ class _Prepared:
             baselines=None if self.baselines is None else self.baselines[start:stop],
             layer=self.layer,
             rows=rows,
+            max_rows=self.plan.max_rows if self.plan is not None else rows,
         )
 
 
@@ -206,16 +207,15 @@ def _run_method(spec: MethodSpec, p: MethodParams, prep: _Prepared, base_seed: i
     n, hw = images.shape[0], tuple(images.shape[-2:])
     outputs: list[Tensor] = []
     grad_ctx = torch.enable_grad() if spec.kind == "gradient" else torch.no_grad()
+    rows = 1
+    if prep.plan is not None:
+        rows = prep.plan.rows_grad if spec.kind == "gradient" else prep.plan.rows_fwd
     if spec.stochastic:
         seeds = image_seeds(base_seed, spec.name, n)
-        rows = prep.plan.max_rows if prep.plan is not None else 1
         for i in range(n):
             with _seeded(seeds[i], images.device), grad_ctx:
                 outputs.append(spec.run(prep.chunk(i, i + 1, rows), p).detach())
     else:
-        if prep.plan is None:
-            raise RuntimeError(f"internal: no batching plan for {spec.name}")
-        rows = prep.plan.rows_grad if spec.kind == "gradient" else prep.plan.rows_fwd
         step = images_per_chunk(rows, spec.passes(p, hw), n)
         for start in range(0, n, step):
             with grad_ctx:

@@ -13,6 +13,7 @@ the model in eval mode and removes every hook afterwards.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -56,7 +57,10 @@ class Chunk:
         forward_args: extra forward arguments (contrast classes) or ``None``.
         baselines: ``(n, C, H, W)`` baselines, or ``None`` for methods without one.
         layer: the GradCAM layer, or ``None``.
-        rows: model-input rows one call may hold (from the batching plan).
+        rows: model-input rows per call chosen by the batching plan (timing probe).
+        max_rows: the most rows the memory budget allows; knobs that change random draws
+            (NoiseTunnel's sample batches) use only this, so seeded results never depend on
+            timing.
     """
 
     module: nn.Module
@@ -66,6 +70,7 @@ class Chunk:
     baselines: Tensor | None
     layer: nn.Module | None
     rows: int
+    max_rows: int
 
 
 @dataclass(frozen=True)
@@ -170,7 +175,7 @@ def _gradient_shap(c: Chunk, p: P.GradientShapParams) -> Tensor:
 
 
 def _noise_tunnel(c: Chunk, p: P.NoiseTunnelParams, nt_type: str, abs_: bool) -> Tensor:
-    batch = None if c.images.shape[0] * p.n_samples <= c.rows else max(1, c.rows)
+    batch = None if c.images.shape[0] * p.n_samples <= c.max_rows else max(1, c.max_rows)
     return NoiseTunnel(Saliency(c.module)).attribute(
         c.images, nt_type=nt_type, nt_samples=p.n_samples, nt_samples_batch_size=batch,
         stdevs=float(p.sigma), target=c.classes, additional_forward_args=c.forward_args, abs=abs_,
@@ -311,7 +316,22 @@ def _superpixel_run(explainer: Lime | KernelShap, c: Chunk, p: P.SuperpixelParam
     description="LIME: a local linear (ridge) model of the output over SLIC superpixels",
 )
 def _lime(c: Chunk, p: P.LimeParams) -> Tensor:
-    return _superpixel_run(Lime(c.module, interpretable_model=SkLearnRidge(alpha=p.alpha)), c, p)
+    lime = Lime(c.module, interpretable_model=SkLearnRidge(alpha=p.alpha),
+                similarity_func=_lime_similarity(p.kernel_width))
+    return _superpixel_run(lime, c, p)
+
+
+def _lime_similarity(kernel_width: float) -> Callable[..., float]:
+    """The ``lime`` package's image kernel: cosine distance of the on/off vector of superpixels
+    to the all-on vector (computed in that small space, not on the images)."""
+
+    def similarity(_original: Tensor, _perturbed: Tensor, interpretable: Tensor, **_: object) -> float:
+        z = interpretable.double().flatten()
+        norm = float(z.norm())
+        cosine = float(z.sum()) / (norm * z.numel() ** 0.5) if norm > 0 else 0.0
+        return math.sqrt(math.exp(-((1.0 - cosine) ** 2) / kernel_width**2))
+
+    return similarity
 
 
 @_register(

@@ -144,14 +144,18 @@ class SuperpixelParams(MethodParams):
 
 
 class LimeParams(SuperpixelParams):
-    """LIME on SLIC superpixels (Ribeiro et al.), fitted by ridge regression as in the original
-    ``lime`` package (Captum's default Lasso zeroes every weight of small logit changes).
+    """LIME on SLIC superpixels (Ribeiro et al.), configured like the original ``lime`` package's
+    image explainer: ridge regression (Captum's default Lasso zeroes every weight of small logit
+    changes) and sample weights from the cosine distance in the superpixel on/off space,
+    ``sqrt(exp(-d^2 / kernel_width^2))``.
 
     Attributes:
         alpha: ridge regularisation of the surrogate linear model (default 1.0).
+        kernel_width: width of the similarity kernel (default 0.25, as in ``lime``).
     """
 
     alpha: float = Field(1.0, gt=0)
+    kernel_width: float = Field(0.25, gt=0)
 
 
 class FeatureAblationParams(MethodParams):

@@ -78,15 +78,31 @@ class Target:
         return self.classes[start:stop], args
 
 
-def _num_outputs(module: nn.Module, images: Tensor) -> tuple[int, Tensor]:
+def _declared_outputs(module: nn.Module) -> int | None:
+    if isinstance(module, AttributeView):
+        return int(module.model.num_attributes)
+    if isinstance(module, ContrastModel):
+        return _declared_outputs(module.model)
+    num = getattr(module, "num_classes", None)
+    return int(num) if isinstance(num, int) else None
+
+
+def _logits(module: nn.Module, images: Tensor) -> Tensor:
     with torch.no_grad():
         out = module(images)
-    if out.ndim != 2 or out.shape[0] != images.shape[0]:
+    if not isinstance(out, Tensor) or out.ndim != 2 or out.shape[0] != images.shape[0]:
+        got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
         raise ValueError(
-            f"the model must return (N, C) logits for (N, C, H, W) images; got {tuple(out.shape)} "
+            f"the model must return (N, C) logits for (N, C, H, W) images; got {got} "
             "(wrap it so that forward returns one logit row per image)"
         )
-    return out.shape[1], out
+    return out
+
+
+def _num_outputs(module: nn.Module, images: Tensor) -> int:
+    """Number of outputs: declared by the model (``num_classes``) or from one image's forward."""
+    declared = _declared_outputs(module)
+    return declared if declared is not None else _logits(module, images[:1]).shape[1]
 
 
 def _check_classes(classes: Tensor, n: int, num: int, what: str) -> Tensor:
@@ -119,7 +135,7 @@ def contrast_target(
     Raises:
         ValueError: if a class is out of range or the shapes do not match the images.
     """
-    num, _ = _num_outputs(model, images)
+    num = _num_outputs(model, images)
     n = images.shape[0]
     base = _check_classes(base.to(images.device), n, num, "contrast base classes")
     contrast = _check_classes(contrast.to(images.device), n, num, "contrast classes")
@@ -164,7 +180,7 @@ def resolve_target(
             f"targets must be a (N,) tensor, an int or a spec string; got {type(spec).__name__}"
         )
     if isinstance(spec, Tensor):
-        num, _ = _num_outputs(model, images)
+        num = _num_outputs(model, images)
         return Target(model, _check_classes(spec.to(images.device), n, num, "targets"), None, "tensor")
     if isinstance(spec, int):
         spec = str(spec)
@@ -181,18 +197,19 @@ def resolve_target(
                 raise ValueError(
                     f"unknown attribute {key!r}; valid: {names or 'indices only (no names given)'}"
                 ) from None
-        num, _ = _num_outputs(view, images)
+        num = _num_outputs(view, images)
         classes = _check_classes(torch.full((n,), index, device=images.device), n, num, "attribute")
         return Target(view, classes, None, spec)
-    num, logits = _num_outputs(model, images)
-    pred = logits.argmax(1)
+    num = _num_outputs(model, images)
     if spec == "label":
         if labels is None:
             raise ValueError("target 'label' needs labels=; pass the (N,) true classes or use 'pred'")
         return Target(model, _check_classes(labels, n, num, "labels"), None, spec)
     if spec == "pred":
-        return Target(model, pred, None, spec)
+        return Target(model, _logits(model, images).argmax(1), None, spec)
     if spec.startswith("contrast:"):
+        logits = _logits(model, images)
+        pred = logits.argmax(1)
         other = spec.split(":", 1)[1]
         base = labels if labels is not None else pred
         if other == "pred":
