@@ -26,7 +26,7 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -101,7 +101,7 @@ class EnsembleOptions(BaseModel):
     clip_negative: bool = True
     folds: int = Field(5, ge=2)
     alpha: float = Field(1.0, gt=0)
-    kernel: str = "rbf"
+    kernel: Literal["rbf", "linear", "laplacian", "polynomial"] = "rbf"
     gamma: float | None = None
     pixels_per_image: int = Field(32, ge=1)
     positional: bool = False
