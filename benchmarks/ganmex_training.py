@@ -43,7 +43,11 @@ def main() -> None:
     parser.add_argument("--l-cls", type=float, default=1000.0)
     parser.add_argument("--l-sim", type=float, default=100.0)
     parser.add_argument("--l-rec", type=float, default=0.0)
+    parser.add_argument("--output", default="tanh", choices=["tanh", "sigmoid", "residual"],
+                        help="generator output mapping (tanh = StarGAN/reference)")
     parser.add_argument("--target", type=float, default=0.9, help="target success rate")
+    parser.add_argument("--keep-training", action="store_true",
+                        help="go on after reaching --target (until --steps or --max-seconds)")
     parser.add_argument("--budget-minutes", type=float, default=15.0)
     parser.add_argument("--max-seconds", type=float, default=None,
                         help="stop GANMEX training after this long (default: the budget)")
@@ -90,6 +94,7 @@ def main() -> None:
     options = GanmexOptions(steps=args.steps, batch_size=args.batch_size, lr_g=args.lr_g,
                             lr_d=args.lr_d, l_cls=args.l_cls, l_sim=args.l_sim,
                             l_rec=args.l_rec, checkpoint_every=args.checkpoint_every,
+                            output=args.output,
                             seed=args.seed)
     out = args.out or Path(tempfile.mkdtemp(prefix="ganmex-bench-"))
     if args.model is None:  # keep the classifier next to the generator (for the experiment)
@@ -125,7 +130,8 @@ def main() -> None:
             classifier, train.images, train.labels, out_dir=generator_dir, class_names=ds.class_names,
             options=options, val_images=val.images, val_labels=val.labels,
             classifier_card_hash=hash_, device=args.device, resume=False,
-            on_validation=on_validation, until_success=args.target,
+            on_validation=on_validation,
+            until_success=None if args.keep_training else args.target,
         )
     except _Stop:
         from concilium.baselines.ganmex.training import _read_history

@@ -27,7 +27,7 @@ def test_rectangular_images() -> None:
     assert critic(x).shape == (1,)
 
 
-@pytest.mark.parametrize("output", ["tanh", "sigmoid"])
+@pytest.mark.parametrize("output", ["tanh", "sigmoid", "residual"])
 def test_output_in_unit_range(output: str) -> None:
     gen = Generator(num_classes=2, base_channels=4, num_residual=1, output=output)
     with torch.no_grad():  # push the last layer to saturate both ways
@@ -37,6 +37,12 @@ def test_output_in_unit_range(output: str) -> None:
         lo = gen(torch.rand(1, 3, 8, 8), torch.tensor([0]))
     assert float(hi.min()) >= 0.99 and float(hi.max()) <= 1.0
     assert float(lo.max()) <= 0.01 and float(lo.min()) >= 0.0
+
+
+def test_residual_output_starts_at_the_identity() -> None:
+    gen = Generator(num_classes=3, base_channels=4, num_residual=1, output="residual")
+    x = torch.rand(2, 3, 8, 8).clamp(1e-3, 1 - 1e-3)
+    torch.testing.assert_close(gen(x, torch.tensor([0, 2])), x)
 
 
 def test_target_changes_output() -> None:

@@ -54,6 +54,9 @@ def train(
     gp_weight: Annotated[float, typer.Option(help="WGAN-GP gradient penalty weight.")] = 10.0,
     base_channels: Annotated[int, typer.Option(help="Generator width.")] = 32,
     num_residual: Annotated[int, typer.Option(help="Generator residual blocks.")] = 3,
+    output: Annotated[
+        str, typer.Option(help="Generator output: tanh (StarGAN), sigmoid or residual.")
+    ] = "tanh",
     seed: Annotated[int, typer.Option(help="Seed of initialisation, batches and targets.")] = 0,
     device: Annotated[str, typer.Option(help="cpu, cuda or cuda:<k>.")] = "cpu",
     checkpoint_every: Annotated[
@@ -104,7 +107,7 @@ def train(
     options = dict(
         batch_size=batch_size, lr_g=lr_g, lr_d=lr_d, n_critic=n_critic, l_cls=l_cls,
         l_sim=l_sim, l_rec=l_rec, gp_weight=gp_weight, base_channels=base_channels,
-        num_residual=num_residual, seed=seed, checkpoint_every=checkpoint_every,
+        num_residual=num_residual, output=output, seed=seed, checkpoint_every=checkpoint_every,
         val_size=val_size,
     )
     try:

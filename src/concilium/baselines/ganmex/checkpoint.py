@@ -70,7 +70,8 @@ class GanmexOptions(BaseModel):
         base_channels: generator width.
         num_residual: generator residual blocks.
         critic_channels: critic width.
-        output: generator output mapping to [0, 1].
+        output: generator output mapping to [0, 1] (``"residual"`` starts at the identity; see
+            :class:`~concilium.baselines.ganmex.networks.Generator`).
         seed: seeds network initialisation, batches, targets and the penalty's interpolation.
         checkpoint_every: save and validate every this many steps (and at the last step).
         val_size: validation images (at most; fewer if the validation data is smaller).
@@ -92,7 +93,7 @@ class GanmexOptions(BaseModel):
     base_channels: int = Field(32, ge=1)
     num_residual: int = Field(3, ge=0)
     critic_channels: int = Field(32, ge=1)
-    output: Literal["tanh", "sigmoid"] = "tanh"
+    output: Literal["tanh", "sigmoid", "residual"] = "tanh"
     seed: int = 0
     checkpoint_every: int = Field(200, ge=1)
     val_size: int = Field(256, ge=1)
