@@ -54,11 +54,12 @@ def setup(tmp_path_factory) -> tuple[Path, Path]:
 
 
 def invoke(args: list[str]):
+    """Run the command; a fixed --batch-size skips the (seconds-long) timing probe."""
     from typer.testing import CliRunner
 
     from concilium.cli.main import app
 
-    return CliRunner().invoke(app, ["explain", *map(str, args)])
+    return CliRunner().invoke(app, ["explain", *map(str, args), "--batch-size", "8"])
 
 
 def test_cli_end_to_end_then_rerun_reuses(setup, tmp_path):
@@ -77,7 +78,7 @@ def test_cli_end_to_end_then_rerun_reuses(setup, tmp_path):
     loaded, members = load_run_data(run)
     assert loaded.ids == info.sample_ids and [c.member_id for _, c in members] == ["m0", "m1"]
     entry = ExplanationStore(run).get("m1", "saliency")
-    assert entry.meta["batch_size"] >= 1 and entry.meta["model_card"]["member_id"] == "m1"
+    assert entry.meta["batch_size"] == 8 and entry.meta["model_card"]["member_id"] == "m1"
     assert entry.params["method_params"] == {"abs": True} and entry.params["seed"] == 3
     maps = entry.read()
     assert maps.shape == (5, HW, HW) and torch.isfinite(maps).all() and maps.abs().sum() > 0
@@ -103,7 +104,7 @@ def test_interrupted_run_resumes_to_identical_arrays(setup, tmp_path, monkeypatc
     data_dir, models = setup
     data = select_split(load_folder(data_dir), "test", None)
     members = load_members(models)
-    kwargs = {"seed": 5, "chunk_size": 2, "meta": {"dataset_fingerprint": "x"}}
+    kwargs = {"seed": 5, "chunk_size": 2, "batch_size": 8, "meta": {"dataset_fingerprint": "x"}}
     methods = ["saliency", "input_x_gradient", "gradient_shap"]
     explain_to_store(ExplanationStore(tmp_path / "clean"), data, members, methods, **kwargs)
 
@@ -128,6 +129,40 @@ def test_interrupted_run_resumes_to_identical_arrays(setup, tmp_path, monkeypatc
     assert status[("m0", "input_x_gradient")] == ("resumed", 2)
     assert status[("m1", "gradient_shap")] == ("computed", 3)
     assert _files(tmp_path / "clean") == _files(tmp_path / "killed")
+
+
+def test_probed_batch_size_is_recorded_and_kept_on_resume(setup, tmp_path, monkeypatch):
+    """Without --batch-size the probe's choice is recorded per entry; a resumed entry keeps it
+    even when the probe (timing-based) would now choose otherwise."""
+    import concilium.explain
+    from concilium.data.folder import load_folder
+    from concilium.explain.batching import Plan as BatchPlan
+    from concilium.store.compute import plan_members
+
+    data = select_split(load_folder(setup[0]), "test", None)
+    members = load_members(setup[1])[:1]
+    chosen = {"rows": 4}
+    probes = []
+
+    def fake_probe(model, images, **kwargs):
+        probes.append(images.shape)
+        return BatchPlan(chosen["rows"], chosen["rows"], 1, 10_000)
+
+    monkeypatch.setattr(concilium.explain, "probe", fake_probe)
+    store = ExplanationStore(tmp_path)
+    args = {"method_options": {}, "target": "label", "reduction": "sum", "baseline": "zero",
+            "seed": 0, "dtype": "float32", "chunk_size": 2, "device": torch.device("cpu"),
+            "meta": {}}
+    first = plan_members(store, data, members, ["saliency"], batch_size=None, **args)
+    assert first[0].batch_sizes == {"saliency": 4} and len(probes) == 1
+    assert first[0].entries["saliency"].meta["batch_size"] == 4
+    chosen["rows"] = 32
+    again = plan_members(store, data, members, ["saliency", "gradcam"], batch_size=None, **args)
+    assert again[0].batch_sizes == {"saliency": 4, "gradcam": 32}  # old kept, new probed
+    none_new = plan_members(store, data, members, ["saliency"], batch_size=None, **args)
+    assert none_new[0].batch_sizes == {"saliency": 4} and len(probes) == 2  # no probe needed
+    forced = plan_members(store, data, members, ["saliency"], batch_size=6, **args)
+    assert forced[0].batch_sizes == {"saliency": 6}
 
 
 def test_changed_param_makes_new_entries(setup, tmp_path):
@@ -176,7 +211,8 @@ def test_bad_inputs_fail_before_any_compute(setup, tmp_path, extra, error, match
         else:
             options[key] = item
     with pytest.raises(error, match=match):
-        run_explain(data, models=models, out=tmp_path / "run", quiet=True, **options)
+        run_explain(data, models=models, out=tmp_path / "run", quiet=True, batch_size=8,
+                    **options)
     assert not (tmp_path / "run" / "explanations.zarr").exists()
 
 

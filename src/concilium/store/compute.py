@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -93,6 +95,46 @@ class Plan:
     entries: dict[str, Entry] = field(default_factory=dict)
     batch_sizes: dict[str, int] = field(default_factory=dict)
     missing: dict[tuple[int, int], list[str]] = field(default_factory=dict)
+
+
+class _Writer:
+    """Writes chunks on one background thread, in submission order, while the next chunk is
+    computed (the store's compression and file writes overlap the attribution).
+
+    Each chunk's data and then its marker are written by :meth:`Entry.write` on that thread, so
+    the kill-safety order is unchanged. At most ``max_pending`` chunks wait in memory. The first
+    failed write cancels the queued ones and is raised in the caller's thread at the next
+    :meth:`submit` or at :meth:`close`; an error in the caller (or Ctrl-C) lets the queued writes
+    finish first.
+    """
+
+    def __init__(self, *, max_pending: int) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="concilium-store")
+        self._pending: deque[Future] = deque()
+        self._max = max_pending
+
+    def _check(self, *, block: bool) -> None:
+        while self._pending and (block or self._pending[0].done()
+                                 or len(self._pending) > self._max):
+            future = self._pending.popleft()
+            try:
+                future.result()
+            except BaseException:
+                for queued in self._pending:
+                    queued.cancel()
+                self._pending.clear()
+                raise
+
+    def submit(self, entry: Entry, start: int, maps: Tensor) -> None:
+        self._check(block=False)
+        self._pending.append(self._pool.submit(entry.write, start, maps))
+        self._check(block=False)
+
+    def close(self) -> None:
+        try:
+            self._check(block=True)
+        finally:
+            self._pool.shutdown(wait=True)
 
 
 def chunk_seed(seed: int, source: str, start: int) -> int:
@@ -256,26 +298,30 @@ def explain_to_store(
             reports[(p.source, m)].chunks_reused = int(e.done_chunks().sum())
     total = sum((stop - start) * len(ms) for p in plans for (start, stop), ms in p.missing.items())
     done = 0
-    for plan in plans:
-        if not plan.missing:
-            continue
-        model = plan.model.to(device).eval()
-        for (start, stop), chunk_methods in sorted(plan.missing.items()):
-            images = data.images[start:stop].to(device)
-            labels = data.labels[start:stop].to(device)
-            for method, maps, seconds in compute_chunk(
-                model, images, labels, chunk_methods, card=plan.card, source=plan.source,
-                start=start, method_options=options, target=target, reduction=reduction,
-                baseline=baseline, seed=seed, batch_sizes=plan.batch_sizes,
-            ):
-                plan.entries[method].write(start, maps)
-                report = reports[(plan.source, method)]
-                report.chunks_computed += 1
-                report.rows_computed += stop - start
-                report.seconds += seconds
-            done += (stop - start) * len(chunk_methods)
-            if on_chunk is not None:
-                on_chunk(ChunkEvent(plan.source, stop - start, list(chunk_methods), done, total))
+    writer = _Writer(max_pending=2 * max(1, len(methods)))
+    try:
+        for plan in plans:
+            if not plan.missing:
+                continue
+            model = plan.model.to(device).eval()
+            for (start, stop), chunk_methods in sorted(plan.missing.items()):
+                images = data.images[start:stop].to(device)
+                labels = data.labels[start:stop].to(device)
+                for method, maps, seconds in compute_chunk(
+                    model, images, labels, chunk_methods, card=plan.card, source=plan.source,
+                    start=start, method_options=options, target=target, reduction=reduction,
+                    baseline=baseline, seed=seed, batch_sizes=plan.batch_sizes,
+                ):
+                    writer.submit(plan.entries[method], start, maps)
+                    report = reports[(plan.source, method)]
+                    report.chunks_computed += 1
+                    report.rows_computed += stop - start
+                    report.seconds += seconds
+                done += (stop - start) * len(chunk_methods)
+                if on_chunk is not None:
+                    on_chunk(ChunkEvent(plan.source, stop - start, list(chunk_methods), done, total))
+    finally:
+        writer.close()  # finishes every computed chunk (never loses finished work)
     return list(reports.values())
 
 
