@@ -32,6 +32,8 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=2000, help="benchmark images (all splits)")
     parser.add_argument("--classes", type=int, default=8, help="benchmark classes")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--data", type=Path, default=None,
+                        help="folder dataset to use instead of generating the benchmark")
     parser.add_argument("--model", type=Path, default=None,
                         help="member folder to use instead of training a small-cnn")
     parser.add_argument("--clf-epochs", type=int, default=15, help="classifier epochs")
@@ -60,6 +62,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     from concilium.baselines.ganmex import GanmexOptions, card_hash, train_ganmex
+    from concilium.data.folder import load_folder, write_folder
     from concilium.data.synthetic import SynthConfig, generate
     from concilium.models.architectures import create_model
     from concilium.models.checkpoint import MemberCard, load_member, save_member
@@ -68,10 +71,16 @@ def main() -> None:
     budget = 60.0 * args.budget_minutes
     max_seconds = args.max_seconds if args.max_seconds is not None else budget
     t0 = time.perf_counter()
-    ds = generate(SynthConfig(n=args.n, size=args.size, num_classes=args.classes,
-                              seed=args.seed))
-    print(f"benchmark: {args.n} images {args.size}x{args.size}, {ds.num_classes} classes "
-          f"({time.perf_counter() - t0:.1f} s); torch threads {torch.get_num_threads()}, "
+    out = args.out or Path(tempfile.mkdtemp(prefix="ganmex-bench-"))
+    if args.data is not None:
+        ds = load_folder(args.data)
+    else:  # keep the data next to the models: the experiment reuses exactly these images
+        ds = generate(SynthConfig(n=args.n, size=args.size, num_classes=args.classes,
+                                  seed=args.seed))
+        write_folder(ds, out / "data", overwrite=True)
+    print(f"benchmark: {len(ds)} images {ds.image_size[0]}x{ds.image_size[1]}, "
+          f"{ds.num_classes} classes ({time.perf_counter() - t0:.1f} s, "
+          f"{args.data or out / 'data'}); torch threads {torch.get_num_threads()}, "
           f"device {args.device}")
     if args.model is not None:
         classifier, card = load_member(args.model, device=args.device)
@@ -96,7 +105,6 @@ def main() -> None:
                             l_rec=args.l_rec, checkpoint_every=args.checkpoint_every,
                             output=args.output,
                             seed=args.seed)
-    out = args.out or Path(tempfile.mkdtemp(prefix="ganmex-bench-"))
     if args.model is None:  # keep the classifier next to the generator (for the experiment)
         card = MemberCard(
             member_id="m0", arch="small-cnn", num_classes=ds.num_classes,

@@ -18,9 +18,9 @@ baselines, and score the maps with ``concilium.metrics.evaluate``:
 Then it prints, per claim of Shih, Tien and Karnin (ICML 2021), whether GANMEX was the best
 baseline for each method here, with the numbers.
 
-Inputs: the member and generator written by ``benchmarks/ganmex_training.py --out DIR``
-(``--bench DIR``), or ``--model MEMBER --gen GEN`` with the benchmark settings they were trained
-on (``--n --size --classes --seed``; the data fingerprint is checked against the member card).
+Inputs: the data, member and generator written by ``benchmarks/ganmex_training.py --out DIR``
+(``--bench DIR``), or ``--data FOLDER --model MEMBER --gen GEN`` (the data fingerprint is checked
+against the member card).
 
 Example::
 
@@ -65,10 +65,9 @@ def main() -> None:
                         help="output folder of benchmarks/ganmex_training.py (member + generator)")
     parser.add_argument("--model", type=Path, default=None, help="member folder")
     parser.add_argument("--gen", type=Path, default=None, help="GANMEX generator folder")
-    parser.add_argument("--n", type=int, default=2000)
-    parser.add_argument("--size", type=int, default=32)
-    parser.add_argument("--classes", type=int, default=8)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--data", type=Path, default=None,
+                        help="folder dataset the member was trained on (default BENCH/data)")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the choice of contrasts")
     parser.add_argument("--limit", type=int, default=48, help="images explained (at most)")
     parser.add_argument("--methods", default="integrated_gradients,deeplift")
     parser.add_argument("--ig-steps", type=int, default=32)
@@ -84,24 +83,24 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     model_dir = args.model or (args.bench / "member" if args.bench else None)
     gen_dir = args.gen or (args.bench / "generator" if args.bench else None)
-    if model_dir is None or gen_dir is None:
-        parser.error("give --bench DIR, or --model MEMBER and --gen GEN")
+    data_dir = args.data or (args.bench / "data" if args.bench else None)
+    if model_dir is None or gen_dir is None or data_dir is None:
+        parser.error("give --bench DIR, or --model MEMBER, --gen GEN and --data FOLDER")
 
     from concilium.baselines.ganmex import GanmexBaseline
-    from concilium.data.synthetic import SynthConfig, generate
+    from concilium.data.folder import load_folder
     from concilium.explain import MeanBaseline, explain
     from concilium.metrics import METRICS as REGISTRY
     from concilium.metrics import evaluate
     from concilium.models.checkpoint import load_member
 
     model, card = load_member(model_dir)
-    ds = generate(SynthConfig(n=args.n, size=args.size, num_classes=args.classes,
-                              seed=args.seed))
+    ds = load_folder(data_dir)
     if ds.fingerprint() != card.data_fingerprint:
         raise ValueError(
             f"the member in {model_dir} was trained on other data (fingerprint "
-            f"{card.data_fingerprint}, regenerated {ds.fingerprint()}); pass the --n, --size, "
-            "--classes and --seed it was trained with"
+            f"{card.data_fingerprint}, {data_dir} has {ds.fingerprint()}); pass the --data "
+            "folder it was trained on"
         )
     partners = one_part_partners(ds.class_part_values)
     test = ds.subset("test")
@@ -120,7 +119,7 @@ def main() -> None:
     images, labels, t = data.images, data.labels, torch.tensor(contrast)
     masks = data.difference_masks(t)
     pairs = sorted({(c, tt) for c, tt in zip(labels.tolist(), contrast, strict=True)})
-    print(f"{len(rows)} correctly classified test images ({args.size} px) of classes with a "
+    print(f"{len(rows)} correctly classified test images ({ds.image_size[0]} px) of classes with a "
           f"one-part partner; pairs (c, t): {pairs}; difference mask covers "
           f"{masks.float().mean():.1%} of the pixels on average")
 
