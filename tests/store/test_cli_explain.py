@@ -131,6 +131,27 @@ def test_interrupted_run_resumes_to_identical_arrays(setup, tmp_path, monkeypatc
     assert _files(tmp_path / "clean") == _files(tmp_path / "killed")
 
 
+def test_an_error_while_computing_keeps_every_finished_chunk(setup, tmp_path):
+    from concilium.data.folder import load_folder
+
+    data = select_split(load_folder(setup[0]), "test", None)
+    members = load_members(setup[1])
+    events = []
+
+    def stop_after_two(event):
+        events.append(event)
+        if len(events) == 2:
+            raise KeyboardInterrupt  # Ctrl-C after two chunks of m0
+
+    with pytest.raises(KeyboardInterrupt):
+        explain_to_store(ExplanationStore(tmp_path), data, members, ["saliency", "gradient_shap"],
+                         chunk_size=2, batch_size=8, on_chunk=stop_after_two)
+    table = ExplanationStore(tmp_path).entries().set_index(["source", "method"])
+    assert table.loc[("m0", "saliency"), "chunks_done"] == 2
+    assert table.loc[("m0", "gradient_shap"), "chunks_done"] == 2
+    assert table.loc[("m1", "saliency"), "chunks_done"] == 0
+
+
 def test_probed_batch_size_is_recorded_and_kept_on_resume(setup, tmp_path, monkeypatch):
     """Without --batch-size the probe's choice is recorded per entry; a resumed entry keeps it
     even when the probe (timing-based) would now choose otherwise."""

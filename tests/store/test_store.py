@@ -319,3 +319,42 @@ def test_read_only_store(tmp_path):
     with pytest.raises(ValueError, match="read-only"):
         store.entry("m0", "x", {}, IDS, shape=SHAPE)
     assert not os.path.exists(tmp_path / "nothing")
+
+
+class _Recorder:
+    """Entry stand-in for the background writer: records writes, can fail or be slow."""
+
+    def __init__(self, log, *, fail_at=None, delay=0.0):
+        self.log, self.fail_at, self.delay = log, fail_at, delay
+
+    def write(self, start, maps):
+        import time
+
+        time.sleep(self.delay)
+        if start == self.fail_at:
+            raise OSError("disk full")
+        self.log.append(start)
+
+
+def test_background_writer_keeps_order_and_finishes_on_close():
+    from concilium.store.compute import _Writer
+
+    log = []
+    writer = _Writer(max_pending=2)
+    for start in range(6):
+        writer.submit(_Recorder(log, delay=0.01), start, torch.zeros(1, 2, 2))
+    writer.close()
+    assert log == list(range(6))
+
+
+def test_background_writer_fails_fast_and_drops_queued_writes():
+    from concilium.store.compute import _Writer
+
+    log = []
+    writer = _Writer(max_pending=10)
+    writer.submit(_Recorder(log, fail_at=0, delay=0.05), 0, torch.zeros(1, 2, 2))
+    for start in range(1, 4):
+        writer.submit(_Recorder(log), start, torch.zeros(1, 2, 2))
+    with pytest.raises(OSError, match="disk full"):
+        writer.close()
+    assert log == []  # queued writes after the failure were cancelled

@@ -22,6 +22,7 @@ versions), because nothing a chunk's maps depend on changes between processes:
 from __future__ import annotations
 
 import hashlib
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -112,6 +113,16 @@ class _Writer:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="concilium-store")
         self._pending: deque[Future] = deque()
         self._max = max_pending
+        self._failed = threading.Event()
+
+    def _write(self, entry: Entry, start: int, maps: Tensor) -> None:
+        if self._failed.is_set():  # an earlier write failed: write nothing after it
+            raise RuntimeError("skipped: an earlier chunk write failed")
+        try:
+            entry.write(start, maps)
+        except BaseException:
+            self._failed.set()
+            raise
 
     def _check(self, *, block: bool) -> None:
         while self._pending and (block or self._pending[0].done()
@@ -127,7 +138,7 @@ class _Writer:
 
     def submit(self, entry: Entry, start: int, maps: Tensor) -> None:
         self._check(block=False)
-        self._pending.append(self._pool.submit(entry.write, start, maps))
+        self._pending.append(self._pool.submit(self._write, entry, start, maps))
         self._check(block=False)
 
     def close(self) -> None:
