@@ -201,3 +201,26 @@ def test_results_follow_the_images_device_and_model_dtype(make_net, images):
     net64 = make_net(dtype=torch.float64)
     maps = explain(net64, images, "pred", method="saliency", batch_size=8)
     assert maps.dtype == torch.float32 and maps.device == images.device
+
+
+def test_per_sample_contrast_classes(net, images):
+    from concilium.explain import contrast_target
+
+    base, other = torch.tensor([0, 1, 2, 0]), torch.tensor([1, 2, 0, 2])
+    target = contrast_target(net, images, base, other)
+    x = images.clone()
+    out = target.module(x, *target.forward_args)
+    logits = net(x)
+    expected = logits - logits.gather(1, other.view(-1, 1))
+    assert torch.allclose(out, expected)
+    assert torch.allclose(out.gather(1, base.view(-1, 1)).flatten(),
+                          (logits.gather(1, base.view(-1, 1)) - logits.gather(1, other.view(-1, 1))).flatten())
+
+
+@pytest.mark.parametrize("baseline", ["black", "zero"])
+def test_grouped_stochastic_methods_do_not_depend_on_batch_size(net, images, baseline):
+    def run(batch_size):
+        return explain(net, images, "pred", method="gradient_shap", n_samples=5, baseline=baseline,
+                       batch_size=batch_size, generator=torch.Generator().manual_seed(4))
+
+    assert torch.equal(run(2), run(50))

@@ -31,6 +31,9 @@ Reduction = Literal["sum", "abs_sum", "l2", "max_abs"]
 REDUCTIONS: tuple[str, ...] = ("sum", "abs_sum", "l2", "max_abs")
 #: Methods :func:`explain_many` computes together from one forward+backward pass.
 SHARED_PASS: tuple[str, ...] = ("saliency", "input_x_gradient", "gradcam")
+#: Rows per call of grouped stochastic methods (GradientSHAP, SmoothGrad, VarGrad): a constant,
+#: so that seeded results are reproducible on any machine; ~64 rows is efficient on CPUs.
+STOCHASTIC_GROUP_ROWS = 64
 
 
 def method_params(method: str, **params: Any) -> dict[str, Any]:
@@ -111,8 +114,9 @@ def resolve_layer(model: nn.Module, layer: str | nn.Module | None) -> nn.Module:
 
 
 def draw_seed(generator: torch.Generator | None) -> int:
-    """One base seed from ``generator`` (or torch's global generator)."""
-    return int(torch.randint(0, 2**62, (1,), generator=generator))
+    """One base seed from ``generator`` (on its own device) or torch's global generator."""
+    device = generator.device if generator is not None else "cpu"
+    return int(torch.randint(0, 2**62, (1,), generator=generator, device=device))
 
 
 def image_seeds(base_seed: int, method: str, n: int) -> list[int]:
@@ -201,6 +205,19 @@ def _check_common(
     return images
 
 
+def _group_size(spec: MethodSpec, p: MethodParams, prep: _Prepared) -> int:
+    """Images per call of a stochastic method: 1, or for groupable methods a size fixed by the
+    method's parameters and the memory budget only (never by timing), so seeded maps do not
+    depend on ``batch_size`` or on the probe."""
+    if not spec.groupable or prep.plan is None:
+        return 1
+    b = prep.baselines
+    if b is not None and b.shape[0] > 1 and not bool((b == b[:1]).all()):
+        return 1  # per-image baselines: each image needs its own baseline distribution
+    rows = min(STOCHASTIC_GROUP_ROWS, prep.plan.max_rows)
+    return images_per_chunk(rows, spec.passes(p, tuple(prep.images.shape[-2:])), prep.images.shape[0])
+
+
 def _run_method(spec: MethodSpec, p: MethodParams, prep: _Prepared, base_seed: int) -> Tensor:
     """Signed attributions ``(N, C or 1, H, W)`` of one method, chunked by the plan."""
     images = prep.images
@@ -212,9 +229,10 @@ def _run_method(spec: MethodSpec, p: MethodParams, prep: _Prepared, base_seed: i
         rows = prep.plan.rows_grad if spec.kind == "gradient" else prep.plan.rows_fwd
     if spec.stochastic:
         seeds = image_seeds(base_seed, spec.name, n)
-        for i in range(n):
-            with _seeded(seeds[i], images.device), grad_ctx:
-                outputs.append(spec.run(prep.chunk(i, i + 1, rows), p).detach())
+        group = _group_size(spec, p, prep)
+        for start in range(0, n, group):
+            with _seeded(seeds[start], images.device), grad_ctx:
+                outputs.append(spec.run(prep.chunk(start, min(n, start + group), rows), p).detach())
     else:
         step = images_per_chunk(rows, spec.passes(p, hw), n)
         for start in range(0, n, step):

@@ -85,7 +85,10 @@ class MethodSpec:
             ``"control"`` (no model).
         needs_baseline: uses a baseline (reference input).
         needs_layer: attributes through a layer (GradCAM family).
-        stochastic: draws random numbers; seeded per image from the ``generator``.
+        stochastic: draws random numbers; seeded per image (or per fixed group of images, see
+            ``groupable``) from the ``generator``.
+        groupable: a stochastic gradient method that may attribute a fixed-size group of images
+            in one call (one random stream per group), when their baselines are identical.
         per_channel: the signed map has the image's channels (else one channel).
         passes: model passes per image ``(params, (H, W)) -> int``, the lower-bound unit.
         run: attributes one :class:`Chunk`.
@@ -103,6 +106,7 @@ class MethodSpec:
     passes: Callable[[P.MethodParams, tuple[int, int]], int]
     run: Callable[[Chunk, P.MethodParams], Tensor]
     description: str
+    groupable: bool = False
 
     def defaults(self) -> dict[str, object]:
         """The default parameters."""
@@ -165,7 +169,7 @@ def _integrated_gradients(c: Chunk, p: P.IntegratedGradientsParams) -> Tensor:
     name="gradient_shap", captum_class="captum.attr.GradientShap", params=P.GradientShapParams,
     kind="gradient", needs_baseline=True, needs_layer=False, stochastic=True, per_channel=True,
     passes=lambda p, hw: p.n_samples,
-    description="expected gradients over random points between baseline and noisy image",
+    groupable=True, description="expected gradients over random points between baseline and noisy image",
 )
 def _gradient_shap(c: Chunk, p: P.GradientShapParams) -> Tensor:
     return GradientShap(c.module).attribute(
@@ -185,7 +189,7 @@ def _noise_tunnel(c: Chunk, p: P.NoiseTunnelParams, nt_type: str, abs_: bool) ->
 @_register(
     name="smoothgrad", captum_class="captum.attr.NoiseTunnel", params=P.SmoothGradParams,
     kind="gradient", needs_baseline=False, needs_layer=False, stochastic=True, per_channel=True,
-    passes=lambda p, hw: p.n_samples, description="gradient averaged over noisy copies",
+    passes=lambda p, hw: p.n_samples, groupable=True, description="gradient averaged over noisy copies",
 )
 def _smoothgrad(c: Chunk, p: P.SmoothGradParams) -> Tensor:
     return _noise_tunnel(c, p, "smoothgrad", p.abs)
@@ -194,7 +198,7 @@ def _smoothgrad(c: Chunk, p: P.SmoothGradParams) -> Tensor:
 @_register(
     name="vargrad", captum_class="captum.attr.NoiseTunnel", params=P.NoiseTunnelParams,
     kind="gradient", needs_baseline=False, needs_layer=False, stochastic=True, per_channel=True,
-    passes=lambda p, hw: p.n_samples, description="variance of the gradient over noisy copies",
+    passes=lambda p, hw: p.n_samples, groupable=True, description="variance of the gradient over noisy copies",
 )
 def _vargrad(c: Chunk, p: P.NoiseTunnelParams) -> Tensor:
     return _noise_tunnel(c, p, "vargrad", False)
