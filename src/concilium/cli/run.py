@@ -1,3 +1,34 @@
-"""`concilium run` (see its issue)."""
+"""``concilium run EXPERIMENT.toml [--dry-run] [--out RUN]``: the whole pipeline from a config."""
 
-from concilium.cli.app import app  # noqa: F401
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from concilium.cli.app import app
+
+
+@app.command("run")
+def run_command(
+    experiment: Annotated[Path, typer.Argument(help="The experiment file (see examples/).")],
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Run directory (default: runs/<file stem>).")
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the plan and its estimated cost; do nothing.")
+    ] = False,
+) -> None:
+    """Data -> members -> explanations -> ensembles -> metrics -> audits -> report, each stage
+    cached: a re-run redoes only what changed."""
+    from concilium.pipeline import format_plan, load_config, plan, run
+
+    config = load_config(experiment)  # validated before any work
+    run_dir = out or Path("runs") / experiment.stem
+    if dry_run:
+        typer.echo(f"plan for {run_dir}:")
+        typer.echo(format_plan(plan(config, run_dir)))
+        return
+    run(config, run_dir)
+    typer.echo(f"report: {run_dir / 'report.html'}")

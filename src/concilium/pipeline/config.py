@@ -1,0 +1,565 @@
+"""The experiment configuration (``EXPERIMENT.toml``), validated before any work starts.
+
+Every section mirrors the parameters of the library function its stage calls, and is checked
+against that function's real signature or registry:
+
+- ``[data]``: ``kind = "synthetic"`` and the knobs of :class:`concilium.data.synthetic.SynthConfig`,
+  or ``kind = "folder"`` and the keyword parameters of :func:`concilium.data.folder.load_folder`
+  plus ``path``;
+- ``[models]`` (and the optional second group ``[committee]``): the keyword parameters of
+  :func:`concilium.models.train_ensemble`, or ``dir`` = an existing members folder;
+- ``[explain]``: methods from :data:`concilium.explain.METHODS`, each method's parameters checked by
+  :func:`concilium.explain.method_params`, split, limit, batch size, target, baseline;
+- ``[ensemble]``: kinds and, per kind, the keyword parameters of its ensembler function;
+- ``[evaluate]``: metric names or families of :data:`concilium.metrics.METRICS`, each metric's
+  parameters checked against its signature, and the mask set;
+- ``[audit]``: the analyses and the keyword parameters of their functions;
+- ``[report]``: the keyword parameters of :func:`concilium.report.write_report`.
+
+An unknown key is an error that names the key, the section, a close match and the valid keys; a
+bad value names the key and the valid choices.
+
+Example:
+    >>> cfg = ExperimentConfig.model_validate({"data": {"kind": "synthetic", "n": 200}})
+    >>> cfg.models.members, cfg.explain.split
+    (11, 'test')
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import tomllib
+import typing
+from collections.abc import Callable, Mapping
+from functools import cache
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
+
+Split = Literal["train", "val", "test", "all"]
+Reduction = Literal["sum", "abs_sum", "l2", "max_abs"]
+FAMILIES = ("localisation", "faithfulness", "robustness", "complexity", "randomisation")
+PAPER_METHODS = ("saliency", "input_x_gradient", "integrated_gradients", "gradient_shap", "gradcam")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ----------------------------------------------------------------------------- signatures
+
+
+def signature_model(
+    fn: Callable[..., Any], *, name: str, exclude: tuple[str, ...] = (),
+    extra_fields: Mapping[str, tuple[Any, Any]] | None = None,
+) -> type[BaseModel]:
+    """A pydantic model (``extra="forbid"``) of ``fn``'s keyword parameters: the same names,
+    annotations (``Literal`` choices included) and defaults, minus ``exclude``.
+
+    Args:
+        fn: the library function a config section feeds.
+        name: the model's name (shown in errors).
+        exclude: parameters the pipeline provides itself (data, output folder, device, ...).
+        extra_fields: pipeline-only fields ``{name: (annotation, default)}``.
+    """
+    hints = typing.get_type_hints(fn)
+    fields: dict[str, Any] = {}
+    for pname, p in inspect.signature(fn).parameters.items():
+        if pname in exclude or p.kind not in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD):
+            continue
+        if p.default is inspect.Parameter.empty:
+            continue  # data arguments (the pipeline passes them)
+        fields[pname] = (hints.get(pname, Any), p.default)
+    fields.update(extra_fields or {})
+    return create_model(  # type: ignore[call-overload]
+        name, __config__=ConfigDict(extra="forbid", arbitrary_types_allowed=True), **fields
+    )
+
+
+def _keys_error(section: str, unknown: list[str], valid: list[str]) -> ValueError:
+    hints = []
+    for key in unknown:
+        close = difflib.get_close_matches(key, valid, n=1)
+        hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    return ValueError(
+        f"[{section}] unknown key{'s' if len(unknown) > 1 else ''} {', '.join(hints)}; "
+        f"valid keys: {', '.join(sorted(valid))}"
+    )
+
+
+def validate_kwargs(
+    section: str, model: type[BaseModel], values: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Validate ``values`` with a :func:`signature_model`; errors name the section and key."""
+    unknown = sorted(set(values) - set(model.model_fields))
+    if unknown:
+        raise _keys_error(section, unknown, list(model.model_fields))
+    try:
+        return model.model_validate(dict(values)).model_dump(exclude_unset=True)
+    except ValidationError as err:
+        raise ValueError(format_validation_error(err, prefix=section)) from None
+
+
+# ----------------------------------------------------------------------------- the sections
+
+
+@cache
+def _synth_keys() -> list[str]:
+    from concilium.data.synthetic import SynthConfig
+
+    return list(SynthConfig.model_fields)
+
+
+@cache
+def _folder_model() -> type[BaseModel]:
+    from concilium.data.folder import load_folder
+
+    return signature_model(load_folder, name="data (folder)", exclude=("progress",),
+                           extra_fields={"path": (str, ...)})
+
+
+class DataConfig(_Section):
+    """``[data]``: the benchmark generator's knobs or a folder dataset.
+
+    Attributes:
+        kind: ``"synthetic"`` (the ground-truth benchmark) or ``"folder"``.
+        synthetic: the generator knobs (``n``, ``size``, ``num_classes``, ``rare_class``,
+            ``watermark_class``, ...), validated by ``SynthConfig``.
+        folder: ``path`` and :func:`load_folder`'s keyword parameters (``size``, ``seed``,
+            ``split_fractions``).
+    """
+
+    kind: Literal["synthetic", "folder"] = "synthetic"
+    synthetic: dict[str, Any] = Field(default_factory=dict)
+    folder: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flatten(cls, values: Any) -> Any:
+        if not isinstance(values, dict) or "synthetic" in values or "folder" in values:
+            return values
+        values = dict(values)
+        kind = values.pop("kind", "synthetic")
+        if kind == "synthetic":
+            from concilium.data.synthetic import SynthConfig
+
+            unknown = sorted(set(values) - set(_synth_keys()))
+            if unknown:
+                raise _keys_error("data", unknown, ["kind", *_synth_keys()])
+            try:
+                synth = SynthConfig.model_validate(values).model_dump(mode="json",
+                                                                      exclude_unset=True)
+            except ValidationError as err:
+                raise ValueError(format_validation_error(err, prefix="data")) from None
+            return {"kind": kind, "synthetic": synth}
+        if kind == "folder":
+            if "path" not in values:
+                raise ValueError("[data] kind = \"folder\" needs path = \"DATA\" (the dataset "
+                                 "folder, see docs/pipeline.md)")
+            return {"kind": kind, "folder": validate_kwargs("data", _folder_model(), values)}
+        return {"kind": kind}  # the Literal check reports the valid kinds
+
+
+@cache
+def _train_model() -> type[BaseModel]:
+    from concilium.models import train_ensemble
+
+    return signature_model(train_ensemble, name="models",
+                           exclude=("dataset", "out", "device", "progress"))
+
+
+class ModelsConfig(_Section):
+    """``[models]`` / ``[committee]``: train an ensemble, or use the members in ``dir``.
+
+    Attributes:
+        dir: an existing members folder (``MODELS/m0`` ...); then nothing is trained and no
+            training key may be given.
+        train: the keyword parameters of :func:`concilium.models.train_ensemble` (``arch``,
+            ``members``, ``diversity``, ``epochs``, ``archs``, ``attributes``, ...).
+    """
+
+    dir: str | None = None
+    train: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flatten(cls, values: Any) -> Any:
+        if not isinstance(values, dict) or "train" in values:
+            return values
+        values = dict(values)
+        directory = values.pop("dir", None)
+        if directory is not None and values:
+            raise ValueError(
+                f"[models] dir = {directory!r} uses existing members; drop the training keys "
+                f"{sorted(values)} or drop dir to train"
+            )
+        return {"dir": directory, "train": validate_kwargs("models", _train_model(), values)}
+
+    def option(self, name: str) -> Any:
+        """A training option, or ``train_ensemble``'s default for it."""
+        if name in self.train:
+            return self.train[name]
+        return _train_model().model_fields[name].default
+
+
+class ExplainConfig(_Section):
+    """``[explain]``: which maps to compute (see ``concilium explain``).
+
+    Attributes:
+        methods: method names of :data:`concilium.explain.METHODS`.
+        params: per method, parameters overriding its defaults (``[explain.params.smoothgrad]``).
+        split: the split explained; ``"all"`` also gives the CNN ensembler its training maps.
+        limit: explain only the first ``limit`` samples of the split (``None``: all).
+        batch_size: images per pass (``None``: chosen automatically).
+        target: ``label``, ``pred``, ``<int>``, ``attr:<name>`` or ``contrast:<t>``.
+        baseline: baseline spec of path/perturbation methods (``zero``, ``blur:sigma=4``, ...).
+        reduction: channel reduction of the maps.
+        seed: seed of the stochastic methods.
+        float16: store maps as float16.
+        chunk_size: samples per stored chunk.
+    """
+
+    methods: list[str] = Field(default_factory=lambda: list(PAPER_METHODS))
+    params: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    split: Split = "test"
+    limit: int | None = Field(None, ge=1)
+    batch_size: int | None = Field(None, ge=1)
+    target: str = "label"
+    baseline: str = "zero"
+    reduction: Reduction = "sum"
+    seed: int = 0
+    float16: bool = False
+    chunk_size: int = Field(64, ge=1)
+
+    @model_validator(mode="after")
+    def _check_methods(self) -> ExplainConfig:
+        check_methods("explain", self.methods, self.params)
+        from concilium.explain.baselines import parse_baseline
+
+        try:
+            parse_baseline(self.baseline)
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"[explain] baseline: {err}") from None
+        return self
+
+
+def check_methods(section: str, methods: list[str], params: Mapping[str, Mapping[str, Any]]) -> None:
+    """Methods exist in the registry, without repeats; parameters match their signatures."""
+    from concilium.explain import METHODS, method_params
+
+    if not methods:
+        raise ValueError(f"[{section}] methods is empty; pick from: {', '.join(METHODS.names())}")
+    for m in methods:
+        if m not in METHODS:
+            raise ValueError(f"[{section}] methods: unknown method {m!r}; valid: "
+                             f"{', '.join(METHODS.names())}")
+    repeated = sorted({m for m in methods if methods.count(m) > 1})
+    if repeated:
+        raise ValueError(f"[{section}] methods names {repeated} more than once")
+    for m, p in params.items():
+        if m not in methods:
+            raise ValueError(f"[{section}.params.{m}] is for a method not in methods "
+                             f"({', '.join(methods)}); add it to methods or drop the table")
+        try:
+            method_params(m, **dict(p))
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"[{section}.params.{m}] {err}") from None
+
+
+@cache
+def _ensemble_options_model() -> type[BaseModel]:
+    from concilium.ensemble.registry import EnsembleOptions
+
+    return EnsembleOptions
+
+
+def ensemble_kinds() -> list[str]:
+    """The run-level ensemblers of :data:`concilium.ensemble.registry.ENSEMBLERS`."""
+    from concilium.ensemble.registry import ENSEMBLERS
+
+    return ENSEMBLERS.names()
+
+
+class EnsembleConfig(_Section):
+    """``[ensemble]``: which ensembles to build (``kinds``, names of
+    :data:`concilium.ensemble.registry.ENSEMBLERS`), and per kind the fields of
+    :class:`concilium.ensemble.registry.EnsembleOptions` (``[ensemble.options.consensus]`` ...).
+    The device is the experiment's."""
+
+    kinds: list[str] = Field(default_factory=lambda: ["ens-avg", "ens-logit"])
+    options: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check_options(self) -> EnsembleConfig:
+        valid = ensemble_kinds()
+        for kind in self.kinds:
+            if kind not in valid:
+                raise ValueError(f"[ensemble] kinds: unknown ensemble kind {kind!r}; valid: "
+                                 f"{', '.join(valid)}")
+        repeated = sorted({k for k in self.kinds if self.kinds.count(k) > 1})
+        if repeated:
+            raise ValueError(f"[ensemble] kinds names {repeated} more than once")
+        model = _ensemble_options_model()
+        keys = [k for k in model.model_fields if k != "device"]
+        for kind, values in self.options.items():
+            if kind not in self.kinds:
+                raise ValueError(f"[ensemble.options.{kind}] is for a kind not in kinds "
+                                 f"({', '.join(self.kinds)}); add it to kinds or drop the table")
+            unknown = sorted(set(values) - set(keys))
+            if unknown:
+                raise _keys_error(f"ensemble.options.{kind}", unknown, keys)
+            try:
+                model.model_validate(dict(values))
+            except ValidationError as err:
+                raise ValueError(format_validation_error(err, prefix=f"ensemble.options.{kind}")
+                                 ) from None
+        return self
+
+    def options_for(self, kind: str, *, device: str) -> Any:
+        """The :class:`EnsembleOptions` of ``kind`` (validated, defaults filled in)."""
+        return _ensemble_options_model().model_validate({**self.options.get(kind, {}),
+                                                         "device": device})
+
+
+class EvaluateConfig(_Section):
+    """``[evaluate]``: metrics (names or families) for every stored explanation.
+
+    Attributes:
+        metrics: metric names and/or families (``localisation``, ``faithfulness``, ...).
+        params: per metric, parameters overriding its defaults (``[evaluate.params.iou]``).
+        mask: the ground-truth mask set: ``masks`` (object) or a part/evidence set.
+        split: score the explained samples of this split (default ``test``; when the run
+            explained ``all``, the CNN ensembler's training rows are left out).
+        limit: score only the first ``limit`` explained samples (``None``: all); the costly
+            faithfulness/robustness/randomisation metrics use at most ``costly_limit``.
+        costly_limit: the sample cap of model-bound metrics (``None``: no cap).
+    """
+
+    metrics: list[str] = Field(default_factory=lambda: list(FAMILIES))
+    params: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    mask: str = "masks"
+    split: Split = "test"
+    limit: int | None = Field(None, ge=1)
+    costly_limit: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _check_metrics(self) -> EvaluateConfig:
+        names = resolve_metrics(self.metrics)
+        from concilium.metrics import METRICS
+        from concilium.metrics.evaluate import check_params
+
+        for name, values in self.params.items():
+            if name not in METRICS:
+                raise ValueError(f"[evaluate.params.{name}] unknown metric; valid: "
+                                 f"{', '.join(METRICS.names())}")
+            if name not in names:
+                raise ValueError(f"[evaluate.params.{name}] is for a metric not selected by "
+                                 f"metrics = {self.metrics}")
+            try:
+                check_params(METRICS.get(name), dict(values))
+            except ValueError as err:
+                raise ValueError(f"[evaluate.params.{name}] {err}") from None
+        return self
+
+
+def resolve_metrics(selection: list[str]) -> list[str]:
+    """Metric names from names and family names, in registry order.
+
+    Raises:
+        ValueError: for a name that is neither (listing families and metrics).
+    """
+    from concilium.metrics import METRICS
+
+    if not selection:
+        raise ValueError("[evaluate] metrics is empty; give families or names")
+    out: list[str] = []
+    for token in selection:
+        if token in FAMILIES:
+            out += [n for n, s in METRICS.items() if s.category == token and n not in out]
+        elif token in METRICS:
+            if token not in out:
+                out.append(token)
+        else:
+            raise ValueError(f"[evaluate] metrics: unknown metric or family {token!r}; families: "
+                             f"{', '.join(FAMILIES)}; metrics: {', '.join(METRICS.names())}")
+    return out
+
+
+@cache
+def _audit_model() -> type[BaseModel]:
+    from concilium.ensemble.audit import run_audit
+
+    return signature_model(run_audit, name="audit", exclude=("run_dir", "device"))
+
+
+class AuditConfig(_Section):
+    """``[audit]``: the keyword parameters of :func:`concilium.ensemble.audit.run_audit`
+    (``estar_source``, ``region``, ``factor``, ``anonymisation``, ``subsets``, ...), and
+    ``enabled`` (default true)."""
+
+    enabled: bool = True
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flatten(cls, values: Any) -> Any:
+        if not isinstance(values, dict) or "options" in values:
+            return values
+        values = dict(values)
+        enabled = values.pop("enabled", True)
+        return {"enabled": enabled, "options": validate_kwargs("audit", _audit_model(), values)}
+
+
+@cache
+def _report_model() -> type[BaseModel]:
+    from concilium.report import write_report
+
+    return signature_model(write_report, name="report", exclude=("run_dir", "device"))
+
+
+class ReportConfig(_Section):
+    """``[report]``: the keyword parameters of :func:`concilium.report.write_report`."""
+
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flatten(cls, values: Any) -> Any:
+        if not isinstance(values, dict) or "options" in values:
+            return values
+        return {"options": validate_kwargs("report", _report_model(), values)}
+
+
+class CommitteeConfig(_Section):
+    """``[committee]``: a second group of models (e.g. mixed architectures and training lengths)
+    explained into ``RUN/committee`` for the consensus study of the consensus paper.
+
+    Attributes:
+        models: as ``[models]`` (``[committee.models]``); default 5 members cycling small-cnn,
+            resnet18-small and vgg11-small.
+        methods: the committee's explanation methods (the paper: SmoothGrad).
+        params: per method parameters.
+        limit: explain only the first ``limit`` samples of the split.
+        consensus: the consensus options (fields of ``EnsembleOptions``).
+        metrics: metrics scoring the consensus against the members (localisation by default).
+    """
+
+    models: ModelsConfig = Field(default_factory=lambda: ModelsConfig.model_validate(
+        {"diversity": "arch", "archs": ["small-cnn", "resnet18-small", "vgg11-small"],
+         "members": 5}))
+    methods: list[str] = Field(default_factory=lambda: ["smoothgrad"])
+    params: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    limit: int | None = Field(None, ge=1)
+    consensus: dict[str, Any] = Field(default_factory=dict)
+    metrics: list[str] = Field(
+        default_factory=lambda: ["auc", "average_precision", "mask_correlation"])
+
+    @model_validator(mode="after")
+    def _check(self) -> CommitteeConfig:
+        check_methods("committee", self.methods, self.params)
+        EnsembleConfig.model_validate({"kinds": ["consensus"],
+                                       "options": {"consensus": self.consensus}})
+        resolve_metrics(self.metrics)
+        return self
+
+
+class ExperimentConfig(_Section):
+    """A whole experiment (``EXPERIMENT.toml``).
+
+    Attributes:
+        name: the experiment's name (report title).
+        device: ``cpu``, ``cuda`` or ``cuda:<k>``.
+        data, models, committee, explain, ensemble, evaluate, audit, report: the sections.
+    """
+
+    name: str = "experiment"
+    device: str = Field("cpu", pattern=r"^(cpu|cuda(:\d+)?)$")
+    data: DataConfig = Field(default_factory=DataConfig)
+    models: ModelsConfig = Field(default_factory=lambda: ModelsConfig.model_validate({}))
+    committee: CommitteeConfig | None = None
+    explain: ExplainConfig = Field(default_factory=ExplainConfig)
+    ensemble: EnsembleConfig = Field(default_factory=EnsembleConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    audit: AuditConfig = Field(default_factory=lambda: AuditConfig.model_validate({}))
+    report: ReportConfig = Field(default_factory=lambda: ReportConfig.model_validate({}))
+
+
+def format_validation_error(err: ValidationError, *, prefix: str = "") -> str:
+    """One line per problem: ``[section] key: message`` (pydantic's messages list the valid
+    choices of a ``Literal``); unknown keys name the valid keys."""
+    lines = []
+    for e in err.errors(include_url=False):
+        loc = [str(x) for x in e["loc"]]
+        if prefix:
+            loc = [prefix, *loc]
+        if e["type"] == "extra_forbidden" and loc:
+            where = ".".join(loc[:-1])
+            valid = _valid_keys(loc[:-1])
+            close = difflib.get_close_matches(loc[-1], valid, n=1)
+            lines.append(f"[{where or 'top level'}] unknown key {loc[-1]!r}"
+                         + (f" (did you mean {close[0]!r}?)" if close else "")
+                         + (f"; valid keys: {', '.join(sorted(valid))}" if valid else ""))
+            continue
+        msg = e["msg"].removeprefix("Value error, ")
+        if msg.startswith("["):
+            lines.append(msg)
+            continue
+        section = loc[0] if loc else "top level"
+        key = ".".join(loc[1:])
+        lines.append(f"[{section}] {key + ': ' if key else ''}{msg}"
+                     + (f" (got {e['input']!r})" if e["type"] in ("literal_error",) else ""))
+    return "\n".join(lines)
+
+
+def _valid_keys(loc: list[str]) -> list[str]:
+    model: Any = ExperimentConfig
+    for part in loc:
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        model = field.annotation
+        if typing.get_origin(model) is not None:  # Optional[...]
+            model = next((a for a in typing.get_args(model)
+                          if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        if model is None:
+            return []
+    fields = list(getattr(model, "model_fields", {}))
+    flat = {"data": ["kind", *_synth_keys()], "models": ["dir", *_train_model().model_fields],
+            "report": list(_report_model().model_fields),
+            "audit": ["enabled", *_audit_model().model_fields]}
+    return flat.get(loc[-1], fields) if loc else fields
+
+
+def parse_config(values: Mapping[str, Any]) -> ExperimentConfig:
+    """Validate a configuration mapping (e.g. parsed TOML).
+
+    Raises:
+        ValueError: every problem, one per line, naming the section, the key and the fix.
+    """
+    try:
+        return ExperimentConfig.model_validate(dict(values))
+    except ValidationError as err:
+        raise ValueError("invalid experiment configuration:\n" + format_validation_error(err)) \
+            from None
+
+
+def load_config(path: str | Path) -> ExperimentConfig:
+    """Read and validate ``EXPERIMENT.toml``.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: TOML syntax errors and invalid configurations, naming the file.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"experiment file {p} not found; see examples/benchmark.toml")
+    try:
+        values = tomllib.loads(p.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise ValueError(f"{p} is not valid TOML: {err}") from None
+    try:
+        return parse_config(values)
+    except ValueError as err:
+        raise ValueError(f"{p}: {err}") from None

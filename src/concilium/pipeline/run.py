@@ -1,0 +1,219 @@
+"""The stage runner: data -> models -> explain -> ensemble -> evaluate -> audit -> report.
+
+Each stage calls the library functions of its package (never a subprocess) and is cached: its
+hash covers its configuration section and the hashes of the stages it reads from, and is
+recorded in ``RUN/stages.json`` when the stage finishes. A stage whose hash is unchanged and
+that finished is skipped; a stage that was killed or failed is run again, and its library
+function resumes where it stopped (the explanation store, member training and the results
+tables are all resumable). Changing only ``[report]`` redoes only the report.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from rich.console import Console
+
+from concilium import __version__
+from concilium.pipeline.config import ExperimentConfig
+
+STAGES_FILE = "stages.json"
+Status = Literal["done", "running", "failed"]
+
+
+@dataclass
+class Context:
+    """What every stage gets: the configuration, the run directory and shared caches.
+
+    Attributes:
+        config: the validated experiment.
+        out: the run directory ``RUN``.
+        console: where progress goes.
+        cache: objects shared between stages of one process (the dataset).
+    """
+
+    config: ExperimentConfig
+    out: Path
+    console: Console = field(default_factory=lambda: Console(stderr=True))
+    cache: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def models_dir(self) -> Path:
+        """Where the members are (``[models] dir`` or ``RUN/models``)."""
+        d = self.config.models.dir
+        return Path(d).expanduser().resolve() if d else self.out / "models"
+
+    @property
+    def committee_run(self) -> Path:
+        """The committee's sub-run (its own store and results)."""
+        return self.out / "committee"
+
+    @property
+    def committee_models_dir(self) -> Path:
+        """Where the committee's members are."""
+        c = self.config.committee
+        d = c.models.dir if c is not None else None
+        return Path(d).expanduser().resolve() if d else self.out / "committee-models"
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One step of the pipeline.
+
+    Attributes:
+        name: stage name (keys of ``stages.json``).
+        section: the part of the configuration this stage depends on (hashed).
+        upstream: the stages whose outputs it reads.
+        run: does the work; returns a small JSON-able summary.
+        enabled: whether the configuration asks for this stage.
+        describe: one line for the plan.
+    """
+
+    name: str
+    section: Callable[[ExperimentConfig], Any]
+    upstream: tuple[str, ...]
+    run: Callable[[Context], Mapping[str, Any]]
+    enabled: Callable[[ExperimentConfig], bool] = lambda c: True
+    describe: Callable[[ExperimentConfig], str] = lambda c: ""
+
+
+def _canonical(value: Any) -> Any:
+    if hasattr(value, "model_dump"):
+        return _canonical(value.model_dump(mode="json"))
+    if isinstance(value, Mapping):
+        return {str(k): _canonical(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
+    if isinstance(value, list | tuple):
+        return [_canonical(v) for v in value]
+    return value
+
+
+def stage_hashes(stages: list[Stage], config: ExperimentConfig) -> dict[str, str]:
+    """Each enabled stage's hash: its configuration section plus its upstream hashes."""
+    out: dict[str, str] = {}
+    for stage in stages:
+        if not stage.enabled(config):
+            continue
+        payload = {
+            "stage": stage.name,
+            "config": _canonical(stage.section(config)),
+            "upstream": {u: out.get(u) for u in stage.upstream},
+        }
+        text = json.dumps(payload, sort_keys=True, default=str)
+        out[stage.name] = hashlib.sha256(text.encode()).hexdigest()[:16]
+    return out
+
+
+def read_state(out: Path) -> dict[str, dict[str, Any]]:
+    """``RUN/stages.json`` as ``{stage: record}`` (empty for a new run).
+
+    Raises:
+        ValueError: the file exists but is not a stages record.
+    """
+    path = Path(out) / STAGES_FILE
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+        return dict(data["stages"])
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise ValueError(f"{path} is not a concilium stages record ({err}); delete it to "
+                         "recompute every stage") from None
+
+
+def write_state(out: Path, state: Mapping[str, Mapping[str, Any]]) -> None:
+    """Write ``RUN/stages.json`` atomically."""
+    out.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".stages.", suffix=".tmp", dir=out)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump({"concilium_version": __version__, "stages": state}, f, indent=2,
+                      default=str)
+        os.replace(tmp, out / STAGES_FILE)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@dataclass
+class StageResult:
+    """What happened to one stage in a pipeline run."""
+
+    name: str
+    action: Literal["skipped", "ran"]
+    seconds: float
+    summary: Mapping[str, Any]
+
+
+def run_pipeline(
+    config: ExperimentConfig,
+    out: str | Path,
+    *,
+    stages: list[Stage] | None = None,
+    console: Console | None = None,
+) -> list[StageResult]:
+    """Run every enabled stage that is not already finished with the same hash.
+
+    Args:
+        config: the validated experiment (:func:`concilium.pipeline.load_config`).
+        out: the run directory (created if needed).
+        stages: the stage list (default: :data:`concilium.pipeline.stages.STAGES`).
+        console: where progress goes (default: stderr).
+
+    Returns:
+        One :class:`StageResult` per enabled stage, in order.
+
+    Raises:
+        Whatever a stage raises; the stage is recorded as ``failed`` in ``stages.json`` and the
+        next run starts again from it (finished stages are skipped).
+    """
+    if stages is None:
+        from concilium.pipeline.stages import STAGES
+
+        stages = STAGES
+    run_dir = Path(out)
+    ctx = Context(config=config, out=run_dir, console=console or Console(stderr=True))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "experiment.json").write_text(config.model_dump_json(indent=2))
+    hashes = stage_hashes(stages, config)
+    state = read_state(run_dir)
+    results: list[StageResult] = []
+    for stage in stages:
+        if stage.name not in hashes:
+            continue
+        record = state.get(stage.name, {})
+        if record.get("status") == "done" and record.get("hash") == hashes[stage.name]:
+            ctx.console.print(f"[dim]{stage.name}: cached (skipped)[/]")
+            results.append(StageResult(stage.name, "skipped", 0.0, record.get("summary", {})))
+            continue
+        started = time.perf_counter()
+        state[stage.name] = {
+            "hash": hashes[stage.name], "status": "running",
+            "started": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+        write_state(run_dir, state)
+        ctx.console.print(f"[bold]{stage.name}[/]: {stage.describe(config)}")
+        try:
+            summary = dict(stage.run(ctx) or {})
+        except BaseException as err:
+            state[stage.name].update(status="failed", error=f"{type(err).__name__}: {err}",
+                                     seconds=round(time.perf_counter() - started, 3))
+            write_state(run_dir, state)
+            raise
+        seconds = time.perf_counter() - started
+        state[stage.name].update(
+            status="done", seconds=round(seconds, 3), summary=summary,
+            finished=datetime.now(UTC).isoformat(timespec="seconds"),
+        )
+        write_state(run_dir, state)
+        ctx.console.print(f"[green]{stage.name}[/]: done in {seconds:.1f} s")
+        results.append(StageResult(stage.name, "ran", seconds, summary))
+    return results
