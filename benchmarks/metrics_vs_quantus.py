@@ -68,6 +68,17 @@ def timed(fn: Callable[[], object], device: torch.device) -> tuple[float, object
     return time.perf_counter() - t, out
 
 
+def best_of(fn: Callable[[], object], device: torch.device, reps: int) -> tuple[float, object]:
+    """Minimum time over ``reps`` runs (a run over 5 s is not repeated), and the last output."""
+    best, out = timed(fn, device)
+    for _ in range(reps - 1):
+        if best > 5:
+            break
+        t, out = timed(fn, device)
+        best = min(best, t)
+    return best, out
+
+
 def main() -> None:
     import quantus
 
@@ -84,9 +95,14 @@ def main() -> None:
         "--quick", action="store_true", help="16 images, 2 for pixel flipping, 5 samples"
     )
     ap.add_argument("--only", default="", help="comma-separated subset of rows to run")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch CPU threads (default 1: NumPy/Quantus run single-threaded)")
+    ap.add_argument("--reps", type=int, default=3,
+                    help="repeats per side, the minimum is reported (runs over 5 s: once)")
     args = ap.parse_args()
     if args.quick:
         args.n, args.pf_n, args.samples = 16, 2, 5
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     np.random.seed(0)
     device = torch.device(args.device)
@@ -157,10 +173,12 @@ def main() -> None:
         model.images = 0
         t_ours, ours = timed(o_fn, device)
         forwarded = model.images
+        if args.reps > 1 and t_ours <= 5:
+            t_ours = min(t_ours, best_of(o_fn, device, args.reps - 1)[0])
         t_q, theirs, err = None, None, ""
         if q_fn is not None:
             try:
-                t_q, theirs = timed(q_fn, device)
+                t_q, theirs = best_of(q_fn, device, args.reps)
             except Exception as exc:  # Quantus defects: report, do not hide
                 err = f"Quantus fails: {type(exc).__name__}: {str(exc)[:60]}"
         if err:

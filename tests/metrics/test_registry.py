@@ -173,3 +173,33 @@ def test_metrics_in_resolves_categories_and_names():
     assert set(metrics_in("all")) == set(ALL)
     with pytest.raises(ValueError, match="unknown metric or category 'nope'"):
         metrics_in("nope")
+
+
+def test_baselines_quantus_semantics_and_explain_specs():
+    from concilium.explain.baselines import parse_baseline
+    from concilium.metrics import make_baseline
+
+    model, images, labels, maps, _ = make_batch()
+    black = make_baseline(images, "black")
+    assert torch.equal(black[:, 0, 0, 0], images.flatten(1).amin(1))
+    mean = make_baseline(images, "mean")
+    assert torch.allclose(mean[:, 0, 0, 0], images.flatten(1).mean(1))
+    blur = make_baseline(images, "blur:sigma=1", labels=labels)
+    assert torch.allclose(blur, parse_baseline("blur:sigma=1")(images, labels))
+    seen = {}
+
+    def provider(x, t):
+        seen["labels"] = t
+        return torch.full_like(x, 0.5)
+
+    out = make_baseline(images, provider, labels=labels)
+    assert torch.equal(seen["labels"], labels) and torch.all(out == 0.5)
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    assert torch.equal(
+        make_baseline(images, "uniform", generator=g1),
+        make_baseline(images, "uniform", generator=g2),
+    )
+    with pytest.raises(ValueError, match="unknown baseline 'grey'.*blur"):
+        make_baseline(images, "grey")
+    with pytest.raises(TypeError, match="baseline must be"):
+        make_baseline(images, [0.0])

@@ -185,21 +185,28 @@ def evaluate_run(
                 continue
             gen = torch.Generator().manual_seed(_seed(seed, *key)) if spec.stochastic else None
             values = []
-            for start in range(0, maps.shape[0], chunk):
-                sl = slice(start, start + chunk)
-                values.append(
-                    evaluate(
-                        metric,
-                        maps[sl].to(dev),
-                        images=data.images[sl].to(dev) if spec.needs_model else None,
-                        labels=targets[sl] if spec.needs_model else None,
-                        masks=masks[sl].to(dev) if spec.needs_mask else None,
-                        model=target_model if spec.needs_model else None,
-                        explainer=explainer,
-                        generator=gen,
-                        **mparams,
-                    ).cpu()
-                )
+            try:
+                for start in range(0, maps.shape[0], chunk):
+                    sl = slice(start, start + chunk)
+                    values.append(
+                        evaluate(
+                            metric,
+                            maps[sl].to(dev),
+                            images=data.images[sl].to(dev) if spec.needs_model else None,
+                            labels=targets[sl] if spec.needs_model else None,
+                            masks=masks[sl].to(dev) if spec.needs_mask else None,
+                            model=target_model if spec.needs_model else None,
+                            explainer=explainer,
+                            generator=gen,
+                            **mparams,
+                        ).cpu()
+                    )
+            except (ValueError, TypeError, RuntimeError) as err:
+                if not spec.needs_explainer:
+                    raise
+                # the explanation method itself fails on this model (e.g. GradCAM of a wrapper)
+                report.notes.append(f"{what}: not computed, the explainer failed: {err}")
+                continue
             scores = torch.cat(values)
             table.append(
                 group_rows(

@@ -35,13 +35,15 @@ def _constant_nan(metric: str, a: Tensor, scores: Tensor) -> Tensor:
     return nan_where(scores, constant_rows(a.flatten(1)), metric, "their map is constant")
 
 
-def _draw_baseline_fn(images: Tensor, baseline: Baseline, generator: torch.Generator | None):
+def _draw_baseline_fn(
+    images: Tensor, labels: Tensor, baseline: Baseline, generator: torch.Generator | None
+):
     """Per-copy baselines for a stochastic baseline (a fresh draw for every copy), else None."""
     if not is_stochastic_baseline(baseline):
         return None
 
     def draw(i: Tensor, v: Tensor) -> Tensor:
-        return make_baseline(images[i], baseline, generator=generator)
+        return make_baseline(images[i], baseline, labels=labels[i], generator=generator)
 
     return draw
 
@@ -111,7 +113,7 @@ def faithfulness_correlation(
         m = torch.zeros(i.shape[0], p, dtype=torch.bool, device=device)
         return m.scatter_(1, idx[i, v], True).view(-1, h, w)
 
-    base = make_baseline(images, baseline, generator=generator)
+    base = make_baseline(images, baseline, labels=labels, generator=generator)
     y0 = target_scores(model, images, labels, softmax=softmax, batch_size=batch_size)
     ys = variant_scores(
         model,
@@ -122,7 +124,7 @@ def faithfulness_correlation(
         nr_runs,
         softmax=softmax,
         batch_size=batch_size,
-        baseline_fn=_draw_baseline_fn(images, baseline, generator),
+        baseline_fn=_draw_baseline_fn(images, labels, baseline, generator),
     )
     att = torch.gather(a.unsqueeze(1).expand(n, nr_runs, p), 2, idx).double().sum(-1)
     score = pearson(att, y0.unsqueeze(1) - ys)
@@ -191,7 +193,7 @@ def perturbation_curve(
         counts = torch.cat([torch.zeros(1, dtype=counts.dtype), counts])
     counts = counts.to(device)
     ranks = pixel_ranks(a, descending=order == "morf")
-    base = make_baseline(images, baseline, generator=generator)
+    base = make_baseline(images, baseline, labels=labels, generator=generator)
 
     def replace(i: Tensor, v: Tensor) -> Tensor:
         changed = ranks[i] < counts[v].unsqueeze(1)
@@ -512,7 +514,7 @@ def monotonicity_correlation(
         r = ranks[i]
         return ((r >= starts[s, None]) & (r < counts[s, None])).view(-1, h, w)
 
-    base = make_baseline(images, baseline, generator=generator)
+    base = make_baseline(images, baseline, labels=labels, generator=generator)
     y0 = target_scores(model, images, labels, softmax=softmax, batch_size=batch_size)
     ys = variant_scores(
         model,
@@ -523,7 +525,7 @@ def monotonicity_correlation(
         n_steps * draws,
         softmax=softmax,
         batch_size=batch_size,
-        baseline_fn=_draw_baseline_fn(images, baseline, generator),
+        baseline_fn=_draw_baseline_fn(images, labels, baseline, generator),
     ).view(-1, n_steps, draws)
     variances = ((ys.double() - y0.double()[:, None, None]) ** 2).mean(2)
     sorted_a = torch.sort(a.flatten(1), dim=1, stable=True).values.double()
@@ -591,7 +593,7 @@ def infidelity(
         n_blocks = int(block.max()) + 1
         losses = []
         for _ in range(repeats):
-            base = make_baseline(images, baseline, generator=generator)
+            base = make_baseline(images, baseline, labels=labels, generator=generator)
 
             def replace(i: Tensor, v: Tensor, block: Tensor = block) -> Tensor:
                 return block.unsqueeze(0) <= v.view(-1, 1, 1)
@@ -664,7 +666,7 @@ def sufficiency(
     def replace(i: Tensor, v: Tensor) -> Tensor:
         return (ranks[i] >= k).view(-1, h, w)
 
-    base = make_baseline(images, baseline, generator=generator)
+    base = make_baseline(images, baseline, labels=labels, generator=generator)
     y0 = target_scores(model, images, labels, softmax=softmax, batch_size=batch_size)
     ys = variant_scores(
         model, images, labels, base, replace, 1, softmax=softmax, batch_size=batch_size

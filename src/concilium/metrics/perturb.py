@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 BaselineName = Literal["zero", "black", "blur", "uniform", "mean"]
-Baseline = BaselineName | float | Tensor
+Baseline = BaselineName | str | float | Tensor | Callable[[Tensor, Tensor], Tensor]
 BASELINE_NAMES: tuple[str, ...] = ("zero", "black", "blur", "uniform", "mean")
 STOCHASTIC_BASELINES: tuple[str, ...] = ("uniform",)
 
@@ -32,28 +32,25 @@ def model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def _gaussian_blur(images: Tensor, sigma: float) -> Tensor:
-    radius = max(1, int(math.ceil(3 * sigma)))
-    x = torch.arange(-radius, radius + 1, device=images.device, dtype=images.dtype)
-    kernel = torch.exp(-(x**2) / (2 * sigma**2))
-    kernel = kernel / kernel.sum()
-    c = images.shape[1]
-    out = nn.functional.pad(images, (radius, radius, radius, radius), mode="replicate")
-    out = nn.functional.conv2d(out, kernel.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
-    return nn.functional.conv2d(out, kernel.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
-
-
 def make_baseline(
-    images: Tensor, baseline: Baseline, *, generator: torch.Generator | None = None
+    images: Tensor,
+    baseline: Baseline,
+    *,
+    labels: Tensor | None = None,
+    generator: torch.Generator | None = None,
 ) -> Tensor:
     """The replacement values ``(N, C, H, W)`` for ``images``.
 
     Args:
         images: ``(N, C, H, W)``.
         baseline: ``"zero"`` (0), ``"black"`` (each image's minimum, as Quantus's ``black``),
-            ``"mean"`` (each image's mean over all values, as Quantus), ``"blur"`` (Gaussian blur,
-            sigma = a tenth of the smaller side), ``"uniform"`` (U(0, 1) noise per value, drawn
-            from ``generator``), a number (constant), or a tensor ``(C, H, W)``/``(N, C, H, W)``.
+            ``"mean"`` (each image's mean over all values, as Quantus), ``"uniform"`` (U(0, 1)
+            noise per value, drawn from ``generator``), ``"blur"`` or any spec string
+            ``"name:key=value"`` of :mod:`concilium.explain.baselines` (e.g. ``"blur:sigma=2"``),
+            a :class:`~concilium.explain.baselines.BaselineProvider` (``provider(images,
+            labels)``, e.g. a GANMEX generator), a number (constant), or a tensor
+            ``(C, H, W)``/``(N, C, H, W)``.
+        labels: ``(N,)`` targets, passed to providers.
         generator: random source for ``"uniform"``.
 
     Raises:
@@ -71,10 +68,12 @@ def make_baseline(
             f"a tensor baseline must be (C, H, W) = {tuple(images.shape[1:])} or (N, C, H, W) = "
             f"{tuple(images.shape)}; got {tuple(b.shape)}"
         )
-    if isinstance(baseline, bool) or not isinstance(baseline, (str, int, float)):
+    if isinstance(baseline, bool) or not (
+        isinstance(baseline, (str, int, float)) or callable(baseline)
+    ):
         raise TypeError(
-            f"baseline must be one of {BASELINE_NAMES}, a number or a tensor; "
-            f"got {type(baseline).__name__}"
+            f"baseline must be one of {BASELINE_NAMES}, a spec string, a provider, a number or a "
+            f"tensor; got {type(baseline).__name__}"
         )
     if isinstance(baseline, (int, float)):
         return torch.full_like(images, float(baseline))
@@ -84,14 +83,19 @@ def make_baseline(
         return images.flatten(1).amin(1).view(n, 1, 1, 1).expand_as(images)
     if baseline == "mean":
         return images.flatten(1).mean(1).view(n, 1, 1, 1).expand_as(images)
-    if baseline == "blur":
-        return _gaussian_blur(images, max(1.0, min(images.shape[-2:]) / 10))
     if baseline == "uniform":
         noise = torch.rand(images.shape, generator=generator, device=_gen_device(generator))
         return noise.to(device=images.device, dtype=images.dtype)
-    raise ValueError(
-        f"unknown baseline {baseline!r}; valid: {', '.join(BASELINE_NAMES)}, a number or a tensor"
-    )
+    from concilium.explain.baselines import BASELINES, resolve_baselines
+
+    if isinstance(baseline, str) and baseline.partition(":")[0] not in BASELINES:
+        raise ValueError(
+            f"unknown baseline {baseline!r}; valid: {', '.join(BASELINE_NAMES)}, a spec string "
+            f"of {', '.join(BASELINES.names())} ('blur:sigma=2'), a provider, a number or a tensor"
+        )
+    if labels is None:
+        labels = torch.zeros(n, dtype=torch.long, device=images.device)
+    return resolve_baselines(baseline, images, labels)
 
 
 def _gen_device(generator: torch.Generator | None) -> torch.device:
