@@ -90,7 +90,7 @@ _PART_CENTRES = {"beak": (1.02, 0.30), "wings": (-0.08, 0.08), "tail": (-0.78, 0
 # The bird point placed at the sampled centre, and a radius around it that holds every bird
 # pixel (units), so that no bird leaves the image whatever its rotation.
 _BIRD_ORIGIN = (0.15, 0.05)
-_BIRD_RADIUS = 1.35
+_BIRD_RADIUS = 1.45
 _SQRT12 = float(np.sqrt(12.0))
 _NUM_UNIFORMS = 32  # scalar uniforms drawn per sample, in a fixed order
 
@@ -209,9 +209,9 @@ def _backward_sector(x, y, cx: float, radius: float, slope: float) -> np.ndarray
 
 def _beak(value: str, x, y) -> np.ndarray:
     if value == "short":
-        return _triangle(x, y, (0.78, 0.16), (1.16, 0.29), (0.78, 0.42))
+        return _triangle(x, y, (0.78, 0.12), (1.08, 0.29), (0.78, 0.46))
     if value == "long":
-        return _triangle(x, y, (0.78, 0.20), (1.45, 0.30), (0.78, 0.40))
+        return _triangle(x, y, (0.78, 0.19), (1.56, 0.30), (0.78, 0.41))
     upper = _triangle(x, y, (0.78, 0.14), (1.22, 0.38), (0.78, 0.46))
     hook = _triangle(x, y, (1.04, 0.46), (1.10, -0.02), (1.28, 0.36))
     return upper | hook
@@ -236,12 +236,12 @@ def _wing_pattern(value: str, x, y) -> np.ndarray:
 
 def _tail(value: str, x, y) -> np.ndarray:
     if value == "fan":
-        return _backward_sector(x, y, -0.42, 0.66, 0.84)
-    if value == "forked":
-        fan = _backward_sector(x, y, -0.42, 0.70, 0.70)
-        notch = _backward_sector(x, y, -0.66, 1.0, 0.45)
+        return _backward_sector(x, y, -0.42, 0.76, 1.19)  # wide: +-50 degrees
+    if value == "forked":  # two prongs: a +-45 degree sector less a deep +-20 degree notch
+        fan = _backward_sector(x, y, -0.42, 0.82, 1.0)
+        notch = _backward_sector(x, y, -0.56, 1.0, 0.36)
         return fan & ~notch
-    return _triangle(x, y, (-0.42, -0.14), (-0.42, 0.14), (-1.16, 0.0))
+    return _triangle(x, y, (-0.42, -0.13), (-0.42, 0.13), (-1.24, 0.0))  # long and narrow
 
 
 def _body(x, y) -> np.ndarray:
@@ -304,7 +304,7 @@ def _draw(config: SynthConfig, index: int, p: _Params, j: int, cum: np.ndarray) 
             p.values[part][j] = min(int(u[4 + k] * len(values)), len(values) - 1)
     p.colour[j] = min(int(u[7] * len(BODY_COLOURS)), len(BODY_COLOURS) - 1)
     size = config.size
-    unit = size * (0.28 + 0.06 * u[8])
+    unit = size * (0.25 + 0.06 * u[8])
     p.unit[j] = unit
     p.angle[j] = np.deg2rad(config.rotation * (2.0 * u[9] - 1.0))
     p.flip[j] = u[10] < 0.5
@@ -336,7 +336,7 @@ def _background(p: _Params, size: int) -> np.ndarray:
         freq = (2.0 + 5.0 * bg[:, 4 + 4 * w])[:, None, None]
         theta = (np.pi * bg[:, 5 + 4 * w])[:, None, None]
         phase = (2 * np.pi * bg[:, 6 + 4 * w])[:, None, None]
-        amp = (0.03 + 0.06 * bg[:, 7 + 4 * w])[:, None, None]
+        amp = (0.02 + 0.05 * bg[:, 7 + 4 * w])[:, None, None]
         proj = xx * np.cos(theta) + yy * np.sin(theta)
         texture += amp * np.sin(2 * np.pi * freq * proj + phase)
     gdir = (2 * np.pi * bg[:, 8])[:, None, None]
