@@ -281,3 +281,25 @@ def test_bad_config_raises_naming_the_field(knobs, message):
 def test_generate_rejects_non_config():
     with pytest.raises(TypeError, match="SynthConfig"):
         generate({"n": 3})
+
+
+def _difference_masks_slow(ds: ImageDataset, targets: torch.Tensor) -> torch.Tensor:
+    out = torch.zeros_like(ds.masks)
+    for i, (c, t) in enumerate(zip(ds.labels.tolist(), targets.tolist(), strict=True)):
+        a, b = ds.class_part_values[c], ds.class_part_values[t]
+        for part in set(a) | set(b):
+            if a.get(part) != b.get(part):
+                out[i] |= ds.parts[part][i]
+    return out
+
+
+def test_difference_masks_match_a_slow_loop(small):
+    targets = torch.randint(0, 8, (len(small),), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(small.difference_masks(targets), _difference_masks_slow(small, targets))
+
+
+def test_difference_masks_reject_bad_targets(small):
+    with pytest.raises(ValueError, match=r"targets must be \(96,\)"):
+        small.difference_masks(torch.zeros(3, dtype=torch.long))
+    with pytest.raises(ValueError, match="lie in"):
+        small.difference_masks(torch.full((96,), 8))

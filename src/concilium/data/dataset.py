@@ -164,22 +164,55 @@ class ImageDataset:
         """One-vs-one ground truth: for sample i of class c and target class t = ``targets[i]``,
         the union of the part masks whose defining attribute values differ between c and t.
 
-        A class against itself gives an empty mask.
+        A class against itself gives an empty mask. A part defined by only one of the two
+        classes counts as differing.
+
+        Args:
+            targets: ``(N,)`` target class indices, one per sample.
+
+        Returns:
+            ``(N, H, W)`` bool masks.
 
         Raises:
-            ValueError: if the dataset has no ``class_part_values`` (folder datasets).
+            ValueError: if the dataset has no ``class_part_values`` (folder datasets without a
+                card), a defining part has no mask set, or ``targets`` is not ``(N,)`` class
+                indices.
         """
         if self.class_part_values is None:
             raise ValueError(
                 "this dataset has no per-class part definitions; difference masks "
                 "need the synthetic benchmark or class_part_values"
             )
+        targets = torch.as_tensor(targets)
+        n, c = len(self), len(self.class_part_values)
+        if targets.shape != (n,) or targets.is_floating_point() or targets.dtype == torch.bool:
+            raise ValueError(
+                f"targets must be ({n},) integer class indices; got {tuple(targets.shape)} "
+                f"{targets.dtype}"
+            )
+        if n and (targets.min() < 0 or targets.max() >= c):
+            raise ValueError(
+                f"targets must lie in [0, {c}); got [{targets.min()}, {targets.max()}]"
+            )
+        names = sorted({part for d in self.class_part_values for part in d})
+        missing = [p for p in names if p not in self.parts]
+        if missing:
+            raise ValueError(
+                f"class_part_values name the parts {missing} but the dataset has no such mask "
+                f"sets (it has {sorted(self.parts)}); add them to parts"
+            )
+        # table[c, t, k]: does part k differ between classes c and t
+        table = torch.tensor(
+            [
+                [[a.get(p) != b.get(p) for p in names] for b in self.class_part_values]
+                for a in self.class_part_values
+            ],
+            dtype=torch.bool,
+        ).reshape(c, c, len(names))
+        differ = table[self.labels.long(), targets.long()]  # (N, P)
         out = torch.zeros_like(self.masks)
-        for i, (c, t) in enumerate(zip(self.labels.tolist(), targets.tolist(), strict=True)):
-            a, b = self.class_part_values[c], self.class_part_values[t]
-            for part in set(a) | set(b):
-                if a.get(part) != b.get(part):
-                    out[i] |= self.parts[part][i]
+        for k, part in enumerate(names):
+            out |= differ[:, k, None, None] & self.parts[part]
         return out
 
     def fingerprint(self) -> str:
