@@ -161,7 +161,9 @@ def test_clutter_is_never_evidence_nor_object(small):
 def test_watermark_only_where_and_when_drawn():
     base = SynthConfig(n=120, size=32, seed=4, noise=0.0)
     plain = generate(base)
-    marked = generate(base.model_copy(update={"watermark_class": 3, "watermark_rate": 0.7}))
+    marked = generate(
+        SynthConfig(**{**base.model_dump(), "watermark_class": 3, "watermark_rate": 0.7})
+    )
     wm = marked.parts["watermark"]
     has = wm.flatten(1).any(1)
     assert has.any()
@@ -182,7 +184,7 @@ def test_watermark_only_where_and_when_drawn():
 def test_label_noise_changes_labels_only():
     base = SynthConfig(n=60, size=32, seed=8)
     clean = generate(base)
-    noisy = generate(base.model_copy(update={"label_noise": 0.3}))
+    noisy = generate(SynthConfig(**{**base.model_dump(), "label_noise": 0.3}))
     assert torch.equal(clean.images, noisy.images)
     assert torch.equal(clean.parts["evidence"], noisy.parts["evidence"])
     flipped = [clean.ids[i] for i in torch.nonzero(clean.labels != noisy.labels).flatten()]
@@ -276,6 +278,15 @@ def test_progress_and_overrides():
 def test_bad_config_raises_naming_the_field(knobs, message):
     with pytest.raises(ValidationError, match=message):
         SynthConfig(**knobs)
+
+
+def test_config_round_trips_through_the_card(small):
+    config = SynthConfig(**small.card["config"])
+    assert config == SynthConfig(n=96, size=32, seed=7, clutter=2, watermark_class=1)
+    assert config.watermark_rate == 0.8 and config.rare_fraction is None
+    plain = SynthConfig(**SynthConfig().model_dump())
+    assert plain.watermark_rate is None and plain.rare_class is None
+    assert SynthConfig(rare_class=2).rare_fraction == 0.02
 
 
 def test_generate_rejects_non_config():

@@ -91,6 +91,8 @@ _PART_CENTRES = {"beak": (1.02, 0.30), "wings": (-0.08, 0.08), "tail": (-0.78, 0
 # pixel (units), so that no bird leaves the image whatever its rotation.
 _BIRD_ORIGIN = (0.15, 0.05)
 _BIRD_RADIUS = 1.45
+DEFAULT_WATERMARK_RATE = 0.8
+DEFAULT_RARE_FRACTION = 0.02
 _SQRT12 = float(np.sqrt(12.0))
 _NUM_UNIFORMS = 32  # scalar uniforms drawn per sample, in a fixed order
 
@@ -116,10 +118,13 @@ class SynthConfig(BaseModel):
             Gaussian ones, and the CNNs and metrics here only see its scale).
         watermark_class: the class that carries a spurious watermark (bottom-right square), or
             ``None`` for no watermark.
-        watermark_rate: share of ``watermark_class`` images that get the watermark.
+        watermark_rate: share of ``watermark_class`` images that get the watermark; 0.8 when
+            ``watermark_class`` is given without it, ``None`` without a watermark class.
         rare_class: the class drawn with probability ``rare_fraction``, or ``None`` for
             balanced classes.
-        rare_fraction: probability of ``rare_class``; the other classes share the rest equally.
+        rare_fraction: probability of ``rare_class`` (below ``1 / num_classes``); the other
+            classes share the rest equally. 0.02 when ``rare_class`` is given without it,
+            ``None`` without a rare class.
         label_noise: probability that a label is replaced by a uniformly drawn other class (the
             image, its masks and its attributes still show the drawn class).
         split_fractions: train, val and test fractions of the stratified seeded split.
@@ -138,11 +143,25 @@ class SynthConfig(BaseModel):
     rotation: float = Field(30.0, ge=0.0, le=180.0)
     noise: float = Field(0.03, ge=0.0, le=0.3)
     watermark_class: int | None = Field(None, ge=0)
-    watermark_rate: float = Field(0.8, ge=0.0, le=1.0)
+    watermark_rate: float | None = Field(None, ge=0.0, le=1.0)
     rare_class: int | None = Field(None, ge=0)
-    rare_fraction: float = Field(0.02, gt=0.0, lt=1.0)
+    rare_fraction: float | None = Field(None, gt=0.0, lt=1.0)
     label_noise: float = Field(0.0, ge=0.0, le=0.5)
     split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_rates(cls, data: object) -> object:
+        """A watermark or rare class given without its rate gets the documented default."""
+        if isinstance(data, dict):
+            data = dict(data)
+            for knob, rate, default in (
+                ("watermark_class", "watermark_rate", DEFAULT_WATERMARK_RATE),
+                ("rare_class", "rare_fraction", DEFAULT_RARE_FRACTION),
+            ):
+                if data.get(knob) is not None and data.get(rate) is None:
+                    data[rate] = default
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> SynthConfig:
@@ -153,9 +172,9 @@ class SynthConfig(BaseModel):
                     f"{name}={value} is not a class of a {self.num_classes}-class benchmark; "
                     f"use 0 to {self.num_classes - 1} or raise num_classes"
                 )
-        if self.watermark_class is None and "watermark_rate" in self.model_fields_set:
+        if self.watermark_class is None and self.watermark_rate is not None:
             raise ValueError("watermark_rate needs watermark_class: say which class carries it")
-        if self.rare_class is None and "rare_fraction" in self.model_fields_set:
+        if self.rare_class is None and self.rare_fraction is not None:
             raise ValueError("rare_fraction needs rare_class: say which class is rare")
         if self.rare_class is not None and self.rare_fraction >= 1.0 / self.num_classes:
             raise ValueError(
@@ -291,7 +310,7 @@ def _draw(config: SynthConfig, index: int, p: _Params, j: int, cum: np.ndarray) 
     c = int(np.searchsorted(cum, u[0], side="right"))
     c = min(c, config.num_classes - 1)
     p.true_class[j] = c
-    p.watermark[j] = c == config.watermark_class and u[1] < config.watermark_rate
+    p.watermark[j] = c == config.watermark_class and u[1] < (config.watermark_rate or 0.0)
     label = c
     if u[2] < config.label_noise:
         label = (c + 1 + int(u[3] * (config.num_classes - 1))) % config.num_classes
