@@ -6,11 +6,16 @@ Measured in one run, against references measured in the same run:
   does, vs one ``np.save`` of the whole array (no chunking, no resumability);
 - full read: ``entry.read()`` vs ``np.load`` of that file;
 - lazy read: ``entry.read(rows)`` of a few random rows vs the full read;
-- float16: disk bytes vs float32.
+- float16: disk bytes vs float32;
+- end to end (``--explain``): ``explain_to_store`` (compute + background writes + markers) vs
+  the same ``explain_many`` calls on the same chunks without a store, for the cheapest methods
+  (saliency, input x gradient, GradCAM from one shared pass on a ~100k-parameter CNN), where the
+  store's share is largest.
 
 Usage::
 
     .venv/bin/python benchmarks/store_io.py [--n 2048] [--size 64] [--chunk 64] [--rows 16]
+        [--explain 256] [--threads 1]
 """
 
 from __future__ import annotations
@@ -46,7 +51,13 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=64, help="samples per chunk")
     parser.add_argument("--rows", type=int, default=16, help="rows read by the lazy read")
     parser.add_argument("--repeats", type=int, default=3, help="best of this many timings")
+    parser.add_argument("--explain", type=int, default=0,
+                        help="images for the end-to-end comparison (0: skip)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads (0: torch's default)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     g = torch.Generator().manual_seed(0)
     # smooth-ish maps (like real saliency) so compression is not trivially perfect or useless
     maps = torch.nn.functional.avg_pool2d(
@@ -87,6 +98,52 @@ def main() -> None:
           f"{t_lazy / t_read:5.3f}x the full read")
     print(f"  disk: float32 {size32 / 2**20:.2f} MB, float16 {size16 / 2**20:.2f} MB "
           f"({size16 / size32:.2f}x); raw {mb:.2f} MB")
+    if args.explain:
+        end_to_end(args, tmp)
+
+
+def end_to_end(args: argparse.Namespace, tmp: Path) -> None:
+    from concilium.data.dataset import ImageDataset
+    from concilium.explain import explain_many
+    from concilium.models.architectures import create_model
+    from concilium.models.checkpoint import MemberCard
+    from concilium.store.compute import explain_to_store
+
+    n, hw = args.explain, args.size
+    g = torch.Generator().manual_seed(1)
+    data = ImageDataset(
+        images=torch.rand(n, 3, hw, hw, generator=g), labels=torch.arange(n) % 4,
+        masks=torch.zeros(n, hw, hw, dtype=torch.bool), ids=[f"s{i}" for i in range(n)],
+        splits=["test"] * n, class_names=list("abcd"),
+    )
+    torch.manual_seed(0)
+    model = create_model("small-cnn", num_classes=4).eval()
+    card = MemberCard(member_id="m0", arch="small-cnn", num_classes=4, class_names=list("abcd"),
+                      image_size=(hw, hw), seed=0, diversity="seed", epochs=0,
+                      gradcam_layer=model.gradcam_layer, data_fingerprint="bench")
+    methods = ["saliency", "input_x_gradient", "gradcam"]
+
+    def compute_only() -> None:
+        for start in range(0, n, args.chunk):
+            stop = min(n, start + args.chunk)
+            explain_many(model, data.images[start:stop], "label", {m: {} for m in methods},
+                         labels=data.labels[start:stop], batch_size=args.chunk)
+
+    runs = [0]
+
+    def with_store() -> None:
+        runs[0] += 1
+        explain_to_store(ExplanationStore(tmp / f"e2e-{runs[0]}"), data, [(model, card)],
+                         methods, chunk_size=args.chunk, batch_size=args.chunk)
+
+    compute_only()  # warm-up
+    t_ref = _best(compute_only, args.repeats)
+    t_store = _best(with_store, args.repeats)
+    maps = n * len(methods)
+    print(f"end to end, {n} images x {', '.join(methods)} (one shared pass), batch {args.chunk}:")
+    print(f"  explain_many only        {t_ref * 1e3:8.1f} ms  {maps / t_ref:8.0f} maps/s")
+    print(f"  explain_to_store         {t_store * 1e3:8.1f} ms  {maps / t_store:8.0f} maps/s  "
+          f"{t_store / t_ref:5.2f}x")
 
 
 if __name__ == "__main__":

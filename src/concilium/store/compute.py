@@ -99,8 +99,11 @@ class Plan:
 
 
 class _Writer:
-    """Writes chunks on one background thread, in submission order, while the next chunk is
-    computed (the store's compression and file writes overlap the attribution).
+    """Writes chunks in submission order; with ``background=True`` on one background thread
+    while the next chunk is computed (the store's compression and file writes overlap the
+    attribution). ``explain_to_store`` uses the thread when the models run on an accelerator;
+    on the CPU the attribution already uses every core and a writer thread only competes with
+    it (measured 1.22x vs 1.14x of compute-only time for the cheapest methods on 2 cores).
 
     Each chunk's data and then its marker are written by :meth:`Entry.write` on that thread, so
     the kill-safety order is unchanged. At most ``max_pending`` chunks wait in memory. The first
@@ -109,7 +112,8 @@ class _Writer:
     finish first.
     """
 
-    def __init__(self, *, max_pending: int) -> None:
+    def __init__(self, *, max_pending: int, background: bool = True) -> None:
+        self._background = background
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="concilium-store")
         self._pending: deque[Future] = deque()
         self._max = max_pending
@@ -137,6 +141,9 @@ class _Writer:
                 raise
 
     def submit(self, entry: Entry, start: int, maps: Tensor) -> None:
+        if not self._background:
+            entry.write(start, maps)
+            return
         self._check(block=False)
         self._pending.append(self._pool.submit(self._write, entry, start, maps))
         self._check(block=False)
@@ -309,7 +316,7 @@ def explain_to_store(
             reports[(p.source, m)].chunks_reused = int(e.done_chunks().sum())
     total = sum((stop - start) * len(ms) for p in plans for (start, stop), ms in p.missing.items())
     done = 0
-    writer = _Writer(max_pending=2 * max(1, len(methods)))
+    writer = _Writer(max_pending=2 * max(1, len(methods)), background=device.type != "cpu")
     try:
         for plan in plans:
             if not plan.missing:
