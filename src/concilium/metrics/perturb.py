@@ -107,10 +107,13 @@ def is_stochastic_baseline(baseline: Baseline) -> bool:
     return isinstance(baseline, str) and baseline in STOCHASTIC_BASELINES
 
 
-def check_batch_size(batch_size: int) -> int:
-    """Validate ``batch_size`` (the number of perturbed copies per forward pass)."""
+def check_batch_size(batch_size: int | None, device: torch.device | None = None) -> int:
+    """Validate ``batch_size`` (copies per forward pass); ``None`` picks 64 on CPU (larger
+    batches leave the caches and are slower per image there) and 512 on a GPU."""
+    if batch_size is None:
+        return 512 if device is not None and device.type != "cpu" else 64
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int; got {batch_size!r}")
+        raise ValueError(f"batch_size must be a positive int or None; got {batch_size!r}")
     return batch_size
 
 

@@ -47,7 +47,7 @@ def mprt_curve(
     seed: int = 42,
     abs: bool = True,
     normalise: bool = True,
-    batch_size: int = 256,
+    batch_size: int | None = None,
 ) -> tuple[list[str], Tensor]:
     """Similarity of ``maps`` to the maps of the model with layers randomised, per layer.
 
@@ -61,7 +61,7 @@ def mprt_curve(
     """
     maps, images, labels, device = model_inputs("mprt", maps, images, labels, model)
     fn = _check_explainer("mprt", explainer)
-    check_batch_size(batch_size)
+    batch_size = check_batch_size(batch_size, device)
     if order not in ("top_down", "bottom_up", "independent"):
         raise ValueError(f"order must be 'top_down', 'bottom_up' or 'independent'; got {order!r}")
     if similarity not in ("spearman", "ssim"):
@@ -110,7 +110,7 @@ def mprt(
     seed: int = 42,
     abs: bool = True,
     normalise: bool = True,
-    batch_size: int = 256,
+    batch_size: int | None = None,
 ) -> Tensor:
     """Model parameter randomisation test (Adebayo et al. 2018): similarity between the maps and
     the maps of the randomised model, averaged over the randomised layers (``"mean"``) or at the
@@ -128,7 +128,7 @@ def mprt(
         seed: re-initialisation seed (Quantus default 42).
         abs: take ``|.|`` of the maps first (Quantus default True).
         normalise: divide each map by its max ``|.|``.
-        batch_size: images per explainer call.
+        batch_size: images per explainer call (default: 64 on CPU, 512 on GPU).
 
     Returns:
         ``(N,)``; NaN where a map is constant.
@@ -171,7 +171,7 @@ def random_logit(
     similarity: Similarity = "ssim",
     abs: bool = False,
     normalise: bool = True,
-    batch_size: int = 256,
+    batch_size: int | None = None,
 ) -> Tensor:
     """Random logit test (Sixt et al. 2020): similarity between the map of the label and the map
     of a uniformly drawn other class. Lower is better (the explanation is class-specific).
@@ -187,14 +187,14 @@ def random_logit(
         similarity: ``"ssim"`` (Quantus default) or ``"spearman"``.
         abs: take ``|.|`` of the maps first (Quantus default False).
         normalise: divide each map by its max ``|.|``.
-        batch_size: images per explainer call.
+        batch_size: images per explainer call (default: 64 on CPU, 512 on GPU).
 
     Returns:
         ``(N,)``; NaN where both maps are constant.
     """
     maps, images, labels, device = model_inputs("random_logit", maps, images, labels, model)
     fn = _check_explainer("random_logit", explainer)
-    check_batch_size(batch_size)
+    batch_size = check_batch_size(batch_size, device)
     if num_classes is None:
         with torch.no_grad():
             num_classes = int(model(images[:1]).shape[1])

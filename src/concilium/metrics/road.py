@@ -99,7 +99,7 @@ def road_curve(
     order: Literal["morf", "lerf"] = "morf",
     abs: bool = False,
     normalise: bool = True,
-    batch_size: int = 256,
+    batch_size: int | None = None,
 ) -> Tensor:
     """Whether the model still predicts ``labels`` after imputing the top ``p`` percent of pixels
     (``int(H*W*p/100)`` of them, as Quantus), for each ``p``: ``(N, len(percentages))`` in {0,1}.
@@ -112,10 +112,10 @@ def road_curve(
         order: ``"morf"`` removes the most relevant pixels first, ``"lerf"`` the least.
         abs: take ``|maps|`` first (Quantus default False).
         normalise: divide each map by its max ``|.|`` (no effect on the order).
-        batch_size: imputed copies per forward pass.
+        batch_size: imputed copies per forward pass (default: 64 on CPU, 512 on GPU).
     """
     maps, images, labels, device = model_inputs("road", maps, images, labels, model)
-    check_batch_size(batch_size)
+    batch_size = check_batch_size(batch_size, device)
     if order not in ("morf", "lerf"):
         raise ValueError(f"order must be 'morf' or 'lerf'; got {order!r}")
     pct = [float(p) for p in percentages]
@@ -177,7 +177,7 @@ def road(
     noise: float = 0.01,
     abs: bool = False,
     normalise: bool = True,
-    batch_size: int = 256,
+    batch_size: int | None = None,
 ) -> Tensor:
     """ROAD, MoRF order: the share of removal levels at which the model still predicts the label
     (the mean of :func:`road_curve`). Lower is better: removing the pixels the map calls
@@ -193,7 +193,7 @@ def road(
         noise: std of the imputation noise (Quantus default 0.01).
         abs: take ``|maps|`` first (Quantus default False).
         normalise: divide each map by its max ``|.|`` (no effect on the order).
-        batch_size: imputed copies per forward pass.
+        batch_size: imputed copies per forward pass (default: 64 on CPU, 512 on GPU).
 
     Returns:
         ``(N,)`` in ``[0, 1]``; NaN for a constant map.
