@@ -130,3 +130,16 @@ def test_stats_on_generated_table_have_finite_ci():
     stats = explanation_stats(make_metrics())
     assert np.isfinite(stats[["mean", "ci_low", "ci_high"]].to_numpy()).all()
     assert (stats["ci_low"] <= stats["mean"]).all() and (stats["mean"] <= stats["ci_high"]).all()
+
+
+def test_consensus_alignment_uses_the_committee_table():
+    committee = _table([
+        ("a", 0, "m0", "smoothgrad", "auc", 0.6), ("a", 0, "m1", "smoothgrad", "auc", 0.7),
+        ("a", 0, "m2", "smoothgrad", "auc", 0.8), ("a", 0, "consensus", "smoothgrad", "auc", 0.75),
+    ])
+    meta = pd.DataFrame({"metric": ["auc"], "category": ["localisation"],
+                         "higher_is_better": [True]})
+    found = findings(None, meta, {"committee_metrics": committee})[1]
+    assert found.held is True and "auc/smoothgrad 0.750 vs 0.700" in found.detail
+    committee.loc[committee["source"] == "consensus", "value"] = 0.65
+    assert findings(None, meta, {"committee_metrics": committee})[1].held is False

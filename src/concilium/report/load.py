@@ -340,10 +340,12 @@ def _attribute_cards(
 
 
 def _relevance_mass(saliency: np.ndarray, mask: np.ndarray) -> float:
-    """Share of the positive attribution inside ``mask`` (NaN for an all-non-positive map or an
-    empty mask)."""
-    pos = np.clip(saliency, 0, None)
-    total = float(pos.sum())
-    if total <= 0 or not mask.any():
-        return math.nan
-    return float(pos[mask].sum() / total)
+    """Relevance mass (``concilium.metrics``: ``sum(a * s) / sum(a)``) of one map on one mask;
+    NaN where the metric is undefined (empty mask, map summing to 0)."""
+    from concilium.metrics import evaluate
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        value = evaluate("relevance_mass", torch.from_numpy(saliency[None]).float(),
+                         masks=torch.from_numpy(mask[None]).bool())
+    return float(value[0])

@@ -225,7 +225,8 @@ def findings(
 
     1. Ens-Avg above Exp-Avg for every method (mask correlation, the paper's metric).
     2. The consensus aligns with the masks better than the median member (AUC, average precision,
-       mask correlation), and the consensus score correlates positively with accuracy.
+       mask correlation; from the committee's ``committee_metrics`` table when there is one),
+       and the consensus score correlates positively with accuracy.
     3. The CNN ensembler's E* beats the best single method on relevance mass, IoU and pointing
        game, and is at least as faithful (deletion) as the median method.
     4. The rare class and the watermark class are flagged by the audits.
@@ -235,7 +236,9 @@ def findings(
     direction = _directions(meta)
     out: list[Finding] = []
     out.append(_claim_averaging(metrics, direction))
-    out.append(_claim_consensus_alignment(metrics, direction))
+    committee = tables.get("committee_metrics")
+    out.append(_claim_consensus_alignment(committee if committee is not None else metrics,
+                                          direction))
     out.append(_claim_consensus_accuracy(tables.get("consensus")))
     out.append(_claim_cnn(metrics, direction))
     out.extend(_claim_audits(tables, card or {}))
