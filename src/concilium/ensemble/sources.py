@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import torch
 from torch import Tensor, nn
 
 from concilium.data.dataset import ImageDataset
@@ -105,8 +106,6 @@ def member_stack(
     store: ExplanationStore, members: Sequence[str], method: str, sample_ids: Sequence[str]
 ) -> tuple[Tensor, dict[str, str]]:
     """``(M, N, H, W)`` maps of ``members`` for ``method`` and each member's params hash."""
-    import torch
-
     maps, hashes = [], {}
     for m in members:
         x, entry = read_maps(store, m, method, sample_ids)
