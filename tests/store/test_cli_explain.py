@@ -153,15 +153,16 @@ def test_an_error_while_computing_keeps_every_finished_chunk(setup, tmp_path):
 
 
 def test_probed_batch_size_is_recorded_and_kept_on_resume(setup, tmp_path, monkeypatch):
-    """Without --batch-size the probe's choice is recorded per entry; a resumed entry keeps it
-    even when the probe (timing-based) would now choose otherwise."""
+    """Without --batch-size the probe runs once per run and architecture and its choice is
+    kept in the store and in each entry; a resumed run uses it even when the probe (timing-based)
+    would now choose otherwise."""
     import concilium.explain
     from concilium.data.folder import load_folder
     from concilium.explain.batching import Plan as BatchPlan
     from concilium.store.compute import plan_members
 
     data = select_split(load_folder(setup[0]), "test", None)
-    members = load_members(setup[1])[:1]
+    members = load_members(setup[1])
     chosen = {"rows": 4}
     probes = []
 
@@ -174,14 +175,17 @@ def test_probed_batch_size_is_recorded_and_kept_on_resume(setup, tmp_path, monke
     args = {"method_options": {}, "target": "label", "reduction": "sum", "baseline": "zero",
             "seed": 0, "dtype": "float32", "chunk_size": 2, "device": torch.device("cpu"),
             "meta": {}}
-    first = plan_members(store, data, members, ["saliency"], batch_size=None, **args)
+    first = plan_members(store, data, members[:1], ["saliency"], batch_size=None, **args)
     assert first[0].batch_sizes == {"saliency": 4} and len(probes) == 1
     assert first[0].entries["saliency"].meta["batch_size"] == 4
-    chosen["rows"] = 32
-    again = plan_members(store, data, members, ["saliency", "gradcam"], batch_size=None, **args)
-    assert again[0].batch_sizes == {"saliency": 4, "gradcam": 32}  # old kept, new probed
-    none_new = plan_members(store, data, members, ["saliency"], batch_size=None, **args)
-    assert none_new[0].batch_sizes == {"saliency": 4} and len(probes) == 2  # no probe needed
+    chosen["rows"] = 32  # a new process would probe differently: the run keeps its choice
+    again = plan_members(ExplanationStore(tmp_path), data, members, ["saliency", "gradcam"],
+                         batch_size=None, **args)
+    assert [p.batch_sizes for p in again] == [{"saliency": 4, "gradcam": 4}] * 2
+    assert len(probes) == 1  # same architecture: no second probe, for m1 either
+    other = ExplanationStore(tmp_path / "other")
+    assert plan_members(other, data, members[:1], ["saliency"], batch_size=None,
+                        **args)[0].batch_sizes == {"saliency": 32}
     forced = plan_members(store, data, members, ["saliency"], batch_size=6, **args)
     assert forced[0].batch_sizes == {"saliency": 6}
 

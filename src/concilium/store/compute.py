@@ -11,9 +11,10 @@ versions), because nothing a chunk's maps depend on changes between processes:
 
 - random numbers: each chunk's generator is seeded by ``(seed, member, first row)``; ``explain``
   draws one base seed from it and mixes in the method name and the image index;
-- batching: the rows per model call (``batch_size``; when not given, chosen once by the timing
-  probe of :func:`concilium.explain.probe`) are recorded in each entry's ``meta`` and reused for
-  that entry when the run resumes, so Captum's partial sums add up in the same order;
+- batching: the rows per model call (``batch_size``; when not given, chosen by the timing probe
+  of :func:`concilium.explain.probe` once per run and architecture, see :func:`auto_batch_size`)
+  are recorded in each entry's ``meta`` and reused for that entry when the run resumes, so
+  Captum's partial sums add up in the same order;
 - shared passes: whenever a chunk needs any of ``saliency``, ``input_x_gradient``, ``gradcam``,
   all of those the run asks for are computed together by ``explain_many`` (finished ones are not
   rewritten), so a chunk always takes the same code path.
@@ -189,6 +190,30 @@ def entry_params(
     }
 
 
+def auto_batch_size(
+    store: ExplanationStore, model: nn.Module, image: Tensor, device: torch.device
+) -> int:
+    """Rows per model call when the user gives none: the timing probe's choice
+    (:func:`concilium.explain.probe`), made once per run for each architecture, input shape and
+    device and kept in the store (``cache_array("auto_batch_size", ...)``), so that every member
+    of that architecture, in this process or a resumed one, batches identically."""
+    from concilium.explain import probe
+
+    state = [(name, list(t.shape)) for name, t in model.state_dict().items()]
+    key = {
+        "module": f"{type(model).__module__}.{type(model).__qualname__}",
+        "parameters": hashlib.sha256(repr(state).encode()).hexdigest()[:16],
+        "image": list(image.shape[1:]),
+        "device": device.type,
+    }
+
+    def measure() -> Tensor:
+        model.to(device).eval()
+        return torch.tensor([probe(model, image.to(device)).rows_grad], dtype=torch.int64)
+
+    return int(store.cache_array("auto_batch_size", key, measure)[0])
+
+
 def plan_members(
     store: ExplanationStore,
     data: ImageDataset,
@@ -207,7 +232,6 @@ def plan_members(
     meta: Mapping[str, Any],
 ) -> list[Plan]:
     """Open or create every entry, fix each entry's batch size and list the missing chunks."""
-    from concilium.explain import probe
     from concilium.runinfo import model_fingerprint
 
     h, w = data.image_size
@@ -224,8 +248,7 @@ def plan_members(
         existing = [store.lookup(source, m, p) for m, p in all_params.items()]
         rows = batch_size
         if rows is None and any(e is None or "batch_size" not in e.meta for e in existing):
-            model.to(device).eval()  # new entries: batching chosen once by the timing probe
-            rows = probe(model, data.images[:1].to(device)).rows_grad
+            rows = auto_batch_size(store, model, data.images[:1], device)
         card_dict = card.model_dump(mode="json") if hasattr(card, "model_dump") else dict(card)
         entry_meta = {
             **meta,
