@@ -230,7 +230,7 @@ def _beak(value: str, x, y) -> np.ndarray:
     if value == "short":
         return _triangle(x, y, (0.78, 0.12), (1.08, 0.29), (0.78, 0.46))
     if value == "long":
-        return _triangle(x, y, (0.78, 0.19), (1.56, 0.30), (0.78, 0.41))
+        return _triangle(x, y, (0.78, 0.16), (1.56, 0.30), (0.78, 0.44))
     upper = _triangle(x, y, (0.78, 0.14), (1.22, 0.38), (0.78, 0.46))
     hook = _triangle(x, y, (1.04, 0.46), (1.10, -0.02), (1.28, 0.36))
     return upper | hook
@@ -255,7 +255,7 @@ def _wing_pattern(value: str, x, y) -> np.ndarray:
 
 def _tail(value: str, x, y) -> np.ndarray:
     if value == "fan":
-        return _backward_sector(x, y, -0.42, 0.76, 1.19)  # wide: +-50 degrees
+        return _backward_sector(x, y, -0.42, 0.74, 1.73)  # wide: +-60 degrees
     if value == "forked":  # two prongs: a +-45 degree sector less a deep +-20 degree notch
         fan = _backward_sector(x, y, -0.42, 0.82, 1.0)
         notch = _backward_sector(x, y, -0.56, 1.0, 0.36)
