@@ -90,15 +90,23 @@ def main() -> None:
     ap.add_argument("--pf-n", type=int, default=4, help="images for the one-pixel-per-step metrics")
     ap.add_argument("--samples", type=int, default=20, help="robustness samples (Quantus: 200)")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--batch-size", type=int, default=None, help="default: 64 on CPU, 512 on GPU")
     ap.add_argument(
         "--quick", action="store_true", help="16 images, 2 for pixel flipping, 5 samples"
     )
     ap.add_argument("--only", default="", help="comma-separated subset of rows to run")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch CPU threads (default 1: NumPy/Quantus run single-threaded)")
-    ap.add_argument("--reps", type=int, default=3,
-                    help="repeats per side, the minimum is reported (runs over 5 s: once)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (default 1: NumPy/Quantus run single-threaded)",
+    )
+    ap.add_argument(
+        "--reps",
+        type=int,
+        default=3,
+        help="repeats per side, the minimum is reported (runs over 5 s: once)",
+    )
     args = ap.parse_args()
     if args.quick:
         args.n, args.pf_n, args.samples = 16, 2, 5
@@ -141,7 +149,7 @@ def main() -> None:
     masks = masks.to(device)
     x_np, y_np = images.cpu().numpy(), labels.cpu().numpy()
     a_np, s_np = maps.cpu().numpy()[:, None], masks.cpu().numpy()[:, None].astype(float)
-    bs = args.batch_size
+    bs = args.batch_size or (64 if device.type == "cpu" else 512)
 
     # per-image cost of one batched forward pass and of one explanation, at batch size bs
     x_bs = torch.rand(bs, 3, s, s, generator=g).to(device)
@@ -254,40 +262,79 @@ def main() -> None:
         compare=mean_diff,
         note="stochastic",
     )
-    pf = slice(0, args.pf_n)
+    # Quantus asserts that features_in_step divides H*W; a whole RGB pixel is 3 features, so
+    # one pixel per step needs 3 | H*W: these rows use pf_n images of 3x48x48 (2,304 steps).
+    pf_s = 48
+    pf_x = torch.rand(args.pf_n, 3, pf_s, pf_s, generator=g).to(device)
+    with torch.no_grad():
+        pf_y = net(pf_x).argmax(1)
+    pf_a = input_x_gradient(net, pf_x, pf_y)
+    pf_np = (pf_x.cpu().numpy(), pf_y.cpu().numpy(), pf_a.cpu().numpy()[:, None])
+
+    def q_pf(cls, **kw):
+        def call():
+            return cls(disable_warnings=True, **kw)(
+                model=net, x_batch=pf_np[0], y_batch=pf_np[1], a_batch=pf_np[2], **qcall
+            )
+
+        return call
 
     def pf_curve():
         return (
-            pixel_flipping_curve(
-                maps[pf], images=images[pf], labels=labels[pf], model=model, step=1, batch_size=bs
-            )
+            pixel_flipping_curve(pf_a, images=pf_x, labels=pf_y, model=model, step=1, batch_size=bs)
             .cpu()
             .numpy()
         )
 
     run(
-        f"pixel_flipping (1 px/step, {args.pf_n} img)",
-        q(quantus.PixelFlipping, sub=pf, features_in_step=3),
+        f"pixel_flipping curve (1 px/step, {args.pf_n} img 48x48)",
+        q_pf(quantus.PixelFlipping, features_in_step=3),
         pf_curve,
     )
     run(
-        f"monotonicity (1 px/step, {args.pf_n} img)",
-        q(quantus.Monotonicity, sub=pf, features_in_step=3),
-        ours("monotonicity", sub=pf, batch_size=bs),
+        f"monotonicity (1 px/step, {args.pf_n} img 48x48)",
+        q_pf(quantus.Monotonicity, features_in_step=3),
+        lambda: (
+            evaluate("monotonicity", pf_a, images=pf_x, labels=pf_y, model=model, batch_size=bs)
+            .cpu()
+            .numpy()
+        ),
         compare=lambda o, t: (
             f"Quantus all True: {all(map(bool, t))}; ours mean {np.nanmean(o):.2f}"
         ),
         note="Quantus never inserts the image",
     )
+    # 48 px per step (144 Quantus features, a divisor of 48*48) on n images of 3x48x48
+    mc_x = torch.rand(n, 3, pf_s, pf_s, generator=g).to(device)
+    with torch.no_grad():
+        mc_y = net(mc_x).argmax(1)
+    mc_a = input_x_gradient(net, mc_x, mc_y)
     run(
-        "monotonicity_correlation (64 px/step, 10 draws)",
-        q(
-            quantus.MonotonicityCorrelation,
-            features_in_step=3 * 64,
-            nr_samples=10,
-            perturb_baseline="black",
+        "monotonicity_correlation (48 px/step, 10 draws, 48x48)",
+        lambda: quantus.MonotonicityCorrelation(
+            features_in_step=3 * 48, nr_samples=10, perturb_baseline="black", disable_warnings=True
+        )(
+            model=net,
+            x_batch=mc_x.cpu().numpy(),
+            y_batch=mc_y.cpu().numpy(),
+            a_batch=mc_a.cpu().numpy()[:, None],
+            **qcall,
         ),
-        ours("monotonicity_correlation", step=64, nr_samples=10, baseline="black", batch_size=bs),
+        lambda: (
+            evaluate(
+                "monotonicity_correlation",
+                mc_a,
+                images=mc_x,
+                labels=mc_y,
+                model=model,
+                step=48,
+                nr_samples=10,
+                baseline="black",
+                batch_size=bs,
+            )
+            .cpu()
+            .numpy()
+        ),
     )
     run(
         "infidelity",

@@ -44,6 +44,15 @@ def test_map_only_hand_values(name, params, expected):
     assert score.item() == pytest.approx(expected, abs=1e-6)
 
 
+def test_rank_metrics_split_ties_evenly():
+    tied = torch.tensor([[[1.0, 1.0], [0.0, 0.5]]])
+    mask = torch.tensor([[[True, False], [False, False]]])
+    # the top pixel is one of two tied pixels, one of which is in the mask: half a hit
+    assert evaluate("relevance_rank", tied, masks=mask).item() == pytest.approx(0.5)
+    assert evaluate("top_k_intersection", tied, masks=mask, k=1).item() == pytest.approx(0.5)
+    assert evaluate("top_k_intersection", tied, masks=mask, k=2).item() == pytest.approx(0.5)
+
+
 def test_pointing_game_hit_and_weighted():
     mask = torch.tensor([[[True, False], [False, False]]])
     assert evaluate("pointing_game", MAP, masks=mask).item() == 1.0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from concilium.metrics._common import nan_where, prepare_maps
+from concilium.metrics._common import nan_where, prepare_maps, sort_values
 from concilium.metrics.registry import register_metric
 
 
@@ -29,7 +29,7 @@ def sparseness(maps: Tensor, *, abs: bool = True, normalise: bool = True) -> Ten
     a = prepare_maps(maps, abs=abs, normalise=normalise).flatten(1).double()
     zero = _zero_rows(a)
     p = a.shape[1]
-    a = torch.sort(a + 1e-7, dim=1).values
+    a = sort_values(a + 1e-7)
     i = torch.arange(1, p + 1, device=a.device, dtype=torch.float64)
     score = ((2 * i - p - 1) * a).sum(1) / (p * a.sum(1))
     return nan_where(score, zero, "sparseness", "their map is all zeros")

@@ -8,10 +8,18 @@ from __future__ import annotations
 
 from typing import Literal
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from concilium.metrics._common import constant_rows, nan_where, pearson, prepare_maps, rankdata
+from concilium.metrics._common import (
+    constant_rows,
+    nan_where,
+    pearson,
+    prepare_maps,
+    rankdata,
+    top_k_inside,
+)
 from concilium.metrics.registry import register_metric
 
 
@@ -81,6 +89,8 @@ def relevance_rank(
     maps: Tensor, *, masks: Tensor, abs: bool = False, normalise: bool = True
 ) -> Tensor:
     """Relevance rank accuracy (Arras et al. 2022): share of the ``|s|`` highest pixels inside s.
+    Ties at the ``|s|``-th value are split evenly (the mean over tie orders; Quantus's unstable
+    argsort picks an arbitrary order).
 
     Args:
         maps: ``(N, H, W)``.
@@ -92,11 +102,8 @@ def relevance_rank(
         ``(N,)`` in ``[0, 1]``; NaN for an empty mask or a constant map.
     """
     a, s = _flat(prepare_maps(maps, abs=abs, normalise=normalise), masks)
-    order = torch.sort(-a, dim=1, stable=True).indices
-    size = s.sum(1, keepdim=True)
-    top = torch.arange(a.shape[1], device=a.device).unsqueeze(0) < size
-    inside = torch.gather(s, 1, order) & top
-    score = inside.sum(1).double() / size.squeeze(1).clamp_min(1)
+    size = s.sum(1)
+    score = top_k_inside(a, s, size) / size.clamp_min(1)
     return _degenerate("relevance_rank", a, s, score)
 
 
@@ -112,7 +119,8 @@ def top_k_intersection(
     abs: bool = False,
     normalise: bool = True,
 ) -> Tensor:
-    """Top-k intersection (Theiner et al. 2021): share of the k highest pixels inside the mask.
+    """Top-k intersection (Theiner et al. 2021): share of the k highest pixels inside the mask,
+    ties at the k-th value split evenly.
 
     Args:
         maps: ``(N, H, W)``.
@@ -134,8 +142,7 @@ def top_k_intersection(
             f"k must be in [1, H*W = {n_pixels}]; got {k} (pass a smaller k, e.g. k={n_pixels // 4})"
         )
     a, s = _flat(prepare_maps(maps, abs=abs, normalise=normalise), masks)
-    order = torch.sort(-a, dim=1, stable=True).indices[:, :k]
-    score = torch.gather(s, 1, order).double().mean(1)
+    score = top_k_inside(a, s, torch.full((a.shape[0],), k, device=a.device)) / k
     if concept_influence:
         score = score * n_pixels / s.sum(1).clamp_min(1)
     return _degenerate("top_k_intersection", a, s, score)
@@ -156,12 +163,27 @@ def auc(maps: Tensor, *, masks: Tensor, abs: bool = False, normalise: bool = Tru
         ``(N,)`` in ``[0, 1]``; NaN when the mask is empty or the whole image, or the map constant.
     """
     a, s = _flat(prepare_maps(maps, abs=abs, normalise=normalise), masks)
-    ranks = rankdata(a)
     n_pos = s.sum(1).double()
     n_neg = s.shape[1] - n_pos
-    u = (ranks * s).sum(1) - n_pos * (n_pos + 1) / 2
+    if a.device.type == "cpu":  # NumPy's sort + binary search beat torch.sort on CPU
+        u = torch.tensor(
+            [_mann_whitney_u(row[m], row[~m]) for row, m in zip(a.numpy(), s.numpy(), strict=True)],
+            dtype=torch.float64,
+        )
+    else:
+        u = (rankdata(a) * s).sum(1) - n_pos * (n_pos + 1) / 2
     score = u / (n_pos * n_neg).clamp_min(1)
     return _degenerate("auc", a, s, score, full=True)
+
+
+def _mann_whitney_u(pos: np.ndarray, neg: np.ndarray) -> float:
+    """Number of (positive, negative) pairs with the positive higher, ties counted half."""
+    if pos.size == 0 or neg.size == 0:
+        return 0.0
+    neg = np.sort(neg)
+    below = np.searchsorted(neg, pos, side="left").sum(dtype=np.float64)
+    below_or_equal = np.searchsorted(neg, pos, side="right").sum(dtype=np.float64)
+    return float((below + below_or_equal) / 2)
 
 
 @register_metric(
