@@ -345,3 +345,13 @@ def test_write_rejects_unsafe_names(synth, tmp_path):
         write_folder(bad, tmp_path / "out")
     with pytest.raises(TypeError, match="ImageDataset"):
         write_folder({"images": 1}, tmp_path / "out2")
+
+
+def test_dataset_without_attributes_or_parts_round_trips(synth, tmp_path):
+    bare = synth.subset([0, 1, 2, 3])
+    bare.attributes, bare.attribute_names, bare.parts = None, [], {}
+    out = write_folder(bare, tmp_path / "bare")
+    assert not (out / "attributes.csv").exists() and not (out / "parts").exists()
+    back = load_folder(out)
+    assert back.attributes is None and back.parts == {}
+    assert torch.equal(back.images, bare.images) and torch.equal(back.masks, bare.masks)
