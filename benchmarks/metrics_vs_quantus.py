@@ -56,6 +56,7 @@ class Row:
     images_forwarded: int = 0
     explained: int = 0
     note: str = ""
+    size: int = 64
 
 
 def timed(fn: Callable[[], object], device: torch.device) -> tuple[float, object]:
@@ -158,6 +159,11 @@ def main() -> None:
         net(x_bs)
         fwd, _ = min((timed(lambda: net(x_bs), device) for _ in range(5)), key=lambda t: t[0])
     per_forward = fwd / bs
+    x_48 = torch.rand(bs, 3, 48, 48, generator=g).to(device)
+    with torch.no_grad():
+        net(x_48)
+        fwd48, _ = min((timed(lambda: net(x_48), device) for _ in range(5)), key=lambda t: t[0])
+    per_forward_48 = fwd48 / bs
     expl, _ = min(
         (timed(lambda: input_x_gradient(net, x_bs, y_bs), device) for _ in range(3)),
         key=lambda t: t[0],
@@ -198,7 +204,9 @@ def main() -> None:
             diff = f"{d:.1e}"
         else:
             diff = "-"
-        rows.append(Row(name, t_q, t_ours, diff, forwarded, note=note))
+        rows.append(
+            Row(name, t_q, t_ours, diff, forwarded, note=note, size=48 if "48x48" in name else s)
+        )
         print(
             f"  done {name}: ours {t_ours:.3f}s quantus {t_q if t_q is None else round(t_q, 3)}s",
             flush=True,
@@ -459,15 +467,16 @@ def main() -> None:
     print()
     print(
         f"device {device}; {n} images 3x{s}x{s}; model {sum(p.numel() for p in net.parameters())} "
-        f"params; batch {bs}; forward {per_forward * 1e3:.3f} ms/image, explanation "
-        f"{per_explain * 1e3:.3f} ms/image"
+        f"params; batch {bs}; forward {per_forward * 1e3:.3f} ms/image "
+        f"({per_forward_48 * 1e3:.3f} at 48x48), explanation {per_explain * 1e3:.3f} ms/image; "
+        f"torch threads {torch.get_num_threads()}"
     )
     head = f"{'metric':48s} {'quantus s':>10s} {'ours s':>9s} {'ratio':>8s} {'bound s':>8s} {'ours/bound':>10s}  difference"
     print(head)
     print("-" * len(head))
     for r in rows:
         ratio = f"{r.quantus_s / r.ours_s:8.1f}x" if r.quantus_s else f"{'-':>9s}"
-        bound = r.images_forwarded * per_forward
+        bound = r.images_forwarded * (per_forward_48 if r.size == 48 else per_forward)
         b = f"{bound:8.3f} {r.ours_s / bound:10.2f}" if bound > 0 else f"{'-':>8s} {'-':>10s}"
         q_s = f"{r.quantus_s:10.3f}" if r.quantus_s else f"{'-':>10s}"
         note = f"  ({r.note})" if r.note else ""

@@ -26,10 +26,10 @@ def sparseness(maps: Tensor, *, abs: bool = True, normalise: bool = True) -> Ten
     Returns:
         ``(N,)`` in ``[0, 1]``; NaN for an all-zero map.
     """
-    a = prepare_maps(maps, abs=abs, normalise=normalise).flatten(1).double()
+    a = prepare_maps(maps, abs=abs, normalise=normalise).flatten(1)
     zero = _zero_rows(a)
     p = a.shape[1]
-    a = sort_values(a + 1e-7)
+    a = sort_values(a).double() + 1e-7  # adding a constant keeps the order
     i = torch.arange(1, p + 1, device=a.device, dtype=torch.float64)
     score = ((2 * i - p - 1) * a).sum(1) / (p * a.sum(1))
     return nan_where(score, zero, "sparseness", "their map is all zeros")
