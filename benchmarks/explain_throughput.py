@@ -23,6 +23,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 from collections.abc import Callable
 
@@ -32,7 +33,14 @@ from torch import nn
 from concilium.explain import METHODS, explain, explain_many, method_params, probe
 
 PAPER_FIVE = ("saliency", "input_x_gradient", "integrated_gradients", "gradient_shap", "gradcam")
-QUICK_METHODS = ("saliency", "integrated_gradients", "gradient_shap", "gradcam", "occlusion", "lime")
+QUICK_METHODS = (
+    "saliency",
+    "integrated_gradients",
+    "gradient_shap",
+    "gradcam",
+    "occlusion",
+    "lime",
+)
 
 
 def make_model(seed: int, num_classes: int) -> nn.Module:
@@ -53,8 +61,9 @@ def make_model(seed: int, num_classes: int) -> nn.Module:
                 layers.append(nn.MaxPool2d(2))
             ch = out
         backbone = nn.Sequential(nn.Sequential(*layers), nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        return ConciliumNet(backbone, feature_dim=128, num_classes=num_classes,
-                            gradcam_layer="backbone.0.12").eval()
+        return ConciliumNet(
+            backbone, feature_dim=128, num_classes=num_classes, gradcam_layer="backbone.0.12"
+        ).eval()
 
 
 class Clock:
@@ -64,7 +73,8 @@ class Clock:
         self.device = device
 
     def __call__(self, fn: Callable[[], object], repeats: int = 1) -> tuple[float, float]:
-        best_wall, best_cpu = float("inf"), float("inf")
+        """Median wall and CPU seconds over ``repeats`` runs."""
+        walls, cpus = [], []
         for _ in range(repeats):
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
@@ -72,9 +82,9 @@ class Clock:
             fn()
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
-            best_wall = min(best_wall, time.perf_counter() - w0)
-            best_cpu = min(best_cpu, time.process_time() - c0)
-        return best_wall, best_cpu
+            walls.append(time.perf_counter() - w0)
+            cpus.append(time.process_time() - c0)
+        return statistics.median(walls), statistics.median(cpus)
 
 
 def main() -> None:
@@ -85,6 +95,7 @@ def main() -> None:
     parser.add_argument("--methods", default=None, help="comma-separated (default: all)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--repeats", type=int, default=1, help="runs per method (median)")
     parser.add_argument("--quick", action="store_true", help="16 images, 3 members, 6 methods")
     args = parser.parse_args()
     if args.quick:
@@ -106,14 +117,18 @@ def main() -> None:
         # The predicted classes, resolved once as a store run does; target="pred" would add one
         # batched forward per call.
         targets = model(images).argmax(1)
-    print(f"small-cnn ({sum(p.numel() for p in model.parameters()):,} parameters), "
-          f"{n} images of {args.size}x{args.size}, {args.threads} thread(s), {device}")
+    print(
+        f"small-cnn ({sum(p.numel() for p in model.parameters()):,} parameters), "
+        f"{n} images of {args.size}x{args.size}, {args.threads} thread(s), {device}"
+    )
 
     # One-off probe (cached per architecture and shape; shared by every method and member).
     t_probe = clock(lambda: probe(model, images))
     plan = probe(model, images)
-    print(f"batching probe: {t_probe[0]:.2f} s wall once; rows/call fwd+bwd {plan.rows_grad}, "
-          f"fwd {plan.rows_fwd}, memory cap {plan.max_rows} rows")
+    print(
+        f"batching probe: {t_probe[0]:.2f} s wall once; rows/call fwd+bwd {plan.rows_grad}, "
+        f"fwd {plan.rows_fwd}, memory cap {plan.max_rows} rows"
+    )
 
     # Bounds: one batched forward+backward / forward at the same batch size.
     x = images.clone()
@@ -127,50 +142,78 @@ def main() -> None:
         with torch.no_grad():
             model(x)
 
-    fwd_bwd()
-    t_fb = [t / n for t in clock(fwd_bwd, repeats=5)]
-    t_f = [t / n for t in clock(fwd, repeats=5)]
-    print(f"batched fwd+bwd {t_fb[use] * 1e3:.3f} ms/image, fwd {t_f[use] * 1e3:.3f} ms/image "
-          f"({'cpu' if use else 'wall'} time; wall {t_fb[0] * 1e3:.3f} / {t_f[0] * 1e3:.3f})")
+    def unit_costs() -> tuple[list[float], list[float]]:
+        """Batched fwd+bwd and fwd seconds per image (median of 3), measured now."""
+        return ([t / n for t in clock(fwd_bwd, repeats=3)], [t / n for t in clock(fwd, repeats=3)])
 
-    print(f"\n{'method':22s} {'passes':>6s} {'ms/image':>9s} {'bound ms':>9s} {'ratio':>6s} "
-          f"{'goal':>5s}  wall ms/image")
+    fwd_bwd()
+    t_fb, t_f = unit_costs()
+    print(
+        f"batched fwd+bwd {t_fb[use] * 1e3:.3f} ms/image, fwd {t_f[use] * 1e3:.3f} ms/image "
+        f"({'cpu' if use else 'wall'} time; wall {t_fb[0] * 1e3:.3f} / {t_f[0] * 1e3:.3f}); "
+        "re-measured before every method"
+    )
+
+    print(
+        f"\n{'method':22s} {'passes':>6s} {'ms/image':>9s} {'bound ms':>9s} {'ratio':>6s} "
+        f"{'goal':>5s}  wall ms/image"
+    )
     for m in methods:
         spec = METHODS.get(m)
         p = spec.params(**method_params(m))
         passes = spec.passes(p, hw)
+        t_fb, t_f = unit_costs()
         unit = t_fb if spec.kind == "gradient" else t_f
         gen = torch.Generator().manual_seed(1)
         # warm-up on 2 images: lazy imports (scikit-learn for LIME/KernelSHAP), allocator
         explain(model, images[:2], targets[:2], method=m, generator=gen)
-        t = clock(lambda m=m, gen=gen: explain(model, images, targets, method=m, generator=gen))
+        t = clock(
+            lambda m=m, gen=gen: explain(model, images, targets, method=m, generator=gen),
+            repeats=args.repeats,
+        )
         per = [v / n for v in t]
         bound = passes * unit[use]
         goal = {"gradient": 1.15, "perturbation": 1.3}.get(spec.kind)
         ratio = per[use] / bound if bound else float("nan")
-        print(f"{m:22s} {passes:6d} {per[use] * 1e3:9.2f} {bound * 1e3:9.2f} {ratio:6.2f} "
-              f"{goal or '-':>5}  {per[0] * 1e3:.2f}", flush=True)
+        print(
+            f"{m:22s} {passes:6d} {per[use] * 1e3:9.2f} {bound * 1e3:9.2f} {ratio:6.2f} "
+            f"{goal or '-':>5}  {per[0] * 1e3:.2f}",
+            flush=True,
+        )
 
     five = {name: {} for name in PAPER_FIVE}
+    t_fb, t_f = unit_costs()
     ig = METHODS.get("integrated_gradients").passes(
-        METHODS.get("integrated_gradients").params(), hw)
+        METHODS.get("integrated_gradients").params(), hw
+    )
     gs = METHODS.get("gradient_shap").passes(METHODS.get("gradient_shap").params(), hw)
     bound5 = (ig + gs + 1) * t_fb[use]
-    t5 = clock(lambda: explain_many(model, images, targets, five, generator=torch.Generator().manual_seed(2)))
-    print(f"\nfive paper methods, one member: {t5[use] / n * 1e3:.2f} ms/image, bound "
-          f"(IG {ig} + GradientSHAP {gs} + 1 pass) {bound5 * 1e3:.2f} ms/image, ratio "
-          f"{t5[use] / n / bound5:.2f} (goal 1.10)")
+    t5 = clock(
+        lambda: explain_many(
+            model, images, targets, five, generator=torch.Generator().manual_seed(2)
+        )
+    )
+    print(
+        f"\nfive paper methods, one member: {t5[use] / n * 1e3:.2f} ms/image, bound "
+        f"(IG {ig} + GradientSHAP {gs} + 1 pass) {bound5 * 1e3:.2f} ms/image, ratio "
+        f"{t5[use] / n / bound5:.2f} (goal 1.10)"
+    )
 
     members = [make_model(seed, 10).to(device) for seed in range(args.members)]
     times = []
     for member in members:
-        t = clock(lambda member=member: explain_many(
-            member, images, targets, five, generator=torch.Generator().manual_seed(2)))
+        t = clock(
+            lambda member=member: explain_many(
+                member, images, targets, five, generator=torch.Generator().manual_seed(2)
+            )
+        )
         times.append(t[use])
     total = sum(times)
-    print(f"{args.members} members: {total:.2f} s, {args.members} x one member (the first) "
-          f"{args.members * times[0]:.2f} s, ratio {total / (args.members * times[0]):.2f} "
-          f"(goal <= 1.00; members differ only in weights and share the probe)")
+    print(
+        f"{args.members} members: {total:.2f} s, {args.members} x one member (the first) "
+        f"{args.members * times[0]:.2f} s, ratio {total / (args.members * times[0]):.2f} "
+        f"(goal <= 1.00; members differ only in weights and share the probe)"
+    )
 
 
 if __name__ == "__main__":

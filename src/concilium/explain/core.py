@@ -22,15 +22,14 @@ from concilium._checks import check_images
 from concilium.explain._context import attribution_context
 from concilium.explain.baselines import BaselineSpec, as_provider, resolve_baselines
 from concilium.explain.batching import Plan, images_per_chunk, probe
-from concilium.explain.methods import METHODS, Chunk, MethodSpec, upsample
-from concilium.explain.params import GradCamParams, MethodParams, SaliencyParams, validate_params
+from concilium.explain.methods import METHODS, Chunk, MethodSpec
+from concilium.explain.params import MethodParams, validate_params
+from concilium.explain.shared import SHARED_PASS, shared_pass
 from concilium.explain.targets import ContrastModel, Target, TargetSpec, resolve_target
 from concilium.models.base import AttributeView
 
 Reduction = Literal["sum", "abs_sum", "l2", "max_abs"]
 REDUCTIONS: tuple[str, ...] = ("sum", "abs_sum", "l2", "max_abs")
-#: Methods :func:`explain_many` computes together from one forward+backward pass.
-SHARED_PASS: tuple[str, ...] = ("saliency", "input_x_gradient", "gradcam")
 #: Rows per call of grouped stochastic methods (GradientSHAP, SmoothGrad, VarGrad): a constant,
 #: so that seeded results are reproducible on any machine; ~64 rows is efficient on CPUs.
 STOCHASTIC_GROUP_ROWS = 64
@@ -166,11 +165,11 @@ class _Prepared:
     ) -> None:
         device, dtype = _model_device_dtype(model, images)
         self.images = images.detach().to(device=device, dtype=dtype)
+        base = _base_model(model)
+        self.layer = resolve_layer(base, layer) if need_layer else None
         self.target: Target = resolve_target(
             model, self.images, targets, labels=labels, attribute_names=attribute_names
         )
-        base = _base_model(self.target.module)
-        self.layer = resolve_layer(base, layer) if need_layer else None
         self.baselines = (
             resolve_baselines(baseline, self.images, self.target.classes) if need_baseline else None
         )
@@ -331,62 +330,6 @@ def explain(
     return _finish(attr, method, reduction=reduction, signed=signed, device=images.device)
 
 
-@contextmanager
-def _capture(layer: nn.Module | None, store: dict[str, Tensor]) -> Iterator[None]:
-    if layer is None:
-        yield
-        return
-
-    def hook(_m: nn.Module, _inp: object, out: object) -> None:
-        if not isinstance(out, Tensor):
-            raise ValueError("the GradCAM layer must return one tensor; choose a convolutional layer")
-        store["act"] = out
-
-    handle = layer.register_forward_hook(hook)
-    try:
-        yield
-    finally:
-        handle.remove()
-
-
-def _shared_pass(
-    prep: _Prepared, wanted: dict[str, MethodParams]
-) -> dict[str, Tensor]:
-    """Saliency, input x gradient and GradCAM from one forward+backward pass per chunk."""
-    if prep.plan is None:
-        raise RuntimeError("internal: no batching plan for the shared pass")
-    images = prep.images
-    n, hw = images.shape[0], tuple(images.shape[-2:])
-    step = images_per_chunk(prep.plan.rows_grad, 1, n)
-    layer = prep.layer if "gradcam" in wanted else None
-    out: dict[str, list[Tensor]] = {m: [] for m in wanted}
-    for start in range(0, n, step):
-        c = prep.chunk(start, min(n, start + step), prep.plan.rows_grad)
-        acts: dict[str, Tensor] = {}
-        x = c.images.detach().requires_grad_(True)
-        with torch.enable_grad(), _capture(layer, acts):
-            logits = c.module(x, *(c.forward_args or ()))
-            selected = logits.gather(1, c.classes.view(-1, 1)).sum()
-            wrt = [x] + ([acts["act"]] if layer is not None else [])
-            grads = torch.autograd.grad(selected, wrt)
-        g = grads[0].detach()
-        if "saliency" in wanted:
-            sp = wanted["saliency"]
-            out["saliency"].append(g.abs() if isinstance(sp, SaliencyParams) and sp.abs else g)
-        if "input_x_gradient" in wanted:
-            out["input_x_gradient"].append(c.images * g)
-        if layer is not None:
-            gp = wanted["gradcam"]
-            if not isinstance(gp, GradCamParams):
-                raise RuntimeError("internal: gradcam params of the wrong type")
-            act, dact = acts["act"].detach(), grads[1].detach()
-            weights = dact.mean(dim=tuple(range(2, dact.ndim)), keepdim=True)
-            cam = (weights * act).sum(1, keepdim=True)
-            cam = torch.relu(cam) if gp.relu else cam
-            out["gradcam"].append(upsample(cam, hw, gp.interpolation))
-    return {m: torch.cat(v) for m, v in out.items()}
-
-
 def explain_many(
     model: nn.Module,
     images: Tensor,
@@ -448,7 +391,7 @@ def explain_many(
             batch_size=batch_size, memory_budget_mb=memory_budget_mb,
         )
         if shared:
-            results.update(_shared_pass(prep, {m: resolved[m][1] for m in shared}))
+            results.update(shared_pass(prep, {m: resolved[m][1] for m in shared}))
         for name, (spec, p) in resolved.items():
             if name in results:
                 continue
