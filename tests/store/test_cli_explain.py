@@ -273,3 +273,23 @@ def test_load_run_data_refuses_changed_data_or_weights(setup, tmp_path):
     info.model_copy(update={"dataset_fingerprint": "0" * 16}).save(tmp_path)
     with pytest.raises(ValueError, match="dataset of .* changed"):
         load_run_data(tmp_path, load_models=False)
+
+
+def test_library_entry_point_validates_before_creating_entries(setup, tmp_path):
+    from concilium.data.folder import load_folder
+
+    data = select_split(load_folder(setup[0]), "test", None)
+    members = load_members(setup[1])
+    store = ExplanationStore(tmp_path)
+    bad = [
+        ({"reduction": "mean"}, "reduction must be one of"),
+        ({"target": "9"}, "out of range"),
+        ({"method_options": {"gradcam": {}}}, "not being run"),
+        ({"baseline": "fog"}, "unknown baseline"),
+    ]
+    for kwargs, match in bad:
+        with pytest.raises(ValueError, match=match):
+            explain_to_store(store, data, members, ["saliency"], batch_size=8, **kwargs)
+    with pytest.raises(ValueError, match="unique"):
+        explain_to_store(store, data, [members[0], members[0]], ["saliency"], batch_size=8)
+    assert store.entries().empty

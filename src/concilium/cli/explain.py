@@ -176,8 +176,10 @@ def run_explain(
     _positive(batch_size, "--batch-size")
     _positive(limit, "--limit")
     _positive(chunk_size, "--chunk-size")
-    if reduction not in ("sum", "abs_sum", "l2", "max_abs"):
-        raise ValueError(f"--reduction must be sum, abs_sum, l2 or max_abs; got {reduction!r}")
+    from concilium.explain import REDUCTIONS
+
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"--reduction must be one of {', '.join(REDUCTIONS)}; got {reduction!r}")
     if split not in ("train", "val", "test", "all"):
         raise ValueError(f"--split must be train, val, test or all; got {split!r}")
     image_size = _parse_size(size)
@@ -195,7 +197,9 @@ def run_explain(
         full = spec.load()
         selected = select_split(full, split, limit)  # type: ignore[arg-type]
         members = load_members(models, device="cpu")
-    _check_members(members, selected, target)
+    from concilium.store.compute import check_members
+
+    check_members(members, selected, target)
     info = RunInfo(
         dataset=spec,
         dataset_fingerprint=full.fingerprint(),
@@ -226,28 +230,6 @@ def run_explain(
         meta={"dataset_fingerprint": info.dataset_fingerprint, "split": split},
         explain_to_store=explain_to_store,
     )
-
-
-def _check_members(members: list, data: Any, target: str) -> None:
-    """Members must fit the data (classes, channels) and the target must resolve for each."""
-    from concilium.explain.targets import resolve_target
-
-    image = data.images[:1]
-    for model, card in members:
-        if card.class_names and data.class_names and list(card.class_names) != list(data.class_names):
-            raise ValueError(
-                f"member {card.member_id} was trained on classes {card.class_names[:5]}..., the data "
-                f"has {data.class_names[:5]}...; explain it on the data it was trained for"
-            )
-        if card.in_channels != image.shape[1]:
-            raise ValueError(
-                f"member {card.member_id} takes {card.in_channels}-channel images; the data has "
-                f"{image.shape[1]}"
-            )
-        resolve_target(
-            model.eval(), image, target, labels=data.labels[:1],
-            attribute_names=list(card.attribute_names),
-        )
 
 
 def _run_with_progress(console, store, data, members, methods, *, explain_to_store, **kwargs):

@@ -49,6 +49,7 @@ class EntryReport:
         params_hash: the entry's hash.
         chunks_computed: chunks computed in this call.
         chunks_reused: chunks already finished before this call.
+        rows_computed: maps computed in this call.
         seconds: compute time spent on this entry in this call.
     """
 
@@ -70,7 +71,8 @@ class EntryReport:
 
 @dataclass
 class ChunkEvent:
-    """Progress callback payload, sent after each chunk of one member is written.
+    """Progress callback payload, sent after each chunk of one member is computed and handed to
+    the writer (written at once on the CPU; queued on the background writer on an accelerator).
 
     Attributes:
         source: member id.
@@ -188,6 +190,39 @@ def entry_params(
         "baseline": baseline_name(baseline),
         "seed": seed,
     }
+
+
+def check_members(members: Sequence[tuple[nn.Module, Any]], data: ImageDataset, target: str) -> None:
+    """Members must fit the data (classes, channels, unique ids) and the target must resolve for
+    each of them (checked on one image).
+
+    Raises:
+        ValueError: naming the member and the mismatch.
+    """
+    from concilium.explain.targets import resolve_target
+
+    image = data.images[:1]
+    ids = [card.member_id for _, card in members]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"member ids must be unique; got {ids}")
+    for model, card in members:
+        names = list(getattr(card, "class_names", []) or [])
+        if names and data.class_names and names != list(data.class_names):
+            raise ValueError(
+                f"member {card.member_id} was trained on classes {names[:5]}..., the data has "
+                f"{list(data.class_names)[:5]}...; explain it on the data it was trained for"
+            )
+        channels = getattr(card, "in_channels", image.shape[1])
+        if channels != image.shape[1]:
+            raise ValueError(
+                f"member {card.member_id} takes {channels}-channel images; the data has "
+                f"{image.shape[1]}"
+            )
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        resolve_target(
+            model.eval(), image.to(device), target, labels=data.labels[:1].to(device),
+            attribute_names=list(getattr(card, "attribute_names", []) or []),
+        )
 
 
 def auto_batch_size(
@@ -308,22 +343,31 @@ def explain_to_store(
         seed: seed of every stochastic choice (per chunk, see the module docstring).
         dtype: storage type, ``"float32"`` or ``"float16"``.
         chunk_size: samples per stored chunk for new entries (default 64).
-        batch_size: images per forward pass inside a chunk (``None``: chosen automatically).
+        batch_size: model-input rows per call (``None``: the timing probe's choice, made once
+            per run and architecture, see :func:`auto_batch_size`).
         device: where the models run.
         meta: extra entry metadata (dataset fingerprint, ...).
-        on_chunk: called after every written chunk (progress bars).
+        on_chunk: called after every computed chunk (progress bars).
 
     Returns:
         One :class:`EntryReport` per member and method, in order.
 
     Raises:
-        ValueError: on an unknown method, parameter, target or baseline, before any compute.
+        ValueError: on an unknown method, parameter, reduction, target or baseline, or members
+            that do not fit the data, before any compute.
     """
+    from concilium.explain import REDUCTIONS
+
     options = {k: dict(v) for k, v in (method_options or {}).items()}
     unknown = sorted(set(options) - set(methods))
     if unknown:
         raise ValueError(f"parameters given for methods {unknown} that are not being run: "
                          f"add them to the methods ({', '.join(methods)}) or drop the parameters")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {', '.join(REDUCTIONS)}; got {reduction!r}")
+    if not members:
+        raise ValueError("no members to explain; pass [(model, card), ...] from load_members")
+    check_members(members, data, target)
     device = torch.device(device)
     plans = plan_members(
         store, data, members, methods, method_options=options, target=target,
