@@ -198,6 +198,9 @@ def test_read_by_mask_and_sample_id(tmp_path):
     mask[[1, 9]] = True
     assert torch.equal(entry.read(mask), maps_for(0, 10)[[1, 9]])
     assert entry.rows_of(["s09", "s01"]) == [9, 1]
+    assert torch.equal(entry.read(slice(None, None, -3)), maps_for(0, 10)[[9, 6, 3, 0]])
+    assert entry.read([]).shape == (0, *SHAPE)
+    assert torch.equal(entry.read(torch.tensor([-1])), maps_for(9, 10))
 
 
 def test_entries_table(tmp_path):

@@ -169,7 +169,8 @@ class Entry:
                 raise ValueError(f"row {index} is out of range for an entry of {self.n} rows")
             return np.array([index % self.n])
         if isinstance(index, slice):
-            return slice(*index.indices(self.n))
+            start, stop, step = index.indices(self.n)
+            return slice(start, stop) if step == 1 else np.arange(start, stop, step)
         rows = index.cpu().numpy() if isinstance(index, Tensor) else np.asarray(index)
         if rows.dtype == bool:
             if rows.shape != (self.n,):
@@ -202,7 +203,7 @@ class Entry:
         """
         rows = self._rows(index)
         if isinstance(rows, slice):
-            chunks = np.arange(rows.start, rows.stop, rows.step) // self.chunk_size
+            chunks = np.arange(rows.start, rows.stop) // self.chunk_size
         else:
             chunks = rows // self.chunk_size
         if chunks.size:
