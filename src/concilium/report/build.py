@@ -402,8 +402,9 @@ def _bar_section(
             labels = [f"{a} ({b})" for a, b in zip(labels, table["source"].astype(str),
                                                      strict=True)]
         threshold = None
-        if "threshold" in table.columns and table["threshold"].notna().any():
-            threshold = float(table["threshold"].dropna().iloc[0])
+        for col in ("threshold", "flag_threshold"):
+            if col in table.columns and table[col].notna().any():
+                threshold = float(table[col].dropna().iloc[0])
         n_flag = sum(flagged) if flagged else 0
         if flagged is not None:
             names = sorted({str(x) for x, f in zip(table[label], flagged, strict=True) if f})
@@ -471,12 +472,12 @@ def build_sections(data: ReportData) -> tuple[list[Section], dict]:
                      ("class_name", "class", "label"), "No bias table: run `concilium audit`."),
         _bar_section(data, "subsets", "subsets",
                      "The CNN ensembler trained on subsets of the methods: which methods add "
-                     "information.", ("dice", "val_dice", "value"), ("methods", "subset", "left_out"),
+                     "information.", ("test_dice", "dice", "val_dice", "value"), ("subset", "methods", "left_out"),
                      "No method-subset table: run `concilium ensemble --kind cnn` with the study."),
         _bar_section(data, "anonymisation", "anonymisation",
                      "A classifier trained on images replaced by their explanations, next to the "
                      "original's accuracy (feature reduction / anonymisation).",
-                     ("accuracy", "value"), ("input", "variant", "name"),
+                     ("test_accuracy", "accuracy", "value"), ("mode", "input", "variant", "name"),
                      "No anonymisation table: run `concilium audit`."),
         _section_attributes(data),
         _bar_section(data, "one_vs_one", "one-vs-one",

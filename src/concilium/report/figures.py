@@ -79,10 +79,10 @@ def gallery_figure(
         title: figure title (plain text; the figure is a picture, no HTML).
     """
     rows = list(dict.fromkeys(c.row for c in cells))
-    cols = list(dict.fromkeys(c.column for c in cells))
-    n_rows, n_cols = len(rows) + 1, max(len(cols), 2)
+    by_row = {r: [c for c in cells if c.row == r] for r in rows}
+    n_rows, n_cols = len(rows) + 1, max(2, *(len(v) for v in by_row.values()))
     fig, axes = plt.subplots(
-        n_rows, n_cols, figsize=(1.55 * n_cols + 0.6, 1.7 * n_rows), squeeze=False
+        n_rows, n_cols, figsize=(1.55 * n_cols + 0.6, 1.75 * n_rows), squeeze=False
     )
     for ax in axes.flat:
         ax.axis("off")
@@ -93,26 +93,26 @@ def gallery_figure(
     _show_image(axes[0, 1], image * 0.35)
     axes[0, 1].imshow(np.ma.masked_where(~mask, mask), cmap="autumn", alpha=0.8, vmin=0, vmax=1)
     axes[0, 1].set_title("mask", fontsize=8)
+    gray = image.mean(axis=-1) if image.ndim == 3 else image
     last = None
-    for cell in cells:
-        ax = axes[rows.index(cell.row) + 1, cols.index(cell.column)]
-        ax.axis("on")
-        gray = image.mean(axis=-1) if image.ndim == 3 else image
-        ax.imshow(gray, cmap="gray", alpha=0.35)
-        last = ax.imshow(
-            unit_scale(cell.saliency), cmap=MAP_CMAP, vmin=-1, vmax=1, alpha=0.85,
-            interpolation="nearest",
-        )
-        ax.set_xticks([])
-        ax.set_yticks([])
-        ax.set_title(cell.column, fontsize=7)
-        if cols.index(cell.column) == 0:
-            ax.set_ylabel(cell.row, fontsize=7)
-        if cell.caption:
-            ax.set_xlabel(cell.caption, fontsize=6)
+    for r, row in enumerate(rows, start=1):
+        for c, cell in enumerate(by_row[row]):
+            ax = axes[r, c]
+            ax.axis("on")
+            ax.imshow(gray, cmap="gray", alpha=0.35)
+            last = ax.imshow(
+                unit_scale(cell.saliency), cmap=MAP_CMAP, vmin=-1, vmax=1, alpha=0.85,
+                interpolation="nearest",
+            )
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(cell.column if len(cell.column) <= 18 else cell.column[:17] + "…",
+                         fontsize=7)
+            if cell.caption:
+                ax.set_xlabel(cell.caption, fontsize=6)
     for r, row in enumerate(rows, start=1):
         axes[r, 0].axis("on")
-        axes[r, 0].set_ylabel(row, fontsize=7)
+        axes[r, 0].set_ylabel(row.replace(": ", ":\n").replace("+", "+\n"), fontsize=6)
         axes[r, 0].set_xticks([])
         axes[r, 0].set_yticks([])
     if last is not None:

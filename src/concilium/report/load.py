@@ -144,6 +144,11 @@ def load_report_data(
         data.notes["dataset"] = f"The dataset could not be reloaded: {err}"
         data.notes["gallery"] = data.notes["dataset"]
         return data
+    if full.fingerprint() != info.dataset_fingerprint:
+        note = (f"The dataset rebuilt from run.json differs from the explained one (fingerprint "
+                f"{full.fingerprint()} != {info.dataset_fingerprint}); re-run the experiment.")
+        data.notes.update(dataset=note, gallery=note, attributes=note)
+        return data
     data.dataset, data.class_counts = dataset_card(full, info.dataset.kind, info.dataset.path)
     data.dataset["explained split"] = f"{info.split} ({info.n} samples)"
     position = {sid: i for i, sid in enumerate(full.ids)}
@@ -152,7 +157,14 @@ def load_report_data(
         data.notes["gallery"] = "The dataset no longer holds the run's samples."
         return data
     explained = full.subset(rows)
-    chosen = choose_samples(explained.labels.tolist(), gallery_images)
+    candidates = list(range(len(explained)))
+    if "test" in explained.splits:  # show held-out images when the run explained several splits
+        candidates = [i for i in candidates if explained.splits[i] == "test"]
+    if data.metrics is not None:  # ... and the ones with per-image scores
+        scored = set(data.metrics["sample"].astype(str))
+        candidates = [i for i in candidates if explained.ids[i] in scored] or candidates
+    picked = choose_samples([int(explained.labels[i]) for i in candidates], gallery_images)
+    chosen = [candidates[i] for i in picked]
     data.gallery = gallery_items(run, explained, chosen, metrics=data.metrics,
                                  members=gallery_members, metrics_shown=gallery_metrics)
     if not data.gallery:
@@ -234,8 +246,8 @@ def gallery_items(
         layout += [(method, s, method) for s in sorted(set(
             entries[(entries["method"] == method) & ~entries["source"].map(is_member)]["source"]))]
     cross = entries[~entries["source"].map(is_member) & ~entries["method"].isin(member_methods)]
-    layout += [("across methods", s, m) for s, m in zip(cross["source"], cross["method"],
-                                                        strict=True)]
+    layout += [(f"across methods: {m}", s, m) for s, m in zip(cross["source"], cross["method"],
+                                                              strict=True)]
     sample_ids = [explained.ids[i] for i in chosen]
     maps: dict[tuple[str, str], np.ndarray] = {}
     for _, source, method in layout:
@@ -268,7 +280,7 @@ def gallery_items(
                     if key in score.index and math.isfinite(score[key]):
                         parts.append(f"{_abbrev(metric)} {score[key]:.2f}")
                 caption = " ".join(parts)
-            column = source if row_label != "across methods" else f"{source}:{method}"
+            column = source
             cells.append(GalleryCell(row_label, column, maps[(source, method)][k], caption))
         if not cells:
             continue
