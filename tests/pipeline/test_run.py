@@ -95,3 +95,18 @@ def test_corrupt_state_is_a_clear_error(tmp_path):
     (tmp_path / "stages.json").write_text("{not json")
     with pytest.raises(ValueError, match="delete it"):
         read_state(tmp_path)
+
+
+def test_new_data_under_the_same_config_invalidates_everything_after_it(tmp_path):
+    rec = Recorder()
+    fingerprint = {"value": "aaa"}
+    stages = rec.stages()
+    stages[0] = Stage("data", lambda c: c.data, (), lambda ctx: (
+        rec.calls.append("data"), {"fingerprint": fingerprint["value"]})[1], always_run=True)
+    config = parse_config(CONFIG)
+    run_pipeline(config, tmp_path, stages=stages)
+    again = run_pipeline(config, tmp_path, stages=stages)
+    assert [r.action for r in again] == ["ran", "skipped", "skipped", "skipped"]
+    fingerprint["value"] = "bbb"  # e.g. the generator changed, the config did not
+    changed = run_pipeline(config, tmp_path, stages=stages)
+    assert [r.action for r in changed] == ["ran", "ran", "ran", "ran"]

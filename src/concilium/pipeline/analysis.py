@@ -16,12 +16,10 @@ from typing import Any, Literal
 
 import pandas as pd
 import torch
-from torch import Tensor, nn
 
 from concilium.pipeline.config import resolve_metrics
 from concilium.pipeline.run import Context
 
-METRIC_COLUMNS = ["sample", "label", "source", "method", "metric", "value", "params_hash"]
 MASK_ONLY_BATCH = 512
 MODEL_BATCH = 64
 
@@ -54,16 +52,6 @@ def ensemble(ctx: Context) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- evaluate
 
 
-def _explainer(method: str, params: Mapping[str, Any], reduction: str, baseline: str):
-    from concilium.explain import explain
-
-    def run(model: nn.Module, images: Tensor, targets: Tensor) -> Tensor:
-        return explain(model, images, targets, method=method, reduction=reduction,  # type: ignore[arg-type]
-                       baseline=baseline, **dict(params))
-
-    return run
-
-
 def evaluate_run(
     run_dir: str | Path,
     *,
@@ -77,16 +65,18 @@ def evaluate_run(
     device: str = "cpu",
     console: Any = None,
 ) -> pd.DataFrame:
-    """Score every complete explanation of a run with every metric into
+    """Score the complete explanations of a run on a chosen subset of its samples, into
     ``RUN/results/metrics.parquet`` (and ``.csv``); resumable.
 
-    Member sources are scored with their own model; ensemble sources with the averaged-logit
-    ensemble of the members. Metrics that need the explanation method (robustness,
-    randomisation) are computed only for entries whose method is a registered method.
-    A ``(source, method, params_hash, metric)`` already in the table is not recomputed.
+    The same table, model choice (member -> itself, ``ens-logit`` -> the averaged-logit
+    ensemble, other ensembles -> ``m0``), targets, explainers and seeds as
+    :func:`concilium.metrics.evaluate_run.evaluate_run` (``concilium evaluate``), whose helpers
+    this reuses; what it adds is the sample selection the pipeline needs: only the ``split``
+    rows (so the CNN ensembler's training rows are not scored when a run explained ``all``),
+    the first ``limit`` of them, and at most ``costly_limit`` for model-bound metrics.
 
     Args:
-        run_dir: a run made by ``concilium explain``.
+        run_dir: a run made by ``concilium explain`` / the explain stage.
         metrics: metric names and/or families.
         params: per metric, parameters overriding its defaults.
         mask: the ground-truth mask set (``masks`` or a part / evidence set).
@@ -94,87 +84,98 @@ def evaluate_run(
             explained only one split is scored on it whatever this says.
         limit: score only the first ``limit`` of those samples.
         costly_limit: at most this many samples for metrics that need the model.
-        seed: seed of the stochastic metrics.
+        seed: base seed of the stochastic metrics.
         device: where the models run.
         console: progress output (``rich`` console) or ``None``.
 
     Returns:
         The whole metrics table.
     """
-    from concilium.ensemble.averaging import LogitEnsemble
-    from concilium.ensemble.sources import write_table
-    from concilium.explain import METHODS
     from concilium.metrics import METRICS, evaluate
+    from concilium.metrics.evaluate import check_params
+    from concilium.metrics.evaluate_run import _explainer, _model_for, _seed, _targets
+    from concilium.metrics.results import ResultsTable, group_rows, metric_params_hash
     from concilium.runinfo import load_run_data
     from concilium.store import ExplanationStore
 
     names = resolve_metrics(list(metrics))
     params = {k: dict(v) for k, v in (params or {}).items()}
+    for name in names:
+        check_params(METRICS.get(name), params.get(name, {}))
     run = Path(run_dir)
     data, members = load_run_data(run, device=device)
     if split != "all" and split in data.splits and len(set(data.splits)) > 1:
         data = data.subset(split)
+    if limit is not None:
+        data = data.subset(list(range(min(limit, len(data)))))
     masks_all = data.mask_set(mask)
-    models = {card.member_id: model.eval() for model, card in members}
-    ensemble_model = LogitEnsemble(list(models.values())).to(device).eval()
+    dev = torch.device(device)
+    by_id = {card.member_id: model for model, card in members}
     store = ExplanationStore(run, mode="r")
     entries = store.entries()
     entries = entries[entries["complete"]]
-    path = run / "results" / "metrics.parquet"
-    table = pd.read_parquet(path) if path.is_file() else pd.DataFrame(columns=METRIC_COLUMNS)
-    done = set(zip(table["source"], table["method"], table["params_hash"], table["metric"],
-                   strict=True))
-    n = len(data) if limit is None else min(limit, len(data))
+    table = ResultsTable(run)
+    done = table.done_groups()
     t0 = time.perf_counter()
     for row in entries.itertuples():
         entry = store.get(row.source, row.method, row.params_hash)
-        todo = [m for m in names if (row.source, row.method, row.params_hash, m) not in done]
-        if not todo:
-            continue
-        ids = data.ids[:n]
-        maps = entry.read(entry.rows_of(ids))
-        model = models.get(row.source, ensemble_model)
-        entry_params = entry.params if isinstance(entry.params, dict) else {}
-        explainer = None
-        if row.method in METHODS:
-            explainer = _explainer(row.method, entry_params.get("method_params", {}),
-                                   entry_params.get("reduction", "sum"),
-                                   entry_params.get("baseline", "zero"))
-        frames = []
-        for name in todo:
+        model, why_not = _model_for(row.source, by_id, members)
+        explainer = (_explainer(entry.params, _seed(seed, row.source, row.method,
+                                                    row.params_hash))
+                     if row.source in by_id or row.source == "ens-logit" else None)
+        maps = None
+        targets = target_model = None
+        computed = 0
+        for name in names:
             spec = METRICS.get(name)
-            if spec.needs_explainer and explainer is None:
+            mparams = params.get(name, {})
+            phash, pjson = metric_params_hash(name, mparams, mask=mask)
+            key = (row.source, row.method, row.params_hash, name, phash)
+            if key in done or (spec.needs_explainer and explainer is None):
                 continue
-            k = n if not spec.needs_model or costly_limit is None else min(n, costly_limit)
+            if maps is None:
+                maps = entry.read(entry.rows_of(data.ids))
+            if spec.needs_model:
+                if model is None:
+                    continue
+                if target_model is None:
+                    targets, target_model, why_not = _targets(entry.params, model, data, dev)
+                if target_model is None:
+                    continue
+            k = len(data) if not spec.needs_model or costly_limit is None \
+                else min(len(data), costly_limit)
             batch = MODEL_BATCH if spec.needs_model else MASK_ONLY_BATCH
+            gen = torch.Generator().manual_seed(_seed(seed, *key)) if spec.stochastic else None
             values = []
-            generator = torch.Generator().manual_seed(seed)
-            for start in range(0, k, batch):
-                stop = min(k, start + batch)
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    v = evaluate(
-                        name, maps[start:stop].to(device),
-                        images=data.images[start:stop].to(device),
-                        labels=data.labels[start:stop].to(device),
-                        masks=masks_all[start:stop].to(device), model=model,
-                        explainer=explainer, generator=generator, **params.get(name, {}),
-                    )
-                values.append(v.detach().float().cpu())
-            value = torch.cat(values)
-            frames.append(pd.DataFrame({
-                "sample": ids[:k], "label": data.labels[:k].tolist(), "source": row.source,
-                "method": row.method, "metric": name, "value": value.numpy(),
-                "params_hash": row.params_hash,
-            }))
-        if frames:
-            table = pd.concat([table, *frames], ignore_index=True) if len(table) else \
-                pd.concat(frames, ignore_index=True)
-            write_table(run, "metrics", table[METRIC_COLUMNS])
-        if console is not None:
-            console.print(f"  {row.source}/{row.method}: {len(frames)} metrics "
+            try:
+                for start in range(0, k, batch):
+                    sl = slice(start, min(k, start + batch))
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        values.append(evaluate(
+                            name, maps[sl].to(dev),
+                            images=data.images[sl].to(dev) if spec.needs_model else None,
+                            labels=targets[sl] if spec.needs_model else None,
+                            masks=masks_all[sl].to(dev) if spec.needs_mask else None,
+                            model=target_model if spec.needs_model else None,
+                            explainer=explainer, generator=gen, **mparams,
+                        ).detach().float().cpu())
+            except (ValueError, TypeError, RuntimeError) as err:
+                if not spec.needs_explainer:
+                    raise
+                if console is not None:  # the method fails on this model (e.g. a wrapper)
+                    console.print(f"  {row.source}/{row.method}/{name}: not computed ({err})")
+                continue
+            table.append(group_rows(
+                samples=data.ids[:k], labels=data.labels[:k].tolist(), source=row.source,
+                method=row.method, entry_hash=row.params_hash, metric=name, mask=mask,
+                values=torch.cat(values).tolist(), params_hash=phash, params=pjson,
+            ))
+            computed += 1
+        if console is not None and computed:
+            console.print(f"  {row.source}/{row.method}: {computed} metrics "
                           f"({time.perf_counter() - t0:.1f} s)")
-    return table
+    return table.load()
 
 
 def evaluate_stage(ctx: Context) -> dict[str, Any]:

@@ -156,8 +156,8 @@ def plan(config: ExperimentConfig, out: str | Path, *, stages: list[Stage] | Non
         from concilium.pipeline.stages import STAGES
 
         stages = STAGES
-    hashes = stage_hashes(stages, config)
     state = read_state(Path(out)) if Path(out).is_dir() else {}
+    hashes = stage_hashes(stages, config, state)
     sizes, size, classes = _split_sizes(config)
     e = config.explain
     n_expl = (sum(sizes.values()) if e.split == "all" else sizes[e.split])
@@ -171,7 +171,9 @@ def plan(config: ExperimentConfig, out: str | Path, *, stages: list[Stage] | Non
         record = state.get(stage.name, {})
         same = record.get("hash") == hashes[stage.name]
         status: PlanStatus = "run"
-        if same and record.get("status") == "done":
+        if stage.always_run:
+            status = "run"
+        elif same and record.get("status") == "done":
             status = "cached"
         elif same:
             status = "resume"

@@ -76,6 +76,9 @@ class Stage:
         run: does the work; returns a small JSON-able summary.
         enabled: whether the configuration asks for this stage.
         describe: one line for the plan.
+        always_run: a cheap stage that runs every time (the data: its generator or folder may
+            have changed although the configuration did not); its summary (the data
+            fingerprint) then enters the hashes of the stages after it.
     """
 
     name: str
@@ -84,6 +87,7 @@ class Stage:
     run: Callable[[Context], Mapping[str, Any]]
     enabled: Callable[[ExperimentConfig], bool] = lambda c: True
     describe: Callable[[ExperimentConfig], str] = lambda c: ""
+    always_run: bool = False
 
 
 def _canonical(value: Any) -> Any:
@@ -96,20 +100,41 @@ def _canonical(value: Any) -> Any:
     return value
 
 
-def stage_hashes(stages: list[Stage], config: ExperimentConfig) -> dict[str, str]:
-    """Each enabled stage's hash: its configuration section plus its upstream hashes."""
-    out: dict[str, str] = {}
+def _digest(payload: Any) -> str:
+    text = json.dumps(_canonical(payload), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def stage_hash(stage: Stage, config: ExperimentConfig, keys: Mapping[str, str]) -> str:
+    """The hash of a stage: its configuration section and its upstream stages' keys."""
+    return _digest({"stage": stage.name, "config": stage.section(config),
+                    "upstream": {u: keys.get(u) for u in stage.upstream}})
+
+
+def output_key(stage: Stage, hash_: str, summary: Mapping[str, Any] | None) -> str:
+    """What downstream stages hash for ``stage``: its hash, plus its summary for an
+    ``always_run`` stage (so new data invalidates everything after it)."""
+    return _digest({"hash": hash_, "summary": summary}) if stage.always_run else hash_
+
+
+def stage_hashes(
+    stages: list[Stage], config: ExperimentConfig,
+    state: Mapping[str, Mapping[str, Any]] | None = None,
+) -> dict[str, str]:
+    """Each enabled stage's hash, as a run would compute it if the ``always_run`` stages give
+    the summaries recorded in ``state`` (what the dry run assumes)."""
+    state = state or {}
+    hashes: dict[str, str] = {}
+    keys: dict[str, str] = {}
     for stage in stages:
         if not stage.enabled(config):
             continue
-        payload = {
-            "stage": stage.name,
-            "config": _canonical(stage.section(config)),
-            "upstream": {u: out.get(u) for u in stage.upstream},
-        }
-        text = json.dumps(payload, sort_keys=True, default=str)
-        out[stage.name] = hashlib.sha256(text.encode()).hexdigest()[:16]
-    return out
+        h = stage_hash(stage, config, keys)
+        hashes[stage.name] = h
+        record = state.get(stage.name, {})
+        summary = record.get("summary") if record.get("hash") == h else None
+        keys[stage.name] = output_key(stage, h, summary)
+    return hashes
 
 
 def read_state(out: Path) -> dict[str, dict[str, Any]]:
@@ -183,26 +208,29 @@ def run_pipeline(
     ctx = Context(config=config, out=run_dir, console=console or Console(stderr=True))
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "experiment.json").write_text(config.model_dump_json(indent=2))
-    hashes = stage_hashes(stages, config)
     state = read_state(run_dir)
+    keys: dict[str, str] = {}
     results: list[StageResult] = []
     for stage in stages:
-        if stage.name not in hashes:
+        if not stage.enabled(config):
             continue
+        h = stage_hash(stage, config, keys)
         record = state.get(stage.name, {})
-        if record.get("status") == "done" and record.get("hash") == hashes[stage.name]:
+        if (not stage.always_run and record.get("status") == "done"
+                and record.get("hash") == h):
             ctx.console.print(f"[dim]{stage.name}: cached (skipped)[/]")
             results.append(StageResult(stage.name, "skipped", 0.0, record.get("summary", {})))
+            keys[stage.name] = output_key(stage, h, record.get("summary"))
             continue
         started = time.perf_counter()
         state[stage.name] = {
-            "hash": hashes[stage.name], "status": "running",
+            "hash": h, "status": "running",
             "started": datetime.now(UTC).isoformat(timespec="seconds"),
         }
         write_state(run_dir, state)
         ctx.console.print(f"[bold]{stage.name}[/]: {stage.describe(config)}")
         try:
-            summary = dict(stage.run(ctx) or {})
+            summary = _canonical(dict(stage.run(ctx) or {}))
         except BaseException as err:
             state[stage.name].update(status="failed", error=f"{type(err).__name__}: {err}",
                                      seconds=round(time.perf_counter() - started, 3))
@@ -214,6 +242,7 @@ def run_pipeline(
             finished=datetime.now(UTC).isoformat(timespec="seconds"),
         )
         write_state(run_dir, state)
+        keys[stage.name] = output_key(stage, h, summary)
         ctx.console.print(f"[green]{stage.name}[/]: done in {seconds:.1f} s")
         results.append(StageResult(stage.name, "ran", seconds, summary))
     return results

@@ -183,8 +183,9 @@ def _stage_list() -> list[Stage]:
     from concilium.pipeline import analysis
 
     return [
-        Stage("data", lambda c: c.data, (), _data,
-              describe=lambda c: f"{c.data.kind} dataset"),
+        Stage("data", lambda c: c.data, (), _data, always_run=True,
+              describe=lambda c: f"{c.data.kind} dataset (always rebuilt; its fingerprint "
+                                 "keys the later stages)"),
         Stage("models", lambda c: c.models, ("data",), _models,
               describe=lambda c: (f"members from {c.models.dir}" if c.models.dir else
                                   f"train {c.models.option('members')} x "
