@@ -4,8 +4,9 @@ Diversity (``train_ensemble(..., diversity=...)``):
 
 - ``head`` (the ensembles paper): train one network (saved as ``OUT/backbone/``), then each
   member starts from that backbone with a freshly, randomly initialised head (seeded) and is
-  fine-tuned for a short schedule (``finetune="all"``: every weight; ``"head"``: the heads only,
-  backbone and its batch-norm statistics frozen).
+  fine-tuned for a short schedule (``finetune="all"``: every weight, the backbone at a tenth of
+  the heads' learning rate; ``"head"``: the heads only, backbone and its batch-norm statistics
+  frozen).
 - ``seed``: every member trained from scratch with its own seed (initialisation and order).
 - ``bootstrap``: like ``seed``, each member on a bootstrap resample (with replacement, same
   size) of the training split drawn from its seed.
@@ -214,6 +215,7 @@ def _fit(
     indices: Tensor | None,
     attribute_weight: float,
     trainable: Finetune,
+    backbone_lr_scale: float = 1.0,
     weight_decay: float,
     augment: bool,
     device: torch.device,
@@ -231,15 +233,22 @@ def _fit(
     if trainable == "head":
         for p in model.backbone.parameters():
             p.requires_grad_(False)
-        params = [p for h in heads for p in h.parameters()]
+        groups = [{"params": [p for h in heads for p in h.parameters()], "lr": lr}]
     else:
-        params = list(model.parameters())
+        head_ids = {id(p) for h in heads for p in h.parameters()}
+        groups = [
+            {"params": [p for h in heads for p in h.parameters()], "lr": lr},
+            {
+                "params": [p for p in model.parameters() if id(p) not in head_ids],
+                "lr": lr * backbone_lr_scale,
+            },
+        ]
     model.to(device)
     if device.type == "cpu":
         model.to(memory_format=torch.channels_last)  # ~1.7x faster convolutions on CPU
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=lr, total_steps=total, pct_start=0.25
+        optimizer, max_lr=[g["lr"] for g in groups], total_steps=total, pct_start=0.25
     )
     task = progress.add_task(description, total=total) if progress is not None else None
     use_attrs = train.attributes is not None and model.attribute_head is not None
@@ -544,6 +553,7 @@ def train_ensemble(
     finetune: Finetune = "all",
     finetune_epochs: int | None = None,
     finetune_lr: float | None = None,
+    finetune_backbone_scale: float = 0.1,
     augment: bool = False,
     device: str | torch.device = "cpu",
     progress: bool = True,
@@ -572,8 +582,11 @@ def train_ensemble(
             Default ``"all"``.
         finetune_epochs: ``head`` diversity: epochs of each member's fine-tuning. Default
             ``None``: ``max(1, epochs // 5)``.
-        finetune_lr: ``head`` diversity: peak learning rate of the fine-tuning. Default
-            ``None``: ``lr / 3`` for ``"all"``, ``lr`` for ``"head"``.
+        finetune_lr: ``head`` diversity: peak learning rate of the new heads. Default
+            ``None``: ``lr``.
+        finetune_backbone_scale: ``head`` diversity with ``finetune="all"``: the backbone's
+            peak learning rate is ``finetune_lr * finetune_backbone_scale``, so that the
+            gradients of a random head do not wreck the trained features. Default 0.1.
         augment: random horizontal flips. Default ``False``.
         device: ``"cpu"`` or ``"cuda"``. Default ``"cpu"``.
         progress: rich progress bars. Default ``True``.
@@ -596,6 +609,7 @@ def train_ensemble(
         _check_positive("finetune_epochs", finetune_epochs)
     if finetune_lr is not None:
         _check_positive("finetune_lr", finetune_lr, kind=float, low=0)
+    _check_positive("finetune_backbone_scale", finetune_backbone_scale, kind=float, low=0)
     if not isinstance(dataset, ImageDataset):
         raise TypeError(f"dataset must be an ImageDataset; got {type(dataset).__name__}")
     chosen = _resolve_archs(diversity, arch, archs, members)
@@ -609,7 +623,7 @@ def train_ensemble(
     val = _split(dataset, "val", attributes=attributes)
     _check_train_rows(train, None)
     ft_epochs = finetune_epochs if finetune_epochs is not None else max(1, epochs // 5)
-    ft_lr = finetune_lr if finetune_lr is not None else (lr / 3 if finetune == "all" else lr)
+    ft_lr = finetune_lr if finetune_lr is not None else lr
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     num_attributes = len(dataset.attribute_names) if attributes else 0
@@ -703,6 +717,7 @@ def train_ensemble(
                     seed=member_seed,
                     indices=None,
                     trainable=finetune,
+                    backbone_lr_scale=finetune_backbone_scale,
                     progress=bar,
                     description=f"{member_id} fine-tune ({name})",
                 )
