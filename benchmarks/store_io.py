@@ -51,10 +51,10 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=64, help="samples per chunk")
     parser.add_argument("--rows", type=int, default=16, help="rows read by the lazy read")
     parser.add_argument("--repeats", type=int, default=3, help="best of this many timings")
-    parser.add_argument("--explain", type=int, default=0,
-                        help="images for the end-to-end comparison (0: skip)")
-    parser.add_argument("--threads", type=int, default=0,
-                        help="torch threads (0: torch's default)")
+    parser.add_argument(
+        "--explain", type=int, default=0, help="images for the end-to-end comparison (0: skip)"
+    )
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -71,8 +71,9 @@ def main() -> None:
     def write_store(dtype: str, k: list[int]) -> None:
         store = ExplanationStore(tmp / f"run-{dtype}-{k[0]}")
         k[0] += 1
-        entry = store.entry("m0", "bench", {}, ids, shape=(args.size, args.size), dtype=dtype,
-                            chunk_size=args.chunk)
+        entry = store.entry(
+            "m0", "bench", {}, ids, shape=(args.size, args.size), dtype=dtype, chunk_size=args.chunk
+        )
         for start, stop in entry.missing_chunks():
             entry.write(start, maps[start:stop])
 
@@ -88,16 +89,26 @@ def main() -> None:
     size32 = _disk_bytes(tmp / "run-float32-0" / "explanations.zarr")
     size16 = _disk_bytes(tmp / "run-float16-0" / "explanations.zarr")
 
-    print(f"store I/O: {args.n} maps of {args.size}x{args.size} float32 ({mb:.1f} MB), "
-          f"chunks of {args.chunk}, best of {args.repeats}")
-    print(f"  write (chunked + markers) {t_write * 1e3:8.1f} ms  {mb / t_write:7.1f} MB/s  "
-          f"{t_write / t_npsave:5.2f}x np.save ({t_npsave * 1e3:.1f} ms)")
-    print(f"  full read                 {t_read * 1e3:8.1f} ms  {mb / t_read:7.1f} MB/s  "
-          f"{t_read / t_npload:5.2f}x np.load ({t_npload * 1e3:.1f} ms)")
-    print(f"  lazy read of {args.rows:3d} rows      {t_lazy * 1e3:8.1f} ms  "
-          f"{t_lazy / t_read:5.3f}x the full read")
-    print(f"  disk: float32 {size32 / 2**20:.2f} MB, float16 {size16 / 2**20:.2f} MB "
-          f"({size16 / size32:.2f}x); raw {mb:.2f} MB")
+    print(
+        f"store I/O: {args.n} maps of {args.size}x{args.size} float32 ({mb:.1f} MB), "
+        f"chunks of {args.chunk}, best of {args.repeats}"
+    )
+    print(
+        f"  write (chunked + markers) {t_write * 1e3:8.1f} ms  {mb / t_write:7.1f} MB/s  "
+        f"{t_write / t_npsave:5.2f}x np.save ({t_npsave * 1e3:.1f} ms)"
+    )
+    print(
+        f"  full read                 {t_read * 1e3:8.1f} ms  {mb / t_read:7.1f} MB/s  "
+        f"{t_read / t_npload:5.2f}x np.load ({t_npload * 1e3:.1f} ms)"
+    )
+    print(
+        f"  lazy read of {args.rows:3d} rows      {t_lazy * 1e3:8.1f} ms  "
+        f"{t_lazy / t_read:5.3f}x the full read"
+    )
+    print(
+        f"  disk: float32 {size32 / 2**20:.2f} MB, float16 {size16 / 2**20:.2f} MB "
+        f"({size16 / size32:.2f}x); raw {mb:.2f} MB"
+    )
     if args.explain:
         end_to_end(args, tmp)
 
@@ -112,29 +123,53 @@ def end_to_end(args: argparse.Namespace, tmp: Path) -> None:
     n, hw = args.explain, args.size
     g = torch.Generator().manual_seed(1)
     data = ImageDataset(
-        images=torch.rand(n, 3, hw, hw, generator=g), labels=torch.arange(n) % 4,
-        masks=torch.zeros(n, hw, hw, dtype=torch.bool), ids=[f"s{i}" for i in range(n)],
-        splits=["test"] * n, class_names=list("abcd"),
+        images=torch.rand(n, 3, hw, hw, generator=g),
+        labels=torch.arange(n) % 4,
+        masks=torch.zeros(n, hw, hw, dtype=torch.bool),
+        ids=[f"s{i}" for i in range(n)],
+        splits=["test"] * n,
+        class_names=list("abcd"),
     )
     torch.manual_seed(0)
     model = create_model("small-cnn", num_classes=4).eval()
-    card = MemberCard(member_id="m0", arch="small-cnn", num_classes=4, class_names=list("abcd"),
-                      image_size=(hw, hw), seed=0, diversity="seed", epochs=0,
-                      gradcam_layer=model.gradcam_layer, data_fingerprint="bench")
+    card = MemberCard(
+        member_id="m0",
+        arch="small-cnn",
+        num_classes=4,
+        class_names=list("abcd"),
+        image_size=(hw, hw),
+        seed=0,
+        diversity="seed",
+        epochs=0,
+        gradcam_layer=model.gradcam_layer,
+        data_fingerprint="bench",
+    )
     methods = ["saliency", "input_x_gradient", "gradcam"]
 
     def compute_only() -> None:
         for start in range(0, n, args.chunk):
             stop = min(n, start + args.chunk)
-            explain_many(model, data.images[start:stop], "label", {m: {} for m in methods},
-                         labels=data.labels[start:stop], batch_size=args.chunk)
+            explain_many(
+                model,
+                data.images[start:stop],
+                "label",
+                {m: {} for m in methods},
+                labels=data.labels[start:stop],
+                batch_size=args.chunk,
+            )
 
     runs = [0]
 
     def with_store() -> None:
         runs[0] += 1
-        explain_to_store(ExplanationStore(tmp / f"e2e-{runs[0]}"), data, [(model, card)],
-                         methods, chunk_size=args.chunk, batch_size=args.chunk)
+        explain_to_store(
+            ExplanationStore(tmp / f"e2e-{runs[0]}"),
+            data,
+            [(model, card)],
+            methods,
+            chunk_size=args.chunk,
+            batch_size=args.chunk,
+        )
 
     compute_only()  # warm-up
     t_ref = _best(compute_only, args.repeats)
@@ -142,8 +177,10 @@ def end_to_end(args: argparse.Namespace, tmp: Path) -> None:
     maps = n * len(methods)
     print(f"end to end, {n} images x {', '.join(methods)} (one shared pass), batch {args.chunk}:")
     print(f"  explain_many only        {t_ref * 1e3:8.1f} ms  {maps / t_ref:8.0f} maps/s")
-    print(f"  explain_to_store         {t_store * 1e3:8.1f} ms  {maps / t_store:8.0f} maps/s  "
-          f"{t_store / t_ref:5.2f}x")
+    print(
+        f"  explain_to_store         {t_store * 1e3:8.1f} ms  {maps / t_store:8.0f} maps/s  "
+        f"{t_store / t_ref:5.2f}x"
+    )
 
 
 if __name__ == "__main__":
