@@ -280,6 +280,8 @@ def test_resume_with_other_settings_is_refused(tiny_dataset: ImageDataset, tmp_p
         ({"lr": -1.0}, ValueError, "lr must be >= 0"),
         ({"batch_size": 0}, ValueError, "batch_size must be >= 1"),
         ({"finetune": "some"}, ValueError, "finetune must be"),
+        ({"finetune_backbone_scale": -0.1}, ValueError, "finetune_backbone_scale must be >= 0"),
+        ({"attribute_weight": float("nan")}, ValueError, "attribute_weight must be >= 0"),
         ({"device": "tpu"}, ValueError, "device must be 'cpu' or 'cuda'"),
     ],
 )
