@@ -99,3 +99,13 @@ def test_model_fingerprint_sees_weights_only_by_value():
     with torch.no_grad():
         b[0].bias[0] += 1e-6
     assert model_fingerprint(a) != model_fingerprint(b)
+
+
+def test_synthetic_dataset_spec_rebuilds_the_same_data():
+    synthetic = pytest.importorskip("concilium.data.synthetic")
+    config = synthetic.SynthConfig(n=12, size=32, seed=4)
+    spec = DatasetSpec(kind="synthetic", config=config.model_dump(mode="json"))
+    saved = RunInfo.model_validate_json(info(dataset=spec).model_dump_json())
+    assert saved.dataset.load().fingerprint() == synthetic.generate(config).fingerprint()
+    with pytest.raises(ValueError, match="needs its generator config"):
+        DatasetSpec(kind="synthetic").load()
