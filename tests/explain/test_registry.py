@@ -107,3 +107,21 @@ def test_no_hooks_left_after_an_exception(method, images, make_net):
     user_handle.remove()
     assert hook_counts(model) == {}
     assert model.training
+
+
+def test_explain_many_leaves_no_hooks_after_an_exception(images, make_net):
+    from concilium.explain import explain_many
+
+    model = make_net()
+
+    def explode(_module, _inp, out):
+        if out.shape[0] > 1:
+            raise Boom("mid-attribution failure")
+
+    handle = model.head.register_forward_hook(explode)
+    with pytest.raises(Boom):
+        explain_many(model, images, torch.tensor([0, 1, 2, 0]),
+                     {"saliency": {}, "gradcam": {}, "integrated_gradients": {"n_steps": 4}},
+                     batch_size=16)
+    handle.remove()
+    assert hook_counts(model) == {}
