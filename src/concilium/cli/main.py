@@ -36,16 +36,14 @@ def main() -> None:
         sys.exit(2)
     except SystemExit as err:
         sys.exit(err.code)
-    except Exception as err:  # typer/click usage errors
-        import click
-
-        if isinstance(err, click.exceptions.ClickException):
+    except Exception as err:
+        # typer/click usage errors (typer bundles its own click): show them the click way.
+        if hasattr(err, "show") and hasattr(err, "exit_code"):
             err.show()
             sys.exit(err.exit_code)
-        if isinstance(err, click.exceptions.Abort):
+        if type(err).__name__ == "Abort":
             sys.exit(1)
         raise
-
 
 if __name__ == "__main__":
     main()
