@@ -261,7 +261,7 @@ def main() -> None:
     # -- model-bound -------------------------------------------------------------------------
     def mean_diff(o, t):
         t = np.asarray(t, dtype=float)
-        return f"means {np.nanmean(o):.3f} vs {np.nanmean(t):.3f}"
+        return f"means {np.nanmean(o):.4g} vs {np.nanmean(t):.4g}"
 
     run(
         "faithfulness_correlation",
