@@ -63,6 +63,14 @@ def test_summary_exp_avg_and_best():
     assert set(best.index) == {("ens-avg", "auc"), ("m0", "com_distance")}
 
 
+def test_exp_avg_is_nan_where_a_member_is_nan():
+    df = _table()
+    df.loc[(df.source == "m1") & (df.metric == "auc") & (df["sample"] == "a"), "value"] = np.nan
+    row = summarise(df).set_index(["source", "metric"]).loc[("exp-avg", "auc")]
+    assert row["n"] == 2 and row["n_nan"] == 1
+    assert row["mean"] == pytest.approx(((0.8 + 0.6) / 2 + (0.7 + 0.5) / 2) / 2)
+
+
 def test_results_table_appends_and_reports_done_groups(tmp_path):
     table = ResultsTable(tmp_path)
     assert table.load().empty and list(table.load().columns) == list(COLUMNS)

@@ -145,8 +145,8 @@ def mean_ci(values: np.ndarray, *, level: float = 0.95) -> tuple[float, float, f
 
 def summarise(table: pd.DataFrame, *, level: float = 0.95) -> pd.DataFrame:
     """Mean and confidence interval per (source, method, metric), plus an ``exp-avg`` row per
-    (method, metric): per sample, the mean over member sources (``m0``, ``m1``, ...), then the
-    mean and interval over samples (Exp-Avg of Ahamed et al.). ``best`` marks, per metric, the
+    (method, metric): per sample, the mean over member sources (``m0``, ``m1``, ...; NaN if any
+    member's score is NaN), then the mean and interval over samples (Exp-Avg of Ahamed et al.). ``best`` marks, per metric, the
     row with the best mean in the metric's direction (``exp-avg`` rows included).
 
     Returns:
@@ -176,7 +176,10 @@ def summarise(table: pd.DataFrame, *, level: float = 0.95) -> pd.DataFrame:
     for (method, metric), grp in members.groupby(["method", "metric"], sort=True):
         if grp["source"].nunique() < 2:
             continue
-        per_sample = grp.groupby("sample")["value"].mean()
+        # an image where some member's score is NaN has no Exp-Avg (NaN), not a partial mean
+        per_sample = grp.groupby("sample")["value"].apply(
+            lambda v: float(v.mean()) if v.notna().all() else math.nan
+        )
         rows.append(_summary_row(EXP_AVG, method, metric, per_sample.to_numpy(), level))
     out = pd.DataFrame(rows)
     out["best"] = False
