@@ -78,6 +78,9 @@ def main() -> None:
     parser.add_argument("--no-mprt", action="store_true", help="skip the randomisation test")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--csv", type=Path, default=None, help="write per-image scores here")
+    parser.add_argument("--run", type=Path, default=None,
+                        help="run directory: write the table to RUN/results/one_vs_one.csv "
+                        "(the report's one-vs-one section)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -198,6 +201,18 @@ def main() -> None:
             verdicts.append(f"{method}: {'HELD' if held else 'did NOT hold'} (ganmex {g:.4f} vs "
                             f"best other {best_other} {o:.4f})")
         print(f"- {claims[metric]}: " + "; ".join(verdicts))
+    if args.run:
+        import pandas as pd
+
+        results = args.run / "results"
+        results.mkdir(parents=True, exist_ok=True)
+        frame = pd.DataFrame([
+            {"baseline": name, "source": method, "n": len(rows),
+             **{m: row[m][0] for m, *_ in metrics}, **{f"{m}_sem": row[m][1] for m, *_ in metrics}}
+            for (method, name), row in table.items()
+        ])
+        frame.to_csv(results / "one_vs_one.csv", index=False)
+        print(f"table: {results / 'one_vs_one.csv'}")
     if args.csv:
         import csv
 
