@@ -198,9 +198,9 @@ def main() -> None:
             until_success=None if args.keep_training else args.target,
         )
     except _Stop:
-        from concilium.baselines.ganmex.training import _read_history
+        from concilium.baselines.ganmex import read_history
 
-        history = _read_history(generator_dir / "validation.csv", up_to=10**12)
+        history = read_history(generator_dir / "validation.csv")
     last = history[-1]
     per_step = last.seconds / last.step
     print(

@@ -14,6 +14,7 @@ from concilium.baselines.ganmex import (
     generator_loss,
     load_card,
     load_generator,
+    read_history,
     sample_targets,
     train_ganmex,
     train_step,
@@ -89,6 +90,9 @@ def test_checkpoints_validation_csv_and_card(tmp_path, classifier: TinyClassifie
     with (tmp_path / "validation.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert [int(r["step"]) for r in rows] == [2, 3]
+    assert read_history(tmp_path / "validation.csv") == history
+    assert read_history(tmp_path / "validation.csv", up_to=2) == history[:1]
+    assert read_history(tmp_path / "missing.csv") == []
     for r in history:
         assert 0.0 <= r.success_rate <= 1.0 and r.l1 > 0 and r.seconds > 0
         assert r.feature_distance >= 0 and r.feature_distance_input >= 0

@@ -18,6 +18,7 @@ from concilium.baselines.ganmex.provider import GanmexBaseline, parse_baseline_s
 from concilium.baselines.ganmex.training import (
     ValidationRecord,
     frozen,
+    read_history,
     sample_targets,
     train_ganmex,
     train_step,
@@ -39,6 +40,7 @@ __all__ = [
     "load_card",
     "load_generator",
     "parse_baseline_spec",
+    "read_history",
     "sample_targets",
     "train_ganmex",
     "train_step",

@@ -39,6 +39,7 @@ __all__ = [
     "StepLosses",
     "ValidationRecord",
     "frozen",
+    "read_history",
     "sample_targets",
     "train_ganmex",
     "train_step",
@@ -259,7 +260,12 @@ def _check_resume(card: GanmexCard, new: GanmexCard) -> None:
         )
 
 
-def _read_history(path: Path, up_to: int) -> list[ValidationRecord]:
+def read_history(path: str | Path, up_to: int | None = None) -> list[ValidationRecord]:
+    """The validation records of ``GEN/validation.csv`` (``path``), up to step ``up_to``.
+
+    Returns an empty list when the file does not exist.
+    """
+    path = Path(path)
     if not path.is_file():
         return []
     with path.open(newline="") as f:
@@ -269,7 +275,7 @@ def _read_history(path: Path, up_to: int) -> list[ValidationRecord]:
     for row in rows:
         rec = ValidationRecord(**{k: (int(v) if k == "step" else float(v))
                                   for k, v in row.items() if k in names})
-        if rec.step <= up_to:
+        if up_to is None or rec.step <= up_to:
             out.append(rec)
     return out
 
@@ -391,7 +397,7 @@ def train_ganmex(
         load_state(out, saved, generator_net=gen, critic=critic, opt_g=opt_g, opt_d=opt_d,
                    rng=rng, device=device)
         card = card.model_copy(update={"step": saved.step, "seconds": saved.seconds})
-        history = _read_history(out / VALIDATION_FILE, saved.step)
+        history = read_history(out / VALIDATION_FILE, saved.step)
     out.mkdir(parents=True, exist_ok=True)
 
     gen.train()
