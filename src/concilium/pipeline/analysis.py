@@ -125,7 +125,7 @@ def evaluate_run(
                      if row.source in by_id or row.source == "ens-logit" else None)
         maps = None
         targets = target_model = None
-        computed = 0
+        finished: list[pd.DataFrame] = []
         for name in names:
             spec = METRICS.get(name)
             mparams = params.get(name, {})
@@ -166,12 +166,14 @@ def evaluate_run(
                 if console is not None:  # the method fails on this model (e.g. a wrapper)
                     console.print(f"  {row.source}/{row.method}/{name}: not computed ({err})")
                 continue
-            table.append(group_rows(
+            finished.append(group_rows(
                 samples=data.ids[:k], labels=data.labels[:k].tolist(), source=row.source,
                 method=row.method, entry_hash=row.params_hash, metric=name, mask=mask,
                 values=torch.cat(values).tolist(), params_hash=phash, params=pjson,
             ))
-            computed += 1
+        computed = len(finished)
+        if finished:  # one write per explanation: rewriting the table per metric is quadratic
+            table.append(pd.concat(finished, ignore_index=True))
         if console is not None and computed:
             console.print(f"  {row.source}/{row.method}: {computed} metrics "
                           f"({time.perf_counter() - t0:.1f} s)")
