@@ -119,7 +119,11 @@ def explain_command(
         "label", "--target", help="label, pred, <int>, attr:<name|index> or contrast:<t>."
     ),
     reduction: str = typer.Option("sum", "--reduction", help="sum, abs_sum, l2 or max_abs."),
-    baseline: str = typer.Option("zero", "--baseline", help="zero, black, blur[:sigma=s], uniform."),
+    baseline: str = typer.Option(
+        "zero", "--baseline",
+        help="zero, black, blur[:sigma=s], uniform, or ganmex:GEN (a trained GANMEX generator; "
+        "with --target contrast:<t> each baseline is G(x, t), cached in the run's store).",
+    ),
     float16: bool = typer.Option(False, "--float16", help="Store maps as float16 (half the disk)."),
     seed: int = typer.Option(0, "--seed", help="Seed of every stochastic method."),
     param: list[str] | None = typer.Option(
@@ -164,14 +168,15 @@ def run_explain(
     """
     from rich.console import Console
 
-    from concilium.explain.baselines import parse_baseline
     from concilium.runinfo import DatasetSpec, RunInfo, model_fingerprint, select_split
 
     console = Console(stderr=True, quiet=quiet)
     # -- cheap checks first --------------------------------------------------------------------
     method_names = parse_methods(methods)
     options = parse_params(list(param or []), method_names)
-    parse_baseline(baseline)
+    from concilium.store.compute import check_baseline_spec, check_members, member_baselines
+
+    check_baseline_spec(baseline)
     check_device(device)
     _positive(batch_size, "--batch-size")
     _positive(limit, "--limit")
@@ -197,9 +202,8 @@ def run_explain(
         full = spec.load()
         selected = select_split(full, split, limit)  # type: ignore[arg-type]
         members = load_members(models, device="cpu")
-    from concilium.store.compute import check_members
-
     check_members(members, selected, target)
+    member_baselines(baseline, members, selected, device=device)  # a GANMEX generator must fit
     info = RunInfo(
         dataset=spec,
         dataset_fingerprint=full.fingerprint(),

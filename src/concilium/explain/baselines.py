@@ -40,7 +40,10 @@ class BaselineProvider(Protocol):
     """Anything that gives one baseline per image and target.
 
     ``__call__(images (N, C, H, W), targets (N,)) -> baselines (N, C, H, W)`` on the images'
-    device and dtype.
+    device and dtype. ``targets`` are the explained classes, except for a contrast target
+    ("why ``c`` and not ``t``", :mod:`concilium.explain.targets`), where they are the contrast
+    classes ``t``: a counterfactual baseline such as GANMEX's ``G(x, t)`` is an image of class
+    ``t`` (see :attr:`~concilium.explain.targets.Target.baseline_classes`).
     """
 
     def __call__(self, images: Tensor, targets: Tensor) -> Tensor: ...

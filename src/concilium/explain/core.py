@@ -171,7 +171,9 @@ class _Prepared:
             model, self.images, targets, labels=labels, attribute_names=attribute_names
         )
         self.baselines = (
-            resolve_baselines(baseline, self.images, self.target.classes) if need_baseline else None
+            resolve_baselines(baseline, self.images, self.target.baseline_classes)
+            if need_baseline
+            else None
         )
         self.plan: Plan | None = (
             probe(base, self.images, memory_budget_mb=memory_budget_mb, batch_size=batch_size)
@@ -287,7 +289,8 @@ def explain(
             LIME, KernelSHAP, feature ablation, random); ``reduction`` is then ignored.
         baseline: ``"zero"`` (default), a spec string such as ``"blur:sigma=4"``, a tensor, or a
             :class:`~concilium.explain.baselines.BaselineProvider`; used by the methods that
-            need one.
+            need one. A provider is called with the explained classes, or with the contrast
+            classes ``t`` for a ``"contrast:<t>"`` target (a counterfactual of class ``t``).
         batch_size: model-input rows per call; ``None`` (default) chooses automatically from
             ``memory_budget_mb`` and a cached timing probe.
         memory_budget_mb: memory the activations of one call may use (default 1024).

@@ -77,6 +77,15 @@ class Target:
         args = None if self.forward_args is None else tuple(a[start:stop] for a in self.forward_args)
         return self.classes[start:stop], args
 
+    @property
+    def baseline_classes(self) -> Tensor:
+        """``(N,)`` the classes a class-conditional baseline is made for: the contrast classes
+        ``t`` of a contrast target ("why ``c`` and not ``t``" compares the input with a
+        counterfactual of class ``t``, e.g. GANMEX's ``G(x, t)``), otherwise :attr:`classes`."""
+        if isinstance(self.module, ContrastModel) and self.forward_args:
+            return self.forward_args[0]
+        return self.classes
+
 
 def _declared_outputs(module: nn.Module) -> int | None:
     if isinstance(module, AttributeView):

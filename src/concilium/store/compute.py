@@ -29,7 +29,8 @@ from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -37,6 +38,9 @@ from torch import Tensor, nn
 from concilium.data.dataset import ImageDataset
 from concilium.store.entry import Entry
 from concilium.store.store import ExplanationStore
+
+if TYPE_CHECKING:
+    from concilium.explain.baselines import BaselineSpec
 
 
 @dataclass
@@ -170,11 +174,12 @@ def entry_params(
     *,
     target: str,
     reduction: str,
-    baseline: str,
+    baseline: BaselineSpec,
     seed: int,
 ) -> dict[str, Any]:
     """The parameters that identify an entry: the method's fully resolved parameters, the
-    target spec, the reduction, the baseline and the seed.
+    target spec, the reduction, the baseline (its ``baseline_name``: for a provider such as
+    GANMEX, its content-based ``name``) and the seed.
 
     Raises:
         ValueError: on an unknown method or parameter (from ``method_params``).
@@ -225,6 +230,98 @@ def check_members(members: Sequence[tuple[nn.Module, Any]], data: ImageDataset, 
         )
 
 
+def check_baseline_spec(baseline: str) -> None:
+    """A cheap check of a baseline spec string, before loading data or models: a registry spec
+    must parse; ``ganmex:GEN`` must name a generator directory (its fit to each member is
+    checked by :func:`member_baselines`).
+
+    Raises:
+        ValueError: on an unknown baseline or parameter, or ``ganmex:`` without a directory.
+        FileNotFoundError: if ``GEN`` holds no GANMEX generator.
+    """
+    if not isinstance(baseline, str):
+        raise TypeError(f"baseline must be a spec string; got {type(baseline).__name__}")
+    if not baseline.startswith("ganmex:"):
+        from concilium.explain.baselines import parse_baseline
+
+        parse_baseline(baseline)
+        return
+    raw = baseline[len("ganmex:"):]
+    path = Path(raw)
+    if not raw:
+        raise ValueError("baseline spec 'ganmex:' needs a generator directory: ganmex:GEN")
+    from concilium.baselines.ganmex import load_card
+
+    if not any((d / "card.json").is_file() for d in (path, *_subdirs(path))):
+        load_card(path)  # raises FileNotFoundError with the fix
+
+
+def _subdirs(path: Path) -> list[Path]:
+    return sorted(d for d in path.iterdir() if d.is_dir()) if path.is_dir() else []
+
+
+def _generator_dir(path: Path, member_id: str) -> Path:
+    """``GEN/<member id>`` when it holds a generator (one per member), else ``GEN``."""
+    own = path / member_id
+    return own if (own / "card.json").is_file() else path
+
+
+def member_baselines(
+    baseline: str,
+    members: Sequence[tuple[nn.Module, Any]],
+    data: ImageDataset,
+    *,
+    device: str | torch.device = "cpu",
+    store: ExplanationStore | None = None,
+) -> dict[str, BaselineSpec]:
+    """The baseline of each member, resolved and checked before any compute.
+
+    A registry spec (``zero``, ``blur:sigma=4``, ...) is checked and kept as the string for every
+    member. ``ganmex:GEN`` becomes one
+    :class:`~concilium.baselines.ganmex.GanmexBaseline` per member, checked against that
+    member's card (the generator must have been trained against this classifier) and the data's
+    classes and image size; with ``store`` it caches every baseline ``G(x, t)`` there, so a
+    re-run or a resumed run never regenerates one. A generator is trained against one
+    classifier, so for several members ``GEN`` holds one generator per member, ``GEN/<member
+    id>/`` (``concilium ganmex train DATA --model MODELS/m0 --out GEN/m0``, ...); a ``GEN``
+    that is itself a generator directory serves every member it fits.
+
+    Args:
+        baseline: the baseline spec string.
+        members: ``[(model, MemberCard), ...]``.
+        data: the samples to explain (class names and image size are checked).
+        device: where a generator runs.
+        store: the run's store (baseline cache); ``None`` only checks.
+
+    Returns:
+        member id -> baseline spec string or provider.
+
+    Raises:
+        ValueError: on an unknown baseline, or a generator trained for other classes, another
+            image size or another classifier (naming the member).
+        FileNotFoundError: if the ``ganmex:`` directory holds no generator.
+    """
+    check_baseline_spec(baseline)
+    if not baseline.startswith("ganmex:"):
+        return {card.member_id: baseline for _, card in members}
+    from concilium.baselines.ganmex import parse_baseline_spec
+
+    root = Path(baseline[len("ganmex:"):])
+    out: dict[str, BaselineSpec] = {}
+    for _, card in members:
+        gen = _generator_dir(root, card.member_id)
+        try:
+            out[card.member_id] = parse_baseline_spec(
+                f"ganmex:{gen}", classifier_card=card, class_names=list(data.class_names) or None,
+                image_size=tuple(data.image_size), device=device, store=store,
+            )
+        except (ValueError, FileNotFoundError) as err:
+            hint = (f"; for several members put one generator per member in {root}/<member id>/"
+                    if len(members) > 1 and gen == root else "")
+            raise type(err)(f"baseline {baseline} for member {card.member_id}: {err}{hint}") from None
+    return out
+
+
 def auto_batch_size(
     store: ExplanationStore, model: nn.Module, image: Tensor, device: torch.device
 ) -> int:
@@ -258,7 +355,7 @@ def plan_members(
     method_options: Mapping[str, Mapping[str, Any]],
     target: str,
     reduction: str,
-    baseline: str,
+    baseline: str | Mapping[str, BaselineSpec],
     seed: int,
     dtype: Literal["float32", "float16"],
     chunk_size: int,
@@ -266,17 +363,22 @@ def plan_members(
     device: torch.device,
     meta: Mapping[str, Any],
 ) -> list[Plan]:
-    """Open or create every entry, fix each entry's batch size and list the missing chunks."""
+    """Open or create every entry, fix each entry's batch size and list the missing chunks.
+
+    ``baseline`` is one spec for every member or, per member id, a spec or provider (as
+    :func:`member_baselines` gives them).
+    """
     from concilium.runinfo import model_fingerprint
 
     h, w = data.image_size
     plans = []
     for model, card in members:
         source = card.member_id
+        member_baseline = baseline if isinstance(baseline, str) else baseline[source]
         all_params = {
             method: entry_params(
                 method, method_options.get(method, {}), target=target, reduction=reduction,
-                baseline=baseline, seed=seed,
+                baseline=member_baseline, seed=seed,
             )
             for method in methods
         }
@@ -339,7 +441,9 @@ def explain_to_store(
             (``{"integrated_gradients": {"n_steps": 100}}``).
         target: target spec (``label``, ``pred``, ``<int>``, ``attr:<name>``, ``contrast:<t>``).
         reduction: channel reduction of the maps.
-        baseline: baseline spec string (``zero``, ``blur:sigma=4``, ...).
+        baseline: baseline spec string (``zero``, ``blur:sigma=4``, ...) or ``ganmex:GEN``
+            (a trained GANMEX generator: one provider per member, checked against the member
+            and caching every baseline ``G(x, t)`` in ``store``, see :func:`member_baselines`).
         seed: seed of every stochastic choice (per chunk, see the module docstring).
         dtype: storage type, ``"float32"`` or ``"float16"``.
         chunk_size: samples per stored chunk for new entries (default 64).
@@ -369,9 +473,10 @@ def explain_to_store(
         raise ValueError("no members to explain; pass [(model, card), ...] from load_members")
     check_members(members, data, target)
     device = torch.device(device)
+    baselines = member_baselines(baseline, members, data, device=device, store=store)
     plans = plan_members(
         store, data, members, methods, method_options=options, target=target,
-        reduction=reduction, baseline=baseline, seed=seed, dtype=dtype, chunk_size=chunk_size,
+        reduction=reduction, baseline=baselines, seed=seed, dtype=dtype, chunk_size=chunk_size,
         batch_size=batch_size, device=device, meta=meta or {},
     )
     reports = {
@@ -395,7 +500,7 @@ def explain_to_store(
                 for method, maps, seconds in compute_chunk(
                     model, images, labels, chunk_methods, card=plan.card, source=plan.source,
                     start=start, method_options=options, target=target, reduction=reduction,
-                    baseline=baseline, seed=seed, batch_sizes=plan.batch_sizes,
+                    baseline=baselines[plan.source], seed=seed, batch_sizes=plan.batch_sizes,
                 ):
                     writer.submit(plan.entries[method], start, maps)
                     report = reports[(plan.source, method)]
@@ -422,7 +527,7 @@ def compute_chunk(
     method_options: Mapping[str, Mapping[str, Any]],
     target: str,
     reduction: str,
-    baseline: str,
+    baseline: BaselineSpec,
     seed: int,
     batch_sizes: Mapping[str, int],
 ) -> Iterator[tuple[str, Tensor, float]]:
