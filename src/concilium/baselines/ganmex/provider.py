@@ -3,8 +3,9 @@
 :class:`GanmexBaseline` implements the ``BaselineProvider`` protocol of
 :mod:`concilium.explain` (``provider(images, targets) -> baselines (N, C, H, W)``), so it is
 passed as ``baseline=`` to ``concilium.explain.explain`` for integrated gradients, DeepLIFT or
-occlusion. For a one-vs-one explanation ("why class c and not t") explain the contrast target
-``t`` with the baseline ``G(x, t)``.
+occlusion. For a one-vs-one explanation ("why class c and not t") explain the target
+``"contrast:t"`` with ``baseline=provider``: for a contrast target ``concilium.explain`` hands
+the provider the contrast classes ``t``, so the baseline is ``G(x, t)``.
 
 Each baseline is computed once: it is kept in memory under a hash of the image's bytes and the
 target class, and in the explanation store (``ExplanationStore.cache_array``) when one is given.
@@ -218,10 +219,11 @@ class GanmexBaseline:
     def for_contrast(self, images: Tensor, contrast: Tensor) -> ContrastBaseline:
         """A provider that always uses the contrast class of each of ``images``.
 
-        ``concilium.explain`` hands a provider the *explained* classes. For GANMEX's one-vs-one
-        explanation, "why ``c`` and not ``t``", the explained class is ``c`` but the baseline must
-        be ``G(x, t)``: this binds each image (by content hash) to its ``t``, so the provider
-        works for any batching or subset of these images (e.g. inside a randomisation metric).
+        ``concilium.explain`` hands a provider the *explained* classes (the contrast classes
+        only for a ``"contrast:<t>"`` target). To explain class ``c`` itself against
+        ``G(x, t)``, or with per-image ``t``, this binds each image (by content hash) to its
+        ``t``, so the provider works for any batching or subset of these images (e.g. inside a
+        randomisation metric).
 
         Args:
             images: ``(N, C, H, W)`` the images that will be explained.
