@@ -49,7 +49,7 @@ def demo_values(*, quick: bool = False) -> dict[str, Any]:
             "limit": 16 if q else 300,
         },
         "explain": {
-            "methods": DEMO_METHODS, "split": "all", "limit": 48 if q else 1200,
+            "methods": DEMO_METHODS, "split": "all", "limit": 40 if q else 1200,
             "params": {
                 "integrated_gradients": {"n_steps": 4 if q else 32},
                 "gradient_shap": {"n_samples": 4 if q else 16},
@@ -63,9 +63,9 @@ def demo_values(*, quick: bool = False) -> dict[str, Any]:
         },
         "evaluate": {
             "metrics": QUICK_METRICS if q else DEMO_METRICS, "split": "test",
-            "limit": 12 if q else 300, "costly_limit": 3 if q else 32,
+            "limit": 8 if q else 300, "costly_limit": 2 if q else 32,
             "params": {
-                "faithfulness_correlation": {"nr_runs": 10 if q else 20, "subset_size": 32},
+                "faithfulness_correlation": {"nr_runs": 8 if q else 20, "subset_size": 32},
                 "max_sensitivity": {"nr_samples": 2 if q else 4},
                 **({} if q else {
                     "monotonicity": {"step": 5, "unit": "percent"},
@@ -76,7 +76,8 @@ def demo_values(*, quick: bool = False) -> dict[str, Any]:
             },
         },
         "audit": {"anonymisation": True, "anonymisation_epochs": 1 if q else 3},
-        "report": {"gallery_images": 2 if q else 4, "gallery_members": 3},
+        "report": {"gallery_images": 1 if q else 4, "gallery_members": 3,
+                   "attribute_cards": 1 if q else 3},
     }
 
 
