@@ -33,7 +33,7 @@ def demo_values(*, quick: bool = False) -> dict[str, Any]:
     q = quick
     return {
         "name": "concilium demo" + (" (quick)" if q else ""),
-        "data": {"kind": "synthetic", "n": 360 if q else 3000, "size": 32, "num_classes": 6,
+        "data": {"kind": "synthetic", "n": 360 if q else 2000, "size": 32, "num_classes": 6,
                  "seed": 0, "rare_class": 5, "rare_fraction": 0.04 if q else 0.03,
                  "watermark_class": 1, "watermark_rate": 0.9,
                  "split_fractions": [0.6, 0.1, 0.3] if q else [0.7, 0.1, 0.2]},
@@ -43,18 +43,18 @@ def demo_values(*, quick: bool = False) -> dict[str, Any]:
             "models": {"diversity": "arch", "members": 3 if q else 5,
                        "archs": (["small-cnn", "vgg11-small"] if q
                                  else ["small-cnn", "vgg11-small", "resnet18-small"]),
-                       "epochs": 1 if q else 4, "batch_size": 16 if q else 64},
+                       "epochs": 1 if q else 3, "batch_size": 16 if q else 64},
             "methods": ["smoothgrad"],
             "params": {"smoothgrad": {"n_samples": 4 if q else 16}},
-            "limit": 16 if q else 300,
+            "limit": 16 if q else 200,
         },
         "explain": {
-            "methods": DEMO_METHODS, "split": "all", "limit": 40 if q else 1200,
+            "methods": DEMO_METHODS, "split": "all", "limit": 40 if q else 400,
             "params": {
-                "integrated_gradients": {"n_steps": 4 if q else 32},
-                "gradient_shap": {"n_samples": 4 if q else 16},
-                "smoothgrad": {"n_samples": 4 if q else 16},
-                "occlusion": {"window": 8, "stride": 8 if q else 4},
+                "integrated_gradients": {"n_steps": 4 if q else 16},
+                "gradient_shap": {"n_samples": 4 if q else 8},
+                "smoothgrad": {"n_samples": 4 if q else 8},
+                "occlusion": {"window": 8, "stride": 8},
             },
         },
         "ensemble": {
@@ -63,7 +63,7 @@ def demo_values(*, quick: bool = False) -> dict[str, Any]:
         },
         "evaluate": {
             "metrics": QUICK_METRICS if q else DEMO_METRICS, "split": "test",
-            "limit": 8 if q else 300, "costly_limit": 2 if q else 32,
+            "limit": 8 if q else 100, "costly_limit": 2 if q else 16,
             "params": {
                 "faithfulness_correlation": {"nr_runs": 8 if q else 20, "subset_size": 32},
                 "max_sensitivity": {"nr_samples": 2 if q else 4},
