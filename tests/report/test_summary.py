@@ -143,3 +143,12 @@ def test_consensus_alignment_uses_the_committee_table():
     assert found.held is True and "auc/smoothgrad 0.750 vs 0.700" in found.detail
     committee.loc[committee["source"] == "consensus", "value"] = 0.65
     assert findings(None, meta, {"committee_metrics": committee})[1].held is False
+
+
+def test_long_method_ensemble_names_are_shortened():
+    from concilium.report.summary import explanation_label
+
+    assert explanation_label("m0", "saliency") == "m0 · saliency"
+    assert explanation_label("cnn", "gradcam+saliency") == "cnn · gradcam+saliency"
+    long = "gradcam+gradient_shap+input_x_gradient+integrated_gradients+saliency"
+    assert explanation_label("cnn", long) == "cnn · 5 methods"

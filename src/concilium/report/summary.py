@@ -34,7 +34,10 @@ def is_member(source: str) -> bool:
 
 
 def explanation_label(source: str, method: str) -> str:
-    """How an explanation is named in the report: ``"<source> · <method>"``."""
+    """How an explanation is named in the report: ``"<source> · <method>"``; a long
+    multi-method name (``a+b+c+...``, the method ensembles) is shown as ``"<k> methods"``."""
+    if "+" in method and len(method) > 28:
+        method = f"{method.count('+') + 1} methods"
     return f"{source} · {method}"
 
 
