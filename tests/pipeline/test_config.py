@@ -78,3 +78,15 @@ def test_examples_validate(name):
     root = Path(__file__).resolve().parents[2] / "examples"
     cfg = load_config(root / f"{name}.toml")
     assert cfg.explain.methods
+
+
+def test_cli_prints_section_names_and_exits_2(tmp_path):
+    from typer.testing import CliRunner
+
+    from concilium.cli.main import app
+
+    path = tmp_path / "bad.toml"
+    path.write_text('[models]\ndiversty = "head"\n')
+    result = CliRunner().invoke(app, ["run", str(path), "--dry-run"])
+    assert result.exit_code == 2
+    assert "[models] unknown key 'diversty'" in result.output

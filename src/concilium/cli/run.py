@@ -24,7 +24,12 @@ def run_command(
     cached: a re-run redoes only what changed."""
     from concilium.pipeline import format_plan, load_config, plan, run
 
-    config = load_config(experiment)  # validated before any work
+    try:
+        config = load_config(experiment)  # validated before any work
+    except ValueError as err:
+        # printed plainly: the "[section]" prefixes must not be read as rich markup
+        typer.echo(f"error: {err}", err=True)
+        raise SystemExit(2) from None
     run_dir = out or Path("runs") / experiment.stem
     if dry_run:
         typer.echo(f"plan for {run_dir}:")
