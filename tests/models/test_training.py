@@ -316,3 +316,12 @@ def test_train_member_checks_the_model_and_split(tiny_dataset: ImageDataset) -> 
     no_train = tiny_dataset.subset("val")
     with pytest.raises(ValueError, match="the train split has 0 samples"):
         train_member(model, no_train)
+
+
+@pytest.mark.parametrize("n", [64, 200, 400])
+def test_short_schedules_train_without_scheduler_errors(n):
+    """A few optimiser steps (n // batch_size * epochs < 8) use a constant rate, not OneCycleLR."""
+    ds = generate(SynthConfig(n=n, size=32, num_classes=2, seed=1))
+    model = create_model("small-cnn", num_classes=2)
+    result = train_member(model, ds, epochs=1, batch_size=64, seed=0)
+    assert math.isfinite(result.final_loss)

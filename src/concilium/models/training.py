@@ -204,6 +204,20 @@ def multitask_loss(
     return loss
 
 
+def _one_cycle(
+    optimizer: torch.optim.Optimizer, max_lr: list[float], *, total_steps: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """One-cycle schedule (25% warm-up); a constant rate for schedules too short for its phases
+    (OneCycleLR divides by the length of its warm-up phase, which is zero below 8 steps)."""
+    if total_steps < 8:
+        for group, lr in zip(optimizer.param_groups, max_lr, strict=True):
+            group["lr"] = lr
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _step: 1.0)
+    return torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=max_lr, total_steps=total_steps, pct_start=0.25
+    )
+
+
 def _fit(
     model: ConciliumNet,
     train: _Split,
@@ -247,9 +261,7 @@ def _fit(
     if device.type == "cpu":
         model.to(memory_format=torch.channels_last)  # ~1.7x faster convolutions on CPU
     optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=[g["lr"] for g in groups], total_steps=total, pct_start=0.25
-    )
+    scheduler = _one_cycle(optimizer, [g["lr"] for g in groups], total_steps=total)
     task = progress.add_task(description, total=total) if progress is not None else None
     use_attrs = train.attributes is not None and model.attribute_head is not None
     model.train()
