@@ -110,3 +110,15 @@ def test_new_data_under_the_same_config_invalidates_everything_after_it(tmp_path
     fingerprint["value"] = "bbb"  # e.g. the generator changed, the config did not
     changed = run_pipeline(config, tmp_path, stages=stages)
     assert [r.action for r in changed] == ["ran", "ran", "ran", "ran"]
+
+
+def test_cuda_without_cuda_fails_before_any_work(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    rec = Recorder()
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        run_pipeline(parse_config({**CONFIG, "device": "cuda"}), tmp_path / "run",
+                     stages=rec.stages())
+    assert rec.calls == [] and not (tmp_path / "run").exists()

@@ -197,6 +197,7 @@ def run_pipeline(
         One :class:`StageResult` per enabled stage, in order.
 
     Raises:
+        ValueError: ``device`` is CUDA on a machine without CUDA (before any work).
         Whatever a stage raises; the stage is recorded as ``failed`` in ``stages.json`` and the
         next run starts again from it (finished stages are skipped).
     """
@@ -204,6 +205,12 @@ def run_pipeline(
         from concilium.pipeline.stages import STAGES
 
         stages = STAGES
+    if config.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError(f"device = {config.device!r} but CUDA is not available here; set "
+                             "device = \"cpu\" in the experiment")
     run_dir = Path(out)
     ctx = Context(config=config, out=run_dir, console=console or Console(stderr=True))
     run_dir.mkdir(parents=True, exist_ok=True)
