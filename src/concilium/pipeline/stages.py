@@ -155,7 +155,11 @@ def explain_into(
     computed = sum(r.rows_computed for r in reports)
     ctx.console.print(f"  {len(reports)} entries, {computed} maps computed in "
                       f"{time.perf_counter() - t0:.1f} s ({len(data)} images)")
-    return {"entries": len(reports), "maps_computed": computed, "images": len(data)}
+    per_method: dict[str, float] = {}
+    for r in reports:
+        per_method[r.method] = round(per_method.get(r.method, 0.0) + r.seconds, 3)
+    return {"entries": len(reports), "maps_computed": computed, "images": len(data),
+            "seconds_per_method": per_method}
 
 
 def _explain(ctx: Context) -> dict[str, Any]:
