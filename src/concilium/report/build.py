@@ -26,6 +26,7 @@ from concilium.report.summary import (
     Finding,
     best_per_metric,
     consensus_points,
+    explanation_label,
     explanation_stats,
     family_scores,
     findings,
@@ -398,7 +399,11 @@ def _bar_section(
     if value is not None and label is not None:
         flagged = table["flagged"].astype(bool).tolist() if "flagged" in table.columns else None
         labels = table[label].astype(str).tolist()
-        if "source" in table.columns and table["source"].nunique() > 1:
+        if "source" in table.columns and "method" in table.columns and \
+                len(table[["source", "method"]].drop_duplicates()) > 1:
+            labels = [f"{a} ({explanation_label(str(b), str(c))})" for a, b, c in
+                      zip(labels, table["source"], table["method"], strict=True)]
+        elif "source" in table.columns and table["source"].nunique() > 1:
             labels = [f"{a} ({b})" for a, b in zip(labels, table["source"].astype(str),
                                                      strict=True)]
         threshold = None
