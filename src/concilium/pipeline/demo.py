@@ -46,10 +46,10 @@ def demo_values(*, quick: bool = False) -> dict[str, Any]:
                        "epochs": 1 if q else 3, "batch_size": 16 if q else 64},
             "methods": ["smoothgrad"],
             "params": {"smoothgrad": {"n_samples": 4 if q else 16}},
-            "limit": 16 if q else 200,
+            "limit": 16 if q else 120,
         },
         "explain": {
-            "methods": DEMO_METHODS, "split": "all", "limit": 40 if q else 400,
+            "methods": DEMO_METHODS, "split": "all", "limit": 40 if q else 240,
             "params": {
                 "integrated_gradients": {"n_steps": 4 if q else 16},
                 "gradient_shap": {"n_samples": 4 if q else 8},
@@ -63,7 +63,7 @@ def demo_values(*, quick: bool = False) -> dict[str, Any]:
         },
         "evaluate": {
             "metrics": QUICK_METRICS if q else DEMO_METRICS, "split": "test",
-            "limit": 8 if q else 100, "costly_limit": 2 if q else 16,
+            "limit": 8 if q else 60, "costly_limit": 2 if q else 16,
             "params": {
                 "faithfulness_correlation": {"nr_runs": 8 if q else 20, "subset_size": 32},
                 "max_sensitivity": {"nr_samples": 2 if q else 4},
