@@ -28,11 +28,12 @@ def main() -> None:
     """Run the CLI; a ``ValueError``/``TypeError``/``FileNotFoundError`` from our own checks is
     printed as one clear line, not a stack trace."""
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
     except (ValueError, TypeError, FileNotFoundError) as err:
         from rich.console import Console
+        from rich.markup import escape
 
-        Console(stderr=True).print(f"[bold red]error:[/] {err}")
+        Console(stderr=True).print(f"[bold red]error:[/] {escape(str(err))}")
         sys.exit(2)
     except SystemExit as err:
         sys.exit(err.code)
@@ -44,6 +45,9 @@ def main() -> None:
         if type(err).__name__ == "Abort":
             sys.exit(1)
         raise
+    # Without standalone mode, click returns the code of a ``typer.Exit`` instead of exiting.
+    if isinstance(code, int) and not isinstance(code, bool):
+        sys.exit(code)
 
 if __name__ == "__main__":
     main()

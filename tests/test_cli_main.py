@@ -1,0 +1,47 @@
+"""The console entry point: clear one-line errors and real exit codes."""
+
+import subprocess
+import sys
+
+import pytest
+
+from concilium.cli.app import app
+from concilium.cli.main import main
+
+
+def _run(monkeypatch, capsys, *argv):
+    monkeypatch.setattr(sys, "argv", ["concilium", *argv])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    return exit_info.value.code, capsys.readouterr()
+
+
+def test_unknown_command_is_a_usage_error(monkeypatch, capsys):
+    code, out = _run(monkeypatch, capsys, "no-such-command")
+    assert code == 2
+    assert "No such command" in out.err
+
+
+def test_value_error_keeps_bracketed_text(monkeypatch, capsys):
+    @app.command("_raise-for-test", hidden=True)
+    def _raise() -> None:
+        raise ValueError("[models] unknown key 'diversty'")
+
+    code, out = _run(monkeypatch, capsys, "_raise-for-test")
+    assert code == 2
+    assert "[models] unknown key 'diversty'" in out.err
+    assert "Traceback" not in out.err
+
+
+def test_typer_exit_code_reaches_the_shell():
+    code = (
+        "import sys, typer\n"
+        "from concilium.cli.app import app\n"
+        "from concilium.cli.main import main\n"
+        "@app.command('_exit-three', hidden=True)\n"
+        "def _e() -> None:\n"
+        "    raise typer.Exit(3)\n"
+        "sys.argv = ['concilium', '_exit-three']\n"
+        "main()\n"
+    )
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 3
