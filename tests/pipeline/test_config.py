@@ -90,3 +90,15 @@ def test_cli_prints_section_names_and_exits_2(tmp_path):
     result = CliRunner().invoke(app, ["run", str(path), "--dry-run"])
     assert result.exit_code == 2
     assert "[models] unknown key 'diversty'" in result.output
+
+
+def test_explain_baseline_accepts_registry_specs_and_checks_ganmex_paths(tmp_path):
+    assert parse_config({"explain": {"baseline": "blur:sigma=2"}}).explain.baseline == "blur:sigma=2"
+    with pytest.raises(ValueError, match=r"\[explain\] baseline: .*sharpen"):
+        parse_config({"explain": {"baseline": "sharpen"}})
+    with pytest.raises(ValueError, match=r"\[explain\] baseline: .*ganmex"):
+        parse_config({"explain": {"baseline": f"ganmex:{tmp_path / 'no-generator'}"}})
+    gen = tmp_path / "gen"
+    gen.mkdir()
+    (gen / "card.json").write_text("{}")  # its fit to each member is checked when explaining
+    assert parse_config({"explain": {"baseline": f"ganmex:{gen}"}}).explain.baseline == f"ganmex:{gen}"

@@ -236,11 +236,11 @@ class ExplainConfig(_Section):
     @model_validator(mode="after")
     def _check_methods(self) -> ExplainConfig:
         check_methods("explain", self.methods, self.params)
-        from concilium.explain.baselines import parse_baseline
+        from concilium.store.compute import check_baseline_spec
 
         try:
-            parse_baseline(self.baseline)
-        except (ValueError, TypeError) as err:
+            check_baseline_spec(self.baseline)  # registry specs and ganmex:GEN
+        except (ValueError, TypeError, FileNotFoundError) as err:
             raise ValueError(f"[explain] baseline: {err}") from None
         return self
 
