@@ -20,8 +20,9 @@ import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+import pandas as pd
 import torch
 from torch import Tensor, nn
 
@@ -31,6 +32,7 @@ from concilium.metrics.registry import METRICS
 from concilium.metrics.results import ResultsTable, group_rows, metric_params_hash
 
 DEFAULT_CHUNK = 64
+MASK_ONLY_CHUNK = 512  # mask-only metrics are cheap per image: fewer, larger calls
 
 
 @dataclass
@@ -102,6 +104,9 @@ def evaluate_run(
     *,
     params: Mapping[str, Mapping[str, Any]] | None = None,
     mask: str = "masks",
+    split: Literal["train", "val", "test", "all"] = "all",
+    limit: int | None = None,
+    costly_limit: int | None = None,
     device: str | None = None,
     batch_size: int | None = None,
     seed: int = 0,
@@ -109,8 +114,8 @@ def evaluate_run(
     progress: Callable[[str], None] | None = None,
 ) -> EvaluateReport:
     """Compute ``metrics`` for every complete entry of ``RUN/explanations.zarr`` and append the
-    rows to ``RUN/results/metrics.parquet`` (+ ``.csv``), one finished group at a time; groups
-    already in the table are skipped (resumable).
+    rows to ``RUN/results/metrics.parquet`` (+ ``.csv``), one write per finished explanation;
+    groups already in the table are skipped (resumable).
 
     Args:
         run_dir: the run directory (``run.json`` + the store).
@@ -118,10 +123,15 @@ def evaluate_run(
         params: per-metric parameters (checked against each metric's signature).
         mask: the ground-truth mask set: ``"masks"`` (the object) or a named set (``evidence``,
             a part).
+        split: score only the explained samples of this split (``"all"``: every one); a run that
+            explained a single split is scored on it whatever this says.
+        limit: score only the first ``limit`` of those samples.
+        costly_limit: at most this many samples for the metrics that need the model.
         device: where models and images go (default: the run's device).
         batch_size: perturbed copies per forward pass for metrics with a ``batch_size``.
         seed: base seed of the stochastic metrics (one generator per group, derived from it).
-        chunk: samples per :func:`~concilium.metrics.evaluate` call.
+        chunk: samples per :func:`~concilium.metrics.evaluate` call of a model-bound metric
+            (mask-only metrics take up to ``MASK_ONLY_CHUNK`` at once).
         progress: called with one line per finished group.
 
     Returns:
@@ -144,6 +154,10 @@ def evaluate_run(
     entries = entries[entries["complete"]]
     need_model = any(METRICS.get(m).needs_model for m in metrics)
     data, members = load_run_data(run_dir, device=device, load_models=need_model)
+    if split != "all" and split in data.splits and len(set(data.splits)) > 1:
+        data = data.subset(split)
+    if limit is not None:
+        data = data.subset(list(range(min(limit, len(data)))))
     masks = data.mask_set(mask) if any(METRICS.get(m).needs_mask for m in metrics) else None
     if device is not None:
         dev = torch.device(device)
@@ -154,8 +168,7 @@ def evaluate_run(
     by_id = {card.member_id: model for model, card in members}
     for _, row in entries.iterrows():
         entry = store.get(row.source, row.method, row.params_hash)
-        rows_idx = entry.rows_of(data.ids)
-        maps = entry.read(rows_idx)
+        maps = None
         model, why_not_model = _model_for(row.source, by_id, members)
         targets, target_model, why_not_target = None, None, None
         if need_model and model is not None:
@@ -165,6 +178,7 @@ def evaluate_run(
             if row.source in by_id or row.source == "ens-logit"
             else None
         )
+        finished = []  # one table write per explanation: a write per metric is quadratic
         for metric in metrics:
             spec = METRICS.get(metric)
             mparams = params.get(metric, {})
@@ -183,11 +197,17 @@ def evaluate_run(
                     "method to re-run)"
                 )
                 continue
+            if maps is None:
+                maps = entry.read(entry.rows_of(data.ids))
+            k = len(data)
+            if spec.needs_model and costly_limit is not None:
+                k = min(k, costly_limit)
+            step = chunk if spec.needs_model else max(chunk, MASK_ONLY_CHUNK)
             gen = torch.Generator().manual_seed(_seed(seed, *key)) if spec.stochastic else None
             values = []
             try:
-                for start in range(0, maps.shape[0], chunk):
-                    sl = slice(start, start + chunk)
+                for start in range(0, k, step):
+                    sl = slice(start, min(k, start + step))
                     values.append(
                         evaluate(
                             metric,
@@ -208,10 +228,10 @@ def evaluate_run(
                 report.notes.append(f"{what}: not computed, the explainer failed: {err}")
                 continue
             scores = torch.cat(values)
-            table.append(
+            finished.append(
                 group_rows(
-                    samples=data.ids,
-                    labels=data.labels.tolist(),
+                    samples=data.ids[:k],
+                    labels=data.labels[:k].tolist(),
                     source=row.source,
                     method=row.method,
                     entry_hash=row.params_hash,
@@ -227,6 +247,8 @@ def evaluate_run(
                 finite = scores[torch.isfinite(scores)]
                 mean = f"{finite.mean().item():.4g}" if finite.numel() else "nan"
                 progress(f"{what}: mean {mean} over {finite.numel()}/{scores.numel()} samples")
+        if finished:
+            table.append(pd.concat(finished, ignore_index=True))
     return report
 
 
