@@ -13,22 +13,18 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
-import os
-import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from torch import nn
 
 import concilium
-from concilium.data.dataset import SPLITS, ImageDataset
+from concilium._util import atomic_write_text, state_fingerprint
+from concilium.data.dataset import ImageDataset
+from concilium.vocabulary import SPLITS, Split
 
 RUN_FILE = "run.json"
-Split = Literal["train", "val", "test", "all"]
 
 
 class DatasetSpec(BaseModel):
@@ -141,14 +137,7 @@ class RunInfo(BaseModel):
         run_dir = Path(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         path = run_dir / RUN_FILE
-        fd, tmp = tempfile.mkstemp(prefix=".run.", suffix=".json.tmp", dir=run_dir)
-        try:
-            with os.fdopen(fd, "w") as f:
-                f.write(self.model_dump_json(indent=2) + "\n")
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write_text(path, self.model_dump_json(indent=2) + "\n")
         return path
 
     def merged_with(self, new: RunInfo) -> RunInfo:
@@ -189,14 +178,7 @@ class RunInfo(BaseModel):
         )
 
 
-def model_fingerprint(model: nn.Module) -> str:
-    """A short content hash of a model's state dict (names, shapes, dtypes and values)."""
-    h = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        t = tensor.detach().to("cpu").contiguous()
-        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:16]
+model_fingerprint = state_fingerprint
 
 
 def _short(value: object) -> str:

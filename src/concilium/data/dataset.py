@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-SPLITS = ("train", "val", "test")
+from concilium.vocabulary import SPLITS
 
 
 def stratified_splits(

@@ -22,7 +22,6 @@ combine the members' averaged maps). ``source`` renames the output (``ens-avg:he
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +33,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from concilium._registry import Registry
+from concilium._util import derive_seed
 from concilium.ensemble.averaging import ens_avg, ens_logit_maps
 from concilium.ensemble.cnn import CNNEnsembler, CNNTrainConfig, train_cnn_ensembler
 from concilium.ensemble.consensus import (
@@ -172,12 +172,6 @@ def run_ens_avg(ctx: RunContext, opts: EnsembleOptions) -> EnsembleResult:
     return out
 
 
-def _chunk_seed(seed: int, method: str, start: int) -> int:
-    """Seed of one chunk of Ens-Logit maps: a hash of ``(seed, method, first row)``, so the maps
-    do not depend on how the rows are batched."""
-    digest = hashlib.sha256(f"{seed}|ens-logit|{method}|{start}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
-
 
 @ENSEMBLERS.register("ens-logit")
 def run_ens_logit(ctx: RunContext, opts: EnsembleOptions) -> EnsembleResult:
@@ -195,7 +189,7 @@ def run_ens_logit(ctx: RunContext, opts: EnsembleOptions) -> EnsembleResult:
             images = ctx.data.images[start : start + 64].to(opts.device)
             labels = ctx.data.labels[start : start + 64].to(opts.device)
             gen = torch.Generator(device=images.device)
-            gen.manual_seed(_chunk_seed(int(p.get("seed", ctx.seed)), method, start))
+            gen.manual_seed(derive_seed(int(p.get("seed", ctx.seed)), "ens-logit", method, start))
             params = {"labels": labels, "reduction": p.get("reduction", "sum"),
                       "baseline": p.get("baseline", "zero"), "generator": gen,
                       **dict(p.get("method_params", {}))}

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,9 +27,8 @@ from concilium.explain.params import MethodParams, validate_params
 from concilium.explain.shared import SHARED_PASS, shared_pass
 from concilium.explain.targets import ContrastModel, Target, TargetSpec, resolve_target
 from concilium.models.base import AttributeView
+from concilium.vocabulary import REDUCTIONS, Reduction
 
-Reduction = Literal["sum", "abs_sum", "l2", "max_abs"]
-REDUCTIONS: tuple[str, ...] = ("sum", "abs_sum", "l2", "max_abs")
 #: Rows per call of grouped stochastic methods (GradientSHAP, SmoothGrad, VarGrad): a constant,
 #: so that seeded results are reproducible on any machine; ~64 rows is efficient on CPUs.
 STOCHASTIC_GROUP_ROWS = 64

@@ -16,7 +16,6 @@ model-bound metrics.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
+from concilium._util import derive_seed
 from concilium.metrics.evaluate import check_params, evaluate
 from concilium.metrics.perturb import model_device
 from concilium.metrics.registry import METRICS
@@ -70,10 +70,6 @@ def load_metric_params(
         out[name] = {k: tuple(v) if isinstance(v, list) else v for k, v in params.items()}
     return out
 
-
-def _seed(*parts: object) -> int:
-    digest = hashlib.sha256("|".join(map(str, parts)).encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
 def _explainer(
@@ -174,7 +170,7 @@ def evaluate_run(
         if need_model and model is not None:
             targets, target_model, why_not_target = _targets(entry.params, model, data, dev)
         explainer = (
-            _explainer(entry.params, _seed(seed, row.source, row.method, row.params_hash))
+            _explainer(entry.params, derive_seed(seed, row.source, row.method, row.params_hash))
             if row.source in by_id or row.source == "ens-logit"
             else None
         )
@@ -203,7 +199,7 @@ def evaluate_run(
             if spec.needs_model and costly_limit is not None:
                 k = min(k, costly_limit)
             step = chunk if spec.needs_model else max(chunk, MASK_ONLY_CHUNK)
-            gen = torch.Generator().manual_seed(_seed(seed, *key)) if spec.stochastic else None
+            gen = torch.Generator().manual_seed(derive_seed(seed, *key)) if spec.stochastic else None
             values = []
             try:
                 for start in range(0, k, step):

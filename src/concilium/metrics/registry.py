@@ -7,20 +7,15 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from torch import Tensor
 
 from concilium._registry import Registry
+from concilium.vocabulary import FAMILIES, Family
 
-Category = Literal["localisation", "faithfulness", "robustness", "complexity", "randomisation"]
-CATEGORIES: tuple[str, ...] = (
-    "localisation",
-    "faithfulness",
-    "robustness",
-    "complexity",
-    "randomisation",
-)
+Category = Family
+CATEGORIES: tuple[str, ...] = FAMILIES
 
 #: Inputs of a metric function that are data, not parameters.
 DATA_ARGS: tuple[str, ...] = ("images", "labels", "masks", "model", "explainer", "generator")

@@ -8,7 +8,6 @@ one finished group at a time, (source, method, entry, metric, params), so a kill
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import pandas as pd
 from scipy import stats
 
 from concilium.metrics.registry import METRICS
+from concilium.vocabulary import EXP_AVG, is_member
 
 COLUMNS: tuple[str, ...] = (
     "sample",
@@ -33,8 +33,6 @@ COLUMNS: tuple[str, ...] = (
     "params",
 )
 GROUP_KEY: tuple[str, ...] = ("source", "method", "entry_hash", "metric", "params_hash")
-MEMBER_SOURCE = re.compile(r"^m\d+$")
-EXP_AVG = "exp-avg"
 
 
 def metric_params_hash(metric: str, params: Mapping[str, Any], *, mask: str) -> tuple[str, str]:
@@ -172,7 +170,7 @@ def summarise(table: pd.DataFrame, *, level: float = 0.95) -> pd.DataFrame:
         )
     for (source, method, metric), grp in table.groupby(["source", "method", "metric"], sort=True):
         rows.append(_summary_row(source, method, metric, grp["value"].to_numpy(), level))
-    members = table[table["source"].astype(str).str.match(MEMBER_SOURCE)]
+    members = table[table["source"].astype(str).map(is_member)]
     for (method, metric), grp in members.groupby(["method", "metric"], sort=True):
         if grp["source"].nunique() < 2:
             continue

@@ -12,12 +12,9 @@ resumes at the first member without a card.
 from __future__ import annotations
 
 import json
-import os
 import pickle
-import re
-import tempfile
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -28,12 +25,13 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 import concilium
+from concilium._util import atomic_write
 from concilium.models.base import ConciliumNet
+from concilium.vocabulary import MEMBER_ID
 
 MODEL_FILE = "model.safetensors"
 CARD_FILE = "card.json"
 BACKBONE_ID = "backbone"
-_MEMBER_ID = re.compile(r"^m(\d+)$")
 
 Diversity = Literal["head", "seed", "bootstrap", "arch"]
 
@@ -88,17 +86,6 @@ class MemberCard(BaseModel):
     train_seconds: float | None = None
 
 
-def _atomic_write(path: Path, write: Callable[[Path], object]) -> None:
-    """Call ``write(tmp_path)`` on a temporary file next to ``path``, then rename it."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
 
 def save_member(model: nn.Module, card: MemberCard, directory: str | Path) -> Path:
     """Write ``directory/model.safetensors`` and then ``directory/card.json``, each atomically.
@@ -116,9 +103,9 @@ def save_member(model: nn.Module, card: MemberCard, directory: str | Path) -> Pa
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    _atomic_write(directory / MODEL_FILE, lambda p: save_file(state, str(p)))
+    atomic_write(directory / MODEL_FILE, lambda p: save_file(state, str(p)))
     text = card.model_dump_json(indent=2)
-    _atomic_write(directory / CARD_FILE, lambda p: p.write_text(text + "\n"))
+    atomic_write(directory / CARD_FILE, lambda p: p.write_text(text + "\n"))
     return directory
 
 
@@ -279,7 +266,7 @@ def member_dirs(models_dir: str | Path) -> list[Path]:
         )
     found = []
     for d in models_dir.iterdir():
-        match = _MEMBER_ID.match(d.name)
+        match = MEMBER_ID.match(d.name)
         if match and d.is_dir() and (d / CARD_FILE).is_file():
             found.append((int(match.group(1)), d))
     return [d for _, d in sorted(found)]

@@ -38,9 +38,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
-Split = Literal["train", "val", "test", "all"]
-Reduction = Literal["sum", "abs_sum", "l2", "max_abs"]
-FAMILIES = ("localisation", "faithfulness", "robustness", "complexity", "randomisation")
+from concilium.vocabulary import FAMILIES, Reduction, Split
+
 PAPER_METHODS = ("saliency", "input_x_gradient", "integrated_gradients", "gradient_shap", "gradcam")
 
 

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -24,6 +22,7 @@ from typing import Any, Literal
 from rich.console import Console
 
 from concilium import __version__
+from concilium._util import atomic_write_text
 from concilium.pipeline.config import ExperimentConfig
 
 STAGES_FILE = "stages.json"
@@ -157,15 +156,8 @@ def read_state(out: Path) -> dict[str, dict[str, Any]]:
 def write_state(out: Path, state: Mapping[str, Mapping[str, Any]]) -> None:
     """Write ``RUN/stages.json`` atomically."""
     out.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".stages.", suffix=".tmp", dir=out)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump({"concilium_version": __version__, "stages": state}, f, indent=2,
-                      default=str)
-        os.replace(tmp, out / STAGES_FILE)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    text = json.dumps({"concilium_version": __version__, "stages": state}, indent=2, default=str)
+    atomic_write_text(out / STAGES_FILE, text)
 
 
 @dataclass

@@ -32,6 +32,7 @@ from concilium.report.summary import (
     findings,
     paper_table,
 )
+from concilium.vocabulary import FAMILIES
 
 SECTIONS: dict[str, str] = {
     "findings": "Headline findings",
@@ -285,7 +286,7 @@ def _section_metrics(data: ReportData, stats: pd.DataFrame | None) -> Section:
         return s
     hib, cat = _meta_maps(data.meta)
     best = best_per_metric(stats, data.meta)
-    families = [*F.FAMILIES, "other"]
+    families = [*FAMILIES, "other"]
     for family in families:
         metrics = sorted(m for m in stats["metric"].unique() if cat.get(m, "other") == family)
         if not metrics:

@@ -21,7 +21,6 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-FAMILIES = ("localisation", "faithfulness", "robustness", "complexity", "randomisation")
 MAP_CMAP = "bwr"
 DPI = 72
 

@@ -26,7 +26,7 @@ from concilium.report.build import (
     ReportData,
 )
 from concilium.report.figures import GalleryCell
-from concilium.report.summary import is_member
+from concilium.vocabulary import is_member
 
 DEFAULT_GALLERY_METRICS = ("relevance_mass", "mask_correlation", "pointing_game")
 

@@ -10,7 +10,6 @@ is shared by the HTML report, ``RUN/summary.json`` and ``concilium demo``.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Literal
@@ -19,18 +18,12 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from concilium.report.figures import FAMILIES
+from concilium.vocabulary import FAMILIES, is_member
 
 MEMBERS = "members"
 """The ``source`` label of member maps pooled per sample (the Exp-Avg row)."""
 
-_MEMBER_ID = re.compile(r"^m\d+$")
 METRIC_COLUMNS = ("sample", "label", "source", "method", "metric", "value")
-
-
-def is_member(source: str) -> bool:
-    """Whether a store source is a single model member (``m0``, ``m1``, ...), not an ensemble."""
-    return bool(_MEMBER_ID.match(str(source)))
 
 
 def explanation_label(source: str, method: str) -> str:

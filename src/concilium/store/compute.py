@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from torch import Tensor, nn
 
+from concilium._util import derive_seed
 from concilium.data.dataset import ImageDataset
 from concilium.store.entry import Entry
 from concilium.store.store import ExplanationStore
@@ -162,10 +163,7 @@ class _Writer:
             self._pool.shutdown(wait=True)
 
 
-def chunk_seed(seed: int, source: str, start: int) -> int:
-    """The seed of one chunk's generator: a hash of ``(seed, source, start)``."""
-    digest = hashlib.sha256(f"{seed}|{source}|{start}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+chunk_seed = derive_seed
 
 
 def entry_params(
