@@ -6,7 +6,7 @@ import scipy.stats
 import torch
 from torch import nn
 
-from concilium.ensemble.averaging import LogitEnsemble, ens_avg, ens_logit_maps, paper_table
+from concilium.ensemble.averaging import LogitEnsemble, ens_avg, ens_logit_maps
 from concilium.ensemble.consensus import (
     consensus,
     consensus_correlations,
@@ -67,25 +67,6 @@ def test_logit_ensemble_averages_logits_and_its_gradient_is_the_mean_gradient():
     torch.testing.assert_close(got, expected)
     with pytest.raises(ValueError, match="non-negative"):
         LogitEnsemble(models, weights=[1, -1, 1])
-
-
-def test_paper_table_exp_avg_and_gain_direction():
-    rows = []
-    for src, v in (("m0", 0.2), ("m1", 0.4), ("ens-avg", 0.5), ("ens-logit", 0.35)):
-        for sample in range(2):
-            rows.append({"sample": sample, "source": src, "method": "saliency",
-                         "metric": "mask_correlation", "value": v})
-            rows.append({"sample": sample, "source": src, "method": "saliency",
-                         "metric": "com_distance", "value": v})
-    table = paper_table(pd.DataFrame(rows), members=["m0", "m1"],
-                        higher_is_better={"mask_correlation": True, "com_distance": False})
-    row = table.set_index("metric").loc["mask_correlation"]
-    assert row.exp_avg == pytest.approx(0.3) and row.ens_avg == 0.5 and row.ens_logit == 0.35
-    assert row.gain == pytest.approx(0.2) and row.ens_avg_better
-    row = table.set_index("metric").loc["com_distance"]
-    assert row.gain == pytest.approx(-0.2) and not row.ens_avg_better
-    with pytest.raises(ValueError, match="not in the metrics table"):
-        paper_table(pd.DataFrame(rows), members=["m0", "m7"])
 
 
 @pytest.mark.parametrize("kind", SIMILARITIES.names())

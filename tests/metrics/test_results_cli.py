@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch
-from scipy import stats
 
 from concilium.metrics.evaluate_run import load_metric_params
-from concilium.metrics.results import COLUMNS, ResultsTable, group_rows, mean_ci, summarise
+from concilium.metrics.results import COLUMNS, ResultsTable, group_rows
 
 
 def _table() -> pd.DataFrame:
@@ -40,35 +37,6 @@ def _table() -> pd.DataFrame:
             )
         )
     return pd.concat(parts, ignore_index=True)
-
-
-def test_mean_ci_is_the_student_t_interval():
-    v = np.array([1.0, 2.0, 4.0, np.nan])
-    mean, low, high, n = mean_ci(v)
-    half = stats.t.ppf(0.975, 2) * np.std([1, 2, 4], ddof=1) / math.sqrt(3)
-    assert (mean, n) == (pytest.approx(7 / 3), 3)
-    assert (low, high) == (pytest.approx(7 / 3 - half), pytest.approx(7 / 3 + half))
-    assert mean_ci(np.array([5.0]))[1:3] == (5.0, 5.0)
-    assert math.isnan(mean_ci(np.array([np.nan]))[0])
-
-
-def test_summary_exp_avg_and_best():
-    summary = summarise(_table()).set_index(["source", "metric"])
-    assert summary.loc[("m0", "auc"), "mean"] == pytest.approx(0.7)
-    # Exp-Avg: per sample the mean over members, then over samples
-    assert summary.loc[("exp-avg", "auc"), "mean"] == pytest.approx(0.6)
-    assert ("exp-avg", "auc") in summary.index and ("ens-avg", "auc") in summary.index
-    best = summary[summary["best"]]
-    # auc is higher-better: ens-avg (0.8); com_distance is lower-better: m0 (0.2 < 0.25 < 0.3)
-    assert set(best.index) == {("ens-avg", "auc"), ("m0", "com_distance")}
-
-
-def test_exp_avg_is_nan_where_a_member_is_nan():
-    df = _table()
-    df.loc[(df.source == "m1") & (df.metric == "auc") & (df["sample"] == "a"), "value"] = np.nan
-    row = summarise(df).set_index(["source", "metric"]).loc[("exp-avg", "auc")]
-    assert row["n"] == 2 and row["n_nan"] == 1
-    assert row["mean"] == pytest.approx(((0.8 + 0.6) / 2 + (0.7 + 0.5) / 2) / 2)
 
 
 def test_results_table_appends_and_reports_done_groups(tmp_path):

@@ -6,7 +6,7 @@ Every ensembler is a plain function of stacked maps ``(K, N, H, W)``; :mod:`.sou
 members from and writes ensemble sources into a run's explanation store.
 """
 
-from concilium.ensemble.averaging import LogitEnsemble, ens_avg, ens_logit_maps, paper_table
+from concilium.ensemble.averaging import LogitEnsemble, ens_avg, ens_logit_maps
 from concilium.ensemble.cnn import (
     CNNEnsembler,
     CNNTrainConfig,
@@ -36,7 +36,7 @@ __all__ = [
     "CNNEnsembler", "CNNTrainConfig", "EnsemblerCard", "LogitEnsemble", "UNet",
     "aggregate", "consensus", "consensus_correlations", "consensus_scores", "consensus_table",
     "correct_by_all", "correlation", "dice_score", "ens_avg", "ens_logit_maps", "iou_score",
-    "krr_ensemble", "mean_pairwise_similarity", "metric_weights", "normalise", "paper_table",
+    "krr_ensemble", "mean_pairwise_similarity", "metric_weights", "normalise",
     "reduce", "similarity", "soft_dice_loss", "stack_maps", "train_cnn_ensembler",
     "weighted_ensemble",
 ]

@@ -29,6 +29,8 @@ from concilium.data.dataset import ImageDataset
 from concilium.ensemble.cnn import CNNTrainConfig, dice_score, iou_score
 from concilium.ensemble.sources import RunContext
 from concilium.ensemble.subsets import SubsetMode
+from concilium.metrics.tables import higher_is_better as metric_direction
+from concilium.metrics.tables import paper_table
 from concilium.models.base import ConciliumNet
 
 AnonymisationMode = Literal["original", "product", "map"]
@@ -101,14 +103,14 @@ def per_class_metric_means(
     need = {"label", "source", "method", "metric", "value"}
     if not need <= set(metrics.columns):
         raise ValueError(f"metrics table needs columns {sorted(need)}; got {list(metrics.columns)}")
-    from concilium.ensemble.averaging import _higher_is_better
 
     g = (metrics.groupby(["source", "method", "metric", "label"])["value"]
          .agg(n="count", mean="mean").reset_index())
     out = []
     for (_, _, metric), part in g.groupby(["source", "method", "metric"]):
         part = part.copy()
-        sign = 1.0 if _higher_is_better(metric, higher_is_better) else -1.0
+        hib = (higher_is_better or {}).get(metric)
+        sign = 1.0 if (metric_direction(metric) if hib is None else hib) else -1.0
         v = sign * part["mean"].to_numpy(dtype=float)
         std = np.nanstd(v)
         part["z"] = (v - np.nanmean(v)) / std if std > 0 else 0.0
@@ -314,11 +316,7 @@ def run_audit(
         scored = set(metrics.source)
         members = [m for m in ctx.member_ids if m in scored]
         if "ens-avg" in scored and members:
-            from concilium.ensemble.averaging import paper_table
-
-            tables["paper_table"] = paper_table(
-                metrics, members=members,
-                logit_source="ens-logit" if "ens-logit" in scored else None)
+            tables["paper_table"] = paper_table(metrics)
     if region == "watermark":
         if "watermark" not in data.parts or not data.parts["watermark"].any():
             raise ValueError("this dataset has no watermark pixels; audit bias with "

@@ -4,8 +4,9 @@
   over the members (the paper: the mean). Written to the store as source ``ens-avg``.
 * **Ens-Logit** (:class:`LogitEnsemble`, :func:`ens_logit_maps`): the explanation of the ensemble
   *model* whose logits are the mean of the members' logits. Source ``ens-logit``.
-* **Exp-Avg** (:func:`paper_table`): the mean over members of each member's metric, read from the
-  metrics table. Ens-Avg above Exp-Avg is the paper's claim.
+* **Exp-Avg** is a statistic of the metrics table, not a map: it is defined once, in
+  :mod:`concilium.metrics.tables` (with the paper's table). Ens-Avg above Exp-Avg is the paper's
+  claim.
 
 GradCAM of a logit ensemble:
     An ensemble has no single last convolutional layer. Take member ``j``'s GradCAM layer ``A_j``:
@@ -21,12 +22,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 
-import pandas as pd
 import torch
 from torch import Tensor, nn
 
 from concilium.ensemble.normalise import NormalisationName
 from concilium.ensemble.reduce import ReducerName, aggregate
+from concilium.explain import explain
 
 Explainer = Callable[..., Tensor]
 
@@ -109,8 +110,7 @@ def ens_logit_maps(
         ``(N, H, W)``. For ``"gradcam"`` the mean of the members' GradCAMs (identical to the
         ensemble's GradCAM summed over the members' layers, see the module docstring).
     """
-    if explainer is None:
-        from concilium.explain import explain as explainer
+    explainer = explain if explainer is None else explainer
     params = dict(params or {})
     if method == "gradcam":
         maps = [explainer(m, images, targets, method=method, **params) for m in models]
@@ -118,71 +118,3 @@ def ens_logit_maps(
     wrapper = LogitEnsemble(models).to(images.device).eval()
     return explainer(wrapper, images, targets, method=method, **params)
 
-
-def paper_table(
-    metrics: pd.DataFrame,
-    *,
-    members: Sequence[str],
-    ens_source: str = "ens-avg",
-    logit_source: str | None = "ens-logit",
-    higher_is_better: Mapping[str, bool] | None = None,
-) -> pd.DataFrame:
-    """The paper's table: per method and metric, metric(Ens-Avg), Exp-Avg and Ens-Logit.
-
-    Args:
-        metrics: the metrics table (columns ``sample, source, method, metric, value``).
-        members: the member sources whose mean is Exp-Avg (e.g. ``["m0", ..., "m10"]``).
-        ens_source: the Ens-Avg source name.
-        logit_source: the Ens-Logit source name (``None`` to leave it out).
-        higher_is_better: per metric; defaults to the metric registry's metadata, else True.
-
-    Returns:
-        Columns ``method, metric, ens_avg, exp_avg, ens_logit, member_min, member_max,
-        n_members, higher_is_better, gain`` (``gain`` is Ens-Avg minus Exp-Avg, sign flipped for
-        lower-is-better metrics so that a positive gain always means Ens-Avg is better) and
-        ``ens_avg_better``.
-
-    Raises:
-        ValueError: if the table lacks the needed columns, a member, or the ensemble source.
-    """
-    need = {"source", "method", "metric", "value"}
-    if not need <= set(metrics.columns):
-        raise ValueError(f"metrics table needs columns {sorted(need)}; got {list(metrics.columns)}")
-    members = list(members)
-    present = set(metrics["source"].unique())
-    missing = [s for s in [*members, ens_source] if s not in present]
-    if missing:
-        raise ValueError(f"sources {missing} are not in the metrics table (have {sorted(present)}); "
-                         "run `concilium evaluate` on them first")
-    per_source = metrics.groupby(["source", "method", "metric"])["value"].mean()
-    rows = []
-    for (method, metric), _ in metrics[metrics.source == ens_source].groupby(["method", "metric"]):
-        member_vals = [per_source.get((s, method, metric)) for s in members]
-        member_vals = [v for v in member_vals if v is not None and pd.notna(v)]
-        if not member_vals:
-            continue
-        hib = _higher_is_better(metric, higher_is_better)
-        ens = float(per_source[(ens_source, method, metric)])
-        exp = float(sum(member_vals) / len(member_vals))
-        logit = per_source.get((logit_source, method, metric)) if logit_source else None
-        gain = (ens - exp) if hib else (exp - ens)
-        rows.append({
-            "method": method, "metric": metric, "ens_avg": ens, "exp_avg": exp,
-            "ens_logit": float(logit) if logit is not None else float("nan"),
-            "member_min": float(min(member_vals)), "member_max": float(max(member_vals)),
-            "n_members": len(member_vals), "higher_is_better": hib, "gain": gain,
-            "ens_avg_better": gain > 0,
-        })
-    return pd.DataFrame(rows)
-
-
-def _higher_is_better(metric: str, given: Mapping[str, bool] | None) -> bool:
-    if given is not None and metric in given:
-        return bool(given[metric])
-    try:
-        from concilium.metrics import METRICS
-
-        entry = METRICS.get(metric)
-        return bool(getattr(entry, "higher_is_better", True))
-    except (ImportError, ValueError):
-        return True

@@ -59,6 +59,7 @@ from concilium.ensemble.sources import (
     write_table,
 )
 from concilium.ensemble.weighted import metric_weights, weighted_ensemble
+from concilium.metrics.tables import higher_is_better
 from concilium.store import Entry
 
 ENSEMBLERS_DIR = "ensemblers"
@@ -301,7 +302,6 @@ def run_aggregate(ctx: RunContext, opts: EnsembleOptions) -> EnsembleResult:
 @ENSEMBLERS.register("weighted")
 def run_weighted(ctx: RunContext, opts: EnsembleOptions) -> EnsembleResult:
     """Weight one source's methods by their mean metric scores (from the metrics table)."""
-    from concilium.ensemble.averaging import _higher_is_better
 
     src, methods, maps, hashes = _from(ctx, opts)
     metrics = read_metrics(ctx.run_dir)
@@ -313,7 +313,7 @@ def run_weighted(ctx: RunContext, opts: EnsembleOptions) -> EnsembleResult:
             raise ValueError(f"the metrics table has no {metric!r} scores of source {src!r}; run "
                              f"`concilium evaluate {ctx.run_dir} --metrics {metric}` first")
         scores[metric] = part.to_dict()
-    hib = {m: _higher_is_better(m, None) for m in opts.weight_metrics}
+    hib = {m: higher_is_better(m) for m in opts.weight_metrics}
     w = metric_weights(scores, methods=methods, higher_is_better=hib,
                        metric_weights=opts.metric_weights, clip_negative=opts.clip_negative)
     absolute = _abs(opts, False)

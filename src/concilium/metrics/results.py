@@ -7,17 +7,16 @@ one finished group at a time, (source, method, entry, metric, params), so a kill
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from concilium.metrics.registry import METRICS
-from concilium.vocabulary import EXP_AVG, is_member
+from concilium.metrics.tables import mean_ci, summarise  # noqa: F401  (re-exported until moved)
+from concilium.vocabulary import EXP_AVG
 
 COLUMNS: tuple[str, ...] = (
     "sample",
@@ -124,87 +123,6 @@ def group_rows(
             "params": [params] * n,
         }
     )
-
-
-def mean_ci(values: np.ndarray, *, level: float = 0.95) -> tuple[float, float, float, int]:
-    """Mean and Student-t confidence interval of the finite values: ``(mean, low, high, n)``.
-    One value gives a zero-width interval; none gives NaNs."""
-    v = np.asarray(values, dtype=np.float64)
-    v = v[np.isfinite(v)]
-    n = int(v.size)
-    if n == 0:
-        return math.nan, math.nan, math.nan, 0
-    mean = float(v.mean())
-    if n == 1:
-        return mean, mean, mean, 1
-    half = float(stats.t.ppf(0.5 + level / 2, n - 1) * v.std(ddof=1) / math.sqrt(n))
-    return mean, mean - half, mean + half, n
-
-
-def summarise(table: pd.DataFrame, *, level: float = 0.95) -> pd.DataFrame:
-    """Mean and confidence interval per (source, method, metric), plus an ``exp-avg`` row per
-    (method, metric): per sample, the mean over member sources (``m0``, ``m1``, ...; NaN if any
-    member's score is NaN), then the mean and interval over samples (Exp-Avg of Ahamed et al.). ``best`` marks, per metric, the
-    row with the best mean in the metric's direction (``exp-avg`` rows included).
-
-    Returns:
-        Columns ``source, method, metric, category, higher_is_better, mean, ci_low, ci_high, n,
-        n_nan, best``.
-    """
-    rows = []
-    if table.empty:
-        return pd.DataFrame(
-            columns=[
-                "source",
-                "method",
-                "metric",
-                "category",
-                "higher_is_better",
-                "mean",
-                "ci_low",
-                "ci_high",
-                "n",
-                "n_nan",
-                "best",
-            ]
-        )
-    for (source, method, metric), grp in table.groupby(["source", "method", "metric"], sort=True):
-        rows.append(_summary_row(source, method, metric, grp["value"].to_numpy(), level))
-    members = table[table["source"].astype(str).map(is_member)]
-    for (method, metric), grp in members.groupby(["method", "metric"], sort=True):
-        if grp["source"].nunique() < 2:
-            continue
-        # an image where some member's score is NaN has no Exp-Avg (NaN), not a partial mean
-        per_sample = grp.groupby("sample")["value"].apply(
-            lambda v: float(v.mean()) if v.notna().all() else math.nan
-        )
-        rows.append(_summary_row(EXP_AVG, method, metric, per_sample.to_numpy(), level))
-    out = pd.DataFrame(rows)
-    out["best"] = False
-    for metric, grp in out.groupby("metric"):
-        means = grp["mean"]
-        if means.notna().any():
-            best = means.idxmax() if METRICS.get(metric).higher_is_better else means.idxmin()
-            out.loc[best, "best"] = True
-    return out
-
-
-def _summary_row(source: str, method: str, metric: str, values: np.ndarray, level: float) -> dict:
-    spec = METRICS.get(metric)
-    mean, low, high, n = mean_ci(values, level=level)
-    return {
-        "source": source,
-        "method": method,
-        "metric": metric,
-        "category": spec.category,
-        "higher_is_better": spec.higher_is_better,
-        "mean": mean,
-        "ci_low": low,
-        "ci_high": high,
-        "n": n,
-        "n_nan": int(np.sum(~np.isfinite(np.asarray(values, dtype=np.float64)))),
-        "best": False,
-    }
 
 
 def render_summary(summary: pd.DataFrame) -> Any:

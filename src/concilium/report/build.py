@@ -20,9 +20,9 @@ import pandas as pd
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from concilium import __version__
+from concilium.metrics.tables import paper_table
 from concilium.report import figures as F
 from concilium.report.summary import (
-    MEMBERS,
     Finding,
     best_per_metric,
     consensus_points,
@@ -30,9 +30,8 @@ from concilium.report.summary import (
     explanation_stats,
     family_scores,
     findings,
-    paper_table,
 )
-from concilium.vocabulary import FAMILIES
+from concilium.vocabulary import EXP_AVG, FAMILIES
 
 SECTIONS: dict[str, str] = {
     "findings": "Headline findings",
@@ -280,7 +279,7 @@ def _section_metrics(data: ReportData, stats: pd.DataFrame | None) -> Section:
     s = Section("metrics", SECTIONS["metrics"],
                 "Mean and 95% confidence interval over the test images, per explanation and "
                 "metric. ↑ higher is better, ↓ lower is better; the best per metric is in bold. "
-                f"'{MEMBERS}' pools the members per image (its mean is the Exp-Avg).")
+                f"'{EXP_AVG}' pools the members per image (its mean is the Exp-Avg).")
     if stats is None or stats.empty:
         s.missing = data.notes.get("metrics", "No metrics table: run `concilium evaluate`.")
         return s
@@ -351,7 +350,7 @@ def _section_paper(data: ReportData) -> Section:
             win = max(finite, key=finite.get) if h else min(finite, key=finite.get)
         rows.append([Cell(str(r.method)), Cell(f"{r.metric}{_arrow(h)}"),
                      *[Cell(_fmt(v), bold=win == k) for k, v in cand.items()],
-                     Cell(str(r.members))])
+                     Cell(str(r.n_members))])
     s.tables.append(Table(["method", "metric", "Ens-Avg", "Exp-Avg", "Ens-Logit", "members"],
                           rows))
     return s

@@ -18,10 +18,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from concilium.vocabulary import FAMILIES, is_member
-
-MEMBERS = "members"
-"""The ``source`` label of member maps pooled per sample (the Exp-Avg row)."""
+from concilium.metrics.tables import exp_avg_per_sample, mean_ci, paper_table
+from concilium.vocabulary import EXP_AVG, FAMILIES, is_member
 
 METRIC_COLUMNS = ("sample", "label", "source", "method", "metric", "value")
 
@@ -49,24 +47,6 @@ def check_metrics_table(metrics: pd.DataFrame) -> pd.DataFrame:
     return metrics
 
 
-def mean_ci(values: np.ndarray, *, level: float = 0.95) -> tuple[float, float, float, int]:
-    """Mean and Student-t confidence interval of the finite values.
-
-    Returns:
-        ``(mean, low, high, n)``; NaN interval bounds when fewer than two finite values.
-    """
-    v = np.asarray(values, dtype=float)
-    v = v[np.isfinite(v)]
-    n = int(v.size)
-    if n == 0:
-        return math.nan, math.nan, math.nan, 0
-    mean = float(v.mean())
-    if n < 2:
-        return mean, math.nan, math.nan, n
-    half = float(sps.t.ppf(0.5 + level / 2, n - 1) * v.std(ddof=1) / math.sqrt(n))
-    return mean, mean - half, mean + half, n
-
-
 def explanation_stats(
     metrics: pd.DataFrame, *, members: Literal["pooled", "each", "both"] = "pooled"
 ) -> pd.DataFrame:
@@ -75,8 +55,8 @@ def explanation_stats(
     Args:
         metrics: the tidy metrics table (``sample, label, source, method, metric, value``).
         members: ``"pooled"`` replaces the member rows of a method by one row, source
-            ``"members"``, whose per-sample value is the mean over members (its mean is the
-            Exp-Avg of the ensembles paper); ``"each"`` keeps one row per member; ``"both"`` both.
+            ``"exp-avg"``, whose per-sample value is Exp-Avg (:mod:`concilium.metrics.tables`:
+            NaN for an image where any member's score is NaN); ``"each"`` keeps one row per member; ``"both"`` both.
 
     Returns:
         Columns ``explanation, source, method, metric, mean, ci_low, ci_high, n``.
@@ -89,12 +69,8 @@ def explanation_stats(
     else:
         frames.append(metrics[~member_rows])
     if members in ("pooled", "both") and member_rows.any():
-        pooled = (
-            metrics[member_rows]
-            .groupby(["method", "metric", "sample"], as_index=False, sort=False)["value"]
-            .mean()
-        )
-        pooled["source"] = MEMBERS
+        pooled = exp_avg_per_sample(metrics).drop(columns="n_members")
+        pooled["source"] = EXP_AVG
         frames.append(pooled)
     rows = []
     for (source, method, metric), group in pd.concat(frames, ignore_index=True).groupby(
@@ -111,7 +87,7 @@ def explanation_stats(
     out = pd.DataFrame(
         rows, columns=["explanation", "source", "method", "metric", "mean", "ci_low", "ci_high", "n"]
     )
-    order = {s: (0 if s == MEMBERS else 1 if not is_member(s) else 2) for s in out["source"]}
+    order = {s: (0 if s == EXP_AVG else 1 if not is_member(s) else 2) for s in out["source"]}
     return out.sort_values(
         ["method", "source"], key=lambda col: col.map(order) if col.name == "source" else col
     ).reset_index(drop=True)
@@ -164,38 +140,6 @@ def family_scores(stats: pd.DataFrame, meta: pd.DataFrame) -> pd.DataFrame:
         if cols:
             out[family] = pd.concat([scaled[m] for m in cols], axis=1).mean(axis=1)
     return out
-
-
-def paper_table(metrics: pd.DataFrame) -> pd.DataFrame:
-    """The ensembles paper's comparison, per method and metric: metric(Ens-Avg), mean over
-    members of metric(member) (Exp-Avg) and metric(Ens-Logit).
-
-    Returns:
-        Columns ``method, metric, ens_avg, exp_avg, ens_logit, members`` (NaN where a source is
-        missing); empty when there are no member rows.
-    """
-    check_metrics_table(metrics)
-    cols = ["method", "metric", "ens_avg", "exp_avg", "ens_logit", "members"]
-    member_rows = metrics["source"].map(is_member)
-    if not member_rows.any():
-        return pd.DataFrame(columns=cols)
-    member_means = (
-        metrics[member_rows].groupby(["method", "metric", "source"])["value"].mean().reset_index()
-    )
-    exp = member_means.groupby(["method", "metric"])["value"].agg(["mean", "count"])
-    rows = []
-    for (method, metric), row in exp.iterrows():
-        sel = metrics[(metrics["method"] == method) & (metrics["metric"] == metric)]
-        rows.append(
-            {
-                "method": method, "metric": metric,
-                "ens_avg": _mean(sel[sel["source"] == "ens-avg"]["value"]),
-                "exp_avg": float(row["mean"]),
-                "ens_logit": _mean(sel[sel["source"] == "ens-logit"]["value"]),
-                "members": int(row["count"]),
-            }
-        )
-    return pd.DataFrame(rows, columns=cols)
 
 
 @dataclass
