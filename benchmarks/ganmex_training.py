@@ -84,7 +84,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from concilium.baselines.ganmex import GanmexOptions, card_hash, train_ganmex
+    from concilium.ganmex import GanmexOptions, card_hash, train_ganmex
     from concilium.data.folder import load_folder, write_folder
     from concilium.data.synthetic import SynthConfig, generate
     from concilium.models.architectures import create_model
@@ -198,7 +198,7 @@ def main() -> None:
             until_success=None if args.keep_training else args.target,
         )
     except _Stop:
-        from concilium.baselines.ganmex import read_history
+        from concilium.ganmex import read_history
 
         history = read_history(generator_dir / "validation.csv")
     last = history[-1]

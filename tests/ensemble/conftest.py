@@ -11,8 +11,8 @@ METHODS = ("saliency", "gradcam")
 def make_run(root: Path, *, n: int = 32, members: int = 2) -> Path:
     from concilium.data.synthetic import SynthConfig, generate
     from concilium.models import MemberCard, create_model, save_member
-    from concilium.runinfo import DatasetSpec, RunInfo
     from concilium.store import ExplanationStore
+    from concilium.store.manifest import DatasetSpec, RunInfo
 
     cfg = SynthConfig(n=n, size=32, num_classes=2, seed=0, watermark_class=1, watermark_rate=1.0,
                       split_fractions=(0.5, 0.25, 0.25))

@@ -8,11 +8,11 @@ from concilium.ensemble.audit import (
     anonymise,
     attribution_share,
     bias_table,
-    per_class_metric_means,
     per_class_quality,
 )
 from concilium.ensemble.cnn import CNNTrainConfig
 from concilium.ensemble.subsets import method_subset_study, method_subsets
+from concilium.metrics.tables import per_class_metric_means
 
 
 def test_per_class_quality_hand_values_and_flags():

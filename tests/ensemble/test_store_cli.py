@@ -5,13 +5,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import concilium.explain
 from concilium.cli.main import app
+from concilium.ensemble import LogitEnsemble
 from concilium.ensemble.averaging import ens_avg
 from concilium.ensemble.cnn import CNNTrainConfig
-from concilium.ensemble.registry import ENSEMBLERS, EnsembleOptions, run_ensemble
-from concilium.ensemble.sources import open_run, read_maps
-from concilium.store import ExplanationStore
+from concilium.explain import explain
+from concilium.jobs.ensemble import ENSEMBLERS, EnsembleOptions, run_ensemble
+from concilium.store import ExplanationStore, Run, read_maps
 
 TINY_CNN = CNNTrainConfig(base_channels=4, depth=1, epochs=3, patience=3, batch_size=8)
 
@@ -73,28 +73,29 @@ def test_consensus_kind_tables(tiny_run):
     assert (tiny_run / "results" / "consensus_correlations.parquet").is_file()
 
 
-def test_ens_logit_kind_with_a_stand_in_explainer(tiny_run, monkeypatch):
-    def fake_explain(model, images, target, *, labels, method, reduction, baseline, generator):
-        x = images.clone().requires_grad_(True)
-        (g,) = torch.autograd.grad(model(x).gather(1, labels[:, None]).sum(), x)
-        return g.sum(1)
-
-    monkeypatch.setattr(concilium.explain, "explain", fake_explain, raising=False)
+def test_ens_logit_kind_explains_the_averaged_logit_model(tiny_run):
     result = run_ensemble(tiny_run, "ens-logit", EnsembleOptions(methods=["saliency"]))
-    ctx = open_run(tiny_run, load_models=True)
-    models = [ctx.models[m] for m in ("m0", "m1")]
-    x = ctx.data.images[:4]
-    expected = torch.stack([fake_explain(m, x, "label", labels=ctx.data.labels[:4], method="s",
-                                         reduction="sum", baseline="zero", generator=None)
-                            for m in models]).mean(0)
-    torch.testing.assert_close(result.entries[0].read([0, 1, 2, 3]), expected, atol=1e-5, rtol=1e-4)
+    run = Run.open(tiny_run, load_models=True)
+    entry = result.entries[0]
+    assert entry.source == "ens-logit" and entry.params["members"] == ["m0", "m1"]
+    # the stored maps are the saliency of the model whose logits average the members' logits,
+    # with the members' stored saliency parameters (an independent call of the library)
+    member = run.store.get("m0", "saliency")
+    p = member.params
+    x, labels = run.data.images[:4], run.data.labels[:4]
+    expected = explain(LogitEnsemble([run.models["m0"], run.models["m1"]]).eval(), x, labels,
+                       method="saliency", reduction=p["reduction"], baseline=p["baseline"],
+                       **p["method_params"])
+    torch.testing.assert_close(entry.read([0, 1, 2, 3]), expected, atol=1e-5, rtol=1e-4)
+    # and it is not the mean of the members' maps, nor one member's map
+    assert not torch.allclose(entry.read([0, 1, 2, 3]), member.read([0, 1, 2, 3]), atol=1e-4)
 
 
 def test_members_with_different_image_sets_are_refused(tiny_run):
     store = ExplanationStore(tiny_run)
     other = store.entry("m9", "saliency", {"x": 1}, [f"other{i}" for i in range(32)], shape=(32, 32))
     other.write(0, torch.zeros(32, 32, 32))
-    ctx = open_run(tiny_run)
+    ctx = Run.open(tiny_run)
     with pytest.raises(ValueError, match="different image sets"):
         read_maps(store, "m9", "saliency", ctx.data.ids)
     with pytest.raises(ValueError, match="not in this run"):
@@ -127,7 +128,7 @@ def test_cli_ensemble_and_audit(tiny_run):
 
 
 def test_cnn_kind_needs_train_and_val_rows(tiny_run):
-    ctx = open_run(tiny_run)
+    ctx = Run.open(tiny_run)
     ctx.data.splits = ["test"] * len(ctx.data)
     with pytest.raises(ValueError, match="--split all"):
         ENSEMBLERS.get("cnn")(ctx, EnsembleOptions(cnn=TINY_CNN))

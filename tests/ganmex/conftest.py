@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from concilium.baselines.ganmex import GanmexOptions, train_ganmex
+from concilium.ganmex import GanmexOptions, train_ganmex
 
 SIZE = 16
 CLASSES = ["red", "green", "blue"]
@@ -52,7 +52,7 @@ def trained_gen(tmp_path_factory: pytest.TempPathFactory) -> tuple:
     out = tmp_path_factory.mktemp("gen")
     images, labels = colour_images(12)
     card = {"member_id": "m0", "class_names": CLASSES, "image_size": [SIZE, SIZE]}
-    from concilium.baselines.ganmex import card_hash
+    from concilium.ganmex import card_hash
 
     train_ganmex(TinyClassifier(), images, labels, out_dir=out, class_names=CLASSES,
                  options=GanmexOptions(steps=2, checkpoint_every=2, **TINY),

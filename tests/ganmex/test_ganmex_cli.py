@@ -8,7 +8,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from concilium.baselines.ganmex import GanmexBaseline, load_card
+from concilium.ganmex import GanmexBaseline, load_card
 
 SIZE = 32
 

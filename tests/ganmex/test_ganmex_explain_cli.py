@@ -14,10 +14,10 @@ import torch
 from torch import Tensor
 from typer.testing import CliRunner
 
-from concilium.baselines.ganmex import GanmexOptions, card_hash, train_ganmex
-from concilium.baselines.ganmex.networks import Generator
 from concilium.explain import explain, explain_many
 from concilium.explain.targets import resolve_target
+from concilium.ganmex import GanmexOptions, card_hash, train_ganmex
+from concilium.ganmex.networks import Generator
 
 from .conftest import TINY, TinyClassifier, colour_images
 
@@ -170,8 +170,8 @@ def test_cli_ganmex_contrast_end_to_end_then_cached(setup, tmp_path, generator_c
 
 def test_baselines_are_g_of_x_and_t(setup, tmp_path) -> None:
     """The stored IG map equals explain() with G(x, t) given as a tensor baseline."""
-    from concilium.baselines.ganmex import GanmexBaseline
     from concilium.data.folder import load_folder
+    from concilium.ganmex import GanmexBaseline
     from concilium.models.checkpoint import load_member
     from concilium.store import ExplanationStore
 

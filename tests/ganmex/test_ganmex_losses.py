@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from concilium.baselines.ganmex import critic_loss, generator_loss, gradient_penalty
+from concilium.ganmex import critic_loss, generator_loss, gradient_penalty
 
 
 class LinearCritic(nn.Module):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from concilium.baselines.ganmex import Critic, Generator
+from concilium.ganmex import Critic, Generator
 
 
 @pytest.mark.parametrize(("size", "patches"), [(8, 4), (32, 4), (36, 4), (64, 4), (224, 7)])

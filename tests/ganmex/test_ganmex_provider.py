@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from concilium.baselines.ganmex import GanmexBaseline, parse_baseline_spec
+from concilium.ganmex import GanmexBaseline, parse_baseline_spec
 
 from .conftest import CLASSES, SIZE, colour_images
 

@@ -8,7 +8,7 @@ import csv
 import pytest
 import torch
 
-from concilium.baselines.ganmex import (
+from concilium.ganmex import (
     GanmexOptions,
     frozen,
     generator_loss,
@@ -20,7 +20,7 @@ from concilium.baselines.ganmex import (
     train_step,
     validate,
 )
-from concilium.baselines.ganmex.checkpoint import build_networks
+from concilium.ganmex.checkpoint import build_networks
 
 from .conftest import CLASSES, SIZE, TINY, TinyClassifier, colour_images
 

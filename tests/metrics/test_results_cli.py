@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 import torch
 
-from concilium.metrics.evaluate_run import load_metric_params
-from concilium.metrics.results import COLUMNS, ResultsTable, group_rows
+from concilium.jobs.evaluate import load_metric_params
+from concilium.store.results import COLUMNS, ResultsTable, group_rows
 
 
 def _table() -> pd.DataFrame:

@@ -21,7 +21,7 @@ from concilium.pipeline import load_config, parse_config
         ({"audit": {"region": "sky"}}, r"\[audit\] region: Input should be 'watermark' or 'outside'"),
         ({"explain": {"methods": ["salency"]}}, r"unknown method 'salency'; valid: .*saliency"),
         ({"explain": {"methods": ["saliency"], "params": {"saliency": {"n_steps": 3}}}},
-         r"\[explain.params.saliency\] unknown parameter"),
+         r"\[explain\] params.saliency: unknown parameter"),
         ({"explain": {"params": {"occlusion": {"window": 4}}}}, r"not in methods"),
         ({"evaluate": {"metrics": ["localisation", "pointing"]}}, r"unknown metric or family 'pointing'"),
         ({"evaluate": {"metrics": ["iou"], "params": {"iou": {"qq": 1}}}}, r"unknown parameter\(s\) qq for metric 'iou'"),

@@ -4,7 +4,7 @@ recognised from stages.json; nothing is written."""
 from __future__ import annotations
 
 from concilium.pipeline import demo_config, format_plan, parse_config, plan
-from concilium.pipeline.run import write_state
+from concilium.pipeline.runner import write_state
 
 CONFIG = {
     "data": {"n": 100, "size": 32},
@@ -34,7 +34,7 @@ def test_plan_lists_stages_costs_and_writes_nothing(tmp_path):
 
 
 def test_plan_sees_cached_and_resumable_stages(tmp_path):
-    from concilium.pipeline.run import stage_hashes
+    from concilium.pipeline.runner import stage_hashes
     from concilium.pipeline.stages import STAGES
 
     config = parse_config(CONFIG)

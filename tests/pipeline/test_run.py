@@ -8,7 +8,8 @@ import json
 import pytest
 
 from concilium.pipeline import parse_config
-from concilium.pipeline.run import Stage, read_state, run_pipeline, stage_hashes
+from concilium.pipeline.context import Stage
+from concilium.pipeline.runner import read_state, run_pipeline, stage_hashes
 
 
 class Recorder:

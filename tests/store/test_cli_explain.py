@@ -17,11 +17,15 @@ if not hasattr(explain_pkg, "explain"):
 
 from concilium.data.dataset import ImageDataset  # noqa: E402
 from concilium.data.folder import write_folder  # noqa: E402
+from concilium.jobs.explain import explain_to_store  # noqa: E402
 from concilium.models.architectures import create_model  # noqa: E402
 from concilium.models.checkpoint import MemberCard, load_members, save_member  # noqa: E402
-from concilium.runinfo import RunInfo, load_run_data, select_split  # noqa: E402
-from concilium.store import ExplanationStore  # noqa: E402
-from concilium.store.compute import explain_to_store  # noqa: E402
+from concilium.store import (  # noqa: E402
+    ExplanationStore,  # noqa: E402
+    Run,
+    RunInfo,
+    select_split,
+)
 
 N, HW = 8, 16
 METHODS = "saliency,gradient_shap"
@@ -75,8 +79,8 @@ def test_cli_end_to_end_then_rerun_reuses(setup, tmp_path):
     assert table.complete.all() and (table.n == 5).all()
     info = RunInfo.load(run)
     assert info.sample_ids == ["s2", "s3", "s4", "s5", "s6"] and info.member_ids == ["m0", "m1"]
-    loaded, members = load_run_data(run)
-    assert loaded.ids == info.sample_ids and [c.member_id for _, c in members] == ["m0", "m1"]
+    opened = Run.open(run, load_models=True)
+    assert opened.data.ids == info.sample_ids and list(opened.models) == ["m0", "m1"]
     entry = ExplanationStore(run).get("m1", "saliency")
     assert entry.meta["batch_size"] == 8 and entry.meta["model_card"]["member_id"] == "m1"
     assert entry.params["method_params"] == {"abs": True} and entry.params["seed"] == 3
@@ -156,10 +160,10 @@ def test_probed_batch_size_is_recorded_and_kept_on_resume(setup, tmp_path, monke
     """Without --batch-size the probe runs once per run and architecture and its choice is
     kept in the store and in each entry; a resumed run uses it even when the probe (timing-based)
     would now choose otherwise."""
-    import concilium.explain
+    import concilium.jobs.explain
     from concilium.data.folder import load_folder
     from concilium.explain.batching import Plan as BatchPlan
-    from concilium.store.compute import plan_members
+    from concilium.jobs.explain import plan_members
 
     data = select_split(load_folder(setup[0]), "test", None)
     members = load_members(setup[1])
@@ -170,7 +174,7 @@ def test_probed_batch_size_is_recorded_and_kept_on_resume(setup, tmp_path, monke
         probes.append(images.shape)
         return BatchPlan(chosen["rows"], chosen["rows"], 1, 10_000)
 
-    monkeypatch.setattr(concilium.explain, "probe", fake_probe)
+    monkeypatch.setattr(concilium.jobs.explain, "probe", fake_probe)
     store = ExplanationStore(tmp_path)
     args = {"method_options": {}, "target": "label", "reduction": "sum", "baseline": "zero",
             "seed": 0, "dtype": "float32", "chunk_size": 2, "device": torch.device("cpu"),
@@ -261,18 +265,18 @@ def test_other_settings_into_same_run_refused(setup, tmp_path):
     assert "use a new --out" in str(result.exception)
 
 
-def test_load_run_data_refuses_changed_data_or_weights(setup, tmp_path):
+def test_opening_a_run_refuses_changed_data_or_weights(setup, tmp_path):
     data, models = setup
     assert invoke([data, "--models", models, "--out", tmp_path, "--methods", "saliency",
                    "--limit", "2"]).exit_code == 0
     info = RunInfo.load(tmp_path)
     info.model_copy(update={"member_fingerprints": {"m0": "0" * 16}}).save(tmp_path)
     with pytest.raises(ValueError, match="member m0 .* other weights"):
-        load_run_data(tmp_path)
-    assert load_run_data(tmp_path, load_models=False)[0].ids == ["s2", "s3"]
+        Run.open(tmp_path, load_models=True)
+    assert Run.open(tmp_path).data.ids == ["s2", "s3"]
     info.model_copy(update={"dataset_fingerprint": "0" * 16}).save(tmp_path)
     with pytest.raises(ValueError, match="dataset of .* changed"):
-        load_run_data(tmp_path, load_models=False)
+        Run.open(tmp_path)
 
 
 def test_library_entry_point_validates_before_creating_entries(setup, tmp_path):

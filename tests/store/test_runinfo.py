@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from concilium._util import state_fingerprint as model_fingerprint
 from concilium.data.dataset import ImageDataset
-from concilium.runinfo import DatasetSpec, RunInfo, model_fingerprint, select_split
+from concilium.store.manifest import DatasetSpec, RunInfo, select_split
 
 
 def tiny_dataset(n: int = 6) -> ImageDataset:

@@ -340,10 +340,10 @@ class _Recorder:
 
 
 def test_background_writer_keeps_order_and_finishes_on_close():
-    from concilium.store.compute import _Writer
+    from concilium.store.writer import ChunkWriter
 
     log = []
-    writer = _Writer(max_pending=2)
+    writer = ChunkWriter(max_pending=2)
     for start in range(6):
         writer.submit(_Recorder(log, delay=0.01), start, torch.zeros(1, 2, 2))
     writer.close()
@@ -351,10 +351,10 @@ def test_background_writer_keeps_order_and_finishes_on_close():
 
 
 def test_background_writer_fails_fast_and_drops_queued_writes():
-    from concilium.store.compute import _Writer
+    from concilium.store.writer import ChunkWriter
 
     log = []
-    writer = _Writer(max_pending=10)
+    writer = ChunkWriter(max_pending=10)
     writer.submit(_Recorder(log, fail_at=0, delay=0.05), 0, torch.zeros(1, 2, 2))
     for start in range(1, 4):
         writer.submit(_Recorder(log), start, torch.zeros(1, 2, 2))

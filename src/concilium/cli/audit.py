@@ -3,7 +3,7 @@
 Per-class quality of E* (``per_class``), per-class metric means (``per_class_metrics``), bias
 on a non-evidence region (``bias``), and on request the anonymisation study
 (``anonymisation``) and the CNN ensembler's method-subset study (``subsets``). The work is done
-by :func:`concilium.ensemble.audit.run_audit`.
+by :func:`concilium.jobs.audit.run_audit`.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def audit_command(
     """Per-class quality, bias and anonymisation audits of a run."""
     from rich.console import Console
 
-    from concilium.ensemble.audit import run_audit
+    from concilium.jobs.audit import run_audit
 
     if region not in ("watermark", "outside"):
         raise ValueError(f"--region must be watermark or outside; got {region!r}")

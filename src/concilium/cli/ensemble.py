@@ -1,6 +1,6 @@
 """``concilium ensemble RUN --kind ...``: ensemble a run's stored maps into new store sources.
 
-The work is done by :func:`concilium.ensemble.registry.run_ensemble`; this module only parses
+The work is done by :func:`concilium.jobs.ensemble.run_ensemble`; this module only parses
 options, so every ensemble is written through the same entry API as the members and
 ``concilium evaluate`` scores it like any member.
 """
@@ -68,7 +68,7 @@ def ensemble_command(
     from rich.console import Console
 
     from concilium.ensemble.cnn import CNNTrainConfig
-    from concilium.ensemble.registry import ENSEMBLERS, EnsembleOptions, run_ensemble
+    from concilium.jobs.ensemble import ENSEMBLERS, EnsembleOptions, run_ensemble
 
     ENSEMBLERS.get(kind)  # unknown kind: error listing the valid ones, before any work
     cnn = CNNTrainConfig(epochs=epochs, patience=patience, with_image=with_image, loss=loss,

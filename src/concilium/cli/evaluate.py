@@ -1,17 +1,21 @@
 """``concilium evaluate``: every selected metric for every stored explanation of a run, into the
 tidy table ``RUN/results/metrics.parquet`` (+ ``.csv``), resumable, then a summary.
 
-The work is in :mod:`concilium.metrics.evaluate_run` and :mod:`concilium.metrics.results`; this
-module only parses options and prints.
+The work is in :mod:`concilium.jobs.evaluate` and :mod:`concilium.metrics.tables`; this module
+only parses options and prints.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+import pandas as pd
 import typer
+from rich.table import Table
 
 from concilium.cli.app import app
+from concilium.vocabulary import EXP_AVG
 
 DEFAULT_METRICS = "localisation,complexity"
 
@@ -40,9 +44,10 @@ def evaluate(
     """Compute metrics for every explanation in RUN and print mean and 95% CI per source."""
     from rich.console import Console
 
-    from concilium.metrics.evaluate_run import evaluate_run, load_metric_params
+    from concilium.jobs.evaluate import evaluate_run, load_metric_params
     from concilium.metrics.registry import metrics_in
-    from concilium.metrics.results import ResultsTable, render_summary, summarise
+    from concilium.metrics.tables import summarise
+    from concilium.store.results import ResultsTable
 
     console = Console()
     names = metrics_in(metrics)
@@ -70,3 +75,25 @@ def evaluate(
     summary = summarise(table.load())
     console.print(render_summary(summary))
     console.print(f"table: {table.parquet} (+ {table.csv.name})")
+
+
+def render_summary(summary: pd.DataFrame) -> Any:
+    """A ``rich.table.Table`` of the summary: one row per (metric, method, source), the best
+    per metric in bold green, Exp-Avg rows in italics, arrows for the metric direction."""
+    table = Table(title="metrics: mean [95% CI] per source and method")
+    for col in ("metric", "method", "source", "mean", "95% CI", "n", "NaN"):
+        table.add_column(col, justify="right" if col in ("mean", "n", "NaN") else "left")
+    for _, r in summary.sort_values(["category", "metric", "method", "source"]).iterrows():
+        arrow = "↑" if r["higher_is_better"] else "↓"
+        style = "bold green" if r["best"] else ("italic" if r["source"] == EXP_AVG else None)
+        table.add_row(
+            f"{r['metric']} {arrow}",
+            str(r["method"]),
+            str(r["source"]),
+            f"{r['mean']:.4g}",
+            f"[{r['ci_low']:.4g}, {r['ci_high']:.4g}]",
+            str(r["n"]),
+            str(r["n_nan"]),
+            style=style,
+        )
+    return table

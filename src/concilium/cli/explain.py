@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from pydantic import ValidationError
 
 from concilium.cli.app import app
 
@@ -164,79 +165,47 @@ def run_explain(
     """The body of ``concilium explain`` (see :func:`explain_command` for the options).
 
     Returns:
-        The :class:`~concilium.store.compute.EntryReport` list.
+        The :class:`~concilium.jobs.explain.EntryReport` list.
     """
     from rich.console import Console
 
-    from concilium.runinfo import DatasetSpec, RunInfo, model_fingerprint, select_split
+    from concilium.jobs.baselines import check_baseline_spec
+    from concilium.jobs.explain import ExplainOptions
+    from concilium.store.manifest import DatasetSpec
 
     console = Console(stderr=True, quiet=quiet)
     # -- cheap checks first --------------------------------------------------------------------
     method_names = parse_methods(methods)
-    options = parse_params(list(param or []), method_names)
-    from concilium.store.compute import check_baseline_spec, check_members, member_baselines
-
-    check_baseline_spec(baseline)
+    check_baseline_spec(baseline)  # a missing generator folder is a FileNotFoundError
     check_device(device)
     _positive(batch_size, "--batch-size")
     _positive(limit, "--limit")
     _positive(chunk_size, "--chunk-size")
-    from concilium.explain import REDUCTIONS
-
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"--reduction must be one of {', '.join(REDUCTIONS)}; got {reduction!r}")
-    if split not in ("train", "val", "test", "all"):
-        raise ValueError(f"--split must be train, val, test or all; got {split!r}")
+    try:
+        options = ExplainOptions(
+            methods=method_names, params=parse_params(list(param or []), method_names),
+            split=split, limit=limit, batch_size=batch_size, target=target, baseline=baseline,
+            reduction=reduction, seed=seed, float16=float16, chunk_size=chunk_size,
+        )
+    except ValidationError as err:
+        raise ValueError(_option_errors(err)) from None
     image_size = _parse_size(size)
     if not Path(data).is_dir():
         raise FileNotFoundError(f"data folder {data} not found (make one with `concilium synth`)")
-    if not Path(models).is_dir():
-        raise FileNotFoundError(f"models folder {models} not found (train with `concilium train`)")
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file; pass a directory")
-    # -- data and models -----------------------------------------------------------------------
-    from concilium.models.checkpoint import load_members
-
     spec = DatasetSpec(kind="folder", path=str(Path(data).resolve()), size=image_size)
-    with console.status("loading data and models"):
-        full = spec.load()
-        selected = select_split(full, split, limit)  # type: ignore[arg-type]
-        members = load_members(models, device="cpu")
-    check_members(members, selected, target)
-    member_baselines(baseline, members, selected, device=device)  # a GANMEX generator must fit
-    info = RunInfo(
-        dataset=spec,
-        dataset_fingerprint=full.fingerprint(),
-        split=split,  # type: ignore[arg-type]
-        limit=limit,
-        sample_ids=selected.ids,
-        models_dir=str(Path(models).resolve()),
-        member_ids=[card.member_id for _, card in members],
-        member_fingerprints={card.member_id: model_fingerprint(m) for m, card in members},
-        methods=method_names,
-        device=device,
-        target=target,
-        seed=seed,
-    )
-    run_file = Path(out) / "run.json"
-    if run_file.is_file():
-        info = RunInfo.load(out).merged_with(info)  # raises if the run was made differently
-    from concilium.store import ExplanationStore
-    from concilium.store.compute import explain_to_store
-
-    store = ExplanationStore(out)
-    info.save(out)
-    return _run_with_progress(
-        console, store, selected, members, method_names, options=options, target=target,
-        reduction=reduction, baseline=baseline, seed=seed,
-        dtype="float16" if float16 else "float32", chunk_size=chunk_size,
-        batch_size=batch_size, device=device,
-        meta={"dataset_fingerprint": info.dataset_fingerprint, "split": split},
-        explain_to_store=explain_to_store,
-    )
+    return _run_with_progress(console, out, spec, Path(models), options, device=device)
 
 
-def _run_with_progress(console, store, data, members, methods, *, explain_to_store, **kwargs):
+def _option_errors(err: ValidationError) -> str:
+    """One line per invalid option, named as the flag (``--split``: message)."""
+    lines = []
+    for e in err.errors(include_url=False):
+        flag = "--" + str(e["loc"][0]).replace("_", "-") if e["loc"] else "option"
+        lines.append(f"{flag}: {e['msg'].removeprefix('Value error, ')}")
+    return "; ".join(lines)
+
+
+def _run_with_progress(console, out, dataset, models, options, *, device):
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -246,6 +215,9 @@ def _run_with_progress(console, store, data, members, methods, *, explain_to_sto
         TimeRemainingColumn,
     )
     from rich.table import Table
+
+    from concilium.jobs.explain import explain_run
+    from concilium.store import STORE_NAME
 
     columns = (
         TextColumn("[bold]{task.description}"),
@@ -269,11 +241,11 @@ def _run_with_progress(console, store, data, members, methods, *, explain_to_sto
                 description=f"{event.source} ({', '.join(event.methods)})",
             )
 
-        reports = explain_to_store(store, data, members, methods, on_chunk=on_chunk,
-                                   method_options=kwargs.pop("options"), **kwargs)
+        reports = explain_run(out, dataset=dataset, models_dir=models, options=options,
+                              device=device, on_chunk=on_chunk)
         progress.update(task, description="done")
     wall = time.perf_counter() - t0
-    table = Table(title=f"explanations in {store.path}")
+    table = Table(title=f"explanations in {Path(out) / STORE_NAME}")
     for col in ("member", "method", "hash", "status", "chunks new/old", "maps", "seconds"):
         table.add_column(col, justify="right" if col in ("maps", "seconds") else "left",
                          no_wrap=col in ("method", "status"))

@@ -4,7 +4,7 @@
 the frozen member, with a progress bar, a checkpoint and a validation line every
 ``--checkpoint-every`` steps, and resumes from the last checkpoint when ``GEN`` already holds one.
 ``concilium ganmex info GEN`` prints a generator's card and validation history. The generator is
-then used as ``--baseline ganmex:GEN`` (see :func:`concilium.baselines.ganmex.parse_baseline_spec`).
+then used as ``--baseline ganmex:GEN`` (see :func:`concilium.ganmex.parse_baseline_spec`).
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ def train(
         TimeRemainingColumn,
     )
 
-    from concilium.baselines.ganmex import GanmexOptions, card_hash, train_ganmex
+    from concilium.ganmex import GanmexOptions, card_hash, train_ganmex
 
     # -- cheap checks first --------------------------------------------------------------------
     if steps is not None and epochs is not None:
@@ -182,8 +182,8 @@ def info(gen: Annotated[Path, typer.Argument(help="Generator folder GEN.")]) -> 
     from rich.console import Console
     from rich.table import Table
 
-    from concilium.baselines.ganmex import load_card
-    from concilium.baselines.ganmex.checkpoint import VALIDATION_FILE
+    from concilium.ganmex import load_card
+    from concilium.ganmex.checkpoint import VALIDATION_FILE
 
     card = load_card(gen)
     console = Console()

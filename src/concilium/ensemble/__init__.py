@@ -2,8 +2,8 @@
 consensus, metric-weighted and supervised ensembles, the learned CNN ensembler, and the audits of
 what ensembles reveal about data and models.
 
-Every ensembler is a plain function of stacked maps ``(K, N, H, W)``; :mod:`.sources` reads
-members from and writes ensemble sources into a run's explanation store.
+Every ensembler is a plain function of stacked maps ``(K, N, H, W)``; nothing here reads or writes
+a run (the run-level ensemble job is :mod:`concilium.jobs.ensemble`).
 """
 
 from concilium.ensemble.averaging import LogitEnsemble, ens_avg, ens_logit_maps

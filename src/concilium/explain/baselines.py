@@ -2,7 +2,7 @@
 
 Every baseline is a :class:`BaselineProvider`: ``provider(images, targets) -> (N, C, H, W)``, one
 baseline per image and target, so a learned counterfactual baseline (GANMEX,
-:mod:`concilium.baselines.ganmex`) plugs in exactly like the built-in ones.
+:mod:`concilium.ganmex`) plugs in exactly like the built-in ones.
 
 Built-in baselines (registry :data:`BASELINES`, spec strings ``"name"`` or
 ``"name:key=value,key=value"``):

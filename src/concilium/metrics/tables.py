@@ -22,6 +22,7 @@ Example:
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -58,7 +59,7 @@ def mean_ci(values: np.ndarray, *, level: float = 0.95) -> tuple[float, float, f
     return mean, mean - half, mean + half, n
 
 
-def higher_is_better(metric: str) -> bool:
+def higher_is_better_of(metric: str) -> bool:
     """The direction of ``metric`` from the registry (``ValueError`` for an unknown name)."""
     return bool(METRICS.get(metric).higher_is_better)
 
@@ -134,7 +135,7 @@ def summarise(table: pd.DataFrame, *, level: float = 0.95) -> pd.DataFrame:
     for metric, grp in out.groupby("metric"):
         means = grp["mean"]
         if means.notna().any():
-            best = means.idxmax() if higher_is_better(metric) else means.idxmin()
+            best = means.idxmax() if higher_is_better_of(metric) else means.idxmin()
             out.loc[best, "best"] = True
     return out
 
@@ -171,7 +172,7 @@ def paper_table(
             continue
         members = sel[sel["source"].astype(str).map(is_member) & sel["sample"].isin(wide.index)]
         member_means = members.groupby("source")["value"].mean()
-        hib = higher_is_better(metric)
+        hib = higher_is_better_of(metric)
         ens_mean, exp_mean = float(wide["ens_avg"].mean()), float(wide["exp_avg"].mean())
         gain = (ens_mean - exp_mean) if hib else (exp_mean - ens_mean)
         rows.append({
@@ -182,3 +183,45 @@ def paper_table(
             "higher_is_better": hib, "gain": gain, "ens_avg_better": gain > 0,
         })
     return pd.DataFrame(rows, columns=list(PAPER_COLUMNS))
+
+
+def per_class_metric_means(
+    metrics: pd.DataFrame,
+    *,
+    class_names: Sequence[str] | None = None,
+    higher_is_better: Mapping[str, bool] | None = None,
+    z_flag: float = 1.5,
+) -> pd.DataFrame:
+    """Per-class means of every ``(source, method, metric)`` of the metrics table.
+
+    A class is flagged when its mean is worse than the mean over classes by more than ``z_flag``
+    standard deviations (over the class means), direction-aware.
+
+    Args:
+        metrics: the metrics table (``sample, label, source, method, metric, value``).
+        class_names: to name the labels (optional).
+        higher_is_better: per metric (default: the metric registry's metadata).
+        z_flag: how many standard deviations below the class average flags a class.
+
+    Returns:
+        ``source, method, metric, label, class, n, mean, z, flagged``.
+    """
+    need = {"label", "source", "method", "metric", "value"}
+    if not need <= set(metrics.columns):
+        raise ValueError(f"metrics table needs columns {sorted(need)}; got {list(metrics.columns)}")
+
+    g = (metrics.groupby(["source", "method", "metric", "label"])["value"]
+         .agg(n="count", mean="mean").reset_index())
+    out = []
+    for (_, _, metric), part in g.groupby(["source", "method", "metric"]):
+        part = part.copy()
+        hib = (higher_is_better or {}).get(metric)
+        sign = 1.0 if (higher_is_better_of(metric) if hib is None else hib) else -1.0
+        v = sign * part["mean"].to_numpy(dtype=float)
+        std = np.nanstd(v)
+        part["z"] = (v - np.nanmean(v)) / std if std > 0 else 0.0
+        part["flagged"] = part["z"] < -z_flag
+        out.append(part)
+    table = pd.concat(out, ignore_index=True) if out else g.assign(z=[], flagged=[])
+    table["class"] = [class_names[int(c)] if class_names else str(c) for c in table["label"]]
+    return table[["source", "method", "metric", "label", "class", "n", "mean", "z", "flagged"]]

@@ -6,10 +6,10 @@ Example:
     >>> print(format_plan(plan(config, "runs/bench")))   # doctest: +SKIP
     >>> run(config, "runs/bench")                         # doctest: +SKIP
 
-The stages are also callable one by one through the packages they wrap
-(:func:`concilium.models.train_ensemble`, :func:`concilium.store.compute.explain_to_store`,
-:func:`concilium.ensemble.registry.run_ensemble`, :func:`evaluate_run`,
-:func:`concilium.ensemble.audit.run_audit`, :func:`concilium.report.write_report`).
+The stages are thin calls of the run-level jobs, also callable one by one
+(:func:`concilium.models.train_ensemble`, :func:`concilium.jobs.explain.explain_run`,
+:func:`concilium.jobs.ensemble.run_ensemble`, :func:`concilium.jobs.evaluate.evaluate_run`,
+:func:`concilium.jobs.audit.run_audit`, :func:`concilium.report.write_report`).
 """
 
 from __future__ import annotations
@@ -18,18 +18,16 @@ from pathlib import Path
 
 from rich.console import Console
 
-from concilium.pipeline.analysis import evaluate_run
 from concilium.pipeline.config import ExperimentConfig, load_config, parse_config
 from concilium.pipeline.demo import demo_config
 from concilium.pipeline.plan import PlannedStage, format_plan, plan
-from concilium.pipeline.run import StageResult, read_state, run_pipeline
+from concilium.pipeline.runner import StageResult, read_state, run_pipeline
 
 __all__ = [
     "ExperimentConfig",
     "PlannedStage",
     "StageResult",
     "demo_config",
-    "evaluate_run",
     "format_plan",
     "load_config",
     "parse_config",

@@ -38,9 +38,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
-from concilium.vocabulary import FAMILIES, Reduction, Split
-
-PAPER_METHODS = ("saliency", "input_x_gradient", "integrated_gradients", "gradient_shap", "gradcam")
+from concilium.jobs.explain import ExplainOptions, check_methods
+from concilium.vocabulary import FAMILIES, Split
 
 
 class _Section(BaseModel):
@@ -203,88 +202,28 @@ class ModelsConfig(_Section):
         return _train_model().model_fields[name].default
 
 
-class ExplainConfig(_Section):
-    """``[explain]``: which maps to compute (see ``concilium explain``).
-
-    Attributes:
-        methods: method names of :data:`concilium.explain.METHODS`.
-        params: per method, parameters overriding its defaults (``[explain.params.smoothgrad]``).
-        split: the split explained; ``"all"`` also gives the CNN ensembler its training maps.
-        limit: explain only the first ``limit`` samples of the split (``None``: all).
-        batch_size: images per pass (``None``: chosen automatically).
-        target: ``label``, ``pred``, ``<int>``, ``attr:<name>`` or ``contrast:<t>``.
-        baseline: baseline spec of path/perturbation methods (``zero``, ``blur:sigma=4``, ...).
-        reduction: channel reduction of the maps.
-        seed: seed of the stochastic methods.
-        float16: store maps as float16.
-        chunk_size: samples per stored chunk.
-    """
-
-    methods: list[str] = Field(default_factory=lambda: list(PAPER_METHODS))
-    params: dict[str, dict[str, Any]] = Field(default_factory=dict)
-    split: Split = "test"
-    limit: int | None = Field(None, ge=1)
-    batch_size: int | None = Field(None, ge=1)
-    target: str = "label"
-    baseline: str = "zero"
-    reduction: Reduction = "sum"
-    seed: int = 0
-    float16: bool = False
-    chunk_size: int = Field(64, ge=1)
-
-    @model_validator(mode="after")
-    def _check_methods(self) -> ExplainConfig:
-        check_methods("explain", self.methods, self.params)
-        from concilium.store.compute import check_baseline_spec
-
-        try:
-            check_baseline_spec(self.baseline)  # registry specs and ganmex:GEN
-        except (ValueError, TypeError, FileNotFoundError) as err:
-            raise ValueError(f"[explain] baseline: {err}") from None
-        return self
-
-
-def check_methods(section: str, methods: list[str], params: Mapping[str, Mapping[str, Any]]) -> None:
-    """Methods exist in the registry, without repeats; parameters match their signatures."""
-    from concilium.explain import METHODS, method_params
-
-    if not methods:
-        raise ValueError(f"[{section}] methods is empty; pick from: {', '.join(METHODS.names())}")
-    for m in methods:
-        if m not in METHODS:
-            raise ValueError(f"[{section}] methods: unknown method {m!r}; valid: "
-                             f"{', '.join(METHODS.names())}")
-    repeated = sorted({m for m in methods if methods.count(m) > 1})
-    if repeated:
-        raise ValueError(f"[{section}] methods names {repeated} more than once")
-    for m, p in params.items():
-        if m not in methods:
-            raise ValueError(f"[{section}.params.{m}] is for a method not in methods "
-                             f"({', '.join(methods)}); add it to methods or drop the table")
-        try:
-            method_params(m, **dict(p))
-        except (ValueError, TypeError) as err:
-            raise ValueError(f"[{section}.params.{m}] {err}") from None
+ExplainConfig = ExplainOptions
+"""``[explain]``: the options of the explain job (see :class:`concilium.jobs.explain.ExplainOptions`)."""
 
 
 @cache
 def _ensemble_options_model() -> type[BaseModel]:
-    from concilium.ensemble.registry import EnsembleOptions
+    from concilium.jobs.ensemble import EnsembleOptions
 
     return EnsembleOptions
 
 
 def ensemble_kinds() -> list[str]:
-    """The run-level ensemblers of :data:`concilium.ensemble.registry.ENSEMBLERS`."""
-    from concilium.ensemble.registry import ENSEMBLERS
+    """The run-level ensemblers of :data:`concilium.jobs.ensemble.ENSEMBLERS`."""
+    from concilium.jobs.ensemble import ENSEMBLERS
 
     return ENSEMBLERS.names()
 
 
 class EnsembleConfig(_Section):
     """``[ensemble]``: which ensembles to build (``kinds``, names of
-    :data:`concilium.ensemble.registry.ENSEMBLERS`), and per kind the fields of
-    :class:`concilium.ensemble.registry.EnsembleOptions` (``[ensemble.options.consensus]`` ...).
+    :data:`concilium.jobs.ensemble.ENSEMBLERS`), and per kind the fields of
+    :class:`concilium.jobs.ensemble.EnsembleOptions` (``[ensemble.options.consensus]`` ...).
     The device is the experiment's."""
 
     kinds: list[str] = Field(default_factory=lambda: ["ens-avg", "ens-logit"])
@@ -388,13 +327,13 @@ def resolve_metrics(selection: list[str]) -> list[str]:
 
 @cache
 def _audit_model() -> type[BaseModel]:
-    from concilium.ensemble.audit import run_audit
+    from concilium.jobs.audit import run_audit
 
     return signature_model(run_audit, name="audit", exclude=("run_dir", "device"))
 
 
 class AuditConfig(_Section):
-    """``[audit]``: the keyword parameters of :func:`concilium.ensemble.audit.run_audit`
+    """``[audit]``: the keyword parameters of :func:`concilium.jobs.audit.run_audit`
     (``estar_source``, ``region``, ``factor``, ``anonymisation``, ``subsets``, ...), and
     ``enabled`` (default true)."""
 
@@ -457,7 +396,10 @@ class CommitteeConfig(_Section):
 
     @model_validator(mode="after")
     def _check(self) -> CommitteeConfig:
-        check_methods("committee", self.methods, self.params)
+        try:
+            check_methods(self.methods, self.params)
+        except ValueError as err:
+            raise ValueError(f"[committee] {err}") from None
         EnsembleConfig.model_validate({"kinds": ["consensus"],
                                        "options": {"consensus": self.consensus}})
         resolve_metrics(self.metrics)

@@ -16,8 +16,13 @@ from typing import Literal
 
 import torch
 
+from concilium.data.synthetic import SynthConfig
+from concilium.explain import METHODS, method_params
+from concilium.models import create_model
 from concilium.pipeline.config import ExperimentConfig, resolve_metrics
-from concilium.pipeline.run import Stage, read_state, stage_hashes
+from concilium.pipeline.context import Stage
+from concilium.pipeline.runner import read_state, stage_hashes
+from concilium.pipeline.stages import STAGES
 
 PlanStatus = Literal["cached", "run", "resume", "skip"]
 SYNTH_SECONDS_PER_IMAGE = 0.002
@@ -49,8 +54,6 @@ class PlannedStage:
 @cache
 def probe_seconds(arch: str, size: tuple[int, int], num_classes: int) -> float:
     """Seconds of one image's forward+backward pass through ``arch`` (batched, measured)."""
-    from concilium.models import create_model
-
     model = create_model(arch, num_classes=num_classes)
     x = torch.rand(PROBE_BATCH, 3, *size)
     model(x).sum().backward()  # warm-up
@@ -66,8 +69,6 @@ def probe_seconds(arch: str, size: tuple[int, int], num_classes: int) -> float:
 def _split_sizes(config: ExperimentConfig) -> tuple[dict[str, int], tuple[int, int], int]:
     d = config.data
     if d.kind == "synthetic":
-        from concilium.data.synthetic import SynthConfig
-
         s = SynthConfig.model_validate(d.synthetic)
         f = s.split_fractions
         sizes = {"train": round(s.n * f[0]), "val": round(s.n * f[1])}
@@ -108,9 +109,6 @@ def _train_cost(models, n_train: int, size, classes) -> tuple[int, float]:
 
 
 def _explain_cost(methods, params, members: list[str], n: int, size, classes) -> tuple[int, float]:
-    from concilium.explain import METHODS
-    from concilium.explain.core import method_params
-
     per_image = 0
     for m in methods:
         spec = METHODS.get(m)
@@ -153,8 +151,6 @@ def plan(config: ExperimentConfig, out: str | Path, *, stages: list[Stage] | Non
         stages: the stage list (default: the pipeline's).
     """
     if stages is None:
-        from concilium.pipeline.stages import STAGES
-
         stages = STAGES
     state = read_state(Path(out)) if Path(out).is_dir() else {}
     hashes = stage_hashes(stages, config, state)

@@ -10,34 +10,46 @@ data                 ``synthetic.generate`` /         ``[data]``
 models               ``models.train_ensemble``        ``[models]``, data
 committee            ``train_ensemble``, explain,     ``[committee]``, data, explain split
                      consensus into ``RUN/committee``
-explain              ``store.compute.explain_to_store``  ``[explain]``, data, models
-ensemble             ``concilium.ensemble``           ``[ensemble]``, explain
-evaluate             ``concilium.metrics.evaluate``   ``[evaluate]``, explain, ensemble
-audit                ``concilium.ensemble.audit``     ``[audit]``, evaluate, ensemble
+explain              ``jobs.explain.explain_run``      ``[explain]``, data, models
+ensemble             ``jobs.ensemble.run_ensemble``    ``[ensemble]``, explain
+evaluate             ``jobs.evaluate.evaluate_run``    ``[evaluate]``, explain, ensemble
+audit                ``jobs.audit.run_audit``          ``[audit]``, evaluate, ensemble
 report               ``report.write_report``          ``[report]``, everything before
 ===================  ===============================  =====================================
 """
 
 from __future__ import annotations
 
+import math
 import time
+import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from concilium.pipeline.config import ExperimentConfig
-from concilium.pipeline.run import Context, Stage
+import pandas as pd
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from concilium.data.folder import load_folder
+from concilium.data.synthetic import SynthConfig, generate
+from concilium.jobs.audit import run_audit
+from concilium.jobs.ensemble import run_ensemble
+from concilium.jobs.evaluate import evaluate_run
+from concilium.jobs.explain import ChunkEvent, ExplainOptions, explain_run
+from concilium.models import load_members, train_ensemble
+from concilium.pipeline.config import EnsembleConfig, ExperimentConfig, resolve_metrics
+from concilium.pipeline.context import Context, Stage
+from concilium.report import write_report
+from concilium.store import ResultsTable, RunInfo, write_table
+from concilium.store.manifest import DatasetSpec
 
 # ----------------------------------------------------------------------------- data
 
 
 def dataset_spec(config: ExperimentConfig) -> Any:
-    """The :class:`concilium.runinfo.DatasetSpec` of the experiment's data."""
-    from concilium.runinfo import DatasetSpec
-
+    """The :class:`concilium.store.manifest.DatasetSpec` of the experiment's data."""
     d = config.data
     if d.kind == "synthetic":
-        from concilium.data.synthetic import SynthConfig
-
         return DatasetSpec(kind="synthetic",
                            config=SynthConfig.model_validate(d.synthetic).model_dump(mode="json"))
     size = d.folder.get("size")
@@ -51,12 +63,8 @@ def load_dataset(ctx: Context) -> Any:
     if "dataset" not in ctx.cache:
         cfg = ctx.config.data
         if cfg.kind == "synthetic":
-            from concilium.data.synthetic import SynthConfig, generate
-
             ctx.cache["dataset"] = generate(SynthConfig.model_validate(cfg.synthetic))
         else:
-            from concilium.data.folder import load_folder
-
             options = dict(cfg.folder)
             ctx.cache["dataset"] = load_folder(options.pop("path"), **options)
     return ctx.cache["dataset"]
@@ -75,16 +83,12 @@ def _data(ctx: Context) -> dict[str, Any]:
 
 def _train(ctx: Context, models_cfg: Any, out: Path) -> dict[str, Any]:
     if models_cfg.dir:
-        from concilium.models import load_members
-
         members = load_members(Path(models_cfg.dir).expanduser(), device="cpu")
         if not members:
             raise FileNotFoundError(f"no members (m0/card.json ...) under {models_cfg.dir}; "
                                     "train some with `concilium train` or drop [models] dir")
         cards = [card for _, card in members]
     else:
-        from concilium.models import train_ensemble
-
         cards = train_ensemble(load_dataset(ctx), out=out, device=ctx.config.device,
                                progress=True, **models_cfg.train)
     acc = {c.member_id: c.val_accuracy for c in cards}
@@ -102,78 +106,40 @@ def _models(ctx: Context) -> dict[str, Any]:
 
 
 def explain_into(
-    ctx: Context, run_dir: Path, models_dir: Path, *, methods: list[str],
-    params: dict[str, dict[str, Any]], limit: int | None,
+    ctx: Context, run_dir: Path, models_dir: Path, *, options: ExplainOptions,
 ) -> dict[str, Any]:
-    """Explain every member of ``models_dir`` with ``methods`` into the store of ``run_dir``
-    (resumable) and record ``run_dir/run.json``."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
-
-    from concilium.models import load_members
-    from concilium.runinfo import RunInfo, model_fingerprint, select_split
-    from concilium.store import ExplanationStore
-    from concilium.store.compute import explain_to_store
-
-    e = ctx.config.explain
-    full = load_dataset(ctx)
-    data = select_split(full, e.split, limit)
-    members = load_members(models_dir, device=ctx.config.device)
-    info = RunInfo(
-        dataset=dataset_spec(ctx.config), dataset_fingerprint=full.fingerprint(), split=e.split,
-        limit=limit, sample_ids=data.ids, models_dir=str(models_dir.resolve()),
-        member_ids=[c.member_id for _, c in members],
-        member_fingerprints={c.member_id: model_fingerprint(m) for m, c in members},
-        methods=list(methods), device=ctx.config.device, target=e.target, seed=e.seed,
-    )
-    if (run_dir / "run.json").is_file():
-        info = RunInfo.load(run_dir).merged_with(info)
-    store = ExplanationStore(run_dir)
-    info.save(run_dir)
+    """Explain every member of ``models_dir`` into the run ``run_dir`` with the explain job
+    (resumable; records ``run_dir/run.json``), showing one progress bar."""
     t0 = time.perf_counter()
     with Progress(TextColumn("  [bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeRemainingColumn(), console=ctx.console, transient=True) as progress:
         task = progress.add_task("explaining", total=None)
 
-        def on_chunk(event: Any) -> None:
+        def on_chunk(event: ChunkEvent) -> None:
             progress.update(task, total=event.images_total, completed=event.images_done,
                             description=f"{event.source} ({', '.join(event.methods)})")
 
-        reports = explain_to_store(
-            store, data, members, list(methods), method_options=params, target=e.target,
-            reduction=e.reduction, baseline=e.baseline, seed=e.seed,
-            dtype="float16" if e.float16 else "float32", chunk_size=e.chunk_size,
-            batch_size=e.batch_size, device=ctx.config.device,
-            meta={"dataset_fingerprint": info.dataset_fingerprint, "split": e.split},
-            on_chunk=on_chunk,
-        )
+        reports = explain_run(run_dir, dataset=dataset_spec(ctx.config), models_dir=models_dir,
+                              options=options, device=ctx.config.device, on_chunk=on_chunk)
     computed = sum(r.rows_computed for r in reports)
+    images = RunInfo.load(run_dir).n
     ctx.console.print(f"  {len(reports)} entries, {computed} maps computed in "
-                      f"{time.perf_counter() - t0:.1f} s ({len(data)} images)")
+                      f"{time.perf_counter() - t0:.1f} s ({images} images)")
     per_method: dict[str, float] = {}
     for r in reports:
         per_method[r.method] = round(per_method.get(r.method, 0.0) + r.seconds, 3)
-    return {"entries": len(reports), "maps_computed": computed, "images": len(data),
+    return {"entries": len(reports), "maps_computed": computed, "images": images,
             "seconds_per_method": per_method}
 
 
 def _explain(ctx: Context) -> dict[str, Any]:
-    e = ctx.config.explain
-    return explain_into(ctx, ctx.out, ctx.models_dir, methods=e.methods, params=e.params,
-                        limit=e.limit)
+    return explain_into(ctx, ctx.out, ctx.models_dir, options=ctx.config.explain)
 
 
 # ----------------------------------------------------------------------------- report
 
 
 def _report(ctx: Context) -> dict[str, Any]:
-    from concilium.report import write_report
-
     options = dict(ctx.config.report.options)
     options.setdefault("title", f"concilium report: {ctx.config.name}")
     path = write_report(ctx.out, device=ctx.config.device, **options)
@@ -183,9 +149,109 @@ def _report(ctx: Context) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- the list
 
 
-def _stage_list() -> list[Stage]:
-    from concilium.pipeline import analysis
+# ----------------------------------------------------------------------------- ensemble
 
+
+def ensemble_run(run_dir: Path, kinds: Sequence[str], options: Any, *, device: str,
+                 console: Any) -> dict[str, Any]:
+    """Run every ensemble kind on ``run_dir`` (each writes its sources and tables)."""
+    out: dict[str, Any] = {}
+    for kind in kinds:
+        t0 = time.perf_counter()
+        result = run_ensemble(run_dir, kind, options.options_for(kind, device=device))
+        sources = sorted({f"{e.source}/{e.method}" for e in result.entries})
+        out[kind] = {"entries": sources, "tables": sorted(result.tables)}
+        console.print(f"  {kind}: {len(sources)} entries, tables {sorted(result.tables) or '-'} "
+                      f"({time.perf_counter() - t0:.1f} s)")
+    return out
+
+
+def ensemble(ctx: Context) -> dict[str, Any]:
+    """The ``ensemble`` stage."""
+    return ensemble_run(ctx.out, ctx.config.ensemble.kinds, ctx.config.ensemble,
+                        device=ctx.config.device, console=ctx.console)
+
+
+# ----------------------------------------------------------------------------- evaluate
+
+
+def evaluate_into(ctx: Context, run_dir: Path, *, metrics: list[str], options: Any,
+                  mask: str = "masks") -> pd.DataFrame:
+    """Score the run ``run_dir`` with the evaluate job (resumable), printing one line per
+    finished group and the methods that could not be computed; returns the whole table."""
+    t0 = time.perf_counter()
+
+    def progress(line: str) -> None:
+        ctx.console.print(f"  {line} ({time.perf_counter() - t0:.1f} s)")
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        report = evaluate_run(
+            run_dir, resolve_metrics(list(metrics)), params=options.get("params"), mask=mask,
+            split=options.get("split", "test"), limit=options.get("limit"),
+            costly_limit=options.get("costly_limit"), device=ctx.config.device,
+            seed=ctx.config.explain.seed, progress=progress,
+        )
+    for note in report.not_computed:  # the method fails on this model (e.g. a wrapper)
+        ctx.console.print(f"  {note}")
+    return ResultsTable(run_dir).load()
+
+
+def evaluate_stage(ctx: Context) -> dict[str, Any]:
+    """The ``evaluate`` stage."""
+    e = ctx.config.evaluate
+    table = evaluate_into(ctx, ctx.out, metrics=e.metrics, mask=e.mask,
+                          options={"params": e.params, "split": e.split, "limit": e.limit,
+                                   "costly_limit": e.costly_limit})
+    return {"rows": len(table), "metrics": sorted(set(table["metric"])),
+            "nan_share": float(table["value"].isna().mean()) if len(table) else math.nan}
+
+
+# ----------------------------------------------------------------------------- audit
+
+
+def audit(ctx: Context) -> dict[str, Any]:
+    """The ``audit`` stage: :func:`concilium.jobs.audit.run_audit`."""
+    if not ctx.config.audit.enabled:
+        return {"tables": []}
+    tables = run_audit(ctx.out, device=ctx.config.device, **ctx.config.audit.options)
+    for name, table in tables.items():
+        flagged = int(table["flagged"].sum()) if "flagged" in table else None
+        ctx.console.print(f"  {name}: {len(table)} rows"
+                          + (f", {flagged} flagged" if flagged is not None else ""))
+    return {"tables": sorted(tables)}
+
+
+# ----------------------------------------------------------------------------- committee
+
+
+def committee(ctx: Context) -> dict[str, Any]:
+    """The ``committee`` stage: train (or load) the committee, explain it into
+    ``RUN/committee``, build the consensus, score the committee's localisation, and copy the
+    consensus tables into ``RUN/results`` for the report."""
+    c = ctx.config.committee
+    if c is None:
+        raise ValueError("the committee stage needs a [committee] section in the experiment")
+    summary = {"models": _train(ctx, c.models, ctx.committee_models_dir)}
+    options = ctx.config.explain.model_copy(
+        update={"methods": list(c.methods), "params": dict(c.params), "limit": c.limit})
+    summary["explain"] = explain_into(ctx, ctx.committee_run, ctx.committee_models_dir,
+                                      options=options)
+    consensus = EnsembleConfig.model_validate({"kinds": ["consensus"],
+                                               "options": {"consensus": c.consensus}})
+    summary["ensemble"] = ensemble_run(ctx.committee_run, ["consensus"], consensus,
+                                       device=ctx.config.device, console=ctx.console)
+    scores = evaluate_into(ctx, ctx.committee_run, metrics=list(c.metrics),
+                           options={"split": "all"})
+    results = ctx.committee_run / "results"
+    for path in sorted(results.glob("consensus*.parquet")):
+        write_table(ctx.out, path.stem, pd.read_parquet(path))
+    write_table(ctx.out, "committee_metrics", scores)
+    summary["tables"] = sorted(p.stem for p in results.glob("*.parquet"))
+    return summary
+
+
+def _stage_list() -> list[Stage]:
     return [
         Stage("data", lambda c: c.data, (), _data, always_run=True,
               describe=lambda c: f"{c.data.kind} dataset (always rebuilt; its fingerprint "
@@ -198,17 +264,17 @@ def _stage_list() -> list[Stage]:
         Stage("committee", lambda c: {"committee": c.committee, "split": c.explain.split,
                                       "explain": c.explain.model_dump(include={"target", "seed",
                                                                                "baseline"})},
-              ("data",), analysis.committee, enabled=lambda c: c.committee is not None,
+              ("data",), committee, enabled=lambda c: c.committee is not None,
               describe=lambda c: "committee: train, explain, consensus"),
         Stage("explain", lambda c: c.explain, ("data", "models"), _explain,
               describe=lambda c: f"{len(c.explain.methods)} methods on the {c.explain.split} "
                                  "split"),
-        Stage("ensemble", lambda c: c.ensemble, ("explain",), analysis.ensemble,
+        Stage("ensemble", lambda c: c.ensemble, ("explain",), ensemble,
               enabled=lambda c: bool(c.ensemble.kinds),
               describe=lambda c: ", ".join(c.ensemble.kinds)),
-        Stage("evaluate", lambda c: c.evaluate, ("explain", "ensemble"), analysis.evaluate_stage,
+        Stage("evaluate", lambda c: c.evaluate, ("explain", "ensemble"), evaluate_stage,
               describe=lambda c: ", ".join(c.evaluate.metrics)),
-        Stage("audit", lambda c: c.audit, ("evaluate", "ensemble"), analysis.audit,
+        Stage("audit", lambda c: c.audit, ("evaluate", "ensemble"), audit,
               enabled=lambda c: c.audit.enabled,
               describe=lambda c: "per-class quality, bias" + (
                   ", anonymisation" if c.audit.options.get("anonymisation") else "")),

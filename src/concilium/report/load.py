@@ -123,7 +123,7 @@ def load_report_data(
 
     info = None
     try:
-        from concilium.runinfo import RunInfo
+        from concilium.store.manifest import RunInfo
 
         info = RunInfo.load(run)
     except (FileNotFoundError, ValueError, ImportError) as err:
@@ -300,9 +300,9 @@ def _attribute_cards(
     try:
         from concilium.explain import explain
         from concilium.models.base import AttributeView
-        from concilium.runinfo import load_run_data
+        from concilium.store import Run
 
-        _, members = load_run_data(run, device=device)
+        members = Run.open(run, load_models=True, device=device).members
     except (ImportError, FileNotFoundError, ValueError) as err:
         return [], f"The members could not be loaded: {err}"
     multitask = [(m, c) for m, c in members if getattr(m, "attribute_head", None) is not None]

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from concilium.baselines.ganmex.networks import Critic, Generator
+from concilium.ganmex.networks import Critic, Generator
 
 __all__ = [
     "CARD_FILE",
@@ -71,7 +71,7 @@ class GanmexOptions(BaseModel):
         num_residual: generator residual blocks.
         critic_channels: critic width.
         output: generator output mapping to [0, 1] (``"residual"`` starts at the identity; see
-            :class:`~concilium.baselines.ganmex.networks.Generator`).
+            :class:`~concilium.ganmex.networks.Generator`).
         seed: seeds network initialisation, batches, targets and the penalty's interpolation.
         checkpoint_every: save and validate every this many steps (and at the last step).
         val_size: validation images (at most; fewer if the validation data is smaller).

@@ -3,7 +3,7 @@ resume.
 
 The functional pieces (:func:`sample_targets`, :func:`train_step`, :func:`validate`) are usable
 on their own; :func:`train_ganmex` strings them together, writes ``GEN/`` (see
-:mod:`concilium.baselines.ganmex.checkpoint`) and resumes from the last checkpoint when ``GEN/``
+:mod:`concilium.ganmex.checkpoint`) and resumes from the last checkpoint when ``GEN/``
 already holds one.
 """
 
@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from concilium import __version__ as _version
 from concilium._checks import check_images, check_labels
-from concilium.baselines.ganmex.checkpoint import (
+from concilium.ganmex.checkpoint import (
     CARD_FILE,
     RESUMABLE_OPTIONS,
     VALIDATION_FILE,
@@ -32,8 +32,8 @@ from concilium.baselines.ganmex.checkpoint import (
     load_state,
     save_checkpoint,
 )
-from concilium.baselines.ganmex.losses import critic_loss, generator_loss
-from concilium.baselines.ganmex.networks import Critic, Generator, check_image_size
+from concilium.ganmex.losses import critic_loss, generator_loss
+from concilium.ganmex.networks import Critic, Generator, check_image_size
 
 __all__ = [
     "StepLosses",
@@ -325,7 +325,7 @@ def train_ganmex(
         options: training options (defaults: :class:`GanmexOptions`).
         val_images: validation images; default: a seeded subset of the training images.
         val_labels: their classes.
-        classifier_card_hash: :func:`~concilium.baselines.ganmex.checkpoint.card_hash` of the
+        classifier_card_hash: :func:`~concilium.ganmex.checkpoint.card_hash` of the
             classifier's member card, recorded so the provider can refuse other classifiers.
         classifier_name: free text recorded in the card (e.g. the member directory).
         data_fingerprint: fingerprint of the training data, recorded in the card.

@@ -48,19 +48,20 @@ from concilium.ensemble.krr import krr_ensemble
 from concilium.ensemble.normalise import NormalisationName
 from concilium.ensemble.reduce import ReducerName, aggregate
 from concilium.ensemble.similarity import SimilarityName
-from concilium.ensemble.sources import (
-    RunContext,
+from concilium.ensemble.weighted import metric_weights, weighted_ensemble
+from concilium.explain import explain
+from concilium.metrics import evaluate
+from concilium.metrics.tables import higher_is_better_of
+from concilium.store import (
+    Entry,
+    Run,
     available_methods,
     member_stack,
-    open_run,
     read_maps,
     read_metrics,
     write_source,
     write_table,
 )
-from concilium.ensemble.weighted import metric_weights, weighted_ensemble
-from concilium.metrics.tables import higher_is_better
-from concilium.store import Entry
 
 ENSEMBLERS_DIR = "ensemblers"
 
@@ -120,12 +121,12 @@ class EnsembleResult:
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
 
 
-RunEnsembler = Callable[[RunContext, EnsembleOptions], EnsembleResult]
+RunEnsembler = Callable[[Run, EnsembleOptions], EnsembleResult]
 ENSEMBLERS: Registry[RunEnsembler] = Registry("ensembler")
 NEEDS_MODELS = {"ens-logit", "consensus"}
 
 
-def _members(ctx: RunContext, opts: EnsembleOptions) -> list[str]:
+def _members(ctx: Run, opts: EnsembleOptions) -> list[str]:
     members = opts.members or ctx.member_ids
     unknown = [m for m in members if m not in ctx.member_ids]
     if unknown:
@@ -133,7 +134,7 @@ def _members(ctx: RunContext, opts: EnsembleOptions) -> list[str]:
     return members
 
 
-def _methods(ctx: RunContext, sources: list[str], opts: EnsembleOptions) -> list[str]:
+def _methods(ctx: Run, sources: list[str], opts: EnsembleOptions) -> list[str]:
     have = available_methods(ctx.store, sources)
     if opts.methods is None:
         if not have:
@@ -147,7 +148,7 @@ def _methods(ctx: RunContext, sources: list[str], opts: EnsembleOptions) -> list
     return list(opts.methods)
 
 
-def _meta(ctx: RunContext, kind: str) -> dict[str, Any]:
+def _meta(ctx: Run, kind: str) -> dict[str, Any]:
     return {"dataset_fingerprint": ctx.fingerprint, "ensemble_kind": kind}
 
 
@@ -156,7 +157,7 @@ def _abs(opts: EnsembleOptions, default: bool) -> bool:
 
 
 @ENSEMBLERS.register("ens-avg")
-def run_ens_avg(ctx: RunContext, opts: EnsembleOptions) -> EnsembleResult:
+def run_ens_avg(ctx: Run, opts: EnsembleOptions) -> EnsembleResult:
     """Ens-Avg per method over the members."""
     members = _members(ctx, opts)
     out = EnsembleResult()
@@ -175,9 +176,8 @@ def run_ens_avg(ctx: RunContext, opts: EnsembleOptions) -> EnsembleResult:
 
 
 @ENSEMBLERS.register("ens-logit")
-def run_ens_logit(ctx: RunContext, opts: EnsembleOptions) -> EnsembleResult:
+def run_ens_logit(ctx: Run, opts: EnsembleOptions) -> EnsembleResult:
     """Explain the averaged-logit model with each method's stored parameters."""
-    from concilium.explain import explain
 
     members = _members(ctx, opts)
     models = [ctx.models[m].to(opts.device).eval() for m in members]
@@ -204,7 +204,7 @@ def run_ens_logit(ctx: RunContext, opts: EnsembleOptions) -> EnsembleResult:
     return out
 
 
-def member_accuracy(ctx: RunContext, members: list[str], device: str) -> dict[str, float]:
+def member_accuracy(ctx: Run, members: list[str], device: str) -> dict[str, float]:
     """Each member's accuracy on the run's samples (models loaded), else its card's."""
     if not all(m in ctx.models for m in members):
         return {m: ctx.accuracies.get(m, float("nan")) for m in members}
@@ -219,13 +219,12 @@ def member_accuracy(ctx: RunContext, members: list[str], device: str) -> dict[st
 
 
 @ENSEMBLERS.register("consensus")
-def run_consensus(ctx: RunContext, opts: EnsembleOptions) -> EnsembleResult:
+def run_consensus(ctx: Run, opts: EnsembleOptions) -> EnsembleResult:
     """Committee vote per method; consensus scores and their correlations as tables.
 
     The consensus source covers every row (so it is evaluated like the members); with
     ``correct_only`` the scores and correlations use only the images every member gets right.
     """
-    from concilium.metrics import evaluate
 
     members = _members(ctx, opts)
     absolute = _abs(opts, True)
@@ -273,7 +272,7 @@ def run_consensus(ctx: RunContext, opts: EnsembleOptions) -> EnsembleResult:
     return out
 
 
-def _from(ctx: RunContext, opts: EnsembleOptions) -> tuple[str, list[str], dict[str, torch.Tensor],
+def _from(ctx: Run, opts: EnsembleOptions) -> tuple[str, list[str], dict[str, torch.Tensor],
                                                           dict[str, str]]:
     src = opts.from_source or ctx.member_ids[0]
     methods = _methods(ctx, [src], opts)
@@ -285,7 +284,7 @@ def _from(ctx: RunContext, opts: EnsembleOptions) -> tuple[str, list[str], dict[
 
 
 @ENSEMBLERS.register("aggregate")
-def run_aggregate(ctx: RunContext, opts: EnsembleOptions) -> EnsembleResult:
+def run_aggregate(ctx: Run, opts: EnsembleOptions) -> EnsembleResult:
     """Normalise then reduce one source's methods (``normEnsembleXAI``)."""
     src, methods, maps, hashes = _from(ctx, opts)
     absolute = _abs(opts, False)
@@ -300,7 +299,7 @@ def run_aggregate(ctx: RunContext, opts: EnsembleOptions) -> EnsembleResult:
 
 
 @ENSEMBLERS.register("weighted")
-def run_weighted(ctx: RunContext, opts: EnsembleOptions) -> EnsembleResult:
+def run_weighted(ctx: Run, opts: EnsembleOptions) -> EnsembleResult:
     """Weight one source's methods by their mean metric scores (from the metrics table)."""
 
     src, methods, maps, hashes = _from(ctx, opts)
@@ -313,7 +312,7 @@ def run_weighted(ctx: RunContext, opts: EnsembleOptions) -> EnsembleResult:
             raise ValueError(f"the metrics table has no {metric!r} scores of source {src!r}; run "
                              f"`concilium evaluate {ctx.run_dir} --metrics {metric}` first")
         scores[metric] = part.to_dict()
-    hib = {m: higher_is_better(m) for m in opts.weight_metrics}
+    hib = {m: higher_is_better_of(m) for m in opts.weight_metrics}
     w = metric_weights(scores, methods=methods, higher_is_better=hib,
                        metric_weights=opts.metric_weights, clip_negative=opts.clip_negative)
     absolute = _abs(opts, False)
@@ -328,7 +327,7 @@ def run_weighted(ctx: RunContext, opts: EnsembleOptions) -> EnsembleResult:
 
 
 @ENSEMBLERS.register("krr")
-def run_krr(ctx: RunContext, opts: EnsembleOptions) -> EnsembleResult:
+def run_krr(ctx: Run, opts: EnsembleOptions) -> EnsembleResult:
     """Out-of-fold kernel ridge regression from one source's methods to the masks."""
     src, methods, maps, hashes = _from(ctx, opts)
     absolute = _abs(opts, False)
@@ -345,12 +344,12 @@ def run_krr(ctx: RunContext, opts: EnsembleOptions) -> EnsembleResult:
                                         meta=_meta(ctx, "krr"))])
 
 
-def _rows(ctx: RunContext, split: str) -> torch.Tensor:
+def _rows(ctx: Run, split: str) -> torch.Tensor:
     return torch.tensor([i for i, s in enumerate(ctx.data.splits) if s == split], dtype=torch.long)
 
 
 @ENSEMBLERS.register("cnn")
-def run_cnn(ctx: RunContext, opts: EnsembleOptions) -> EnsembleResult:
+def run_cnn(ctx: Run, opts: EnsembleOptions) -> EnsembleResult:
     """Train the U-Net ensembler on the run's train rows (early stopping on its val rows), or
     apply a saved one, and write E* for every row."""
     src, methods, maps, hashes = _from(ctx, opts)
@@ -399,7 +398,7 @@ def run_ensemble(run_dir: str | Path, kind: str, options: EnsembleOptions | None
     """
     fn = ENSEMBLERS.get(kind)
     opts = options or EnsembleOptions()
-    ctx = open_run(run_dir, load_models=kind in NEEDS_MODELS, device=opts.device)
+    ctx = Run.open(run_dir, load_models=kind in NEEDS_MODELS, device=opts.device)
     result = fn(ctx, opts)
     for name, table in result.tables.items():
         write_table(run_dir, name, table)

@@ -1,7 +1,7 @@
 """``RUN/run.json``: what a run explained, so that later stages see exactly the same data.
 
-``concilium explain`` writes it; ``evaluate``, ``ensemble``, ``audit`` and ``report`` call
-:func:`load_run_data` to get the explained images (in store row order) and the members back.
+The explain job writes it; every later job opens the run with :meth:`concilium.store.Run.open`,
+which reads this record to rebuild the explained images (in store row order) and the members.
 
 Example:
     >>> info = RunInfo(dataset=DatasetSpec(kind="folder", path="/data/birds"),
@@ -20,7 +20,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 import concilium
-from concilium._util import atomic_write_text, state_fingerprint
+from concilium._util import atomic_write_text
 from concilium.data.dataset import ImageDataset
 from concilium.vocabulary import SPLITS, Split
 
@@ -79,7 +79,7 @@ class RunInfo(BaseModel):
         sample_ids: the explained sample ids, in store row order.
         models_dir: the members' folder (absolute).
         member_ids: the explained members, in order.
-        member_fingerprints: :func:`model_fingerprint` of each member's weights.
+        member_fingerprints: :func:`concilium._util.state_fingerprint` of each member's weights.
         methods: the method names explained so far.
         device: the device used.
         target: the target spec (``label``, ``pred``, ``<int>``, ``attr:<name>``,
@@ -178,8 +178,6 @@ class RunInfo(BaseModel):
         )
 
 
-model_fingerprint = state_fingerprint
-
 
 def _short(value: object) -> str:
     if isinstance(value, list) and len(value) > 4:
@@ -208,58 +206,3 @@ def select_split(dataset: ImageDataset, split: Split, limit: int | None) -> Imag
         raise ValueError(f"split {split!r} is empty ({sizes}); choose another --split")
     return dataset.subset(rows[:limit] if limit is not None else rows)
 
-
-def load_run_data(
-    run_dir: str | Path, *, device: str | None = None, load_models: bool = True
-) -> tuple[ImageDataset, list[tuple[Any, Any]]]:
-    """The explained samples and the members of a run, exactly as ``concilium explain`` saw them.
-
-    Args:
-        run_dir: the run directory (holds ``run.json``).
-        device: where to put the models (default: the device recorded in the run).
-        load_models: ``False`` to skip loading the members (returns an empty list).
-
-    Returns:
-        ``(dataset, members)``: the explained samples in store row order, and
-        ``[(model, MemberCard), ...]`` for the run's member ids, in order, models in eval mode.
-
-    Raises:
-        FileNotFoundError: no ``run.json``, or the data or models folder is gone.
-        ValueError: the data changed since the run (fingerprint or sample ids differ) or a
-            recorded member is missing.
-    """
-    info = RunInfo.load(run_dir)
-    full = info.dataset.load()
-    if full.fingerprint() != info.dataset_fingerprint:
-        raise ValueError(
-            f"the dataset of {run_dir} changed since it was explained (fingerprint "
-            f"{full.fingerprint()} != recorded {info.dataset_fingerprint}); restore the data or "
-            "re-run `concilium explain` into a new --out"
-        )
-    data = select_split(full, info.split, info.limit)
-    if data.ids != info.sample_ids:
-        raise ValueError(
-            f"the samples selected from the data differ from those recorded in {run_dir}/run.json; "
-            "re-run `concilium explain` into a new --out"
-        )
-    if not load_models:
-        return data, []
-    from concilium.models.checkpoint import load_members
-
-    members = load_members(info.models_dir, device=device or info.device)
-    by_id = {card.member_id: (model, card) for model, card in members}
-    missing = [m for m in info.member_ids if m not in by_id]
-    if missing:
-        raise ValueError(
-            f"members {missing} of the run are not in {info.models_dir} any more; "
-            f"found {sorted(by_id)}"
-        )
-    out = [by_id[m] for m in info.member_ids]
-    for model, card in out:
-        recorded = info.member_fingerprints.get(card.member_id)
-        if recorded is not None and model_fingerprint(model) != recorded:
-            raise ValueError(
-                f"member {card.member_id} in {info.models_dir} has other weights than when "
-                f"{run_dir} was explained (retrained?); re-run `concilium explain` into a new --out"
-            )
-    return data, out

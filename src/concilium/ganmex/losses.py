@@ -132,7 +132,7 @@ def generator_loss(
         critic: realism critic ``D(images) -> (N,)``.
         classifier: the frozen classifier ``C(images) -> (N, K)`` logits. Gradients flow through
             it to the generated images; its parameters must not require gradients (see
-            :func:`concilium.baselines.ganmex.training.frozen`).
+            :func:`concilium.ganmex.training.frozen`).
         images: real images ``x`` ``(N, C, H, W)`` in [0, 1].
         sources: their classes ``c_x`` ``(N,)`` (used only by the reconstruction term).
         targets: target classes ``t`` ``(N,)``.

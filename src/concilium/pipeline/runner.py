@@ -13,80 +13,24 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
 from rich.console import Console
 
 from concilium import __version__
 from concilium._util import atomic_write_text
 from concilium.pipeline.config import ExperimentConfig
+from concilium.pipeline.context import Context, Stage
+from concilium.pipeline.stages import STAGES
 
 STAGES_FILE = "stages.json"
 Status = Literal["done", "running", "failed"]
 
-
-@dataclass
-class Context:
-    """What every stage gets: the configuration, the run directory and shared caches.
-
-    Attributes:
-        config: the validated experiment.
-        out: the run directory ``RUN``.
-        console: where progress goes.
-        cache: objects shared between stages of one process (the dataset).
-    """
-
-    config: ExperimentConfig
-    out: Path
-    console: Console = field(default_factory=lambda: Console(stderr=True))
-    cache: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def models_dir(self) -> Path:
-        """Where the members are (``[models] dir`` or ``RUN/models``)."""
-        d = self.config.models.dir
-        return Path(d).expanduser().resolve() if d else self.out / "models"
-
-    @property
-    def committee_run(self) -> Path:
-        """The committee's sub-run (its own store and results)."""
-        return self.out / "committee"
-
-    @property
-    def committee_models_dir(self) -> Path:
-        """Where the committee's members are."""
-        c = self.config.committee
-        d = c.models.dir if c is not None else None
-        return Path(d).expanduser().resolve() if d else self.out / "committee-models"
-
-
-@dataclass(frozen=True)
-class Stage:
-    """One step of the pipeline.
-
-    Attributes:
-        name: stage name (keys of ``stages.json``).
-        section: the part of the configuration this stage depends on (hashed).
-        upstream: the stages whose outputs it reads.
-        run: does the work; returns a small JSON-able summary.
-        enabled: whether the configuration asks for this stage.
-        describe: one line for the plan.
-        always_run: a cheap stage that runs every time (the data: its generator or folder may
-            have changed although the configuration did not); its summary (the data
-            fingerprint) then enters the hashes of the stages after it.
-    """
-
-    name: str
-    section: Callable[[ExperimentConfig], Any]
-    upstream: tuple[str, ...]
-    run: Callable[[Context], Mapping[str, Any]]
-    enabled: Callable[[ExperimentConfig], bool] = lambda c: True
-    describe: Callable[[ExperimentConfig], str] = lambda c: ""
-    always_run: bool = False
 
 
 def _canonical(value: Any) -> Any:
@@ -194,12 +138,8 @@ def run_pipeline(
         next run starts again from it (finished stages are skipped).
     """
     if stages is None:
-        from concilium.pipeline.stages import STAGES
-
         stages = STAGES
     if config.device.startswith("cuda"):
-        import torch
-
         if not torch.cuda.is_available():
             raise ValueError(f"device = {config.device!r} but CUDA is not available here; set "
                              "device = \"cpu\" in the experiment")

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from concilium._checks import check_images, check_labels
-from concilium.baselines.ganmex.checkpoint import (
+from concilium.ganmex.checkpoint import (
     GENERATOR_FILE,
     GanmexCard,
     card_hash,

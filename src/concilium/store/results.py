@@ -1,6 +1,8 @@
-"""The tidy metrics table of a run (``RUN/results/metrics.parquet`` + ``.csv``) and its summary.
+"""The result tables of a run, ``RUN/results/<name>.parquet`` (+ ``.csv``), written atomically.
 
-One row per (sample, source, method, metric): columns :data:`COLUMNS`. The table is appended to
+The tidy metrics table has one row per (sample, source, method, metric): columns
+:data:`COLUMNS`; its statistics (mean and interval, Exp-Avg) are in
+:mod:`concilium.metrics.tables`. The table is appended to
 one finished group at a time, (source, method, entry, metric, params), so a killed
 ``concilium evaluate`` loses at most the group in flight and a rerun skips what is there.
 """
@@ -14,9 +16,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from concilium._util import atomic_write
 from concilium.metrics.registry import METRICS
-from concilium.metrics.tables import mean_ci, summarise  # noqa: F401  (re-exported until moved)
-from concilium.vocabulary import EXP_AVG
+from concilium.store.hashing import canonical_json, params_hash
+
+RESULTS_DIR = "results"
+"""Result tables live in ``RUN/results/<name>.parquet`` (and ``.csv``)."""
+METRICS_TABLE = "metrics"
 
 COLUMNS: tuple[str, ...] = (
     "sample",
@@ -37,8 +43,6 @@ GROUP_KEY: tuple[str, ...] = ("source", "method", "entry_hash", "metric", "param
 def metric_params_hash(metric: str, params: Mapping[str, Any], *, mask: str) -> tuple[str, str]:
     """``(hash, canonical json)`` of a metric's resolved parameters (defaults filled in) and the
     mask set, so that a default made explicit hashes the same."""
-    from concilium.store.hashing import canonical_json, params_hash
-
     spec = METRICS.get(metric)
     resolved = {**spec.params, **dict(params)}
     if spec.needs_mask:
@@ -55,7 +59,7 @@ class ResultsTable:
     """
 
     def __init__(self, run_dir: str | Path) -> None:
-        self.dir = Path(run_dir) / "results"
+        self.dir = Path(run_dir) / RESULTS_DIR
         self.parquet = self.dir / "metrics.parquet"
         self.csv = self.dir / "metrics.csv"
 
@@ -79,10 +83,7 @@ class ResultsTable:
             raise ValueError(f"rows lack the columns {missing}")
         self.dir.mkdir(parents=True, exist_ok=True)
         table = pd.concat([self.load(), rows[list(COLUMNS)]], ignore_index=True)
-        for path, write in ((self.parquet, table.to_parquet), (self.csv, table.to_csv)):
-            tmp = path.with_suffix(path.suffix + ".tmp")
-            write(tmp, index=False)
-            tmp.replace(path)
+        write_table(self.dir.parent, METRICS_TABLE, table)
 
 
 def _dtype(column: str) -> str:
@@ -125,25 +126,30 @@ def group_rows(
     )
 
 
-def render_summary(summary: pd.DataFrame) -> Any:
-    """A ``rich.table.Table`` of the summary: one row per (metric, method, source), the best
-    per metric in bold green, Exp-Avg rows in italics, arrows for the metric direction."""
-    from rich.table import Table
 
-    table = Table(title="metrics: mean [95% CI] per source and method")
-    for col in ("metric", "method", "source", "mean", "95% CI", "n", "NaN"):
-        table.add_column(col, justify="right" if col in ("mean", "n", "NaN") else "left")
-    for _, r in summary.sort_values(["category", "metric", "method", "source"]).iterrows():
-        arrow = "↑" if r["higher_is_better"] else "↓"
-        style = "bold green" if r["best"] else ("italic" if r["source"] == EXP_AVG else None)
-        table.add_row(
-            f"{r['metric']} {arrow}",
-            str(r["method"]),
-            str(r["source"]),
-            f"{r['mean']:.4g}",
-            f"[{r['ci_low']:.4g}, {r['ci_high']:.4g}]",
-            str(r["n"]),
-            str(r["n_nan"]),
-            style=style,
-        )
+def write_table(run_dir: str | Path, name: str, table: pd.DataFrame) -> Path:
+    """Write ``RUN/results/<name>.parquet`` and ``.csv``, each atomically; returns the parquet
+    path."""
+    out = Path(run_dir) / RESULTS_DIR
+    path = atomic_write(out / f"{name}.parquet", lambda tmp: table.to_parquet(tmp, index=False))
+    atomic_write(out / f"{name}.csv", lambda tmp: table.to_csv(tmp, index=False))
+    return path
+
+
+def read_table(run_dir: str | Path, name: str) -> pd.DataFrame | None:
+    """``RUN/results/<name>.parquet``, or ``None`` when it was not written."""
+    path = Path(run_dir) / RESULTS_DIR / f"{name}.parquet"
+    return pd.read_parquet(path) if path.is_file() else None
+
+
+def read_metrics(run_dir: str | Path) -> pd.DataFrame:
+    """``RUN/results/metrics.parquet``.
+
+    Raises:
+        FileNotFoundError: not evaluated yet (run ``concilium evaluate RUN`` first).
+    """
+    table = read_table(run_dir, METRICS_TABLE)
+    if table is None:
+        path = Path(run_dir) / RESULTS_DIR / f"{METRICS_TABLE}.parquet"
+        raise FileNotFoundError(f"{path} not found; run `concilium evaluate {run_dir}` first")
     return table

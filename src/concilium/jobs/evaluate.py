@@ -19,17 +19,21 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import pandas as pd
 import torch
 from torch import Tensor, nn
 
 from concilium._util import derive_seed
+from concilium.ensemble.averaging import LogitEnsemble
+from concilium.explain import explain
+from concilium.explain.targets import resolve_target
 from concilium.metrics.evaluate import check_params, evaluate
 from concilium.metrics.perturb import model_device
-from concilium.metrics.registry import METRICS
-from concilium.metrics.results import ResultsTable, group_rows, metric_params_hash
+from concilium.metrics.registry import METRICS, metrics_in
+from concilium.store import ResultsTable, Run, group_rows, metric_params_hash
+from concilium.vocabulary import Split
 
 DEFAULT_CHUNK = 64
 MASK_ONLY_CHUNK = 512  # mask-only metrics are cheap per image: fewer, larger calls
@@ -37,11 +41,19 @@ MASK_ONLY_CHUNK = 512  # mask-only metrics are cheap per image: fewer, larger ca
 
 @dataclass
 class EvaluateReport:
-    """What :func:`evaluate_run` did: groups computed, skipped as done, and skipped with why."""
+    """What :func:`evaluate_run` did: groups computed, skipped as done, and skipped with why.
+
+    Attributes:
+        computed: the groups computed now.
+        already_done: the groups found in the table.
+        notes: every group skipped, with why (incomplete entries, no model, ...).
+        not_computed: the groups whose explainer failed on the model (also in ``notes``).
+    """
 
     computed: list[tuple[str, ...]] = field(default_factory=list)
     already_done: list[tuple[str, ...]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    not_computed: list[str] = field(default_factory=list)
 
 
 def load_metric_params(
@@ -77,7 +89,6 @@ def _explainer(
 ) -> Callable[[nn.Module, Tensor, Tensor], Tensor] | None:
     if "method_params" not in params or "method" not in params:
         return None
-    from concilium.explain import explain
 
     def explainer(model: nn.Module, images: Tensor, targets: Tensor) -> Tensor:
         return explain(
@@ -100,7 +111,7 @@ def evaluate_run(
     *,
     params: Mapping[str, Mapping[str, Any]] | None = None,
     mask: str = "masks",
-    split: Literal["train", "val", "test", "all"] = "all",
+    split: Split = "test",
     limit: int | None = None,
     costly_limit: int | None = None,
     device: str | None = None,
@@ -115,12 +126,15 @@ def evaluate_run(
 
     Args:
         run_dir: the run directory (``run.json`` + the store).
-        metrics: metric names (see :func:`concilium.metrics.metrics_in`).
+        metrics: metric names and/or family names (resolved by
+            :func:`concilium.metrics.metrics_in`, in registry order).
         params: per-metric parameters (checked against each metric's signature).
         mask: the ground-truth mask set: ``"masks"`` (the object) or a named set (``evidence``,
             a part).
-        split: score only the explained samples of this split (``"all"``: every one); a run that
-            explained a single split is scored on it whatever this says.
+        split: score only the explained samples of this split (``"all"``: every one). The
+            default, ``"test"``, keeps the rows an ensembler may have been fitted on (a run that
+            explained ``all``) out of the scores; a run that explained a single split is scored
+            on it whatever this says.
         limit: score only the first ``limit`` of those samples.
         costly_limit: at most this many samples for the metrics that need the model.
         device: where models and images go (default: the run's device).
@@ -133,23 +147,21 @@ def evaluate_run(
     Returns:
         An :class:`EvaluateReport`.
     """
-    from concilium.runinfo import load_run_data
-    from concilium.store import ExplanationStore
-
+    metrics = metrics_in(",".join(metrics))
     params = {k: dict(v) for k, v in (params or {}).items()}
     for name in metrics:
         check_params(METRICS.get(name), params.get(name, {}))
         if batch_size is not None and "batch_size" in METRICS.get(name).params:
             params.setdefault(name, {}).setdefault("batch_size", batch_size)
-    store = ExplanationStore(run_dir, mode="r")
+    need_model = any(METRICS.get(m).needs_model for m in metrics)
+    run = Run.open(run_dir, load_models=need_model, device=device, mode="r")
+    store, data, members = run.store, run.data, run.members
     entries = store.entries()
     report = EvaluateReport()
     incomplete = entries[~entries["complete"]]
     for _, row in incomplete.iterrows():
         report.notes.append(f"{row.source}/{row.method}/{row.params_hash}: incomplete, skipped")
     entries = entries[entries["complete"]]
-    need_model = any(METRICS.get(m).needs_model for m in metrics)
-    data, members = load_run_data(run_dir, device=device, load_models=need_model)
     if split != "all" and split in data.splits and len(set(data.splits)) > 1:
         data = data.subset(split)
     if limit is not None:
@@ -221,7 +233,9 @@ def evaluate_run(
                 if not spec.needs_explainer:
                     raise
                 # the explanation method itself fails on this model (e.g. GradCAM of a wrapper)
-                report.notes.append(f"{what}: not computed, the explainer failed: {err}")
+                note = f"{what}: not computed, the explainer failed: {err}"
+                report.notes.append(note)
+                report.not_computed.append(note)
                 continue
             scores = torch.cat(values)
             finished.append(
@@ -256,10 +270,6 @@ def _model_for(
     if source in by_id:
         return by_id[source], None
     if source == "ens-logit":
-        try:
-            from concilium.ensemble import LogitEnsemble
-        except ImportError:
-            return None, "concilium.ensemble.LogitEnsemble is not available"
         return LogitEnsemble([m for m, _ in members]).eval(), None
     return members[0][0], None
 
@@ -267,8 +277,6 @@ def _model_for(
 def _targets(
     params: Mapping[str, Any], model: nn.Module, data: Any, device: torch.device
 ) -> tuple[Tensor | None, nn.Module | None, str | None]:
-    from concilium.explain.targets import resolve_target
-
     spec = params.get("target", "label")
     model = model.to(device).eval()
     images = data.images.to(device)

@@ -22,26 +22,36 @@ versions), because nothing a chunk's maps depend on changes between processes:
 
 from __future__ import annotations
 
-import hashlib
-import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor, nn
 
-from concilium._util import derive_seed
+from concilium._util import derive_seed, shape_fingerprint, state_fingerprint
 from concilium.data.dataset import ImageDataset
+from concilium.explain import (
+    METHODS,
+    REDUCTIONS,
+    SHARED_PASS,
+    explain,
+    explain_many,
+    method_params,
+    probe,
+)
+from concilium.explain.baselines import BaselineSpec, baseline_name
+from concilium.explain.targets import resolve_target
+from concilium.jobs.baselines import check_baseline_spec, member_baselines
+from concilium.models.checkpoint import load_members
 from concilium.store.entry import Entry
+from concilium.store.manifest import RUN_FILE, DatasetSpec, RunInfo, select_split
 from concilium.store.store import ExplanationStore
-
-if TYPE_CHECKING:
-    from concilium.explain.baselines import BaselineSpec
+from concilium.store.writer import ChunkWriter
+from concilium.vocabulary import Reduction, Split
 
 
 @dataclass
@@ -106,64 +116,8 @@ class Plan:
     missing: dict[tuple[int, int], list[str]] = field(default_factory=dict)
 
 
-class _Writer:
-    """Writes chunks in submission order; with ``background=True`` on one background thread
-    while the next chunk is computed (the store's compression and file writes overlap the
-    attribution). ``explain_to_store`` uses the thread when the models run on an accelerator;
-    on the CPU the attribution already uses every core and a writer thread only competes with
-    it (measured 1.22x vs 1.14x of compute-only time for the cheapest methods on 2 cores).
-
-    Each chunk's data and then its marker are written by :meth:`Entry.write` on that thread, so
-    the kill-safety order is unchanged. At most ``max_pending`` chunks wait in memory. The first
-    failed write cancels the queued ones and is raised in the caller's thread at the next
-    :meth:`submit` or at :meth:`close`; an error in the caller (or Ctrl-C) lets the queued writes
-    finish first.
-    """
-
-    def __init__(self, *, max_pending: int, background: bool = True) -> None:
-        self._background = background
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="concilium-store")
-        self._pending: deque[Future] = deque()
-        self._max = max_pending
-        self._failed = threading.Event()
-
-    def _write(self, entry: Entry, start: int, maps: Tensor) -> None:
-        if self._failed.is_set():  # an earlier write failed: write nothing after it
-            raise RuntimeError("skipped: an earlier chunk write failed")
-        try:
-            entry.write(start, maps)
-        except BaseException:
-            self._failed.set()
-            raise
-
-    def _check(self, *, block: bool) -> None:
-        while self._pending and (block or self._pending[0].done()
-                                 or len(self._pending) > self._max):
-            future = self._pending.popleft()
-            try:
-                future.result()
-            except BaseException:
-                for queued in self._pending:
-                    queued.cancel()
-                self._pending.clear()
-                raise
-
-    def submit(self, entry: Entry, start: int, maps: Tensor) -> None:
-        if not self._background:
-            entry.write(start, maps)
-            return
-        self._check(block=False)
-        self._pending.append(self._pool.submit(self._write, entry, start, maps))
-        self._check(block=False)
-
-    def close(self) -> None:
-        try:
-            self._check(block=True)
-        finally:
-            self._pool.shutdown(wait=True)
 
 
-chunk_seed = derive_seed
 
 
 def entry_params(
@@ -182,8 +136,6 @@ def entry_params(
     Raises:
         ValueError: on an unknown method or parameter (from ``method_params``).
     """
-    from concilium.explain import method_params
-    from concilium.explain.baselines import baseline_name
 
     return {
         "method": method,
@@ -202,7 +154,6 @@ def check_members(members: Sequence[tuple[nn.Module, Any]], data: ImageDataset, 
     Raises:
         ValueError: naming the member and the mismatch.
     """
-    from concilium.explain.targets import resolve_target
 
     image = data.images[:1]
     ids = [card.member_id for _, card in members]
@@ -228,98 +179,6 @@ def check_members(members: Sequence[tuple[nn.Module, Any]], data: ImageDataset, 
         )
 
 
-def check_baseline_spec(baseline: str) -> None:
-    """A cheap check of a baseline spec string, before loading data or models: a registry spec
-    must parse; ``ganmex:GEN`` must name a generator directory (its fit to each member is
-    checked by :func:`member_baselines`).
-
-    Raises:
-        ValueError: on an unknown baseline or parameter, or ``ganmex:`` without a directory.
-        FileNotFoundError: if ``GEN`` holds no GANMEX generator.
-    """
-    if not isinstance(baseline, str):
-        raise TypeError(f"baseline must be a spec string; got {type(baseline).__name__}")
-    if not baseline.startswith("ganmex:"):
-        from concilium.explain.baselines import parse_baseline
-
-        parse_baseline(baseline)
-        return
-    raw = baseline[len("ganmex:"):]
-    path = Path(raw)
-    if not raw:
-        raise ValueError("baseline spec 'ganmex:' needs a generator directory: ganmex:GEN")
-    from concilium.baselines.ganmex import load_card
-
-    if not any((d / "card.json").is_file() for d in (path, *_subdirs(path))):
-        load_card(path)  # raises FileNotFoundError with the fix
-
-
-def _subdirs(path: Path) -> list[Path]:
-    return sorted(d for d in path.iterdir() if d.is_dir()) if path.is_dir() else []
-
-
-def _generator_dir(path: Path, member_id: str) -> Path:
-    """``GEN/<member id>`` when it holds a generator (one per member), else ``GEN``."""
-    own = path / member_id
-    return own if (own / "card.json").is_file() else path
-
-
-def member_baselines(
-    baseline: str,
-    members: Sequence[tuple[nn.Module, Any]],
-    data: ImageDataset,
-    *,
-    device: str | torch.device = "cpu",
-    store: ExplanationStore | None = None,
-) -> dict[str, BaselineSpec]:
-    """The baseline of each member, resolved and checked before any compute.
-
-    A registry spec (``zero``, ``blur:sigma=4``, ...) is checked and kept as the string for every
-    member. ``ganmex:GEN`` becomes one
-    :class:`~concilium.baselines.ganmex.GanmexBaseline` per member, checked against that
-    member's card (the generator must have been trained against this classifier) and the data's
-    classes and image size; with ``store`` it caches every baseline ``G(x, t)`` there, so a
-    re-run or a resumed run never regenerates one. A generator is trained against one
-    classifier, so for several members ``GEN`` holds one generator per member, ``GEN/<member
-    id>/`` (``concilium ganmex train DATA --model MODELS/m0 --out GEN/m0``, ...); a ``GEN``
-    that is itself a generator directory serves every member it fits.
-
-    Args:
-        baseline: the baseline spec string.
-        members: ``[(model, MemberCard), ...]``.
-        data: the samples to explain (class names and image size are checked).
-        device: where a generator runs.
-        store: the run's store (baseline cache); ``None`` only checks.
-
-    Returns:
-        member id -> baseline spec string or provider.
-
-    Raises:
-        ValueError: on an unknown baseline, or a generator trained for other classes, another
-            image size or another classifier (naming the member).
-        FileNotFoundError: if the ``ganmex:`` directory holds no generator.
-    """
-    check_baseline_spec(baseline)
-    if not baseline.startswith("ganmex:"):
-        return {card.member_id: baseline for _, card in members}
-    from concilium.baselines.ganmex import parse_baseline_spec
-
-    root = Path(baseline[len("ganmex:"):])
-    out: dict[str, BaselineSpec] = {}
-    for _, card in members:
-        gen = _generator_dir(root, card.member_id)
-        try:
-            out[card.member_id] = parse_baseline_spec(
-                f"ganmex:{gen}", classifier_card=card, class_names=list(data.class_names) or None,
-                image_size=tuple(data.image_size), device=device, store=store,
-            )
-        except (ValueError, FileNotFoundError) as err:
-            hint = (f"; for several members put one generator per member in {root}/<member id>/"
-                    if len(members) > 1 and gen == root else "")
-            raise type(err)(f"baseline {baseline} for member {card.member_id}: {err}{hint}") from None
-    return out
-
-
 def auto_batch_size(
     store: ExplanationStore, model: nn.Module, image: Tensor, device: torch.device
 ) -> int:
@@ -327,12 +186,9 @@ def auto_batch_size(
     (:func:`concilium.explain.probe`), made once per run for each architecture, input shape and
     device and kept in the store (``cache_array("auto_batch_size", ...)``), so that every member
     of that architecture, in this process or a resumed one, batches identically."""
-    from concilium.explain import probe
-
-    state = [(name, list(t.shape)) for name, t in model.state_dict().items()]
     key = {
         "module": f"{type(model).__module__}.{type(model).__qualname__}",
-        "parameters": hashlib.sha256(repr(state).encode()).hexdigest()[:16],
+        "parameters": shape_fingerprint(model),
         "image": list(image.shape[1:]),
         "device": device.type,
     }
@@ -366,7 +222,6 @@ def plan_members(
     ``baseline`` is one spec for every member or, per member id, a spec or provider (as
     :func:`member_baselines` gives them).
     """
-    from concilium.runinfo import model_fingerprint
 
     h, w = data.image_size
     plans = []
@@ -388,7 +243,7 @@ def plan_members(
         entry_meta = {
             **meta,
             "model_card": card_dict,
-            "model_fingerprint": model_fingerprint(model),
+            "model_fingerprint": state_fingerprint(model),
             "seed": seed,
             "batch_size": rows,
         }
@@ -458,7 +313,6 @@ def explain_to_store(
         ValueError: on an unknown method, parameter, reduction, target or baseline, or members
             that do not fit the data, before any compute.
     """
-    from concilium.explain import REDUCTIONS
 
     options = {k: dict(v) for k, v in (method_options or {}).items()}
     unknown = sorted(set(options) - set(methods))
@@ -486,7 +340,7 @@ def explain_to_store(
             reports[(p.source, m)].chunks_reused = int(e.done_chunks().sum())
     total = sum((stop - start) * len(ms) for p in plans for (start, stop), ms in p.missing.items())
     done = 0
-    writer = _Writer(max_pending=2 * max(1, len(methods)), background=device.type != "cpu")
+    writer = ChunkWriter(max_pending=2 * max(1, len(methods)), background=device.type != "cpu")
     try:
         for plan in plans:
             if not plan.missing:
@@ -537,7 +391,6 @@ def compute_chunk(
     whenever one of them is missing, so the chunk's code path never depends on what a killed run
     had already finished.
     """
-    from concilium.explain import SHARED_PASS, explain, explain_many
 
     common = {
         "reduction": reduction,
@@ -548,7 +401,7 @@ def compute_chunk(
 
     def generator() -> torch.Generator:
         # a CPU generator on every device: explain draws one base seed from it on the CPU
-        return torch.Generator().manual_seed(chunk_seed(seed, source, start))
+        return torch.Generator().manual_seed(derive_seed(seed, source, start))
 
     shared_all = [m for m in SHARED_PASS if m in batch_sizes]
     groups: dict[int, list[str]] = {}
@@ -574,3 +427,134 @@ def compute_chunk(
             generator=generator(), **common, **method_options.get(method, {}),
         )
         yield method, maps.detach().to("cpu", torch.float32), time.perf_counter() - t0
+
+
+class ExplainOptions(BaseModel):
+    """What an explanation run computes (``concilium explain`` flags, the ``[explain]`` section).
+
+    Attributes:
+        methods: method names of :data:`concilium.explain.METHODS`.
+        params: per method, parameters overriding its defaults (``[explain.params.smoothgrad]``).
+        split: the split explained; ``"all"`` also gives the CNN ensembler its training maps.
+        limit: explain only the first ``limit`` samples of the split (``None``: all).
+        batch_size: images per pass (``None``: chosen automatically).
+        target: ``label``, ``pred``, ``<int>``, ``attr:<name>`` or ``contrast:<t>``.
+        baseline: baseline spec of path/perturbation methods (``zero``, ``blur:sigma=4``,
+            ``ganmex:GEN``, ...).
+        reduction: channel reduction of the maps.
+        seed: seed of the stochastic methods.
+        float16: store maps as float16.
+        chunk_size: samples per stored chunk.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    methods: list[str] = Field(default_factory=lambda: list(PAPER_METHODS))
+    params: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    split: Split = "test"
+    limit: int | None = Field(None, ge=1)
+    batch_size: int | None = Field(None, ge=1)
+    target: str = "label"
+    baseline: str = "zero"
+    reduction: Reduction = "sum"
+    seed: int = 0
+    float16: bool = False
+    chunk_size: int = Field(64, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> ExplainOptions:
+        check_methods(self.methods, self.params)
+        try:
+            check_baseline_spec(self.baseline)
+        except (ValueError, TypeError, FileNotFoundError) as err:
+            raise ValueError(f"baseline: {err}") from None
+        return self
+
+
+PAPER_METHODS = ("saliency", "input_x_gradient", "integrated_gradients", "gradient_shap", "gradcam")
+"""The five methods of the ensembles paper: the default of an explanation run."""
+
+
+def check_methods(methods: Sequence[str], params: Mapping[str, Mapping[str, Any]]) -> None:
+    """Methods exist in the registry, without repeats; parameters match their signatures.
+
+    Raises:
+        ValueError: naming the method or parameter and the valid ones.
+    """
+    if not methods:
+        raise ValueError(f"methods: empty; pick from: {', '.join(METHODS.names())}")
+    for m in methods:
+        if m not in METHODS:
+            raise ValueError(f"methods: unknown method {m!r}; valid: {', '.join(METHODS.names())}")
+    repeated = sorted({m for m in methods if list(methods).count(m) > 1})
+    if repeated:
+        raise ValueError(f"methods: names {repeated} more than once")
+    for m, p in params.items():
+        if m not in methods:
+            raise ValueError(f"params.{m}: is for a method not in methods ({', '.join(methods)}); "
+                             "add it to methods or drop the parameters")
+        try:
+            method_params(m, **dict(p))
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"params.{m}: {err}") from None
+
+
+def explain_run(
+    out: str | Path,
+    *,
+    dataset: DatasetSpec,
+    models_dir: str | Path,
+    options: ExplainOptions,
+    device: str = "cpu",
+    on_chunk: Callable[[ChunkEvent], None] | None = None,
+) -> list[EntryReport]:
+    """Start or extend the explanation run ``out``: load the data and the members, check them,
+    record ``RUN/run.json`` and explain every member with every method into ``RUN``'s store,
+    computing only what is missing. ``concilium explain`` and the pipeline both call this.
+
+    Args:
+        out: the run directory (created if needed).
+        dataset: the data (all splits; ``options.split`` selects).
+        models_dir: the members' folder.
+        options: what to compute.
+        device: where the models run.
+        on_chunk: called after every computed chunk (progress displays).
+
+    Returns:
+        One :class:`EntryReport` per member and method.
+
+    Raises:
+        FileNotFoundError: the models folder is missing.
+        ValueError: ``out`` is a file, members that do not fit the data, a baseline unfit for a
+            member, or a run recorded with other data or settings (naming the difference).
+    """
+    out, models_dir = Path(out), Path(models_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; pass a directory")
+    if not models_dir.is_dir():
+        raise FileNotFoundError(f"models folder {models_dir} not found (train with "
+                                "`concilium train`)")
+    full = dataset.load()
+    data = select_split(full, options.split, options.limit)
+    members = load_members(models_dir, device="cpu")
+    check_members(members, data, options.target)
+    member_baselines(options.baseline, members, data, device=device)  # a generator must fit
+    info = RunInfo(
+        dataset=dataset, dataset_fingerprint=full.fingerprint(), split=options.split,
+        limit=options.limit, sample_ids=data.ids, models_dir=str(models_dir.resolve()),
+        member_ids=[card.member_id for _, card in members],
+        member_fingerprints={card.member_id: state_fingerprint(m) for m, card in members},
+        methods=list(options.methods), device=device, target=options.target, seed=options.seed,
+    )
+    if (out / RUN_FILE).is_file():
+        info = RunInfo.load(out).merged_with(info)  # raises if the run was made differently
+    store = ExplanationStore(out)
+    info.save(out)
+    return explain_to_store(
+        store, data, members, list(options.methods), method_options=options.params,
+        target=options.target, reduction=options.reduction, baseline=options.baseline,
+        seed=options.seed, dtype="float16" if options.float16 else "float32",
+        chunk_size=options.chunk_size, batch_size=options.batch_size, device=device,
+        meta={"dataset_fingerprint": info.dataset_fingerprint, "split": options.split},
+        on_chunk=on_chunk,
+    )

@@ -5,17 +5,17 @@ Modules: :mod:`~.networks` (generator, critic), :mod:`~.losses` (WGAN-GP, genera
 :mod:`~.provider` (the ``BaselineProvider`` for ``concilium.explain``).
 """
 
-from concilium.baselines.ganmex.checkpoint import (
+from concilium.ganmex.checkpoint import (
     GanmexCard,
     GanmexOptions,
     card_hash,
     load_card,
     load_generator,
 )
-from concilium.baselines.ganmex.losses import critic_loss, generator_loss, gradient_penalty
-from concilium.baselines.ganmex.networks import Critic, Generator
-from concilium.baselines.ganmex.provider import GanmexBaseline, parse_baseline_spec
-from concilium.baselines.ganmex.training import (
+from concilium.ganmex.losses import critic_loss, generator_loss, gradient_penalty
+from concilium.ganmex.networks import Critic, Generator
+from concilium.ganmex.provider import GanmexBaseline, parse_baseline_spec
+from concilium.ganmex.training import (
     ValidationRecord,
     frozen,
     read_history,

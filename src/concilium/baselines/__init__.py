@@ -1,1 +1,0 @@
-"""Learned counterfactual baselines for attribution methods (see :mod:`concilium.baselines.ganmex`)."""

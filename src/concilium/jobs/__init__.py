@@ -1,0 +1,10 @@
+"""Run-level work: each job opens a run (:meth:`concilium.store.Run.open`), computes with the
+tensor-level library and writes back into ``RUN/``. The pipeline, the report and the CLI are thin
+front ends over these jobs.
+
+- :mod:`.explain`: explain members with methods into the store (:func:`~.explain.explain_run`).
+- :mod:`.ensemble`: ensemble stored maps into new sources (:func:`~.ensemble.run_ensemble`).
+- :mod:`.evaluate`: score every stored explanation (:func:`~.evaluate.evaluate_run`).
+- :mod:`.audit`: per-class quality, bias, anonymisation, subsets (:func:`~.audit.run_audit`).
+- :mod:`.baselines`: baseline specs resolved per member, learned baselines (GANMEX) included.
+"""
