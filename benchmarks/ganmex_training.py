@@ -84,9 +84,9 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from concilium.ganmex import GanmexOptions, card_hash, train_ganmex
     from concilium.data.folder import load_folder, write_folder
     from concilium.data.synthetic import SynthConfig, generate
+    from concilium.ganmex import GanmexOptions, card_hash, train_ganmex
     from concilium.models.architectures import create_model
     from concilium.models.checkpoint import MemberCard, load_member, save_member
     from concilium.models.training import evaluate_accuracy, train_member

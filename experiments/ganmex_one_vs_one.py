@@ -90,9 +90,9 @@ def main() -> None:
     if model_dir is None or gen_dir is None or data_dir is None:
         parser.error("give --bench DIR, or --model MEMBER, --gen GEN and --data FOLDER")
 
-    from concilium.ganmex import GanmexBaseline
     from concilium.data.folder import load_folder
     from concilium.explain import MeanBaseline, explain
+    from concilium.ganmex import GanmexBaseline
     from concilium.metrics import METRICS as REGISTRY
     from concilium.metrics import evaluate
     from concilium.models.checkpoint import load_member
