@@ -117,7 +117,7 @@ def end_to_end(args: argparse.Namespace, tmp: Path) -> None:
     from concilium.data.dataset import ImageDataset
     from concilium.explain import explain_many
     from concilium.models.architectures import create_model
-    from concilium.models.checkpoint import MemberCard
+    from concilium.models.members import MemberCard
     from concilium.store.compute import explain_to_store
 
     n, hw = args.explain, args.size

@@ -244,7 +244,7 @@ def load_run_data(
         )
     if not load_models:
         return data, []
-    from concilium.models.checkpoint import load_members
+    from concilium.models.members import load_members
 
     members = load_members(info.models_dir, device=device or info.device)
     by_id = {card.member_id: (model, card) for model, card in members}

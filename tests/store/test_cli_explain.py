@@ -9,7 +9,6 @@ import pytest
 import torch
 
 pytest.importorskip("concilium.data.folder", reason="needs concilium.data.folder (data package)")
-pytest.importorskip("concilium.models.checkpoint", reason="needs concilium.models.checkpoint")
 explain_pkg = pytest.importorskip("concilium.explain", reason="needs concilium.explain")
 if not hasattr(explain_pkg, "explain"):
     pytest.skip("concilium.explain.explain is not there yet (methods package)",
@@ -18,7 +17,7 @@ if not hasattr(explain_pkg, "explain"):
 from concilium.data.dataset import ImageDataset  # noqa: E402
 from concilium.data.folder import write_folder  # noqa: E402
 from concilium.models.architectures import create_model  # noqa: E402
-from concilium.models.checkpoint import MemberCard, load_members, save_member  # noqa: E402
+from concilium.models.members import MemberCard, load_members, save_member  # noqa: E402
 from concilium.runinfo import RunInfo, load_run_data, select_split  # noqa: E402
 from concilium.store import ExplanationStore  # noqa: E402
 from concilium.store.compute import explain_to_store  # noqa: E402

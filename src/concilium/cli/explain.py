@@ -195,7 +195,7 @@ def run_explain(
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file; pass a directory")
     # -- data and models -----------------------------------------------------------------------
-    from concilium.models.checkpoint import load_members
+    from concilium.models.members import load_members
 
     spec = DatasetSpec(kind="folder", path=str(Path(data).resolve()), size=image_size)
     with console.status("loading data and models"):

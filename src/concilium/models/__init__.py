@@ -1,27 +1,30 @@
-"""Models: the architecture registry, multitask heads, ensemble training, safe checkpoints."""
+"""Models: the architecture registry, multitask heads, training, ensembles, member folders."""
 
 from concilium.models.architectures import ARCHITECTURES, architecture_names, create_model
 from concilium.models.base import AttributeView, ConciliumNet
-from concilium.models.checkpoint import (
-    MemberCard,
-    load_member,
-    load_members,
-    load_state_dict_file,
-    read_card,
-    save_member,
-)
-from concilium.models.training import (
+from concilium.models.ensembles import DIVERSITIES, train_ensemble
+from concilium.models.fit import (
+    FitSettings,
     TrainResult,
     evaluate_accuracy,
     multitask_loss,
-    train_ensemble,
     train_member,
 )
+from concilium.models.members import (
+    MemberCard,
+    load_member,
+    load_members,
+    read_card,
+    save_member,
+)
+from concilium.models.weights import load_state_dict_file, load_weights_into
 
 __all__ = [
     "ARCHITECTURES",
+    "DIVERSITIES",
     "AttributeView",
     "ConciliumNet",
+    "FitSettings",
     "MemberCard",
     "TrainResult",
     "architecture_names",
@@ -30,6 +33,7 @@ __all__ = [
     "load_member",
     "load_members",
     "load_state_dict_file",
+    "load_weights_into",
     "multitask_loss",
     "read_card",
     "save_member",

@@ -432,7 +432,7 @@ def explain_to_store(
     Args:
         store: the run's store.
         data: the samples to explain (rows of every entry, in this order).
-        members: ``[(model, MemberCard), ...]`` as :func:`concilium.models.checkpoint.load_members`
+        members: ``[(model, MemberCard), ...]`` as :func:`concilium.models.members.load_members`
             gives them; the card's ``member_id`` is the entry source.
         methods: method names of :data:`concilium.explain.METHODS`.
         method_options: per method, parameters overriding its defaults
