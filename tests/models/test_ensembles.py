@@ -256,6 +256,22 @@ def test_resume_with_other_settings_is_refused(tiny_dataset: ImageDataset, tmp_p
         train_ensemble(tiny_dataset, out=tmp_path, members=1, diversity="seed", seed=9, **QUICK)
 
 
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"epochs": 2}, "backbone_epochs=1"),  # the same fine-tuning epochs: max(1, 2 // 5)
+        ({"finetune": "head"}, "finetune='all'"),
+    ],
+)
+def test_resuming_a_finished_head_ensemble_with_other_settings_is_refused(
+    tiny_dataset: ImageDataset, tmp_path: Path, change: dict, match: str
+) -> None:
+    settings = dict(members=1, diversity="head", finetune_epochs=1, **QUICK)
+    train_ensemble(tiny_dataset, out=tmp_path, **settings)
+    with pytest.raises(ValueError, match=f"already holds a member with {match}"):
+        train_ensemble(tiny_dataset, out=tmp_path, **{**settings, **change})
+
+
 # bad input ---------------------------------------------------------------------------------
 
 

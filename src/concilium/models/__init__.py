@@ -2,14 +2,9 @@
 
 from concilium.models.architectures import ARCHITECTURES, architecture_names, create_model
 from concilium.models.base import AttributeView, ConciliumNet
-from concilium.models.ensembles import DIVERSITIES, train_ensemble
-from concilium.models.fit import (
-    FitSettings,
-    TrainResult,
-    evaluate_accuracy,
-    multitask_loss,
-    train_member,
-)
+from concilium.models.diversities import DIVERSITIES
+from concilium.models.ensembles import train_ensemble
+from concilium.models.fit import TrainResult, evaluate_accuracy, multitask_loss, train_member
 from concilium.models.members import (
     MemberCard,
     load_member,
@@ -17,6 +12,7 @@ from concilium.models.members import (
     read_card,
     save_member,
 )
+from concilium.models.settings import FitSettings
 from concilium.models.weights import load_state_dict_file, load_weights_into
 
 __all__ = [
