@@ -88,8 +88,8 @@ def main() -> None:
     from concilium.data.synthetic import SynthConfig, generate
     from concilium.ganmex import GanmexOptions, card_hash, train_ganmex
     from concilium.models.architectures import create_model
-    from concilium.models.checkpoint import MemberCard, load_member, save_member
-    from concilium.models.training import evaluate_accuracy, train_member
+    from concilium.models.fit import evaluate_accuracy, train_member
+    from concilium.models.members import MemberCard, load_member, save_member
 
     budget = 60.0 * args.budget_minutes
     max_seconds = args.max_seconds if args.max_seconds is not None else budget

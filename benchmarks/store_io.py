@@ -118,7 +118,7 @@ def end_to_end(args: argparse.Namespace, tmp: Path) -> None:
     from concilium.explain import explain_many
     from concilium.jobs.explain import explain_to_store
     from concilium.models.architectures import create_model
-    from concilium.models.checkpoint import MemberCard
+    from concilium.models.members import MemberCard
 
     n, hw = args.explain, args.size
     g = torch.Generator().manual_seed(1)

@@ -95,7 +95,7 @@ def main() -> None:
     from concilium.ganmex import GanmexBaseline
     from concilium.metrics import METRICS as REGISTRY
     from concilium.metrics import evaluate
-    from concilium.models.checkpoint import load_member
+    from concilium.models.members import load_member
 
     model, card = load_member(model_dir)
     ds = load_folder(data_dir)

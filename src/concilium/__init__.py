@@ -4,7 +4,7 @@ Many explanation methods, many models, ensembled into better explanations and me
 full metric suite. Sub-packages show the architecture:
 
 - :mod:`concilium.data`: the ground-truth benchmark and folder datasets.
-- :mod:`concilium.models`: architectures, multitask heads, ensemble training, safe checkpoints.
+- :mod:`concilium.models`: architectures, multitask heads, ensemble training, member folders.
 - :mod:`concilium.explain`: attribution methods (Captum wrappers), baselines, targets.
 - :mod:`concilium.baselines`: learned counterfactual baselines (GANMEX).
 - :mod:`concilium.store`: the chunked, resumable explanation store.

@@ -16,9 +16,9 @@ SIZE = 32
 @pytest.fixture(scope="module")
 def data_and_member(tmp_path_factory: pytest.TempPathFactory):
     folder = pytest.importorskip("concilium.data.folder")
-    checkpoint = pytest.importorskip("concilium.models.checkpoint")
-    architectures = pytest.importorskip("concilium.models.architectures")
     from concilium.data.synthetic import SynthConfig, generate
+    from concilium.models import architectures
+    from concilium.models import members as checkpoint
 
     root = tmp_path_factory.mktemp("cli")
     ds = generate(SynthConfig(n=30, size=SIZE, num_classes=3))

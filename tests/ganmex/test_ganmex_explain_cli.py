@@ -88,7 +88,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from concilium.data.dataset import ImageDataset
     from concilium.data.folder import write_folder
     from concilium.models.architectures import create_model
-    from concilium.models.checkpoint import MemberCard, load_member, save_member
+    from concilium.models.members import MemberCard, load_member, save_member
 
     root = tmp_path_factory.mktemp("ganmex_explain")
     images, labels = colour_images(N, size=SIZE, seed=4)
@@ -172,7 +172,7 @@ def test_baselines_are_g_of_x_and_t(setup, tmp_path) -> None:
     """The stored IG map equals explain() with G(x, t) given as a tensor baseline."""
     from concilium.data.folder import load_folder
     from concilium.ganmex import GanmexBaseline
-    from concilium.models.checkpoint import load_member
+    from concilium.models.members import load_member
     from concilium.store import ExplanationStore
 
     run = tmp_path / "run"

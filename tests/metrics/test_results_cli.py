@@ -77,7 +77,7 @@ def run_dir(tmp_path_factory) -> Path:
     from concilium.data.dataset import ImageDataset
     from concilium.data.folder import write_folder
     from concilium.models.architectures import create_model
-    from concilium.models.checkpoint import MemberCard, save_member
+    from concilium.models.members import MemberCard, save_member
 
     root = tmp_path_factory.mktemp("evaluate")
     g = torch.Generator().manual_seed(0)

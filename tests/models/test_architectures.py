@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from concilium.models import ARCHITECTURES, AttributeView, ConciliumNet, create_model
-from concilium.models.checkpoint import save_member
+from concilium.models.members import MemberCard, save_member
 
 ARCHS = ARCHITECTURES.names()
 
@@ -35,6 +35,10 @@ def test_output_shapes_and_attribute_head(name: str) -> None:
     assert attrs is not None and attrs.shape == (2, 4)
     assert torch.equal(view, attrs)
     assert torch.isfinite(logits).all()
+    with torch.no_grad():
+        alone = model(x[1:])
+    assert torch.allclose(alone, logits[1:], atol=1e-5)  # one image's logits ignore the batch
+    assert not torch.allclose(logits[0], logits[1])  # ... and depend on the image
 
 
 @pytest.mark.parametrize("name", ARCHS)
@@ -125,14 +129,22 @@ def test_arch_must_be_a_string() -> None:
         create_model(None, num_classes=3)  # type: ignore[arg-type]
 
 
-def test_single_channel_images() -> None:
-    model = _build("small-cnn", in_channels=1).eval()
-    assert model(torch.rand(2, 1, 32, 32)).shape == (2, 5)
+@pytest.mark.parametrize("name", ARCHS)
+def test_single_channel_images(name: str) -> None:
+    model = _build(name, in_channels=1).eval()
+    first = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+    assert first.in_channels == 1
+    x = torch.rand(2, 1, 32, 32, requires_grad=True)
+    logits = model(x)
+    assert logits.shape == (2, 5)
+    logits[0, 0].backward()
+    # the logit reads its own image's pixels and not the other image's (eval mode: no batch mixing)
+    assert x.grad[0].abs().sum() > 0 and x.grad[1].abs().sum() == 0
+    with pytest.raises(RuntimeError):
+        model(torch.rand(2, 3, 32, 32))  # a 3-channel image does not fit a 1-channel network
 
 
 def test_weights_file_round_trip_and_mismatch(tmp_path) -> None:
-    from concilium.models.checkpoint import MemberCard
-
     model = _build("small-cnn").eval()
     card = MemberCard(
         member_id="m0",

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 pytest.importorskip("concilium.data.folder", reason="needs concilium.data.folder (data package)")
-pytest.importorskip("concilium.models.checkpoint", reason="needs concilium.models.checkpoint")
 explain_pkg = pytest.importorskip("concilium.explain", reason="needs concilium.explain")
 if not hasattr(explain_pkg, "explain"):
     pytest.skip("concilium.explain.explain is not there yet (methods package)",
@@ -19,7 +18,7 @@ from concilium.data.dataset import ImageDataset  # noqa: E402
 from concilium.data.folder import write_folder  # noqa: E402
 from concilium.jobs.explain import explain_to_store  # noqa: E402
 from concilium.models.architectures import create_model  # noqa: E402
-from concilium.models.checkpoint import MemberCard, load_members, save_member  # noqa: E402
+from concilium.models.members import MemberCard, load_members, save_member  # noqa: E402
 from concilium.store import (  # noqa: E402
     ExplanationStore,  # noqa: E402
     Run,

@@ -116,7 +116,7 @@ def train(
         raise ValueError(f"bad option: {err}") from None
 
     from concilium.data.folder import load_folder
-    from concilium.models.checkpoint import load_member
+    from concilium.models.members import load_member
 
     console = Console()
     with console.status("loading the member and the data"):

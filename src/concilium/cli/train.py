@@ -96,7 +96,7 @@ def train(
     from rich.table import Table
 
     from concilium.data.folder import load_folder
-    from concilium.models.training import train_ensemble
+    from concilium.models.ensembles import train_ensemble
 
     committee = parse_archs(archs)
     dataset = load_folder(data, size=size, seed=split_seed)

@@ -180,7 +180,7 @@ def anonymisation_study(
         ValueError: a split is empty, or ``emaps`` does not match the dataset.
     """
     from concilium.models import create_model
-    from concilium.models.training import evaluate_accuracy, train_member
+    from concilium.models.fit import evaluate_accuracy, train_member
 
     counts = {s: dataset.splits.count(s) for s in ("train", "val", "test")}
     empty = [s for s, n in counts.items() if n == 0]

@@ -46,7 +46,7 @@ from concilium.explain import (
 from concilium.explain.baselines import BaselineSpec, baseline_name
 from concilium.explain.targets import resolve_target
 from concilium.jobs.baselines import check_baseline_spec, member_baselines
-from concilium.models.checkpoint import load_members
+from concilium.models.members import load_members
 from concilium.store.entry import Entry
 from concilium.store.manifest import RUN_FILE, DatasetSpec, RunInfo, select_split
 from concilium.store.store import ExplanationStore
@@ -287,7 +287,7 @@ def explain_to_store(
     Args:
         store: the run's store.
         data: the samples to explain (rows of every entry, in this order).
-        members: ``[(model, MemberCard), ...]`` as :func:`concilium.models.checkpoint.load_members`
+        members: ``[(model, MemberCard), ...]`` as :func:`concilium.models.members.load_members`
             gives them; the card's ``member_id`` is the entry source.
         methods: method names of :data:`concilium.explain.METHODS`.
         method_options: per method, parameters overriding its defaults

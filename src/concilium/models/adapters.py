@@ -28,9 +28,12 @@ from typing import Literal
 from torch import Tensor, nn
 
 from concilium.models.base import ConciliumNet
+from concilium.models.weights import load_state_dict_file, load_weights_into
 
 AdapterLibrary = Literal["timm", "torchvision"]
 LIBRARIES: tuple[str, ...] = ("timm", "torchvision")
+BUILT_INS_HINT = "concilium.models.architecture_names() lists the built-in architectures"
+"""Where errors send a user for the built-in names (this module sits below the registry)."""
 
 
 def _import_library(library: str) -> ModuleType:
@@ -40,7 +43,7 @@ def _import_library(library: str) -> ModuleType:
         raise ValueError(
             f"architecture '{library}:<name>' needs the {library!r} package, which is not "
             f"installed; install it (pip install {library}) or use a built-in architecture "
-            "(small-cnn, resnet18, resnet18-small, vgg11, vgg11-small)"
+            f"({BUILT_INS_HINT})"
         ) from None
 
 
@@ -97,8 +100,6 @@ class AdapterBackbone(nn.Module):
 
 
 def _load_library_weights(net: nn.Module, weights: str | Path) -> None:
-    from concilium.models.checkpoint import load_state_dict_file, load_weights_into
-
     state = load_state_dict_file(weights)
     load_weights_into(net, state, source=str(weights))
 
@@ -136,8 +137,7 @@ def create_adapter(
     if library not in LIBRARIES or not name:
         raise ValueError(
             f"unknown architecture {arch!r}; adapters are 'timm:<name>' and "
-            "'torchvision:<name>', built-ins are small-cnn, resnet18, resnet18-small, vgg11, "
-            "vgg11-small"
+            f"'torchvision:<name>'; {BUILT_INS_HINT}"
         )
     lib = _import_library(library)
     if library == "timm":

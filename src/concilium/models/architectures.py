@@ -32,7 +32,9 @@ from pathlib import Path
 from torch import Tensor, nn
 
 from concilium._registry import Registry
+from concilium.models.adapters import create_adapter
 from concilium.models.base import ConciliumNet
+from concilium.models.weights import load_state_dict_file, load_weights_into
 
 ArchitectureFactory = Callable[..., ConciliumNet]
 
@@ -329,8 +331,6 @@ def create_model(
     if not isinstance(arch, str):
         raise TypeError(f"arch must be a string such as 'small-cnn'; got {type(arch).__name__}")
     if ":" in arch:
-        from concilium.models.adapters import create_adapter
-
         return create_adapter(
             arch,
             num_classes=num_classes,
@@ -346,7 +346,5 @@ def create_model(
         num_classes=num_classes, num_attributes=num_attributes, in_channels=in_channels
     )
     if weights is not None:
-        from concilium.models.checkpoint import load_state_dict_file, load_weights_into
-
         load_weights_into(model, load_state_dict_file(weights), source=str(weights))
     return model

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from concilium._util import state_fingerprint
 from concilium.data.dataset import ImageDataset
-from concilium.models.checkpoint import MemberCard, load_members
+from concilium.models.members import MemberCard, load_members
 from concilium.store.entry import Entry
 from concilium.store.manifest import RunInfo, select_split
 from concilium.store.store import ExplanationStore
