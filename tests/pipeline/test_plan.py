@@ -28,6 +28,8 @@ def test_plan_lists_stages_costs_and_writes_nothing(tmp_path):
     assert 2 * 5 * 11 <= by["explain"].passes <= 2 * 5 * 12
     assert by["explain"].seconds > 0 and by["models"].passes > 0
     assert by["evaluate"].passes > 0  # deletion needs the model
+    # from MetricSpec.passes: deletion at 5% per step = 20 steps + the start; localisation 0
+    assert by["evaluate"].passes % 21 == 0
     text = format_plan(planned)
     assert "explain" in text and "to run: about" in text
     assert not run_dir.exists()
