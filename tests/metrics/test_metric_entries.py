@@ -6,6 +6,7 @@ Parametrised over the registry, so a new metric is picked up without editing thi
 from __future__ import annotations
 
 import contextlib
+import pkgutil
 import warnings
 
 import pytest
@@ -16,7 +17,7 @@ from torch import nn
 import concilium.metrics as metrics
 from concilium.metrics import METRICS, MetricWarning, evaluate, evaluate_curve
 from concilium.metrics.randomisation import randomisable_layers
-from concilium.metrics.registry import param_names
+from concilium.metrics.registry import param_names, register_metric
 
 ALL = METRICS.names()
 MODEL_BOUND = [n for n in ALL if METRICS.get(n).needs_model]
@@ -67,8 +68,6 @@ def test_registered_name_is_the_exported_function(name):
 
 
 def test_no_metric_name_shadows_a_module_of_the_package():
-    import pkgutil
-
     modules = {m.name for m in pkgutil.iter_modules(metrics.__path__)}
     assert not modules & set(ALL), modules & set(ALL)
 
@@ -172,8 +171,6 @@ def test_passes_reject_unknown_parameters():
 
 
 def test_a_metric_bound_to_the_model_must_declare_its_cost():
-    from concilium.metrics.registry import register_metric
-
     with pytest.raises(ValueError, match="passes="):
         register_metric(category="faithfulness", higher_is_better=True, needs_model=True)
 

@@ -16,6 +16,9 @@ from typing import Literal
 
 import torch
 
+from concilium.metrics import METRICS
+from concilium.metrics.randomisation import randomisable_layers
+from concilium.models import create_model
 from concilium.pipeline.config import ExperimentConfig, resolve_metrics
 from concilium.pipeline.run import Stage, read_state, stage_hashes
 
@@ -49,8 +52,6 @@ class PlannedStage:
 @cache
 def probe_seconds(arch: str, size: tuple[int, int], num_classes: int) -> float:
     """Seconds of one image's forward+backward pass through ``arch`` (batched, measured)."""
-    from concilium.models import create_model
-
     model = create_model(arch, num_classes=num_classes)
     x = torch.rand(PROBE_BATCH, 3, *size)
     model(x).sum().backward()  # warm-up
@@ -124,17 +125,12 @@ def _explain_cost(methods, params, members: list[str], n: int, size, classes) ->
 @cache
 def _layers(arch: str, num_classes: int) -> int:
     """Layers of ``arch`` that MPRT randomises (modules with ``reset_parameters``)."""
-    from concilium.metrics.randomisation import randomisable_layers
-    from concilium.models import create_model
-
     return len(randomisable_layers(create_model(arch, num_classes=num_classes)))
 
 
 def _metric_passes(name: str, params: dict, size: tuple[int, int], arch: str, classes: int) -> int:
     """Model passes per image of a metric, from its registry metadata (``MetricSpec.passes``;
     an image given to the explanation method counts one pass)."""
-    from concilium.metrics import METRICS
-
     spec = METRICS.get(name)
     layers = _layers(arch, classes) if spec.needs_explainer else 0
     return spec.model_passes(params, size=size, layers=layers)
