@@ -289,7 +289,7 @@ def main() -> None:
 
     def pf_curve():
         return (
-            pixel_flipping_curve(pf_a, images=pf_x, labels=pf_y, model=model, step=1, batch_size=bs)
+            pixel_flipping_curve(pf_a, images=pf_x, labels=pf_y, model=model, step=1, batch_size=bs)[1]
             .cpu()
             .numpy()
         )
@@ -384,7 +384,7 @@ def main() -> None:
     def road_imputation_only(which):
         from quantus.functions.perturb_func import noisy_linear_imputation as q_nli
 
-        from concilium.metrics.road import noisy_linear_imputation as o_nli
+        from concilium.metrics.imputation import noisy_linear_imputation as o_nli
 
         grey = x_np[road_n][:, :1]
         order = np.argsort(-a_np[road_n].reshape(grey.shape[0], -1), axis=1)

@@ -21,7 +21,9 @@ def _x():
 
 
 def test_registry_names():
-    assert BASELINES.names() == ["black", "blur", "mean", "tensor", "uniform", "zero"]
+    assert BASELINES.names() == [
+        "black", "blur", "image_mean", "mean", "tensor", "uniform", "zero"
+    ]
 
 
 def test_zero_and_black_by_hand():
@@ -54,6 +56,24 @@ def test_uniform_is_seeded_and_in_range():
     assert torch.equal(a, parse_baseline("uniform:low=0.2,high=0.4,seed=3")(x, t))
     assert not torch.equal(a, parse_baseline("uniform:low=0.2,high=0.4,seed=4")(x, t))
     assert a.min() >= 0.2 and a.max() <= 0.4
+
+
+def test_uniform_from_a_generator_draws_anew_and_leaves_the_seed_path():
+    x, t = _x(), torch.zeros(2, dtype=torch.long)
+    g = torch.Generator().manual_seed(3)
+    a = parse_baseline("uniform:low=0.2,high=0.4", generator=g)
+    first, second = a(x, t), a(x, t)
+    assert not torch.equal(first, second)  # a fresh draw per call
+    assert first.min() >= 0.2 and second.max() <= 0.4
+    # without a generator, unchanged: the same noise for the same shape
+    assert torch.equal(parse_baseline("uniform")(x, t), parse_baseline("uniform")(x, t))
+
+
+def test_image_mean_by_hand():
+    x, t = _x(), torch.zeros(2, dtype=torch.long)
+    out = parse_baseline("image_mean")(x, t)
+    for i in range(2):
+        assert torch.allclose(out[i], torch.full_like(x[i], float(x[i].mean())))
 
 
 def test_mean_and_tensor_broadcast():

@@ -11,7 +11,7 @@ from metric_helpers import LinearNet, TinyNet
 
 from concilium.metrics import MetricWarning, evaluate
 from concilium.metrics._common import ssim2d
-from concilium.metrics.road import noisy_linear_imputation
+from concilium.metrics.imputation import noisy_linear_imputation
 
 # a 2x2 map [[4, 3], [2, 1]] against the anti-diagonal mask [[0, 1], [1, 0]]
 MAP = torch.tensor([[[4.0, 3.0], [2.0, 1.0]]])

@@ -182,8 +182,9 @@ def test_baselines_quantus_semantics_and_explain_specs():
     model, images, labels, maps, _ = make_batch()
     black = make_baseline(images, "black")
     assert torch.equal(black[:, 0, 0, 0], images.flatten(1).amin(1))
-    mean = make_baseline(images, "mean")
+    mean = make_baseline(images, "image_mean")
     assert torch.allclose(mean[:, 0, 0, 0], images.flatten(1).mean(1))
+    assert torch.equal(mean, parse_baseline("image_mean")(images, labels))
     blur = make_baseline(images, "blur:sigma=1", labels=labels)
     assert torch.allclose(blur, parse_baseline("blur:sigma=1")(images, labels))
     seen = {}
@@ -194,12 +195,29 @@ def test_baselines_quantus_semantics_and_explain_specs():
 
     out = make_baseline(images, provider, labels=labels)
     assert torch.equal(seen["labels"], labels) and torch.all(out == 0.5)
-    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
-    assert torch.equal(
-        make_baseline(images, "uniform", generator=g1),
-        make_baseline(images, "uniform", generator=g2),
-    )
     with pytest.raises(ValueError, match="unknown baseline 'grey'.*blur"):
         make_baseline(images, "grey")
+    with pytest.raises(ValueError, match="needs a tensor.*'image_mean'"):
+        make_baseline(images, "mean")  # explain's "mean" is a given tensor, one vocabulary
     with pytest.raises(TypeError, match="baseline must be"):
         make_baseline(images, [0.0])
+
+
+def test_uniform_baseline_draws_from_the_generator_passed_in():
+    from concilium.explain.baselines import UniformBaseline
+    from concilium.metrics import make_baseline
+
+    images, labels = make_batch()[1:3]
+    g1, g2, g3 = (torch.Generator().manual_seed(3) for _ in range(3))
+    first = make_baseline(images, "uniform", generator=g1)
+    assert torch.equal(first, torch.rand(images.shape, generator=g2))  # U(0, 1) per value
+    assert torch.equal(first, UniformBaseline(generator=g3)(images, labels))
+    assert not torch.equal(first, make_baseline(images, "uniform", generator=g1))  # a fresh draw
+    low_high = make_baseline(images, "uniform:low=0.2,high=0.4", generator=g1)
+    assert low_high.min() >= 0.2 and low_high.max() <= 0.4
+    rng = torch.get_rng_state()
+    with pytest.raises(ValueError, match="is random: pass generator="):
+        make_baseline(images, "uniform")
+    with pytest.raises(ValueError, match="drop seed="):
+        make_baseline(images, "uniform:seed=1", generator=g1)
+    assert torch.equal(rng, torch.get_rng_state())

@@ -132,7 +132,7 @@ def test_pixel_flipping_curve_matches_quantus(channels):
             masks=False,
         )
     )
-    ours = pixel_flipping_curve(maps, images=images, labels=labels, model=model, step=4)
+    _, ours = pixel_flipping_curve(maps, images=images, labels=labels, model=model, step=4)
     np.testing.assert_allclose(_np(ours), theirs, atol=1e-5)
 
 

@@ -11,7 +11,10 @@ Built-in baselines (registry :data:`BASELINES`, spec strings ``"name"`` or
 * ``black``: the per-image minimum value (black in the image's own range).
 * ``blur``: Gaussian blur of the image; ``sigma`` in pixels (default 4.0).
 * ``uniform``: uniform noise in ``[low, high]`` (default ``[0, 1]``), seeded by ``seed``
-  (default 0) so the same batch shape always gets the same noise.
+  (default 0) so the same batch shape always gets the same noise; or drawn from a
+  ``generator`` passed in (``parse_baseline(spec, generator=g)``: a fresh draw per call, as the
+  perturbation metrics need). It is the one *stochastic* baseline (``stochastic = True``).
+* ``image_mean``: each image's own mean over all its values (Quantus's ``"mean"``).
 * ``mean``: a fixed mean image or per-channel mean (pass the tensor: ``MeanBaseline(mean)``).
 * ``tensor``: a user tensor broadcastable to ``(N, C, H, W)`` (``TensorBaseline(t)``, or pass the
   tensor itself as ``baseline=``).
@@ -105,23 +108,54 @@ class BlurBaseline:
         return f"blur:sigma={self.sigma:g}"
 
 
+class ImageMeanBaseline:
+    """Each image's own mean over all its values (channels and pixels), everywhere."""
+
+    def __call__(self, images: Tensor, targets: Tensor) -> Tensor:
+        mean = images.flatten(1).mean(1).view(-1, 1, 1, 1)
+        return mean.expand_as(images).clone()
+
+    def __repr__(self) -> str:
+        return "image_mean"
+
+
 class UniformBaseline:
-    """Uniform noise in ``[low, high]``, reproducible from ``seed``.
+    """Uniform noise in ``[low, high]``, from ``seed`` or from a ``generator``.
+
+    Without ``generator`` every call draws (in float64, on the CPU) from a fresh generator seeded
+    with ``seed``, so the same batch shape always gets the same noise: a fixed reference for the
+    path methods. With ``generator`` every call draws anew from it (in float32 on the
+    generator's device): the perturbation metrics' random baseline, reproducible from their
+    seeded generator. The global RNG is never used.
 
     Args:
         low: lower bound (default 0).
         high: upper bound (default 1).
         seed: noise seed (default 0); the same batch shape always gets the same noise.
+        generator: draw from this generator instead (``seed`` is then unused).
     """
 
-    def __init__(self, *, low: float = 0.0, high: float = 1.0, seed: int = 0) -> None:
+    stochastic = True
+
+    def __init__(
+        self,
+        *,
+        low: float = 0.0,
+        high: float = 1.0,
+        seed: int = 0,
+        generator: torch.Generator | None = None,
+    ) -> None:
         if not high > low:
             raise ValueError(f"uniform baseline needs low < high; got low={low}, high={high}")
         self.low, self.high, self.seed = float(low), float(high), int(seed)
+        self.generator = generator
 
     def __call__(self, images: Tensor, targets: Tensor) -> Tensor:
-        g = torch.Generator().manual_seed(self.seed)
-        noise = torch.rand(images.shape, generator=g, dtype=torch.float64)
+        if self.generator is not None:
+            noise = torch.rand(images.shape, generator=self.generator, device=self.generator.device)
+        else:
+            g = torch.Generator().manual_seed(self.seed)
+            noise = torch.rand(images.shape, generator=g, dtype=torch.float64)
         noise = self.low + (self.high - self.low) * noise
         return noise.to(device=images.device, dtype=images.dtype)
 
@@ -171,25 +205,41 @@ BASELINES.add("zero", ZeroBaseline)
 BASELINES.add("black", BlackBaseline)
 BASELINES.add("blur", BlurBaseline)
 BASELINES.add("uniform", UniformBaseline)
+BASELINES.add("image_mean", ImageMeanBaseline)
 BASELINES.add("mean", MeanBaseline)
 BASELINES.add("tensor", TensorBaseline)
 
 _SPEC_PARAMS = {"blur": {"sigma": float}, "uniform": {"low": float, "high": float, "seed": int}}
 
 
-def parse_baseline(spec: str) -> BaselineProvider:
+def is_stochastic(baseline: object) -> bool:
+    """Whether a baseline (spec string, factory or provider) draws random numbers: its
+    ``stochastic`` class attribute (``uniform``)."""
+    if isinstance(baseline, str):
+        name = baseline.strip().partition(":")[0]
+        baseline = BASELINES.get(name) if name in BASELINES else None
+    return bool(getattr(baseline, "stochastic", False))
+
+
+def parse_baseline(spec: str, *, generator: torch.Generator | None = None) -> BaselineProvider:
     """Build a baseline from a spec string ``"name"`` or ``"name:key=value,..."``.
 
+    Args:
+        spec: the spec string.
+        generator: the random source of a stochastic baseline (``uniform``), which then draws
+            anew at every call instead of from its fixed ``seed``; ignored by the others.
+
     Raises:
-        ValueError: on an unknown name, an unknown or malformed parameter, or a baseline that
-            needs a tensor (``mean``, ``tensor``: construct those in Python).
+        ValueError: on an unknown name, an unknown or malformed parameter, a baseline that
+            needs a tensor (``mean``, ``tensor``: construct those in Python), or a ``seed`` given
+            together with a ``generator``.
     """
     name, _, rest = spec.strip().partition(":")
     factory = BASELINES.get(name)
     if name in ("mean", "tensor"):
         raise ValueError(
             f"baseline {name!r} needs a tensor; pass MeanBaseline(mean) or the tensor itself as "
-            "baseline= instead of a string"
+            "baseline= instead of a string (each image's own mean is 'image_mean')"
         )
     valid = _SPEC_PARAMS.get(name, {})
     params: dict[str, float | int] = {}
@@ -205,6 +255,13 @@ def parse_baseline(spec: str) -> BaselineProvider:
             params[key] = valid[key](value)
         except ValueError:
             raise ValueError(f"baseline parameter {key} must be a {valid[key].__name__}; got {value!r}") from None
+    if generator is not None and is_stochastic(factory):
+        if "seed" in params:
+            raise ValueError(
+                f"baseline {spec!r} draws from the generator passed in; drop seed= (seed the "
+                "generator instead)"
+            )
+        return factory(**params, generator=generator)
     return factory(**params)
 
 

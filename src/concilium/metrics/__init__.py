@@ -1,34 +1,47 @@
 """concilium.metrics: one pure batched function per metric, a registry with metadata, and the
 uniform entry point :func:`evaluate`.
 
+Every metric is registered under its Python name and exported here. The families live in
+``localisation``, ``faithfulness`` (one-shot), ``curves`` (deletion, insertion, AOPC, pixel
+flipping, monotonicity), ``imputation`` (ROAD), ``robustness``, ``concentration`` (the complexity
+family) and ``randomisation``.
+
 Example:
     >>> from concilium.metrics import METRICS, evaluate
     >>> METRICS.get("auc").category
     'localisation'
 """
 
-from concilium.metrics import (  # noqa: F401  (importing registers the metrics)
-    complexity,
-    faithfulness,
-    localisation,
-    randomisation,
-    road,
-    robustness,
-)
 from concilium.metrics._common import MetricWarning
-from concilium.metrics.complexity import complexity as complexity_entropy
-from concilium.metrics.complexity import effective_complexity, sparseness
+from concilium.metrics.concentration import complexity, effective_complexity, sparseness
+from concilium.metrics.curves import (
+    aopc,
+    aopc_curve,
+    aopc_lerf,
+    aopc_lerf_curve,
+    curve_metric,
+    deletion,
+    deletion_curve,
+    deletion_lerf,
+    deletion_lerf_curve,
+    insertion,
+    insertion_curve,
+    insertion_lerf,
+    insertion_lerf_curve,
+    monotonicity,
+    monotonicity_curve,
+    perturbation_curve,
+    pixel_flipping,
+    pixel_flipping_curve,
+)
 from concilium.metrics.evaluate import evaluate, evaluate_curve
 from concilium.metrics.faithfulness import (
     faithfulness_correlation,
     infidelity,
-    monotonicity,
     monotonicity_correlation,
-    perturbation_curve,
-    pixel_flipping,
-    pixel_flipping_curve,
     sufficiency,
 )
+from concilium.metrics.imputation import road, road_curve
 from concilium.metrics.localisation import (
     auc,
     average_precision,
@@ -43,9 +56,14 @@ from concilium.metrics.localisation import (
 )
 from concilium.metrics.perturb import BASELINE_NAMES, make_baseline
 from concilium.metrics.randomisation import mprt, mprt_curve, random_logit
-from concilium.metrics.registry import CATEGORIES, METRICS, MetricSpec, metrics_in
-from concilium.metrics.road import road as road_score
-from concilium.metrics.road import road_curve
+from concilium.metrics.registry import (
+    CATEGORIES,
+    METRICS,
+    MetricSpec,
+    PassCount,
+    metrics_in,
+    register_metric,
+)
 from concilium.metrics.robustness import avg_sensitivity, local_lipschitz, max_sensitivity
 
 __all__ = [
@@ -54,17 +72,31 @@ __all__ = [
     "METRICS",
     "MetricSpec",
     "MetricWarning",
+    "PassCount",
+    "aopc",
+    "aopc_curve",
+    "aopc_lerf",
+    "aopc_lerf_curve",
     "auc",
     "average_precision",
     "avg_sensitivity",
     "com_distance",
-    "complexity_entropy",
+    "complexity",
+    "curve_metric",
+    "deletion",
+    "deletion_curve",
+    "deletion_lerf",
+    "deletion_lerf_curve",
     "effective_complexity",
     "evaluate",
     "evaluate_curve",
     "f1_at_quarter_max",
     "faithfulness_correlation",
     "infidelity",
+    "insertion",
+    "insertion_curve",
+    "insertion_lerf",
+    "insertion_lerf_curve",
     "iou",
     "local_lipschitz",
     "make_baseline",
@@ -73,6 +105,7 @@ __all__ = [
     "metrics_in",
     "monotonicity",
     "monotonicity_correlation",
+    "monotonicity_curve",
     "mprt",
     "mprt_curve",
     "perturbation_curve",
@@ -80,10 +113,11 @@ __all__ = [
     "pixel_flipping_curve",
     "pointing_game",
     "random_logit",
+    "register_metric",
     "relevance_mass",
     "relevance_rank",
+    "road",
     "road_curve",
-    "road_score",
     "sparseness",
     "sufficiency",
     "top_k_intersection",

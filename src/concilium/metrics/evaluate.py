@@ -2,28 +2,31 @@
 
 from __future__ import annotations
 
-import inspect
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from concilium._checks import check_images, check_labels, check_maps, check_masks
-from concilium.metrics.registry import DATA_ARGS, METRICS, MetricSpec
-from concilium.metrics.robustness import Explainer
+from concilium.metrics._explainer import Explainer
+from concilium.metrics.registry import METRICS, MetricSpec, param_names
 
 #: Seed of the generator used when a stochastic metric is evaluated without one.
 DEFAULT_SEED = 0
 
 
-def check_params(spec: MetricSpec, params: dict[str, Any]) -> None:
-    """Raise ``ValueError`` naming every unknown parameter and listing the valid ones."""
-    unknown = sorted(set(params) - set(spec.params))
+def check_params(spec: MetricSpec, params: dict[str, Any], *, curve: bool = False) -> None:
+    """Raise ``ValueError`` naming every unknown parameter of the metric (or of its curve) and
+    listing the valid ones with their defaults."""
+    valid = spec.params if not curve else param_names(spec.curve)[0]  # type: ignore[arg-type]
+    unknown = sorted(set(params) - set(valid))
     if unknown:
-        valid = ", ".join(f"{k}={v!r}" for k, v in spec.params.items()) or "none"
+        listed = ", ".join(f"{k}={v!r}" for k, v in valid.items()) or "none"
+        what = f"the curve of {spec.name!r}" if curve else f"metric {spec.name!r}"
         raise ValueError(
-            f"unknown parameter(s) {', '.join(unknown)} for metric {spec.name!r}; "
-            f"valid parameters (with defaults): {valid}"
+            f"unknown parameter(s) {', '.join(unknown)} for {what}; "
+            f"valid parameters (with defaults): {listed}"
         )
 
 
@@ -60,6 +63,42 @@ def _check_inputs(
         )
 
 
+def _bind(
+    spec: MetricSpec,
+    fn: Callable[..., Any],
+    maps: Tensor,
+    *,
+    images: Tensor | None,
+    labels: Tensor | None,
+    masks: Tensor | None,
+    model: nn.Module | None,
+    explainer: Explainer | None,
+    generator: torch.Generator | None,
+    params: dict[str, Any],
+) -> dict[str, Any]:
+    """Check the parameters and inputs of ``fn`` (the metric or its curve) and return its
+    keyword arguments: the data inputs it accepts, then ``params``.
+
+    A function that takes ``generator`` and gets none is given
+    ``torch.Generator().manual_seed(DEFAULT_SEED)``, so every draw (the metric's own, or a
+    ``"uniform"`` baseline's) is seeded and the global RNG is never used.
+    """
+    check_params(spec, params, curve=fn is not spec.fn)
+    _check_inputs(spec, maps, images, labels, masks, model, explainer)
+    data_args = param_names(fn)[1]
+    if generator is None and "generator" in data_args:
+        generator = torch.Generator().manual_seed(DEFAULT_SEED)
+    data = {
+        "images": images,
+        "labels": labels,
+        "masks": masks,
+        "model": model,
+        "explainer": explainer,
+        "generator": generator,
+    }
+    return {**{k: data[k] for k in data_args}, **params}
+
+
 def evaluate(
     name: str,
     maps: Tensor,
@@ -76,8 +115,8 @@ def evaluate(
 
     Inputs a metric does not need are ignored, so one call shape serves every metric.
     ``params`` are checked against the metric's real signature (``METRICS.get(name).params``).
-    A stochastic metric called without ``generator`` uses ``torch.Generator().manual_seed(0)``,
-    so results are reproducible by default.
+    A metric that takes a ``generator`` and is called without one uses
+    ``torch.Generator().manual_seed(0)``, so results are reproducible by default.
 
     Args:
         name: a registered metric (``METRICS.names()``).
@@ -88,7 +127,7 @@ def evaluate(
         model: the classifier (model-bound metrics); never modified.
         explainer: ``explainer(model, images, targets) -> (N, H, W)`` (robustness,
             randomisation).
-        generator: random source of stochastic metrics.
+        generator: random source of stochastic metrics and random baselines.
         **params: the metric's parameters.
 
     Returns:
@@ -107,20 +146,19 @@ def evaluate(
         tensor([1.], dtype=torch.float64)
     """
     spec = METRICS.get(name)
-    check_params(spec, params)
-    _check_inputs(spec, maps, images, labels, masks, model, explainer)
-    if spec.stochastic and generator is None and "generator" in spec.data_args:
-        generator = torch.Generator().manual_seed(DEFAULT_SEED)
-    data = {
-        "images": images,
-        "labels": labels,
-        "masks": masks,
-        "model": model,
-        "explainer": explainer,
-        "generator": generator,
-    }
-    kwargs = {k: data[k] for k in spec.data_args}
-    scores = spec.fn(maps, **kwargs, **params)
+    kwargs = _bind(
+        spec,
+        spec.fn,
+        maps,
+        images=images,
+        labels=labels,
+        masks=masks,
+        model=model,
+        explainer=explainer,
+        generator=generator,
+        params=params,
+    )
+    scores = spec.fn(maps, **kwargs)
     return scores.double().to(maps.device).reshape(maps.shape[0])
 
 
@@ -137,9 +175,11 @@ def evaluate_curve(
     **params: Any,
 ) -> Any:
     """The curve behind a curve metric (``deletion``, ``insertion``, ``pixel_flipping``, ``road``,
-    ``mprt``...): whatever its curve function returns (see ``METRICS.get(name).curve``).
+    ``mprt``...): whatever its curve function returns (see ``METRICS.get(name).curve``), with
+    the same defaults as the metric.
 
-    ``params`` are checked against the curve function's signature.
+    Inputs, ``params`` and the default generator are handled as in :func:`evaluate`; ``params``
+    are checked against the curve function's signature.
 
     Raises:
         ValueError: if the metric has no curve, or for an unknown parameter.
@@ -148,25 +188,16 @@ def evaluate_curve(
     if spec.curve is None:
         with_curve = [n for n, s in METRICS.items() if s.curve is not None]
         raise ValueError(f"metric {name!r} has no curve; metrics with one: {', '.join(with_curve)}")
-    sig = inspect.signature(spec.curve).parameters
-    valid = {
-        k: p.default for k, p in sig.items() if p.kind is p.KEYWORD_ONLY and k not in DATA_ARGS
-    }
-    unknown = sorted(set(params) - set(valid))
-    if unknown:
-        raise ValueError(
-            f"unknown parameter(s) {', '.join(unknown)} for the curve of {name!r}; valid: "
-            + ", ".join(f"{k}={v!r}" for k, v in valid.items())
-        )
-    _check_inputs(spec, maps, images, labels, masks, model, explainer)
-    if spec.stochastic and generator is None:
-        generator = torch.Generator().manual_seed(DEFAULT_SEED)
-    data = {
-        "images": images,
-        "labels": labels,
-        "masks": masks,
-        "model": model,
-        "explainer": explainer,
-        "generator": generator,
-    }
-    return spec.curve(maps, **{k: v for k, v in data.items() if k in sig}, **params)
+    kwargs = _bind(
+        spec,
+        spec.curve,
+        maps,
+        images=images,
+        labels=labels,
+        masks=masks,
+        model=model,
+        explainer=explainer,
+        generator=generator,
+        params=params,
+    )
+    return spec.curve(maps, **kwargs)

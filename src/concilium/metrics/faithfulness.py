@@ -1,14 +1,18 @@
-"""Faithfulness metrics: does removing what the map calls important change the model's output?
+"""One-shot faithfulness metrics: does removing what the map calls important change the model's
+output? Each perturbs the image in its own way (random subsets, groups, patches, a kept top
+fraction) rather than along a curve.
 
 Every function takes ``maps (N, H, W)``, ``images (N, C, H, W)``, ``labels (N,)`` and ``model``
 and perturbs whole pixels (all channels of a pixel at once). Perturbed copies are built and
 evaluated in chunks of ``batch_size`` on the model's device (:mod:`concilium.metrics.perturb`).
-ROAD lives in :mod:`concilium.metrics.road`.
+The curve metrics (deletion, insertion, AOPC, pixel flipping, monotonicity) live in
+:mod:`concilium.metrics.curves`, ROAD in :mod:`concilium.metrics.imputation`.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -28,11 +32,10 @@ from concilium.metrics.perturb import (
 )
 from concilium.metrics.registry import register_metric
 
-Order = Literal["morf", "lerf"]
-
 
 def _constant_nan(metric: str, a: Tensor, scores: Tensor) -> Tensor:
-    return nan_where(scores, constant_rows(a.flatten(1)), metric, "their map is constant")
+    constant = constant_rows(a.flatten(1)).to(scores.device)
+    return nan_where(scores, constant, metric, "their map is constant")
 
 
 def _draw_baseline_fn(
@@ -48,12 +51,18 @@ def _draw_baseline_fn(
     return draw
 
 
+def _faithfulness_correlation_passes(
+    params: Mapping[str, Any], *, size: tuple[int, int], layers: int
+) -> int:
+    return 1 + int(params["nr_runs"])  # the image, then one copy per random subset
+
+
 @register_metric(
-    "faithfulness_correlation",
     category="faithfulness",
     higher_is_better=True,
     needs_model=True,
     stochastic=True,
+    passes=_faithfulness_correlation_passes,
 )
 def faithfulness_correlation(
     maps: Tensor,
@@ -137,322 +146,20 @@ def faithfulness_correlation(
     return _constant_nan("faithfulness_correlation", a, score)
 
 
-def perturbation_curve(
-    maps: Tensor,
-    *,
-    images: Tensor,
-    labels: Tensor,
-    model: nn.Module,
-    mode: Literal["deletion", "insertion"] = "deletion",
-    order: Order = "morf",
-    step: float = 5,
-    unit: Unit = "percent",
-    baseline: Baseline = "black",
-    softmax: bool = True,
-    include_start: bool = True,
-    abs: bool = False,
-    normalise: bool = True,
-    batch_size: int | None = None,
-    generator: torch.Generator | None = None,
-) -> tuple[Tensor, Tensor]:
-    """The deletion or insertion curve of each image.
-
-    Deletion replaces the pixels by the baseline in the given order (``"morf"``: most relevant
-    first; ``"lerf"``: least relevant first); insertion starts from the baseline and puts the
-    image's pixels back in that order. Ties are broken by pixel index (stable sort).
-
-    Args:
-        maps, images, labels, model: the explanation, the explained images, classes and model.
-        mode: ``"deletion"`` or ``"insertion"``.
-        order: ``"morf"`` or ``"lerf"``.
-        step: pixels per step (``unit="pixels"``) or percent of the pixels per step.
-        unit: ``"pixels"`` or ``"percent"``.
-        baseline: replacement values (see :func:`~concilium.metrics.perturb.make_baseline`).
-        softmax: score probabilities instead of logits.
-        include_start: prepend the unperturbed point (0 pixels changed).
-        abs: take ``|maps|`` first.
-        normalise: divide each map by its max ``|.|`` (no effect on the order).
-        batch_size: perturbed copies per forward pass (default: 64 on CPU, 512 on GPU).
-        generator: random source of a ``"uniform"`` baseline (one draw per image).
-
-    Returns:
-        ``(fractions (S,), scores (N, S))``: the fraction of pixels changed at each point and the
-        model's score for ``labels`` there.
-    """
-    if mode not in ("deletion", "insertion"):
-        raise ValueError(f"mode must be 'deletion' or 'insertion'; got {mode!r}")
-    if order not in ("morf", "lerf"):
-        raise ValueError(f"order must be 'morf' or 'lerf'; got {order!r}")
-    maps, images, labels, device = model_inputs(mode, maps, images, labels, model)
-    batch_size = check_batch_size(batch_size, device)
-    a = prepare_maps(maps, abs=abs, normalise=normalise)
-    h, w = a.shape[-2:]
-    p = h * w
-    counts = step_counts(p, step=step, unit=unit)
-    if include_start:
-        counts = torch.cat([torch.zeros(1, dtype=counts.dtype), counts])
-    counts = counts.to(device)
-    ranks = pixel_ranks(a, descending=order == "morf")
-    base = make_baseline(images, baseline, labels=labels, generator=generator)
-
-    def replace(i: Tensor, v: Tensor) -> Tensor:
-        changed = ranks[i] < counts[v].unsqueeze(1)
-        return (changed if mode == "deletion" else ~changed).view(-1, h, w)
-
-    scores = variant_scores(
-        model, images, labels, base, replace, counts.numel(), softmax=softmax, batch_size=batch_size
-    )
-    return counts.double().cpu() / p, scores
-
-
-def _area(fractions: Tensor, scores: Tensor) -> Tensor:
-    return torch.trapezoid(scores.double(), fractions.to(scores.device), dim=1)
-
-
-def _curve_metric(
-    name: str,
-    maps: Tensor,
-    *,
-    mode: Literal["deletion", "insertion"],
-    order: Order,
-    aggregate: Literal["auc", "aopc"],
-    **kwargs,
-) -> Tensor:
-    fractions, scores = perturbation_curve(maps, mode=mode, order=order, **kwargs)
-    if aggregate == "auc":
-        out = _area(fractions, scores)
-    elif mode == "deletion":
-        out = (scores[:, :1] - scores).double().mean(1)
-    else:
-        out = (scores - scores[:, :1]).double().mean(1)
-    return _constant_nan(name, maps, out)
-
-
-def _register_curve_metric(name: str, *, mode: str, order: str, aggregate: str, hib: bool) -> None:
-    baseline_default = "blur" if mode == "insertion" else "black"
-
-    def metric(
-        maps: Tensor,
-        *,
-        images: Tensor,
-        labels: Tensor,
-        model: nn.Module,
-        generator: torch.Generator | None = None,
-        step: float = 5,
-        unit: Unit = "percent",
-        baseline: Baseline = baseline_default,
-        softmax: bool = True,
-        abs: bool = False,
-        normalise: bool = True,
-        batch_size: int | None = None,
-    ) -> Tensor:
-        return _curve_metric(
-            name,
-            maps,
-            images=images,
-            labels=labels,
-            model=model,
-            mode=mode,
-            order=order,
-            aggregate=aggregate,
-            step=step,
-            unit=unit,
-            baseline=baseline,
-            softmax=softmax,
-            abs=abs,
-            normalise=normalise,
-            batch_size=batch_size,
-            generator=generator,
-            include_start=True,
-        )
-
-    what = "area under" if aggregate == "auc" else "AOPC (mean drop from the start over) "
-    metric.__name__ = name
-    metric.__doc__ = (
-        f"{what} the {mode} curve, {order.upper()} order, x axis = fraction of pixels changed "
-        f"(0 to 1). {'Higher' if hib else 'Lower'} is better. Curve: "
-        "``perturbation_curve(mode=..., order=...)``.\n\n"
-        "Args: step/unit (default 5 percent), baseline, softmax (default True), abs, normalise,\n"
-        "batch_size, generator (for a ``uniform`` baseline).\n\nReturns: ``(N,)``; NaN for a "
-        "constant map."
-    )
-    register_metric(
-        name,
-        category="faithfulness",
-        higher_is_better=hib,
-        needs_model=True,
-        curve=perturbation_curve,
-    )(metric)
-    globals()[name] = metric
-
-
-for _name, _mode, _order, _agg, _hib in (
-    ("deletion", "deletion", "morf", "auc", False),
-    ("deletion_lerf", "deletion", "lerf", "auc", True),
-    ("insertion", "insertion", "morf", "auc", True),
-    ("insertion_lerf", "insertion", "lerf", "auc", False),
-    ("aopc", "deletion", "morf", "aopc", True),
-    ("aopc_lerf", "deletion", "lerf", "aopc", False),
-):
-    _register_curve_metric(_name, mode=_mode, order=_order, aggregate=_agg, hib=_hib)
-
-
-def pixel_flipping_curve(
-    maps: Tensor,
-    *,
-    images: Tensor,
-    labels: Tensor,
-    model: nn.Module,
-    step: float = 1,
-    unit: Unit = "pixels",
-    baseline: Baseline = "black",
-    softmax: bool = True,
-    abs: bool = False,
-    normalise: bool = True,
-    batch_size: int | None = None,
-    generator: torch.Generator | None = None,
-) -> Tensor:
-    """Quantus's PixelFlipping curve ``(N, S)``: the score after each MoRF deletion step (no
-    unperturbed point). ``step=1, unit="pixels"`` flips one pixel per step (Quantus default; a
-    Quantus "feature" is one channel value, so Quantus ``features_in_step = C * step``)."""
-    return perturbation_curve(
-        maps,
-        images=images,
-        labels=labels,
-        model=model,
-        mode="deletion",
-        order="morf",
-        step=step,
-        unit=unit,
-        baseline=baseline,
-        softmax=softmax,
-        include_start=False,
-        abs=abs,
-        normalise=normalise,
-        batch_size=batch_size,
-        generator=generator,
-    )[1]
+def _monotonicity_correlation_passes(
+    params: Mapping[str, Any], *, size: tuple[int, int], layers: int
+) -> int:
+    steps = step_counts(size[0] * size[1], step=params["step"], unit=params["unit"]).numel()
+    draws = int(params["nr_samples"]) if is_stochastic_baseline(params["baseline"]) else 1
+    return 1 + steps * draws
 
 
 @register_metric(
-    "pixel_flipping",
-    category="faithfulness",
-    higher_is_better=False,
-    needs_model=True,
-    curve=pixel_flipping_curve,
-)
-def pixel_flipping(
-    maps: Tensor,
-    *,
-    images: Tensor,
-    labels: Tensor,
-    model: nn.Module,
-    generator: torch.Generator | None = None,
-    step: float = 1,
-    unit: Unit = "pixels",
-    baseline: Baseline = "black",
-    softmax: bool = True,
-    abs: bool = False,
-    normalise: bool = True,
-    batch_size: int | None = None,
-) -> Tensor:
-    """Pixel flipping (Bach et al. 2015) as Quantus's ``return_auc_per_sample=True``: the
-    trapezoidal area (``dx = 1`` per step) of :func:`pixel_flipping_curve`. Lower is better.
-
-    Args:
-        maps, images, labels, model: the explanation, the explained images, classes and model.
-        generator: random source of a ``"uniform"`` baseline.
-        step: pixels (or percent) per step (Quantus default one feature).
-        unit: ``"pixels"`` or ``"percent"``.
-        baseline: replacement values (Quantus default ``"black"``).
-        softmax: score probabilities (Quantus default True).
-        abs: take ``|maps|`` first (Quantus default False).
-        normalise: divide each map by its max ``|.|`` (no effect on the order).
-        batch_size: perturbed copies per forward pass (default: 64 on CPU, 512 on GPU).
-
-    Returns:
-        ``(N,)``; NaN for a constant map.
-    """
-    curve = pixel_flipping_curve(
-        maps,
-        images=images,
-        labels=labels,
-        model=model,
-        step=step,
-        unit=unit,
-        baseline=baseline,
-        softmax=softmax,
-        abs=abs,
-        normalise=normalise,
-        batch_size=batch_size,
-        generator=generator,
-    )
-    return _constant_nan("pixel_flipping", maps, torch.trapezoid(curve.double(), dim=1))
-
-
-@register_metric("monotonicity", category="faithfulness", higher_is_better=True, needs_model=True)
-def monotonicity(
-    maps: Tensor,
-    *,
-    images: Tensor,
-    labels: Tensor,
-    model: nn.Module,
-    generator: torch.Generator | None = None,
-    step: float = 1,
-    unit: Unit = "pixels",
-    baseline: Baseline = "black",
-    softmax: bool = True,
-    abs: bool = True,
-    normalise: bool = True,
-    batch_size: int | None = None,
-) -> Tensor:
-    """Monotonicity (Arya et al. 2019): start from the baseline, put the image's pixels back in
-    increasing order of relevance, and score 1 if the output never decreases, else 0.
-
-    Quantus 0.6.0 replaces baseline pixels by the baseline (it never puts the image back), so its
-    output is constant and its score is always True; here the image's pixels are inserted.
-
-    Args:
-        maps, images, labels, model: the explanation, the explained images, classes and model.
-        generator: random source of a ``"uniform"`` baseline.
-        step: pixels (or percent) per step (Quantus default one feature).
-        unit: ``"pixels"`` or ``"percent"``.
-        baseline: the starting image (Quantus default ``"black"``).
-        softmax: score probabilities (Quantus default True).
-        abs: take ``|maps|`` first (Quantus default True).
-        normalise: divide each map by its max ``|.|`` (no effect on the order).
-        batch_size: perturbed copies per forward pass (default: 64 on CPU, 512 on GPU).
-
-    Returns:
-        ``(N,)`` in {0, 1}; NaN for a constant map.
-    """
-    _, curve = perturbation_curve(
-        maps,
-        images=images,
-        labels=labels,
-        model=model,
-        mode="insertion",
-        order="lerf",
-        step=step,
-        unit=unit,
-        baseline=baseline,
-        softmax=softmax,
-        include_start=False,
-        abs=abs,
-        normalise=normalise,
-        batch_size=batch_size,
-        generator=generator,
-    )
-    score = (torch.diff(curve, dim=1) >= 0).all(1).double()
-    return _constant_nan("monotonicity", maps, score)
-
-
-@register_metric(
-    "monotonicity_correlation",
     category="faithfulness",
     higher_is_better=True,
     needs_model=True,
     stochastic=True,
+    passes=_monotonicity_correlation_passes,
 )
 def monotonicity_correlation(
     maps: Tensor,
@@ -535,7 +242,26 @@ def monotonicity_correlation(
     return _constant_nan("monotonicity_correlation", maps, score)
 
 
-@register_metric("infidelity", category="faithfulness", higher_is_better=False, needs_model=True)
+def _patch_blocks(h: int, w: int, size: int, device: torch.device | None = None) -> Tensor:
+    """``(H, W)``: the raster-order id of the ``size`` x ``size`` patch of each pixel, the grid
+    centred like Quantus's padding (border patches clipped)."""
+    rows = (torch.arange(h, device=device) + (-h % size) // 2) // size
+    cols = (torch.arange(w, device=device) + (-w % size) // 2) // size
+    return rows[:, None] * int(cols.max() + 1) + cols[None, :]
+
+
+def _infidelity_passes(params: Mapping[str, Any], *, size: tuple[int, int], layers: int) -> int:
+    repeats = int(params["n_perturb_samples"]) if is_stochastic_baseline(params["baseline"]) else 1
+    blocks = sum(int(_patch_blocks(*size, int(s)).max()) + 1 for s in params["perturb_patch_sizes"])
+    return 1 + repeats * blocks  # the image, then one copy per patch (and draw)
+
+
+@register_metric(
+    category="faithfulness",
+    higher_is_better=False,
+    needs_model=True,
+    passes=_infidelity_passes,
+)
 def infidelity(
     maps: Tensor,
     *,
@@ -587,9 +313,7 @@ def infidelity(
         size = int(size)
         if size > min(h, w):
             raise ValueError(f"patch size {size} is larger than the image {h}x{w}")
-        rows = (torch.arange(h, device=device) + (-h % size) // 2) // size
-        cols = (torch.arange(w, device=device) + (-w % size) // 2) // size
-        block = rows[:, None] * int(cols.max() + 1) + cols[None, :]  # raster-order block id
+        block = _patch_blocks(h, w, size, device)  # raster-order block id
         n_blocks = int(block.max()) + 1
         losses = []
         for _ in range(repeats):
@@ -619,7 +343,16 @@ def infidelity(
     return torch.stack(per_size).mean(0)
 
 
-@register_metric("sufficiency", category="faithfulness", higher_is_better=False, needs_model=True)
+def _sufficiency_passes(params: Mapping[str, Any], *, size: tuple[int, int], layers: int) -> int:
+    return 2  # the image and the copy keeping its top pixels
+
+
+@register_metric(
+    category="faithfulness",
+    higher_is_better=False,
+    needs_model=True,
+    passes=_sufficiency_passes,
+)
 def sufficiency(
     maps: Tensor,
     *,

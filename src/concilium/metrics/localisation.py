@@ -34,7 +34,7 @@ def _degenerate(metric: str, a: Tensor, s: Tensor, scores: Tensor, *, full: bool
     return nan_where(scores, constant_rows(a), metric, "their map is constant")
 
 
-@register_metric("pointing_game", category="localisation", higher_is_better=True, needs_mask=True)
+@register_metric(category="localisation", higher_is_better=True, needs_mask=True)
 def pointing_game(
     maps: Tensor,
     *,
@@ -62,7 +62,7 @@ def pointing_game(
     return _degenerate("pointing_game", a, s, hit)
 
 
-@register_metric("relevance_mass", category="localisation", higher_is_better=True, needs_mask=True)
+@register_metric(category="localisation", higher_is_better=True, needs_mask=True)
 def relevance_mass(
     maps: Tensor, *, masks: Tensor, abs: bool = False, normalise: bool = True
 ) -> Tensor:
@@ -84,7 +84,7 @@ def relevance_mass(
     return _degenerate("relevance_mass", a, s, score)
 
 
-@register_metric("relevance_rank", category="localisation", higher_is_better=True, needs_mask=True)
+@register_metric(category="localisation", higher_is_better=True, needs_mask=True)
 def relevance_rank(
     maps: Tensor, *, masks: Tensor, abs: bool = False, normalise: bool = True
 ) -> Tensor:
@@ -107,9 +107,7 @@ def relevance_rank(
     return _degenerate("relevance_rank", a, s, score)
 
 
-@register_metric(
-    "top_k_intersection", category="localisation", higher_is_better=True, needs_mask=True
-)
+@register_metric(category="localisation", higher_is_better=True, needs_mask=True)
 def top_k_intersection(
     maps: Tensor,
     *,
@@ -148,7 +146,7 @@ def top_k_intersection(
     return _degenerate("top_k_intersection", a, s, score)
 
 
-@register_metric("auc", category="localisation", higher_is_better=True, needs_mask=True)
+@register_metric(category="localisation", higher_is_better=True, needs_mask=True)
 def auc(maps: Tensor, *, masks: Tensor, abs: bool = False, normalise: bool = True) -> Tensor:
     """ROC-AUC of the map as a score for the mask pixels (Fawcett 2006), ties counted half, as
     ``sklearn.metrics.roc_auc_score`` does; computed from average ranks (Mann-Whitney U).
@@ -186,9 +184,7 @@ def _mann_whitney_u(pos: np.ndarray, neg: np.ndarray) -> float:
     return float((below + below_or_equal) / 2)
 
 
-@register_metric(
-    "average_precision", category="localisation", higher_is_better=True, needs_mask=True
-)
+@register_metric(category="localisation", higher_is_better=True, needs_mask=True)
 def average_precision(
     maps: Tensor, *, masks: Tensor, abs: bool = False, normalise: bool = True
 ) -> Tensor:
@@ -243,7 +239,7 @@ def _binarise(a: Tensor, *, threshold: str, q: float, tau: float) -> Tensor:
     return a >= tau * a.amax(1, keepdim=True)
 
 
-@register_metric("iou", category="localisation", higher_is_better=True, needs_mask=True)
+@register_metric(category="localisation", higher_is_better=True, needs_mask=True)
 def iou(
     maps: Tensor,
     *,
@@ -279,9 +275,7 @@ def iou(
     return _degenerate("iou", a, s, score)
 
 
-@register_metric(
-    "f1_at_quarter_max", category="localisation", higher_is_better=True, needs_mask=True
-)
+@register_metric(category="localisation", higher_is_better=True, needs_mask=True)
 def f1_at_quarter_max(
     maps: Tensor, *, masks: Tensor, tau: float = 0.25, abs: bool = False, normalise: bool = True
 ) -> Tensor:
@@ -304,7 +298,7 @@ def f1_at_quarter_max(
     return _degenerate("f1_at_quarter_max", a, s, score)
 
 
-@register_metric("com_distance", category="localisation", higher_is_better=False, needs_mask=True)
+@register_metric(category="localisation", higher_is_better=False, needs_mask=True)
 def com_distance(
     maps: Tensor, *, masks: Tensor, abs: bool = True, normalise: bool = True
 ) -> Tensor:
@@ -338,9 +332,7 @@ def com_distance(
     return _degenerate("com_distance", a.flatten(1), masks.flatten(1).to(a.device), score)
 
 
-@register_metric(
-    "mask_correlation", category="localisation", higher_is_better=True, needs_mask=True
-)
+@register_metric(category="localisation", higher_is_better=True, needs_mask=True)
 def mask_correlation(
     maps: Tensor, *, masks: Tensor, abs: bool = False, normalise: bool = True
 ) -> Tensor:

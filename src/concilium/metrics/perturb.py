@@ -15,10 +15,13 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-BaselineName = Literal["zero", "black", "blur", "uniform", "mean"]
+from concilium._checks import check_images, check_labels, check_maps
+from concilium.explain.baselines import BASELINES, is_stochastic, parse_baseline, resolve_baselines
+
+BaselineName = Literal["zero", "black", "blur", "uniform", "image_mean"]
 Baseline = BaselineName | str | float | Tensor | Callable[[Tensor, Tensor], Tensor]
-BASELINE_NAMES: tuple[str, ...] = ("zero", "black", "blur", "uniform", "mean")
-STOCHASTIC_BASELINES: tuple[str, ...] = ("uniform",)
+#: The baselines usable by name alone (the spec strings of :data:`BASELINES` that need no tensor).
+BASELINE_NAMES: tuple[str, ...] = tuple(n for n in BASELINES.names() if n not in ("mean", "tensor"))
 
 Unit = Literal["pixels", "percent"]
 
@@ -41,20 +44,24 @@ def make_baseline(
 ) -> Tensor:
     """The replacement values ``(N, C, H, W)`` for ``images``.
 
+    String baselines are those of :data:`concilium.explain.baselines.BASELINES`, one vocabulary
+    for both layers: ``"zero"`` (0), ``"black"`` (each image's minimum, as Quantus's
+    ``black``), ``"image_mean"`` (each image's mean over all values, Quantus's ``"mean"``),
+    ``"uniform"`` (U(0, 1) noise per value, a fresh draw from ``generator`` at each call),
+    ``"blur"``, and their spec strings ``"name:key=value"`` (e.g. ``"blur:sigma=2"``).
+
     Args:
         images: ``(N, C, H, W)``.
-        baseline: ``"zero"`` (0), ``"black"`` (each image's minimum, as Quantus's ``black``),
-            ``"mean"`` (each image's mean over all values, as Quantus), ``"uniform"`` (U(0, 1)
-            noise per value, drawn from ``generator``), ``"blur"`` or any spec string
-            ``"name:key=value"`` of :mod:`concilium.explain.baselines` (e.g. ``"blur:sigma=2"``),
-            a :class:`~concilium.explain.baselines.BaselineProvider` (``provider(images,
+        baseline: a spec string (above), a
+            :class:`~concilium.explain.baselines.BaselineProvider` (``provider(images,
             labels)``, e.g. a GANMEX generator), a number (constant), or a tensor
             ``(C, H, W)``/``(N, C, H, W)``.
         labels: ``(N,)`` targets, passed to providers.
-        generator: random source for ``"uniform"``.
+        generator: random source of a stochastic baseline (``"uniform"``).
 
     Raises:
-        ValueError: for an unknown name or a tensor of the wrong shape.
+        ValueError: for an unknown name, a tensor of the wrong shape, or a stochastic baseline
+            without ``generator`` (the global RNG is never used).
         TypeError: for another type.
     """
     n = images.shape[0]
@@ -77,34 +84,28 @@ def make_baseline(
         )
     if isinstance(baseline, (int, float)):
         return torch.full_like(images, float(baseline))
-    if baseline == "zero":
-        return torch.zeros_like(images)
-    if baseline == "black":
-        return images.flatten(1).amin(1).view(n, 1, 1, 1).expand_as(images)
-    if baseline == "mean":
-        return images.flatten(1).mean(1).view(n, 1, 1, 1).expand_as(images)
-    if baseline == "uniform":
-        noise = torch.rand(images.shape, generator=generator, device=_gen_device(generator))
-        return noise.to(device=images.device, dtype=images.dtype)
-    from concilium.explain.baselines import BASELINES, resolve_baselines
-
-    if isinstance(baseline, str) and baseline.partition(":")[0] not in BASELINES:
+    if is_stochastic_baseline(baseline) and generator is None:
         raise ValueError(
-            f"unknown baseline {baseline!r}; valid: {', '.join(BASELINE_NAMES)}, a spec string "
-            f"of {', '.join(BASELINES.names())} ('blur:sigma=2'), a provider, a number or a tensor"
+            f"baseline {baseline!r} is random: pass generator=torch.Generator().manual_seed(0) "
+            "(evaluate() passes a seeded one by default)"
         )
+    if isinstance(baseline, str):
+        name = baseline.strip().partition(":")[0]
+        if name not in BASELINES:
+            raise ValueError(
+                f"unknown baseline {baseline!r}; valid: {', '.join(BASELINE_NAMES)}, their spec "
+                "strings ('blur:sigma=2'), a provider, a number or a tensor"
+            )
+        baseline = parse_baseline(baseline, generator=generator)
     if labels is None:
         labels = torch.zeros(n, dtype=torch.long, device=images.device)
     return resolve_baselines(baseline, images, labels)
 
 
-def _gen_device(generator: torch.Generator | None) -> torch.device:
-    return generator.device if generator is not None else torch.device("cpu")
-
-
 def is_stochastic_baseline(baseline: Baseline) -> bool:
-    """Whether ``baseline`` draws random numbers."""
-    return isinstance(baseline, str) and baseline in STOCHASTIC_BASELINES
+    """Whether ``baseline`` is the spec string of a random baseline (``"uniform"``), drawn anew
+    from the metric's generator for every perturbed copy. A provider object is called once."""
+    return isinstance(baseline, str) and is_stochastic(baseline)
 
 
 def check_batch_size(batch_size: int | None, device: torch.device | None = None) -> int:
@@ -232,8 +233,6 @@ def model_inputs(
         ValueError: when an input is missing or its shape does not match the maps.
         TypeError: when ``model`` is not an ``nn.Module``.
     """
-    from concilium._checks import check_images, check_labels, check_maps
-
     for name, value in (("images", images), ("labels", labels), ("model", model)):
         if value is None:
             raise ValueError(f"{metric} needs {name}; pass {name}=... to evaluate()")

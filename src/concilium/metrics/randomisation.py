@@ -8,15 +8,16 @@ under a forked, seeded global RNG (the global RNG state is restored afterwards).
 from __future__ import annotations
 
 import copy
-from typing import Literal
+from collections.abc import Mapping
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
-from concilium.metrics._common import prepare_maps, spearman, ssim2d
+from concilium.metrics._common import nan_where, prepare_maps, spearman, ssim2d
+from concilium.metrics._explainer import Explainer, check_explainer, explain_in_chunks
 from concilium.metrics.perturb import check_batch_size, model_inputs
 from concilium.metrics.registry import register_metric
-from concilium.metrics.robustness import Explainer, _check_explainer, explain_in_chunks
 
 Similarity = Literal["spearman", "ssim"]
 
@@ -60,7 +61,7 @@ def mprt_curve(
         ``(layer_names, scores (N, L))``.
     """
     maps, images, labels, device = model_inputs("mprt", maps, images, labels, model)
-    fn = _check_explainer("mprt", explainer)
+    fn = check_explainer("mprt", explainer)
     batch_size = check_batch_size(batch_size, device)
     if order not in ("top_down", "bottom_up", "independent"):
         raise ValueError(f"order must be 'top_down', 'bottom_up' or 'independent'; got {order!r}")
@@ -89,12 +90,16 @@ def mprt_curve(
     return layers, torch.stack(scores, dim=1)
 
 
+def _mprt_passes(params: Mapping[str, Any], *, size: tuple[int, int], layers: int) -> int:
+    return layers  # one explanation per randomised layer
+
+
 @register_metric(
-    "mprt",
     category="randomisation",
     higher_is_better=False,
     needs_model=True,
     needs_explainer=True,
+    passes=_mprt_passes,
     curve=mprt_curve,
 )
 def mprt(
@@ -148,16 +153,22 @@ def mprt(
         normalise=normalise,
         batch_size=batch_size,
     )
-    return scores.mean(1) if aggregate == "mean" else scores[:, -1]
+    score = scores.mean(1) if aggregate == "mean" else scores[:, -1]
+    reason = "a map (theirs or a randomised model's) is constant"
+    return nan_where(score, torch.isnan(score), "mprt", reason)
+
+
+def _random_logit_passes(params: Mapping[str, Any], *, size: tuple[int, int], layers: int) -> int:
+    return 1  # one explanation for the other class (+ one image to read num_classes if None)
 
 
 @register_metric(
-    "random_logit",
     category="randomisation",
     higher_is_better=False,
     needs_model=True,
     needs_explainer=True,
     stochastic=True,
+    passes=_random_logit_passes,
 )
 def random_logit(
     maps: Tensor,
@@ -193,7 +204,7 @@ def random_logit(
         ``(N,)``; NaN where both maps are constant.
     """
     maps, images, labels, device = model_inputs("random_logit", maps, images, labels, model)
-    fn = _check_explainer("random_logit", explainer)
+    fn = check_explainer("random_logit", explainer)
     batch_size = check_batch_size(batch_size, device)
     if num_classes is None:
         with torch.no_grad():
@@ -212,4 +223,5 @@ def random_logit(
         abs=abs,
         normalise=normalise,
     )
-    return _similarity(similarity, a, b).double()
+    score = _similarity(similarity, a, b)
+    return nan_where(score, torch.isnan(score), "random_logit", "both of their maps are constant")

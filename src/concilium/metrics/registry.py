@@ -1,13 +1,18 @@
 """The metric registry: one :class:`MetricSpec` per metric, carrying the metadata that reports sort,
-colour and draw arrows from (category, direction, what the metric needs, stochasticity) and the
-metric's valid parameters with their defaults, read from the function's real signature."""
+colour and draw arrows from (category, direction, what the metric needs, stochasticity), the
+metric's cost in model passes, and the metric's valid parameters with their defaults, read from
+the function's real signature.
+
+A metric is registered under its Python name (timm style), so ``METRICS.get("deletion").fn`` is
+``concilium.metrics.deletion``.
+"""
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from torch import Tensor
 
@@ -21,12 +26,48 @@ CATEGORIES: tuple[str, ...] = FAMILIES
 DATA_ARGS: tuple[str, ...] = ("images", "labels", "masks", "model", "explainer", "generator")
 
 
+class PassCount(Protocol):
+    """``passes(params, *, size, layers) -> int``: model passes per image of one metric call.
+
+    ``params`` are the metric's resolved parameters (defaults merged with the caller's), ``size``
+    the image size ``(H, W)`` and ``layers`` the number of modules of the model with a
+    ``reset_parameters`` (the layers MPRT randomises). A pass is one image through the model;
+    an image given to the explainer counts as one pass (the explanation method's own cost is
+    not the metric's to know). A call may add at most one pass in all (e.g. ``random_logit``
+    reading the number of classes), which is not counted.
+    """
+
+    def __call__(
+        self, params: Mapping[str, Any], *, size: tuple[int, int], layers: int
+    ) -> int: ...
+
+
+def no_passes(params: Mapping[str, Any], *, size: tuple[int, int], layers: int) -> int:
+    """The cost of a metric that never calls the model."""
+    return 0
+
+
+def param_names(fn: Callable[..., Any]) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """``(params with defaults, data args)`` of a metric or curve function: its keyword-only
+    arguments, split into data inputs (:data:`DATA_ARGS`) and parameters."""
+    params: dict[str, Any] = {}
+    data_args: list[str] = []
+    for pname, p in inspect.signature(fn).parameters.items():
+        if p.kind is not inspect.Parameter.KEYWORD_ONLY:
+            continue
+        if pname in DATA_ARGS:
+            data_args.append(pname)
+        else:
+            params[pname] = p.default
+    return params, tuple(data_args)
+
+
 @dataclass(frozen=True)
 class MetricSpec:
     """A registered metric.
 
     Attributes:
-        name: registry name.
+        name: registry name, equal to the function's ``__name__``.
         fn: the pure batched function ``fn(maps, *, <data args>, <params>) -> Tensor (N,)``.
         category: metric family.
         higher_is_better: score direction.
@@ -34,9 +75,10 @@ class MetricSpec:
         needs_model: needs the model (and images and labels).
         needs_explainer: needs ``explainer(model, images, targets) -> (N, H, W)``.
         stochastic: draws random numbers (takes ``generator``).
+        passes: model passes per image as a function of the parameters (:class:`PassCount`).
         params: the valid parameters and their defaults.
         data_args: the data inputs the function accepts.
-        curve: optional function returning the metric's curve ``(N, steps)``.
+        curve: optional function returning the metric's curve.
     """
 
     name: str
@@ -47,6 +89,7 @@ class MetricSpec:
     needs_model: bool
     needs_explainer: bool
     stochastic: bool
+    passes: PassCount = no_passes
     params: dict[str, Any] = field(default_factory=dict)
     data_args: tuple[str, ...] = ()
     curve: Callable[..., Any] | None = None
@@ -63,12 +106,28 @@ class MetricSpec:
             out.append("explainer")
         return tuple(out)
 
+    def model_passes(
+        self, params: Mapping[str, Any] | None = None, *, size: tuple[int, int], layers: int = 0
+    ) -> int:
+        """Model passes per image with ``params`` (merged over the defaults) on ``size`` images.
+
+        Raises:
+            ValueError: for an unknown parameter.
+        """
+        given = dict(params or {})
+        unknown = sorted(set(given) - set(self.params))
+        if unknown:
+            raise ValueError(
+                f"unknown parameter(s) {', '.join(unknown)} for metric {self.name!r}; valid: "
+                + ", ".join(self.params)
+            )
+        return int(self.passes({**self.params, **given}, size=size, layers=layers))
+
 
 METRICS: Registry[MetricSpec] = Registry("metric")
 
 
 def register_metric(
-    name: str,
     *,
     category: Category,
     higher_is_better: bool,
@@ -76,30 +135,41 @@ def register_metric(
     needs_model: bool = False,
     needs_explainer: bool = False,
     stochastic: bool = False,
+    passes: PassCount | None = None,
     curve: Callable[..., Any] | None = None,
 ) -> Callable[[Callable[..., Tensor]], Callable[..., Tensor]]:
-    """Decorator registering a metric function in :data:`METRICS` with its metadata.
+    """Decorator registering a metric function in :data:`METRICS` under its ``__name__``.
 
     The parameters and defaults are read from the function's keyword-only arguments; data
     arguments (``images, labels, masks, model, explainer, generator``) are not parameters.
+
+    Args:
+        category: one of :data:`CATEGORIES`.
+        higher_is_better: score direction.
+        needs_mask, needs_model, needs_explainer: the inputs the metric needs.
+        stochastic: the metric draws random numbers (it must take ``generator``).
+        passes: its cost (:class:`PassCount`); required when ``needs_model``.
+        curve: the function returning the metric's curve, if it has one.
+
+    Raises:
+        ValueError: for an unknown category, a stochastic metric without ``generator``, a
+            metric bound to the model without ``passes``, or a name already taken.
     """
     if category not in CATEGORIES:
         raise ValueError(f"category must be one of {CATEGORIES}; got {category!r}")
+    if needs_model and passes is None:
+        raise ValueError("a metric that calls the model must say its cost: pass passes=...")
+    if needs_explainer and not needs_model:
+        raise ValueError("a metric that needs the explainer needs the model too (needs_model)")
 
     def decorator(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
-        params: dict[str, Any] = {}
-        data_args: list[str] = []
-        for pname, p in inspect.signature(fn).parameters.items():
-            if p.kind is not inspect.Parameter.KEYWORD_ONLY:
-                continue
-            if pname in DATA_ARGS:
-                data_args.append(pname)
-            else:
-                params[pname] = p.default
+        params, data_args = param_names(fn)
+        if stochastic and "generator" not in data_args:
+            raise ValueError(f"stochastic metric {fn.__name__!r} must take generator=")
         METRICS.add(
-            name,
+            fn.__name__,
             MetricSpec(
-                name=name,
+                name=fn.__name__,
                 fn=fn,
                 category=category,
                 higher_is_better=higher_is_better,
@@ -107,8 +177,9 @@ def register_metric(
                 needs_model=needs_model,
                 needs_explainer=needs_explainer,
                 stochastic=stochastic,
+                passes=passes if passes is not None else no_passes,
                 params=params,
-                data_args=tuple(data_args),
+                data_args=data_args,
                 curve=curve,
             ),
         )

@@ -2,82 +2,74 @@
 
 They call ``explainer(model, images, targets) -> (N, H, W)`` on perturbed copies of the images;
 all the noisy copies of a chunk go to the explainer in one call (``batch_size`` copies at most),
-not one call per sample as in Quantus.
+not one call per sample as in Quantus. One core, :func:`noisy_quotients`, draws the copies and
+returns the per-copy quotients; each metric only chooses the noise and how to reduce.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Literal
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
 from concilium.metrics._common import nan_where, prepare_maps
+from concilium.metrics._explainer import Explainer, check_explainer, explain_in_chunks
 from concilium.metrics.perturb import check_batch_size, model_inputs, predicted_classes
 from concilium.metrics.registry import register_metric
 
-Explainer = Callable[[nn.Module, Tensor, Tensor], Tensor]
+NoiseFn = Callable[[torch.Size], Tensor]
+"""``noise(shape) -> Tensor``: additive input noise of ``shape`` (on the generator's device)."""
 
 
-def _check_explainer(metric: str, explainer: object) -> Explainer:
-    if explainer is None:
-        raise ValueError(
-            f"{metric} needs explainer(model, images, targets) -> (N, H, W); pass explainer=..."
-        )
-    if not callable(explainer):
-        raise TypeError(f"explainer must be callable; got {type(explainer).__name__}")
-    return explainer  # type: ignore[return-value]
+def uniform_noise(generator: torch.Generator | None, *, low: float, high: float) -> NoiseFn:
+    """U(low, high) noise drawn from ``generator``."""
+    device = generator.device if generator is not None else torch.device("cpu")
+
+    def draw(shape: torch.Size) -> Tensor:
+        return torch.rand(shape, generator=generator, device=device) * (high - low) + low
+
+    return draw
 
 
-def explain_in_chunks(
-    explainer: Explainer, model: nn.Module, images: Tensor, targets: Tensor, *, batch_size: int
-) -> Tensor:
-    """Call ``explainer`` on ``batch_size`` images at a time; check and concatenate the maps."""
-    out = []
-    for start in range(0, images.shape[0], batch_size):
-        x = images[start : start + batch_size]
-        m = explainer(model, x, targets[start : start + batch_size])
-        if not isinstance(m, Tensor) or tuple(m.shape) != (x.shape[0], *x.shape[-2:]):
-            got = tuple(m.shape) if isinstance(m, Tensor) else type(m).__name__
-            raise ValueError(
-                f"explainer must return maps (N, H, W) = {(x.shape[0], *x.shape[-2:])}; got {got} "
-                "(reduce the channel axis, e.g. attributions.sum(1))"
-            )
-        out.append(m.detach().to(images.device).float())
-    return torch.cat(out)
+def gaussian_noise(generator: torch.Generator | None, *, mean: float, std: float) -> NoiseFn:
+    """N(mean, std^2) noise drawn from ``generator``."""
+    device = generator.device if generator is not None else torch.device("cpu")
+
+    def draw(shape: torch.Size) -> Tensor:
+        return torch.randn(shape, generator=generator, device=device) * std + mean
+
+    return draw
 
 
-def _noisy_scores(
+def noisy_quotients(
     metric: str,
     maps: Tensor,
+    *,
     images: Tensor,
     labels: Tensor,
     model: nn.Module,
-    explainer: object,
-    generator: torch.Generator | None,
-    *,
+    explainer: Explainer,
+    noise: NoiseFn,
     nr_samples: int,
-    noise: Literal["uniform", "gaussian"],
-    low: float,
-    high: float,
-    std: float,
-    mean: float,
+    per: Literal["map", "input"],
     abs: bool,
     normalise: bool,
-    batch_size: int | None,
     return_nan_when_prediction_changes: bool,
-    lipschitz: bool,
+    batch_size: int | None,
 ) -> Tensor:
-    """``(N, nr_samples)`` per-sample sensitivities (or Lipschitz quotients)."""
+    """``(N, nr_samples)``: ``||a - a'|| / ||a||`` (``per="map"``, sensitivity) or
+    ``||a - a'|| / (||x - x'|| + 1e-10)`` (``per="input"``, Lipschitz) for each noisy copy
+    ``x' = x + noise``, ``a'`` its explanation; NaN for a copy whose prediction changed when
+    ``return_nan_when_prediction_changes``."""
     maps, images, labels, device = model_inputs(metric, maps, images, labels, model)
-    fn = _check_explainer(metric, explainer)
+    fn = check_explainer(metric, explainer)
     batch_size = check_batch_size(batch_size, device)
     if nr_samples < 1:
         raise ValueError(f"nr_samples must be >= 1; got {nr_samples}")
     a = prepare_maps(maps, abs=abs, normalise=normalise).flatten(1).double()
     n = images.shape[0]
-    gen_device = generator.device if generator is not None else torch.device("cpu")
     pred0 = (
         predicted_classes(model, images, batch_size=batch_size)
         if return_nan_when_prediction_changes
@@ -89,15 +81,11 @@ def _noisy_scores(
         flat = torch.arange(start, min(start + batch_size, total), device=device)
         i, s = flat // nr_samples, flat % nr_samples
         x = images[i]
-        if noise == "uniform":
-            eps = torch.rand(x.shape, generator=generator, device=gen_device) * (high - low) + low
-        else:
-            eps = torch.randn(x.shape, generator=generator, device=gen_device) * std + mean
-        x_noisy = x + eps.to(device=device, dtype=x.dtype)
+        x_noisy = x + noise(x.shape).to(device=device, dtype=x.dtype)
         a_noisy = explain_in_chunks(fn, model, x_noisy, labels[i], batch_size=batch_size)
         a_noisy = prepare_maps(a_noisy, abs=abs, normalise=normalise).flatten(1).double()
         diff = torch.linalg.vector_norm(a[i] - a_noisy, dim=1)
-        if lipschitz:
+        if per == "input":
             value = diff / (
                 torch.linalg.vector_norm((x - x_noisy).flatten(1).double(), dim=1) + 1e-10
             )
@@ -110,48 +98,32 @@ def _noisy_scores(
     return out
 
 
-def _reduce(metric: str, values: Tensor, maps: Tensor, how: Literal["max", "mean"]) -> Tensor:
+def _noisy_passes(params: Mapping[str, Any], *, size: tuple[int, int], layers: int) -> int:
+    samples = int(params["nr_samples"])
+    return samples + (1 + samples if params["return_nan_when_prediction_changes"] else 0)
+
+
+def _max_over_copies(metric: str, values: Tensor) -> Tensor:
     all_nan = torch.isnan(values).all(1)
-    filled = torch.where(torch.isnan(values), torch.full_like(values, -torch.inf), values)
+    score = torch.where(torch.isnan(values), torch.full_like(values, -torch.inf), values).amax(1)
+    return nan_where(score, all_nan, metric, "every noisy copy changed the prediction")
+
+
+def _sensitivity(
+    metric: str, how: Literal["max", "mean"], values: Tensor, maps: Tensor
+) -> Tensor:
     if how == "max":
-        score = filled.amax(1)
+        score = _max_over_copies(metric, values)
     else:
-        score = torch.nanmean(values, dim=1)
-    score = nan_where(score, all_nan, metric, "every noisy copy changed the prediction")
+        all_nan = torch.isnan(values).all(1)
+        score = nan_where(
+            torch.nanmean(values, dim=1), all_nan, metric, "every noisy copy changed the prediction"
+        )
     zero = (maps.flatten(1) == 0).all(1).to(score.device)
     return nan_where(score, zero, metric, "their map is all zeros (relative change undefined)")
 
 
-def _sensitivity(metric: str, how: Literal["max", "mean"], maps: Tensor, **kw) -> Tensor:
-    values = _noisy_scores(metric, maps, noise="uniform", std=0.0, mean=0.0, lipschitz=False, **kw)
-    return _reduce(metric, values, maps, how)
-
-
-@register_metric(
-    "max_sensitivity",
-    category="robustness",
-    higher_is_better=False,
-    needs_model=True,
-    needs_explainer=True,
-    stochastic=True,
-)
-def max_sensitivity(
-    maps: Tensor,
-    *,
-    images: Tensor,
-    labels: Tensor,
-    model: nn.Module,
-    explainer: Explainer,
-    generator: torch.Generator | None = None,
-    nr_samples: int = 200,
-    lower_bound: float = 0.2,
-    abs: bool = False,
-    normalise: bool = True,
-    return_nan_when_prediction_changes: bool = False,
-    batch_size: int | None = None,
-) -> Tensor:
-    """Max-sensitivity (Yeh et al. 2019): the largest ``||a - a'||_F / ||a||_F`` over
-    ``nr_samples`` copies with U(-lower_bound, lower_bound) noise on every value.
+_SENSITIVITY_ARGS = """
 
     Args:
         maps, images, labels, model: the explanation, the explained images, classes and model.
@@ -166,82 +138,79 @@ def max_sensitivity(
 
     Returns:
         ``(N,)``, lower is better; NaN for an all-zero map.
-    """
-    return _sensitivity(
-        "max_sensitivity",
-        "max",
-        maps,
-        images=images,
-        labels=labels,
-        model=model,
-        explainer=explainer,
-        generator=generator,
-        nr_samples=nr_samples,
-        low=-lower_bound,
-        high=lower_bound,
-        abs=abs,
-        normalise=normalise,
-        batch_size=batch_size,
-        return_nan_when_prediction_changes=return_nan_when_prediction_changes,
-    )
+"""
 
 
-@register_metric(
-    "avg_sensitivity",
-    category="robustness",
-    higher_is_better=False,
-    needs_model=True,
-    needs_explainer=True,
-    stochastic=True,
+def _sensitivity_metric(
+    name: str, *, how: Literal["max", "mean"], summary: str
+) -> Callable[..., Tensor]:
+    """Build and register the sensitivity metric ``name`` (reduce the copies by ``how``)."""
+
+    def metric(
+        maps: Tensor,
+        *,
+        images: Tensor,
+        labels: Tensor,
+        model: nn.Module,
+        explainer: Explainer,
+        generator: torch.Generator | None = None,
+        nr_samples: int = 200,
+        lower_bound: float = 0.2,
+        abs: bool = False,
+        normalise: bool = True,
+        return_nan_when_prediction_changes: bool = False,
+        batch_size: int | None = None,
+    ) -> Tensor:
+        values = noisy_quotients(
+            name,
+            maps,
+            images=images,
+            labels=labels,
+            model=model,
+            explainer=explainer,
+            noise=uniform_noise(generator, low=-lower_bound, high=lower_bound),
+            nr_samples=nr_samples,
+            per="map",
+            abs=abs,
+            normalise=normalise,
+            return_nan_when_prediction_changes=return_nan_when_prediction_changes,
+            batch_size=batch_size,
+        )
+        return _sensitivity(name, how, values, maps)
+
+    metric.__name__ = metric.__qualname__ = name
+    metric.__doc__ = summary + _SENSITIVITY_ARGS
+    return register_metric(
+        category="robustness",
+        higher_is_better=False,
+        needs_model=True,
+        needs_explainer=True,
+        stochastic=True,
+        passes=_noisy_passes,
+    )(metric)
+
+
+max_sensitivity = _sensitivity_metric(
+    "max_sensitivity",
+    how="max",
+    summary="""Max-sensitivity (Yeh et al. 2019): the largest ``||a - a'||_F / ||a||_F`` over
+    ``nr_samples`` copies with U(-lower_bound, lower_bound) noise on every value.""",
 )
-def avg_sensitivity(
-    maps: Tensor,
-    *,
-    images: Tensor,
-    labels: Tensor,
-    model: nn.Module,
-    explainer: Explainer,
-    generator: torch.Generator | None = None,
-    nr_samples: int = 200,
-    lower_bound: float = 0.2,
-    abs: bool = False,
-    normalise: bool = True,
-    return_nan_when_prediction_changes: bool = False,
-    batch_size: int | None = None,
-) -> Tensor:
-    """Average sensitivity (Yeh et al. 2019): the mean of ``||a - a'||_F / ||a||_F`` over
-    ``nr_samples`` copies with U(-lower_bound, lower_bound) noise. Arguments as
-    :func:`max_sensitivity`.
-
-    Returns:
-        ``(N,)``, lower is better; NaN for an all-zero map.
-    """
-    return _sensitivity(
-        "avg_sensitivity",
-        "mean",
-        maps,
-        images=images,
-        labels=labels,
-        model=model,
-        explainer=explainer,
-        generator=generator,
-        nr_samples=nr_samples,
-        low=-lower_bound,
-        high=lower_bound,
-        abs=abs,
-        normalise=normalise,
-        batch_size=batch_size,
-        return_nan_when_prediction_changes=return_nan_when_prediction_changes,
-    )
+avg_sensitivity = _sensitivity_metric(
+    "avg_sensitivity",
+    how="mean",
+    summary="""Average sensitivity (Yeh et al. 2019): the mean of ``||a - a'||_F / ||a||_F`` over
+    ``nr_samples`` copies with U(-lower_bound, lower_bound) noise on every value.""",
+)
 
 
 @register_metric(
-    "local_lipschitz",
     category="robustness",
     higher_is_better=False,
     needs_model=True,
     needs_explainer=True,
     stochastic=True,
+    passes=_noisy_passes,
 )
 def local_lipschitz(
     maps: Tensor,
@@ -277,26 +246,19 @@ def local_lipschitz(
     Returns:
         ``(N,)``, lower is better.
     """
-    values = _noisy_scores(
+    values = noisy_quotients(
         "local_lipschitz",
         maps,
-        images,
-        labels,
-        model,
-        explainer,
-        generator,
+        images=images,
+        labels=labels,
+        model=model,
+        explainer=explainer,
+        noise=gaussian_noise(generator, mean=perturb_mean, std=perturb_std),
         nr_samples=nr_samples,
-        noise="gaussian",
-        low=0.0,
-        high=0.0,
-        std=perturb_std,
-        mean=perturb_mean,
+        per="input",
         abs=abs,
         normalise=normalise,
-        batch_size=batch_size,
         return_nan_when_prediction_changes=return_nan_when_prediction_changes,
-        lipschitz=True,
+        batch_size=batch_size,
     )
-    all_nan = torch.isnan(values).all(1)
-    score = torch.where(torch.isnan(values), torch.full_like(values, -torch.inf), values).amax(1)
-    return nan_where(score, all_nan, "local_lipschitz", "every noisy copy changed the prediction")
+    return _max_over_copies("local_lipschitz", values)

@@ -18,6 +18,8 @@ import torch
 
 from concilium.data.synthetic import SynthConfig
 from concilium.explain import METHODS, method_params
+from concilium.metrics import METRICS
+from concilium.metrics.randomisation import randomisable_layers
 from concilium.models import create_model
 from concilium.pipeline.config import ExperimentConfig, resolve_metrics
 from concilium.pipeline.context import Stage
@@ -119,26 +121,18 @@ def _explain_cost(methods, params, members: list[str], n: int, size, classes) ->
     return passes, seconds
 
 
-def _metric_passes(name: str, params: dict, size: tuple[int, int]) -> int:
-    """Rough model passes per image of a metric, from its count parameters (a metric that
-    calls the explanation method counts one pass per call)."""
-    from concilium.metrics import METRICS
+@cache
+def _layers(arch: str, num_classes: int) -> int:
+    """Layers of ``arch`` that MPRT randomises (modules with ``reset_parameters``)."""
+    return len(randomisable_layers(create_model(arch, num_classes=num_classes)))
 
+
+def _metric_passes(name: str, params: dict, size: tuple[int, int], arch: str, classes: int) -> int:
+    """Model passes per image of a metric, from its registry metadata (``MetricSpec.passes``;
+    an image given to the explanation method counts one pass)."""
     spec = METRICS.get(name)
-    if not spec.needs_model:
-        return 0
-    p = {**spec.params, **params}
-    for key in ("nr_runs", "nr_samples", "n_perturb_samples"):
-        if isinstance(p.get(key), int):
-            return int(p[key])
-    if isinstance(p.get("percentages"), list | tuple):
-        return len(p["percentages"])
-    step = p.get("step")
-    if isinstance(step, int | float) and step > 0:
-        if p.get("unit") == "percent":
-            return max(1, int(round(100 / step)))
-        return max(1, int(size[0] * size[1] // step))
-    return 10
+    layers = _layers(arch, classes) if spec.needs_explainer else 0
+    return spec.model_passes(params, size=size, layers=layers)
 
 
 def plan(config: ExperimentConfig, out: str | Path, *, stages: list[Stage] | None = None
@@ -194,7 +188,8 @@ def plan(config: ExperimentConfig, out: str | Path, *, stages: list[Stage] | Non
             n_eval = min(n_expl, config.evaluate.limit or n_expl)
             n_costly = min(n_eval, config.evaluate.costly_limit or n_eval)
             sources = len(members) + len(config.ensemble.kinds)
-            per = sum(_metric_passes(m, config.evaluate.params.get(m, {}), size) for m in names)
+            per = sum(_metric_passes(m, config.evaluate.params.get(m, {}), size, members[0], classes)
+                      for m in names)
             passes = per * n_costly * sources * len(e.methods)
             seconds = passes * probe_seconds(members[0], size, classes) / 3  # mostly forwards
         elif stage.name == "report":

@@ -5,12 +5,15 @@ imputed as the weighted mean of their 8 neighbours (weights 1/6 on the axes, 1/1
 diagonals), a sparse linear system per image and removal level, solved with SciPy's sparse LU for
 all channels at once; Gaussian noise (std ``noise``) is then added to the imputed values. The
 system is assembled with vectorised NumPy (Quantus builds a ``lil_matrix`` element by element).
+
+The module is not called ``road`` because the metric :func:`road` is exported from
+:mod:`concilium.metrics` under its registered name and would shadow it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Literal
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -158,12 +161,16 @@ def road_curve(
     return (predicted == labels[:, None]).double()
 
 
+def _road_passes(params: Mapping[str, Any], *, size: tuple[int, int], layers: int) -> int:
+    return len(params["percentages"])  # one imputed copy per removal level
+
+
 @register_metric(
-    "road",
     category="faithfulness",
     higher_is_better=False,
     needs_model=True,
     stochastic=True,
+    passes=_road_passes,
     curve=road_curve,
 )
 def road(

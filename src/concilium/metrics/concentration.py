@@ -1,4 +1,9 @@
-"""Complexity metrics: how concentrated a map is. They need only the maps."""
+"""The complexity family: how concentrated a map is (sparseness, entropy, effective
+complexity). They need only the maps.
+
+The module is not called ``complexity`` because the metric :func:`complexity` (the entropy) is
+exported from :mod:`concilium.metrics` under its registered name and would shadow it.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +18,7 @@ def _zero_rows(a: Tensor) -> Tensor:
     return (a != 0).sum(1) == 0
 
 
-@register_metric("sparseness", category="complexity", higher_is_better=True)
+@register_metric(category="complexity", higher_is_better=True)
 def sparseness(maps: Tensor, *, abs: bool = True, normalise: bool = True) -> Tensor:
     """Gini index of the map (Chalasani et al. 2020), with Quantus's ``+1e-7`` offset:
     ``sum_i (2i - P - 1) a_(i) / (P sum_i a_(i))`` over the sorted values ``a_(i)``.
@@ -35,7 +40,7 @@ def sparseness(maps: Tensor, *, abs: bool = True, normalise: bool = True) -> Ten
     return nan_where(score, zero, "sparseness", "their map is all zeros")
 
 
-@register_metric("complexity", category="complexity", higher_is_better=False)
+@register_metric(category="complexity", higher_is_better=False)
 def complexity(maps: Tensor, *, abs: bool = True, normalise: bool = True) -> Tensor:
     """Entropy of the map's share ``|a| / sum |a|`` (Bhatt et al. 2020), in nats, with Quantus's
     ``1e-12`` inside the log.
@@ -55,7 +60,7 @@ def complexity(maps: Tensor, *, abs: bool = True, normalise: bool = True) -> Ten
     return nan_where(score, zero, "complexity", "their map is all zeros")
 
 
-@register_metric("effective_complexity", category="complexity", higher_is_better=False)
+@register_metric(category="complexity", higher_is_better=False)
 def effective_complexity(
     maps: Tensor, *, eps: float = 1e-5, abs: bool = True, normalise: bool = True
 ) -> Tensor:

@@ -1,0 +1,377 @@
+"""Perturbation curves and the faithfulness metrics read off them.
+
+One core, :func:`perturbation_curve`, removes (deletion) or restores (insertion) pixels in the
+order of the map and records the model's score after each step. Every curve metric is one row of
+a table: the curve's mode, order and defaults, and how the curve becomes one score per image.
+:func:`curve_metric` turns a row into two explicit functions, the metric and its curve, and
+registers the metric under its name; each is a module-level name (and exported by
+:mod:`concilium.metrics`):
+
+========================  =========  =====  ========================================  ====
+metric                    mode       order  score                                     best
+========================  =========  =====  ========================================  ====
+``deletion``              deletion   MoRF   area over the fraction removed (0..1)      low
+``deletion_lerf``         deletion   LeRF   area                                       high
+``insertion``             insertion  MoRF   area (from a blurred image)                high
+``insertion_lerf``        insertion  LeRF   area                                       low
+``aopc``                  deletion   MoRF   mean drop from the start                   high
+``aopc_lerf``             deletion   LeRF   mean drop from the start                   low
+``pixel_flipping``        deletion   MoRF   area with dx = 1 per step, no start point  low
+``monotonicity``          insertion  LeRF   1 if the score never decreases             high
+========================  =========  =====  ========================================  ====
+
+Every function takes ``maps (N, H, W)``, ``images (N, C, H, W)``, ``labels (N,)`` and ``model``
+and perturbs whole pixels (all channels of a pixel at once). Perturbed copies are built and
+evaluated in chunks of ``batch_size`` on the model's device (:mod:`concilium.metrics.perturb`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from concilium.metrics._common import constant_rows, nan_where, prepare_maps
+from concilium.metrics.perturb import (
+    Baseline,
+    Unit,
+    check_batch_size,
+    make_baseline,
+    model_inputs,
+    pixel_ranks,
+    step_counts,
+    variant_scores,
+)
+from concilium.metrics.registry import register_metric
+
+Mode = Literal["deletion", "insertion"]
+Order = Literal["morf", "lerf"]
+Score = Callable[[Tensor, Tensor], Tensor]
+"""``score(fractions (S,), scores (N, S)) -> (N,)``: how a curve becomes one value per image."""
+
+
+def perturbation_curve(
+    maps: Tensor,
+    *,
+    images: Tensor,
+    labels: Tensor,
+    model: nn.Module,
+    mode: Mode = "deletion",
+    order: Order = "morf",
+    step: float = 5,
+    unit: Unit = "percent",
+    baseline: Baseline = "black",
+    softmax: bool = True,
+    include_start: bool = True,
+    abs: bool = False,
+    normalise: bool = True,
+    batch_size: int | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor]:
+    """The deletion or insertion curve of each image.
+
+    Deletion replaces the pixels by the baseline in the given order (``"morf"``: most relevant
+    first; ``"lerf"``: least relevant first); insertion starts from the baseline and puts the
+    image's pixels back in that order. Ties are broken by pixel index (stable sort).
+
+    Args:
+        maps, images, labels, model: the explanation, the explained images, classes and model.
+        mode: ``"deletion"`` or ``"insertion"``.
+        order: ``"morf"`` or ``"lerf"``.
+        step: pixels per step (``unit="pixels"``) or percent of the pixels per step.
+        unit: ``"pixels"`` or ``"percent"``.
+        baseline: replacement values (see :func:`~concilium.metrics.perturb.make_baseline`).
+        softmax: score probabilities instead of logits.
+        include_start: prepend the unperturbed point (0 pixels changed).
+        abs: take ``|maps|`` first.
+        normalise: divide each map by its max ``|.|`` (no effect on the order).
+        batch_size: perturbed copies per forward pass (default: 64 on CPU, 512 on GPU).
+        generator: random source of a ``"uniform"`` baseline (one draw per image).
+
+    Returns:
+        ``(fractions (S,), scores (N, S))``: the fraction of pixels changed at each point and the
+        model's score for ``labels`` there.
+
+    Raises:
+        ValueError: for an unknown mode, order or unit, or a step that does not fit the image.
+    """
+    if mode not in ("deletion", "insertion"):
+        raise ValueError(f"mode must be 'deletion' or 'insertion'; got {mode!r}")
+    if order not in ("morf", "lerf"):
+        raise ValueError(f"order must be 'morf' or 'lerf'; got {order!r}")
+    maps, images, labels, device = model_inputs(mode, maps, images, labels, model)
+    batch_size = check_batch_size(batch_size, device)
+    a = prepare_maps(maps, abs=abs, normalise=normalise)
+    h, w = a.shape[-2:]
+    p = h * w
+    counts = step_counts(p, step=step, unit=unit)
+    if include_start:
+        counts = torch.cat([torch.zeros(1, dtype=counts.dtype), counts])
+    counts = counts.to(device)
+    ranks = pixel_ranks(a, descending=order == "morf")
+    base = make_baseline(images, baseline, labels=labels, generator=generator)
+
+    def replace(i: Tensor, v: Tensor) -> Tensor:
+        changed = ranks[i] < counts[v].unsqueeze(1)
+        return (changed if mode == "deletion" else ~changed).view(-1, h, w)
+
+    scores = variant_scores(
+        model, images, labels, base, replace, counts.numel(), softmax=softmax, batch_size=batch_size
+    )
+    return counts.double().cpu() / p, scores
+
+
+def area(fractions: Tensor, scores: Tensor) -> Tensor:
+    """Trapezoidal area under each curve over the fraction of pixels changed."""
+    return torch.trapezoid(scores.double(), fractions.to(scores.device), dim=1)
+
+
+def area_per_step(fractions: Tensor, scores: Tensor) -> Tensor:
+    """Trapezoidal area with ``dx = 1`` per step (Quantus's ``calculate_auc``)."""
+    return torch.trapezoid(scores.double(), dim=1)
+
+
+def mean_drop(fractions: Tensor, scores: Tensor) -> Tensor:
+    """AOPC: the mean over the points of ``score(start) - score``."""
+    return (scores[:, :1] - scores).double().mean(1)
+
+
+def never_decreases(fractions: Tensor, scores: Tensor) -> Tensor:
+    """1 where the curve never decreases from one point to the next, else 0."""
+    return (torch.diff(scores, dim=1) >= 0).all(1).double()
+
+
+_ORDER_NAMES = {"morf": "MoRF", "lerf": "LeRF"}
+_ARGS = """
+
+    Args:
+        maps, images, labels, model: the explanation, the explained images, classes and model.
+        generator: random source of a ``"uniform"`` baseline (one draw per image).
+        step: pixels (``unit="pixels"``) or percent of the pixels (``"percent"``) per step.
+        unit: ``"pixels"`` or ``"percent"``.
+        baseline: replacement values (:func:`~concilium.metrics.perturb.make_baseline`).
+        softmax: score probabilities instead of logits.
+        abs: take ``|maps|`` first.
+        normalise: divide each map by its max ``|.|`` (no effect on the order).
+        batch_size: perturbed copies per forward pass (default: 64 on CPU, 512 on GPU).
+"""
+
+
+def curve_metric(
+    name: str,
+    *,
+    mode: Mode,
+    order: Order,
+    score: Score,
+    higher_is_better: bool,
+    summary: str,
+    include_start: bool = True,
+    step: float = 5,
+    unit: Unit = "percent",
+    baseline: str = "black",
+    abs: bool = False,
+) -> tuple[Callable[..., Tensor], Callable[..., tuple[Tensor, Tensor]]]:
+    """One row of the table: build the metric ``name`` and its curve ``<name>_curve``, and
+    register the metric (category faithfulness).
+
+    Args:
+        name: the metric's name (and ``__name__``).
+        mode, order, include_start: the curve (:func:`perturbation_curve`).
+        score: how the curve becomes one value per image.
+        higher_is_better: score direction.
+        summary: the first paragraph of the metric's docstring.
+        step, unit, baseline, abs: the defaults of the metric's parameters.
+
+    Returns:
+        ``(metric, curve)``: ``metric(maps, ...) -> (N,)`` (NaN for a constant map) and
+        ``curve(maps, ...) -> (fractions (S,), scores (N, S))`` with the same parameters.
+    """
+    step_default, unit_default, baseline_default, abs_default = step, unit, baseline, abs
+
+    def curve(
+        maps: Tensor,
+        *,
+        images: Tensor,
+        labels: Tensor,
+        model: nn.Module,
+        generator: torch.Generator | None = None,
+        step: float = step_default,
+        unit: Unit = unit_default,
+        baseline: Baseline = baseline_default,
+        softmax: bool = True,
+        abs: bool = abs_default,
+        normalise: bool = True,
+        batch_size: int | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        return perturbation_curve(
+            maps,
+            images=images,
+            labels=labels,
+            model=model,
+            mode=mode,
+            order=order,
+            step=step,
+            unit=unit,
+            baseline=baseline,
+            softmax=softmax,
+            include_start=include_start,
+            abs=abs,
+            normalise=normalise,
+            batch_size=batch_size,
+            generator=generator,
+        )
+
+    def metric(
+        maps: Tensor,
+        *,
+        images: Tensor,
+        labels: Tensor,
+        model: nn.Module,
+        generator: torch.Generator | None = None,
+        step: float = step_default,
+        unit: Unit = unit_default,
+        baseline: Baseline = baseline_default,
+        softmax: bool = True,
+        abs: bool = abs_default,
+        normalise: bool = True,
+        batch_size: int | None = None,
+    ) -> Tensor:
+        fractions, scores = curve(
+            maps,
+            images=images,
+            labels=labels,
+            model=model,
+            generator=generator,
+            step=step,
+            unit=unit,
+            baseline=baseline,
+            softmax=softmax,
+            abs=abs,
+            normalise=normalise,
+            batch_size=batch_size,
+        )
+        values = score(fractions, scores)
+        constant = constant_rows(maps.flatten(1)).to(values.device)
+        return nan_where(values, constant, name, "their map is constant")
+
+    def passes(params: Mapping[str, Any], *, size: tuple[int, int], layers: int) -> int:
+        steps = step_counts(size[0] * size[1], step=params["step"], unit=params["unit"])
+        return steps.numel() + int(include_start)
+
+    metric.__name__ = metric.__qualname__ = name
+    curve.__name__ = curve.__qualname__ = f"{name}_curve"
+    metric.__doc__ = (
+        summary
+        + _ARGS
+        + "\n    Returns:\n        ``(N,)``; NaN for a constant map. "
+        + f"The curve: :func:`{name}_curve`.\n"
+    )
+    curve.__doc__ = (
+        f"The {mode} curve behind :func:`{name}` ({_ORDER_NAMES[order]} order"
+        f"{', with' if include_start else ', without'} the unperturbed start point)."
+        + _ARGS
+        + "\n    Returns:\n        ``(fractions (S,), scores (N, S))``: the fraction of pixels "
+        "changed at each point and the model's score for ``labels`` there.\n"
+    )
+    register_metric(
+        category="faithfulness",
+        higher_is_better=higher_is_better,
+        needs_model=True,
+        passes=passes,
+        curve=curve,
+    )(metric)
+    return metric, curve
+
+
+deletion, deletion_curve = curve_metric(
+    "deletion",
+    mode="deletion",
+    order="morf",
+    score=area,
+    higher_is_better=False,
+    summary="""Area under the deletion curve, MoRF order: remove the most relevant pixels first
+    (replaced by the baseline); x axis = fraction of pixels removed (0 to 1). Lower is better.""",
+)
+deletion_lerf, deletion_lerf_curve = curve_metric(
+    "deletion_lerf",
+    mode="deletion",
+    order="lerf",
+    score=area,
+    higher_is_better=True,
+    summary="""Area under the deletion curve, LeRF order: remove the least relevant pixels first;
+    x axis = fraction of pixels removed (0 to 1). Higher is better.""",
+)
+insertion, insertion_curve = curve_metric(
+    "insertion",
+    mode="insertion",
+    order="morf",
+    score=area,
+    higher_is_better=True,
+    baseline="blur",
+    summary="""Area under the insertion curve, MoRF order: start from the baseline (a blurred
+    image) and put the most relevant pixels back first; x axis = fraction of pixels restored
+    (0 to 1). Higher is better.""",
+)
+insertion_lerf, insertion_lerf_curve = curve_metric(
+    "insertion_lerf",
+    mode="insertion",
+    order="lerf",
+    score=area,
+    higher_is_better=False,
+    baseline="blur",
+    summary="""Area under the insertion curve, LeRF order: start from the baseline (a blurred
+    image) and put the least relevant pixels back first. Lower is better.""",
+)
+aopc, aopc_curve = curve_metric(
+    "aopc",
+    mode="deletion",
+    order="morf",
+    score=mean_drop,
+    higher_is_better=True,
+    summary="""AOPC (Samek et al. 2017), MoRF order: the mean over the points of the deletion curve
+    of ``f(x) - f(x_k)``. Higher is better.""",
+)
+aopc_lerf, aopc_lerf_curve = curve_metric(
+    "aopc_lerf",
+    mode="deletion",
+    order="lerf",
+    score=mean_drop,
+    higher_is_better=False,
+    summary="""AOPC, LeRF order: the mean over the points of the LeRF deletion curve of
+    ``f(x) - f(x_k)``. Lower is better.""",
+)
+pixel_flipping, pixel_flipping_curve = curve_metric(
+    "pixel_flipping",
+    mode="deletion",
+    order="morf",
+    score=area_per_step,
+    higher_is_better=False,
+    include_start=False,
+    step=1,
+    unit="pixels",
+    summary="""Pixel flipping (Bach et al. 2015) as Quantus's ``return_auc_per_sample=True``: the
+    trapezoidal area (``dx = 1`` per step) of the MoRF deletion curve without its unperturbed
+    point. Lower is better. ``step=1, unit="pixels"`` flips one pixel per step (Quantus default;
+    a Quantus "feature" is one channel value, so Quantus ``features_in_step = C * step``).
+    Defaults as Quantus: ``baseline="black"``, ``softmax=True``, ``abs=False``.""",
+)
+monotonicity, monotonicity_curve = curve_metric(
+    "monotonicity",
+    mode="insertion",
+    order="lerf",
+    score=never_decreases,
+    higher_is_better=True,
+    include_start=False,
+    step=1,
+    unit="pixels",
+    abs=True,
+    summary="""Monotonicity (Arya et al. 2019): start from the baseline, put the image's pixels
+    back in increasing order of relevance, and score 1 if the output never decreases, else 0.
+
+    Quantus 0.6.0 replaces baseline pixels by the baseline (it never puts the image back), so its
+    output is constant and its score is always True; here the image's pixels are inserted.
+    Defaults as Quantus: one pixel per step, ``baseline="black"``, ``softmax=True``,
+    ``abs=True``.""",
+)

@@ -1,0 +1,197 @@
+"""Layer (c), continued: every METRICS entry is named, exported, costed and honest about NaN.
+
+Parametrised over the registry, so a new metric is picked up without editing this file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import pkgutil
+import warnings
+
+import pytest
+import torch
+from metric_helpers import input_x_gradient, make_batch
+from torch import nn
+
+import concilium.metrics as metrics
+from concilium.metrics import METRICS, MetricWarning, evaluate, evaluate_curve
+from concilium.metrics.randomisation import randomisable_layers
+from concilium.metrics.registry import param_names, register_metric
+
+ALL = METRICS.names()
+MODEL_BOUND = [n for n in ALL if METRICS.get(n).needs_model]
+WITH_CURVE = [n for n in ALL if METRICS.get(n).curve is not None]
+FAST = {
+    "top_k_intersection": {"k": 20},
+    "faithfulness_correlation": {"nr_runs": 10, "subset_size": 10},
+    "pixel_flipping": {"step": 10},
+    "monotonicity": {"step": 10},
+    "monotonicity_correlation": {"nr_samples": 3, "step": 10},
+    "road": {"percentages": (10, 50, 90)},
+    "max_sensitivity": {"nr_samples": 3},
+    "avg_sensitivity": {"nr_samples": 3},
+    "local_lipschitz": {"nr_samples": 3},
+}
+
+
+def _hooks(model: nn.Module) -> int:
+    return sum(
+        len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
+        for m in model.modules()
+    )
+
+
+@contextlib.contextmanager
+def count_images(model: nn.Module):
+    """Count the images that go through ``model.forward`` (a hook removed in ``finally``)."""
+    seen = [0]
+
+    def hook(module, args, output):
+        seen[0] += args[0].shape[0]
+
+    handle = model.register_forward_hook(hook)
+    try:
+        yield seen
+    finally:
+        handle.remove()
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_registered_name_is_the_exported_function(name):
+    spec = METRICS.get(name)
+    assert spec.name == name == spec.fn.__name__
+    assert getattr(metrics, name) is spec.fn and name in metrics.__all__
+    if spec.curve is not None:
+        assert getattr(metrics, spec.curve.__name__) is spec.curve
+        assert spec.curve.__name__ in metrics.__all__
+
+
+def test_no_metric_name_shadows_a_module_of_the_package():
+    modules = {m.name for m in pkgutil.iter_modules(metrics.__path__)}
+    assert not modules & set(ALL), modules & set(ALL)
+
+
+@pytest.mark.parametrize("name", WITH_CURVE)
+def test_curve_defaults_are_the_metric_defaults(name):
+    """``evaluate_curve(name)`` draws the curve the score is read from (same defaults)."""
+    spec = METRICS.get(name)
+    curve_params = param_names(spec.curve)[0]
+    shared = set(curve_params) & set(spec.params)
+    assert shared, "a curve shares its metric's parameters"
+    assert {k: curve_params[k] for k in shared} == {k: spec.params[k] for k in shared}
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_no_hook_left_on_the_model(name):
+    model, images, labels, maps, masks = make_batch()
+    evaluate(
+        name, maps, images=images, labels=labels, masks=masks, model=model,
+        explainer=input_x_gradient, **FAST.get(name, {}),
+    )
+    assert _hooks(model) == 0
+
+
+def test_the_counting_hook_is_removed_on_error():
+    model = make_batch()[0]
+    with pytest.raises(RuntimeError), count_images(model):
+        model(torch.rand(1, 2, 10, 10))  # wrong channel count
+    assert _hooks(model) == 0
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_nan_comes_with_a_warning(name):
+    """A zero (hence constant) map may score NaN, but never silently."""
+    model, images, labels, maps, masks = make_batch()
+    maps = maps.clone()
+    maps[0] = 0.0
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        scores = evaluate(
+            name, maps, images=images, labels=labels, masks=masks, model=model,
+            explainer=input_x_gradient, **FAST.get(name, {}),
+        )
+    assert scores.shape == (4,) and torch.isfinite(scores[1:]).all()
+    if torch.isnan(scores).any():
+        said = [str(w.message) for w in caught if issubclass(w.category, MetricWarning)]
+        assert any(s.startswith(f"{name}:") for s in said), said
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_passes_metadata_counts_the_model_forwards(name):
+    """``MetricSpec.passes`` with the default parameters equals the images sent through the
+    model per image (an explainer call on one image counts one: ``input_x_gradient`` makes one
+    forward pass), up to one extra pass per call."""
+    spec = METRICS.get(name)
+    size = (15, 15)  # >= 224 pixels: faithfulness_correlation's default subset
+    if not spec.needs_model:
+        assert spec.model_passes(size=size) == 0
+        return
+    model, images, labels, maps, masks = make_batch(n=2, size=size[0])
+    counted = []
+    for n in (1, 2):
+        with count_images(model) as seen:
+            evaluate(
+                name, maps[:n], images=images[:n], labels=labels[:n], masks=masks[:n],
+                model=model, explainer=input_x_gradient,
+            )
+        counted.append(seen[0])
+    assert _hooks(model) == 0
+    per_image, fixed = counted[1] - counted[0], 2 * counted[0] - counted[1]
+    expected = spec.model_passes(size=size, layers=len(randomisable_layers(model)))
+    assert per_image == expected >= 0
+    assert fixed in (0, 1) and expected > 0
+
+
+@pytest.mark.parametrize(
+    ("name", "params"),
+    [
+        ("deletion", {"step": 10}),
+        ("pixel_flipping", {"step": 7}),
+        ("monotonicity_correlation", {"nr_samples": 4, "baseline": "black"}),
+        ("monotonicity_correlation", {"nr_samples": 4, "baseline": "uniform", "step": 30}),
+        ("infidelity", {"perturb_patch_sizes": (2, 5), "baseline": "uniform"}),
+        ("max_sensitivity", {"nr_samples": 3, "return_nan_when_prediction_changes": True}),
+        ("road", {"percentages": (10, 20)}),
+    ],
+)
+def test_passes_follow_the_parameters(name, params):
+    model, images, labels, maps, _ = make_batch(n=1, size=10)
+    with count_images(model) as seen:
+        evaluate(
+            name, maps, images=images, labels=labels, model=model, explainer=input_x_gradient,
+            **params,
+        )
+    assert seen[0] == METRICS.get(name).model_passes(params, size=(10, 10))
+
+
+def test_passes_reject_unknown_parameters():
+    with pytest.raises(ValueError, match="unknown parameter.*stepp"):
+        METRICS.get("deletion").model_passes({"stepp": 3}, size=(8, 8))
+
+
+def test_a_metric_bound_to_the_model_must_declare_its_cost():
+    with pytest.raises(ValueError, match="passes="):
+        register_metric(category="faithfulness", higher_is_better=True, needs_model=True)
+
+
+@pytest.mark.parametrize("name", ["deletion", "insertion", "infidelity", "sufficiency"])
+def test_uniform_baseline_is_seeded_by_default_and_leaves_the_global_rng(name):
+    model, images, labels, maps, _ = make_batch()
+    rng = torch.get_rng_state()
+    first = evaluate(name, maps, images=images, labels=labels, model=model, baseline="uniform")
+    second = evaluate(name, maps, images=images, labels=labels, model=model, baseline="uniform")
+    assert torch.equal(first, second)
+    assert torch.equal(rng, torch.get_rng_state())
+
+
+def test_curve_of_insertion_is_the_insertion_curve():
+    model, images, labels, maps, _ = make_batch()
+    fractions, curve = evaluate_curve(
+        "insertion", maps, images=images, labels=labels, model=model, step=25
+    )
+    score = evaluate("insertion", maps, images=images, labels=labels, model=model, step=25)
+    assert torch.allclose(torch.trapezoid(curve.double(), fractions, dim=1), score)
+    # the insertion curve starts from the blurred image and ends at the image itself
+    full = metrics.perturb.target_scores(model, images, labels, softmax=True, batch_size=8)
+    assert torch.allclose(curve[:, -1], full)
