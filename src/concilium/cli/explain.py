@@ -168,7 +168,8 @@ def run_explain(
     """
     from rich.console import Console
 
-    from concilium.runinfo import DatasetSpec, RunInfo, model_fingerprint, select_split
+    from concilium.data.specs import FolderDataset
+    from concilium.runinfo import RunInfo, model_fingerprint, select_split
 
     console = Console(stderr=True, quiet=quiet)
     # -- cheap checks first --------------------------------------------------------------------
@@ -197,7 +198,7 @@ def run_explain(
     # -- data and models -----------------------------------------------------------------------
     from concilium.models.checkpoint import load_members
 
-    spec = DatasetSpec(kind="folder", path=str(Path(data).resolve()), size=image_size)
+    spec = FolderDataset(path=str(Path(data).resolve()), size=image_size)
     with console.status("loading data and models"):
         full = spec.load()
         selected = select_split(full, split, limit)  # type: ignore[arg-type]

@@ -108,8 +108,7 @@ def _train_cost(models, n_train: int, size, classes) -> tuple[int, float]:
 
 
 def _explain_cost(methods, params, members: list[str], n: int, size, classes) -> tuple[int, float]:
-    from concilium.explain import METHODS
-    from concilium.explain import method_params
+    from concilium.explain import METHODS, method_params
 
     per_image = 0
     for m in methods:

@@ -31,34 +31,25 @@ from concilium.pipeline.run import Context, Stage
 
 
 def dataset_spec(config: ExperimentConfig) -> Any:
-    """The :class:`concilium.runinfo.DatasetSpec` of the experiment's data."""
-    from concilium.runinfo import DatasetSpec
+    """The :class:`concilium.data.DatasetSpec` of the experiment's data."""
+    from concilium.data.specs import dataset_spec as build_spec
 
     d = config.data
     if d.kind == "synthetic":
         from concilium.data.synthetic import SynthConfig
 
-        return DatasetSpec(kind="synthetic",
-                           config=SynthConfig.model_validate(d.synthetic).model_dump(mode="json"))
+        return build_spec({"kind": "synthetic",
+                           "config": SynthConfig.model_validate(d.synthetic).model_dump(mode="json")})
     size = d.folder.get("size")
-    return DatasetSpec(kind="folder", path=str(Path(d.folder["path"]).expanduser().resolve()),
-                       size=(size, size) if isinstance(size, int) else size,
-                       seed=d.folder.get("seed", 0))
+    return build_spec({**d.folder, "kind": "folder",
+                       "path": str(Path(d.folder["path"]).expanduser().resolve()),
+                       "size": (size, size) if isinstance(size, int) else size})
 
 
 def load_dataset(ctx: Context) -> Any:
     """The whole dataset (every split), built once per process."""
     if "dataset" not in ctx.cache:
-        cfg = ctx.config.data
-        if cfg.kind == "synthetic":
-            from concilium.data.synthetic import SynthConfig, generate
-
-            ctx.cache["dataset"] = generate(SynthConfig.model_validate(cfg.synthetic))
-        else:
-            from concilium.data.folder import load_folder
-
-            options = dict(cfg.folder)
-            ctx.cache["dataset"] = load_folder(options.pop("path"), **options)
+        ctx.cache["dataset"] = dataset_spec(ctx.config).load()
     return ctx.cache["dataset"]
 
 
