@@ -9,10 +9,11 @@ METHODS = ("saliency", "gradcam")
 
 
 def make_run(root: Path, *, n: int = 32, members: int = 2) -> Path:
+    from concilium.data.specs import SyntheticDataset
     from concilium.data.synthetic import SynthConfig, generate
     from concilium.models import MemberCard, create_model, save_member
     from concilium.store import ExplanationStore
-    from concilium.store.manifest import DatasetSpec, RunInfo
+    from concilium.store.manifest import RunInfo
 
     cfg = SynthConfig(n=n, size=32, num_classes=2, seed=0, watermark_class=1, watermark_rate=1.0,
                       split_fractions=(0.5, 0.25, 0.25))
@@ -37,7 +38,7 @@ def make_run(root: Path, *, n: int = 32, members: int = 2) -> Path:
             entry = store.entry(f"m{i}", method, params, data.ids, shape=(32, 32), chunk_size=16,
                                 meta={"dataset_fingerprint": data.fingerprint()})
             entry.write(0, maps)
-    RunInfo(dataset=DatasetSpec(kind="synthetic", config=cfg.model_dump(mode="json", exclude_unset=True)),
+    RunInfo(dataset=SyntheticDataset(config=cfg.model_dump(mode="json", exclude_unset=True)),
             dataset_fingerprint=data.fingerprint(), split="all", sample_ids=data.ids,
             models_dir=str(models_dir.resolve()), member_ids=[f"m{i}" for i in range(members)],
             methods=list(METHODS)).save(run)

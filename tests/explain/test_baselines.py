@@ -1,9 +1,13 @@
-"""Baselines: hand values, spec parsing, and the provider protocol."""
+"""Baselines: checks over every registered entry, hand values, spec parsing, and the provider
+protocol. A new baseline is picked up by the registry checks without editing this file."""
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
+from torch import Tensor
 
 from concilium.explain import (
     BASELINES,
@@ -20,10 +24,46 @@ def _x():
     return torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
 
 
-def test_registry_names():
-    assert BASELINES.names() == [
-        "black", "blur", "image_mean", "mean", "tensor", "uniform", "zero"
-    ]
+def test_the_documented_baselines_are_registered():
+    assert {"black", "blur", "mean", "tensor", "uniform", "zero"} <= set(BASELINES.names())
+
+
+def _build(name: str) -> BaselineProvider:
+    """An instance of ``name`` with its defaults; a required tensor argument gets a per-channel
+    value in ``[0, 1]`` (as ``MeanBaseline(mean)`` takes)."""
+    factory = BASELINES.get(name)
+    required = {}
+    for pname, param in inspect.signature(factory).parameters.items():
+        if param.default is not inspect.Parameter.empty or param.kind in (
+            inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD
+        ):
+            continue
+        if param.annotation not in (Tensor, "Tensor"):
+            raise TypeError(f"baseline {name!r}: give parameter {pname!r} a default, or teach "
+                            "this test how to build it")
+        required[pname] = torch.tensor([0.2, 0.5, 0.9])
+    return factory(**required)
+
+
+@pytest.mark.parametrize("name", BASELINES.names())
+def test_every_baseline_gives_one_reference_per_image_in_range(name):
+    x = torch.rand(3, 3, 9, 7, generator=torch.Generator().manual_seed(2))
+    t = torch.tensor([0, 1, 0])
+    provider = _build(name)
+    assert isinstance(provider, BaselineProvider)
+    out = resolve_baselines(provider, x, t)
+    assert out.shape == x.shape and out.dtype == x.dtype
+    assert torch.isfinite(out).all()
+    assert out.min() >= 0 and out.max() <= 1, "a baseline of [0, 1] images must stay in [0, 1]"
+    assert torch.equal(out, resolve_baselines(_build(name), x, t)), "not deterministic"
+    assert repr(provider), "a baseline needs a repr: it names the baseline in store metadata"
+
+
+@pytest.mark.parametrize("name", BASELINES.names())
+def test_every_baseline_plugs_into_explain(name, net, images):
+    maps = explain(net, images, "pred", method="integrated_gradients", n_steps=4,
+                   baseline=_build(name), batch_size=16)
+    assert maps.shape == (4, 16, 16) and torch.isfinite(maps).all()
 
 
 def test_zero_and_black_by_hand():
@@ -125,10 +165,10 @@ def test_provider_plugs_in_per_image_and_target(net, images):
     assert isinstance(provider, BaselineProvider)
     labels = torch.tensor([0, 1, 2, 1])
     attr = explain(net, images, "label", labels=labels, method="integrated_gradients",
-                   baseline=provider, signed=True, n_steps=32, batch_size=64)
+                   baseline=provider, reduction=None, n_steps=32, batch_size=64)
     assert torch.equal(provider.seen[0], labels)
     same = explain(net, images, labels, method="integrated_gradients",
-                   baseline=provider(images, labels), signed=True, n_steps=32, batch_size=64)
+                   baseline=provider(images, labels), reduction=None, n_steps=32, batch_size=64)
     assert torch.allclose(attr, same, atol=1e-7)
 
 

@@ -10,8 +10,10 @@ from torch import nn
 
 from concilium.explain import (
     SHARED_PASS,
+    contrast_target,
     explain,
     explain_many,
+    parse_baseline,
     probe,
     reduce_channels,
 )
@@ -27,10 +29,8 @@ def test_integrated_gradients_completeness(make_net, baseline):
             w.mul_(4.0)  # larger logit changes, so that 1% is a real check
     x = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     target = torch.tensor([0, 1, 2])
-    attr = explain(net, x, target, method="integrated_gradients", n_steps=200, signed=True,
+    attr = explain(net, x, target, method="integrated_gradients", n_steps=200, reduction=None,
                    baseline=baseline, batch_size=256)
-    from concilium.explain import parse_baseline
-
     b = parse_baseline(baseline)(x, target)
     with torch.no_grad():
         delta = (net(x) - net(b)).gather(1, target.view(-1, 1)).flatten()
@@ -40,8 +40,8 @@ def test_integrated_gradients_completeness(make_net, baseline):
 
 
 def test_smoothgrad_with_one_noiseless_sample_equals_saliency(net, images):
-    sal = explain(net, images, "pred", method="saliency", signed=True, batch_size=8)
-    sg = explain(net, images, "pred", method="smoothgrad", n_samples=1, sigma=0.0, signed=True,
+    sal = explain(net, images, "pred", method="saliency", reduction=None, batch_size=8)
+    sg = explain(net, images, "pred", method="smoothgrad", n_samples=1, sigma=0.0, reduction=None,
                  generator=torch.Generator().manual_seed(0))
     assert torch.allclose(sal, sg, atol=1e-7)
 
@@ -90,7 +90,7 @@ def test_gradcam_lands_on_the_known_evidence(images):
 
 def test_contrast_target_equals_difference_of_single_target_maps(net, images):
     labels = torch.tensor([0, 1, 2, 0])
-    kw = dict(method="integrated_gradients", n_steps=16, signed=True, batch_size=64)
+    kw = dict(method="integrated_gradients", n_steps=16, reduction=None, batch_size=64)
     contrast = explain(net, images, "contrast:1", labels=labels, **kw)
     one = explain(net, images, labels, **kw)
     other = explain(net, images, torch.full((4,), 1), **kw)
@@ -100,9 +100,9 @@ def test_contrast_target_equals_difference_of_single_target_maps(net, images):
 
 def test_contrast_with_the_prediction_by_default(net, images):
     pred = net(images).argmax(1)
-    a = explain(net, images, "contrast:0", method="saliency", abs=False, signed=True, batch_size=8)
-    b = explain(net, images, pred, method="saliency", abs=False, signed=True, batch_size=8)
-    c = explain(net, images, 0, method="saliency", abs=False, signed=True, batch_size=8)
+    a = explain(net, images, "contrast:0", method="saliency", abs=False, reduction=None, batch_size=8)
+    b = explain(net, images, pred, method="saliency", abs=False, reduction=None, batch_size=8)
+    c = explain(net, images, 0, method="saliency", abs=False, reduction=None, batch_size=8)
     assert torch.allclose(a, b - c, atol=1e-6)
 
 
@@ -147,9 +147,9 @@ def test_explain_many_equals_individual_calls(net, images):
 
 def test_explain_many_shared_pass_with_contrast_and_signed(net, images):
     methods = {"saliency": {"abs": False}, "input_x_gradient": {}, "gradcam": {"relu": False}}
-    many = explain_many(net, images, "contrast:runner_up", methods, signed=True, batch_size=3)
+    many = explain_many(net, images, "contrast:runner_up", methods, reduction=None, batch_size=3)
     for name, params in methods.items():
-        single = explain(net, images, "contrast:runner_up", method=name, signed=True,
+        single = explain(net, images, "contrast:runner_up", method=name, reduction=None,
                          batch_size=3, **params)
         assert torch.allclose(many[name], single, atol=1e-6), name
 
@@ -164,7 +164,7 @@ def test_reductions_by_hand():
 
 def test_reference_integrated_gradients_matches_captum(net, images):
     target = torch.tensor([0, 1, 2, 1])
-    ours = explain(net, images, target, method="integrated_gradients", n_steps=20, signed=True)
+    ours = explain(net, images, target, method="integrated_gradients", n_steps=20, reduction=None)
     net.eval()
     ref = IntegratedGradients(net).attribute(images, baselines=torch.zeros_like(images),
                                              target=target, n_steps=20)
@@ -172,7 +172,7 @@ def test_reference_integrated_gradients_matches_captum(net, images):
 
 
 def test_reference_occlusion_matches_captum_and_window_is_relative(net, images):
-    ours = explain(net, images, 1, method="occlusion", signed=True, batch_size=32)
+    ours = explain(net, images, 1, method="occlusion", reduction=None, batch_size=32)
     net.eval()
     ref = Occlusion(net).attribute(images, sliding_window_shapes=(3, 2, 2), strides=(3, 1, 1),
                                    baselines=0.0, target=1)  # 16 px: 0.125 -> 2, 0.0625 -> 1
@@ -204,8 +204,6 @@ def test_results_follow_the_images_device_and_model_dtype(make_net, images):
 
 
 def test_per_sample_contrast_classes(net, images):
-    from concilium.explain import contrast_target
-
     base, other = torch.tensor([0, 1, 2, 0]), torch.tensor([1, 2, 0, 2])
     target = contrast_target(net, images, base, other)
     x = images.clone()

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
 from concilium._util import state_fingerprint as model_fingerprint
 from concilium.data.dataset import ImageDataset
-from concilium.store.manifest import DatasetSpec, RunInfo, select_split
+from concilium.data.specs import FolderDataset, SyntheticDataset
+from concilium.data.synthetic import SynthConfig, generate
+from concilium.store.manifest import RunInfo, select_split
 
 
 def tiny_dataset(n: int = 6) -> ImageDataset:
@@ -24,7 +28,7 @@ def tiny_dataset(n: int = 6) -> ImageDataset:
 
 def info(**update) -> RunInfo:
     base = {
-        "dataset": DatasetSpec(kind="folder", path="/data"),
+        "dataset": FolderDataset(path="/data"),
         "dataset_fingerprint": "f00",
         "split": "test",
         "sample_ids": ["x1", "x2"],
@@ -103,10 +107,18 @@ def test_model_fingerprint_sees_weights_only_by_value():
 
 
 def test_synthetic_dataset_spec_rebuilds_the_same_data():
-    synthetic = pytest.importorskip("concilium.data.synthetic")
-    config = synthetic.SynthConfig(n=12, size=32, seed=4)
-    spec = DatasetSpec(kind="synthetic", config=config.model_dump(mode="json"))
+    config = SynthConfig(n=12, size=32, seed=4)
+    spec = SyntheticDataset(config=config.model_dump(mode="json"))
     saved = RunInfo.model_validate_json(info(dataset=spec).model_dump_json())
-    assert saved.dataset.load().fingerprint() == synthetic.generate(config).fingerprint()
-    with pytest.raises(ValueError, match="needs its generator config"):
-        DatasetSpec(kind="synthetic").load()
+    assert saved.dataset.load().fingerprint() == generate(config).fingerprint()
+    with pytest.raises(ValueError, match="config"):
+        SyntheticDataset()
+
+
+def test_a_run_json_from_before_the_dataset_registry_loads(tmp_path):
+    saved = json.loads(info().model_dump_json())
+    saved["dataset"] = {"kind": "folder", "path": "/data", "size": None, "seed": 0, "config": None}
+    (tmp_path / "run.json").write_text(json.dumps(saved))
+    loaded = RunInfo.load(tmp_path)
+    assert loaded.dataset == FolderDataset(path="/data")
+    assert loaded == info(created=saved["created"])

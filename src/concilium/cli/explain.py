@@ -169,9 +169,9 @@ def run_explain(
     """
     from rich.console import Console
 
+    from concilium.data.specs import FolderDataset
     from concilium.jobs.baselines import check_baseline_spec
     from concilium.jobs.explain import ExplainOptions
-    from concilium.store.manifest import DatasetSpec
 
     console = Console(stderr=True, quiet=quiet)
     # -- cheap checks first --------------------------------------------------------------------
@@ -192,7 +192,7 @@ def run_explain(
     image_size = _parse_size(size)
     if not Path(data).is_dir():
         raise FileNotFoundError(f"data folder {data} not found (make one with `concilium synth`)")
-    spec = DatasetSpec(kind="folder", path=str(Path(data).resolve()), size=image_size)
+    spec = FolderDataset(path=str(Path(data).resolve()), size=image_size)
     return _run_with_progress(console, out, spec, Path(models), options, device=device)
 
 

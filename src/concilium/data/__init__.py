@@ -2,15 +2,29 @@
 
 from concilium.data.dataset import SPLITS, ImageDataset, stratified_splits
 from concilium.data.folder import FolderDatasetError, load_folder, write_folder
+from concilium.data.specs import (
+    DATASETS,
+    DatasetSpec,
+    FolderDataset,
+    SyntheticDataset,
+    dataset_spec,
+    register_dataset,
+)
 from concilium.data.synthetic import SynthConfig, generate
 
 __all__ = [
+    "DATASETS",
     "SPLITS",
+    "DatasetSpec",
+    "FolderDataset",
     "FolderDatasetError",
     "ImageDataset",
     "SynthConfig",
+    "SyntheticDataset",
+    "dataset_spec",
     "generate",
     "load_folder",
+    "register_dataset",
     "stratified_splits",
     "write_folder",
 ]

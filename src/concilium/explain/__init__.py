@@ -19,18 +19,12 @@ from concilium.explain.baselines import (
     resolve_baselines,
 )
 from concilium.explain.batching import Plan, probe
-from concilium.explain.core import (
-    REDUCTIONS,
-    SHARED_PASS,
-    conv_layers,
-    explain,
-    explain_many,
-    method_params,
-    reduce_channels,
-    resolve_layer,
-)
-from concilium.explain.methods import METHODS, MethodSpec
+from concilium.explain.engine import explain, explain_many, reduce_channels
+from concilium.explain.methods import METHODS, MethodSpec, method_params
+from concilium.explain.prepare import Prepared, conv_layers, resolve_layer
+from concilium.explain.shared_pass import SHARED_PASS
 from concilium.explain.targets import ContrastModel, Target, contrast_target, resolve_target
+from concilium.vocabulary import REDUCTIONS
 
 __all__ = [
     "BASELINES",
@@ -44,6 +38,7 @@ __all__ = [
     "MeanBaseline",
     "MethodSpec",
     "Plan",
+    "Prepared",
     "Target",
     "TensorBaseline",
     "UniformBaseline",

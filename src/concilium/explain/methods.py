@@ -6,9 +6,10 @@ stochastic, and a ``run`` function that attributes one chunk of images and retur
 channel-signed map ``(n, C, H, W)`` (``(n, 1, H, W)`` for methods whose attribution is the same
 for every channel: GradCAM, occlusion, superpixel and patch methods, the random map).
 
-The engine (:mod:`concilium.explain.core`) validates inputs, resolves targets, baselines, the layer
-and the batching plan, splits the images into chunks and calls ``run`` inside a context that puts
-the model in eval mode and removes every hook afterwards.
+The engine (:mod:`concilium.explain.engine`) validates inputs, has
+:mod:`concilium.explain.prepare` resolve targets, baselines, the layer and the batching plan,
+splits the images into chunks and calls ``run`` inside a context that puts the model in eval mode
+and removes every hook afterwards.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from captum._utils.models.linear_model import SkLearnRidge
@@ -117,13 +118,48 @@ class MethodSpec:
 METHODS: Registry[MethodSpec] = Registry("explanation method")
 
 
+def method_params(method: str, **params: Any) -> dict[str, Any]:
+    """The fully resolved parameters (defaults included) of ``method``: what the store hashes.
+
+    Raises:
+        ValueError: on an unknown method (listing the valid ones) or an unknown parameter
+            (listing the valid ones) or an invalid value.
+
+    Example:
+        >>> method_params("integrated_gradients", n_steps=64)
+        {'n_steps': 64, 'integration': 'gausslegendre'}
+    """
+    spec = METHODS.get(method)
+    return P.validate_params(method, spec.params, params).model_dump()
+
+
 def _one(_p: P.MethodParams, _hw: tuple[int, int]) -> int:
     return 1
 
 
-def _register(**fields: object) -> Callable[[Callable], Callable]:
+def _register(
+    *,
+    name: str,
+    captum_class: str,
+    params: type[P.MethodParams],
+    kind: Kind,
+    needs_baseline: bool,
+    needs_layer: bool,
+    stochastic: bool,
+    per_channel: bool,
+    passes: Callable[[P.MethodParams, tuple[int, int]], int],
+    description: str,
+    groupable: bool = False,
+) -> Callable[[Callable], Callable]:
+    """Register the decorated ``run`` function as method ``name`` (fields: :class:`MethodSpec`)."""
+
     def decorator(run: Callable) -> Callable:
-        METHODS.add(str(fields["name"]), MethodSpec(run=run, **fields))  # type: ignore[arg-type]
+        METHODS.add(name, MethodSpec(
+            name=name, captum_class=captum_class, params=params, kind=kind,
+            needs_baseline=needs_baseline, needs_layer=needs_layer, stochastic=stochastic,
+            per_channel=per_channel, passes=passes, run=run, description=description,
+            groupable=groupable,
+        ))
         return run
 
     return decorator

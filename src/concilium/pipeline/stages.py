@@ -30,8 +30,8 @@ from typing import Any
 import pandas as pd
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from concilium.data.folder import load_folder
-from concilium.data.synthetic import SynthConfig, generate
+from concilium.data.specs import dataset_spec as build_spec
+from concilium.data.synthetic import SynthConfig
 from concilium.jobs.audit import run_audit
 from concilium.jobs.ensemble import run_ensemble
 from concilium.jobs.evaluate import evaluate_run
@@ -41,32 +41,26 @@ from concilium.pipeline.config import EnsembleConfig, ExperimentConfig, resolve_
 from concilium.pipeline.context import Context, Stage
 from concilium.report import write_report
 from concilium.store import ResultsTable, RunInfo, write_table
-from concilium.store.manifest import DatasetSpec
 
 # ----------------------------------------------------------------------------- data
 
 
 def dataset_spec(config: ExperimentConfig) -> Any:
-    """The :class:`concilium.store.manifest.DatasetSpec` of the experiment's data."""
+    """The :class:`concilium.data.DatasetSpec` of the experiment's data."""
     d = config.data
     if d.kind == "synthetic":
-        return DatasetSpec(kind="synthetic",
-                           config=SynthConfig.model_validate(d.synthetic).model_dump(mode="json"))
+        return build_spec({"kind": "synthetic",
+                           "config": SynthConfig.model_validate(d.synthetic).model_dump(mode="json")})
     size = d.folder.get("size")
-    return DatasetSpec(kind="folder", path=str(Path(d.folder["path"]).expanduser().resolve()),
-                       size=(size, size) if isinstance(size, int) else size,
-                       seed=d.folder.get("seed", 0))
+    return build_spec({**d.folder, "kind": "folder",
+                       "path": str(Path(d.folder["path"]).expanduser().resolve()),
+                       "size": (size, size) if isinstance(size, int) else size})
 
 
 def load_dataset(ctx: Context) -> Any:
     """The whole dataset (every split), built once per process."""
     if "dataset" not in ctx.cache:
-        cfg = ctx.config.data
-        if cfg.kind == "synthetic":
-            ctx.cache["dataset"] = generate(SynthConfig.model_validate(cfg.synthetic))
-        else:
-            options = dict(cfg.folder)
-            ctx.cache["dataset"] = load_folder(options.pop("path"), **options)
+        ctx.cache["dataset"] = dataset_spec(ctx.config).load()
     return ctx.cache["dataset"]
 
 

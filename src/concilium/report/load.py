@@ -149,7 +149,8 @@ def load_report_data(
                 f"{full.fingerprint()} != {info.dataset_fingerprint}); re-run the experiment.")
         data.notes.update(dataset=note, gallery=note, attributes=note)
         return data
-    data.dataset, data.class_counts = dataset_card(full, info.dataset.kind, info.dataset.path)
+    data.dataset, data.class_counts = dataset_card(full, info.dataset.kind,
+                                                   getattr(info.dataset, "path", None))
     data.dataset["explained split"] = f"{info.split} ({info.n} samples)"
     position = {sid: i for i, sid in enumerate(full.ids)}
     rows = [position[s] for s in info.sample_ids if s in position]

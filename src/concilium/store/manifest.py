@@ -4,7 +4,7 @@ The explain job writes it; every later job opens the run with :meth:`concilium.s
 which reads this record to rebuild the explained images (in store row order) and the members.
 
 Example:
-    >>> info = RunInfo(dataset=DatasetSpec(kind="folder", path="/data/birds"),
+    >>> info = RunInfo(dataset={"kind": "folder", "path": "/data/birds"},
     ...                dataset_fingerprint="0123abcd", split="test", sample_ids=["a", "b"],
     ...                models_dir="/models", member_ids=["m0"], target="label")
     >>> info.n
@@ -15,56 +15,16 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 import concilium
 from concilium._util import atomic_write_text
 from concilium.data.dataset import ImageDataset
+from concilium.data.specs import DatasetSpec
 from concilium.vocabulary import SPLITS, Split
 
 RUN_FILE = "run.json"
-
-
-class DatasetSpec(BaseModel):
-    """How to rebuild the dataset of a run.
-
-    Attributes:
-        kind: ``"folder"`` (an image folder read by :func:`concilium.data.folder.load_folder`) or
-            ``"synthetic"`` (the benchmark, regenerated from ``config``).
-        path: the folder (absolute), for ``"folder"``.
-        size: the ``(H, W)`` the folder images were resized to (``None``: as stored).
-        seed: the folder loader's seed (its train/val/test assignment).
-        config: the generator configuration, for ``"synthetic"``.
-    """
-
-    model_config = ConfigDict(extra="forbid")
-
-    kind: Literal["folder", "synthetic"]
-    path: str | None = None
-    size: tuple[int, int] | None = None
-    seed: int = 0
-    config: dict[str, Any] | None = None
-
-    def load(self) -> ImageDataset:
-        """Rebuild the whole dataset (all splits).
-
-        Raises:
-            FileNotFoundError: the folder is gone.
-            ValueError: the spec is incomplete.
-        """
-        if self.kind == "folder":
-            if self.path is None:
-                raise ValueError("a folder dataset spec needs its path")
-            from concilium.data.folder import load_folder
-
-            return load_folder(self.path, size=self.size, seed=self.seed)
-        if self.config is None:
-            raise ValueError("a synthetic dataset spec needs its generator config")
-        from concilium.data import synthetic
-
-        return synthetic.generate(synthetic.SynthConfig.model_validate(self.config))
 
 
 class RunInfo(BaseModel):

@@ -2,9 +2,14 @@
 shared passes.
 
 Everything is checked at the boundary before any long work: the method name and parameters, the
-images, the target, the baseline and the GradCAM layer. The model runs in eval mode (its own
-mode is restored afterwards), without in-place activations, and every hook added during the call,
-Captum's included, is removed even when an error interrupts it.
+images, the target, the baseline and the GradCAM layer (:mod:`concilium.explain.prepare`). The
+model runs in eval mode (its own mode is restored afterwards), without in-place activations, and
+every hook added during the call, Captum's included, is removed even when an error interrupts it.
+
+Stochastic methods are seeded per image (or per fixed group of images) from one draw of the
+``generator``. Captum draws from torch's and NumPy's global generators, so each seeded call runs
+inside :func:`seeded`, which restores those global states afterwards: an explanation never
+changes the caller's random streams.
 """
 
 from __future__ import annotations
@@ -18,15 +23,14 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from concilium._checks import check_images
 from concilium.explain._context import attribution_context
-from concilium.explain.baselines import BaselineSpec, as_provider, resolve_baselines
-from concilium.explain.batching import Plan, images_per_chunk, probe
-from concilium.explain.methods import METHODS, Chunk, MethodSpec
+from concilium.explain.baselines import BaselineSpec, as_provider
+from concilium.explain.batching import images_per_chunk
+from concilium.explain.methods import METHODS, MethodSpec
 from concilium.explain.params import MethodParams, validate_params
-from concilium.explain.shared import SHARED_PASS, shared_pass
-from concilium.explain.targets import ContrastModel, Target, TargetSpec, resolve_target
-from concilium.models.base import AttributeView
+from concilium.explain.prepare import Prepared, check_inputs
+from concilium.explain.shared_pass import SHARED_PASS, shared_pass
+from concilium.explain.targets import TargetSpec
 from concilium.vocabulary import REDUCTIONS, Reduction
 
 #: Rows per call of grouped stochastic methods (GradientSHAP, SmoothGrad, VarGrad): a constant,
@@ -34,26 +38,14 @@ from concilium.vocabulary import REDUCTIONS, Reduction
 STOCHASTIC_GROUP_ROWS = 64
 
 
-def method_params(method: str, **params: Any) -> dict[str, Any]:
-    """The fully resolved parameters (defaults included) of ``method``: what the store hashes.
-
-    Raises:
-        ValueError: on an unknown method (listing the valid ones) or an unknown parameter
-            (listing the valid ones) or an invalid value.
-
-    Example:
-        >>> method_params("integrated_gradients", n_steps=64)
-        {'n_steps': 64, 'integration': 'gausslegendre'}
-    """
-    spec = METHODS.get(method)
-    return validate_params(method, spec.params, params).model_dump()
-
-
 def reduce_channels(attr: Tensor, reduction: Reduction) -> Tensor:
     """Reduce the channel axis of ``(N, C, H, W)`` attributions to ``(N, H, W)``.
 
     ``sum`` keeps the sign; ``abs_sum`` sums magnitudes; ``l2`` is the Euclidean norm over
     channels; ``max_abs`` the largest magnitude.
+
+    Raises:
+        ValueError: on an unknown reduction (listing the valid ones).
     """
     if reduction == "sum":
         return attr.sum(1)
@@ -64,51 +56,6 @@ def reduce_channels(attr: Tensor, reduction: Reduction) -> Tensor:
     if reduction == "max_abs":
         return attr.abs().amax(1)
     raise ValueError(f"unknown reduction {reduction!r}; valid: {', '.join(REDUCTIONS)}")
-
-
-def _model_device_dtype(model: nn.Module, images: Tensor) -> tuple[torch.device, torch.dtype]:
-    for t in model.parameters():
-        return t.device, t.dtype
-    for t in model.buffers():
-        return t.device, (t.dtype if t.is_floating_point() else images.dtype)
-    return images.device, images.dtype
-
-
-def _base_model(module: nn.Module) -> nn.Module:
-    return module.model if isinstance(module, ContrastModel | AttributeView) else module
-
-
-def conv_layers(model: nn.Module) -> list[str]:
-    """Names of the convolutional layers of ``model`` (GradCAM candidates)."""
-    convs = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-    return [n for n, m in model.named_modules() if isinstance(m, convs)]
-
-
-def resolve_layer(model: nn.Module, layer: str | nn.Module | None) -> nn.Module:
-    """The GradCAM layer: ``layer`` (a dotted name or a module of ``model``) or the model's
-    documented ``gradcam_layer``.
-
-    Raises:
-        ValueError: if no layer is given and the model documents none, or the name matches no
-            module (the message lists the convolutional layers).
-    """
-    if isinstance(layer, nn.Module):
-        if not any(m is layer for m in model.modules()):
-            raise ValueError("layer= is a module that is not part of the model; pass one of its modules")
-        return layer
-    name = layer if layer is not None else getattr(model, "gradcam_layer", None)
-    modules = dict(model.named_modules())
-    if name is None:
-        raise ValueError(
-            "this model documents no gradcam_layer; pass layer=<name>, e.g. one of the "
-            f"convolutional layers: {', '.join(conv_layers(model)) or '(none found)'}"
-        )
-    if not isinstance(name, str) or name not in modules or name == "":
-        raise ValueError(
-            f"layer {name!r} matches no module of the model; convolutional layers: "
-            f"{', '.join(conv_layers(model)) or '(none found)'}"
-        )
-    return modules[name]
 
 
 def draw_seed(generator: torch.Generator | None) -> int:
@@ -129,13 +76,37 @@ def image_seeds(base_seed: int, method: str, n: int) -> list[int]:
 
 
 @contextmanager
-def _seeded(seed: int, device: torch.device) -> Iterator[None]:
-    """Seed torch's and NumPy's global generators inside the block (Captum draws from both:
-    GradientShap's path points come from ``np.random``) and restore them afterwards."""
-    devices = list(range(torch.cuda.device_count())) if device.type == "cuda" else []
+def seeded(seed: int, device: torch.device) -> Iterator[None]:
+    """Seed the global generators Captum draws from inside the block, and restore them after.
+
+    Captum's stochastic methods take no generator: NoiseTunnel and the random control draw from
+    torch's generator of the images' device, GradientShap's path points from ``np.random``. Only
+    those generators are seeded (torch's CPU generator, the one accelerator generator of
+    ``device``, NumPy's global state), and all of them are restored when the block ends, even
+    on an error; no other device's generator is touched (``torch.manual_seed`` would seed every
+    device without restoring them).
+
+    Args:
+        seed: the seed (``>= 0``).
+        device: the device the method computes on.
+    """
+    module, index = None, 0
+    if device.type not in ("cpu", "meta"):
+        module = torch.get_device_module(device.type)
+        if device.index is not None:
+            index = device.index
+        elif hasattr(module, "current_device"):
+            index = module.current_device()
     np_state = np.random.get_state()
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
+    with torch.random.fork_rng(
+        devices=[index] if module is not None else [],
+        device_type=device.type if module is not None else None,
+    ):
+        torch.random.default_generator.manual_seed(seed)
+        if device.type == "cuda":
+            torch.cuda.default_generators[index].manual_seed(seed)
+        elif module is not None:
+            module.manual_seed(seed)  # single-device accelerators (mps)
         np.random.seed(seed % 2**32)
         try:
             yield
@@ -143,69 +114,15 @@ def _seeded(seed: int, device: torch.device) -> Iterator[None]:
             np.random.set_state(np_state)
 
 
-class _Prepared:
-    """Everything resolved for one call: images on the device, target, baselines, layer, plan."""
-
-    def __init__(
-        self,
-        model: nn.Module,
-        images: Tensor,
-        targets: TargetSpec,
-        *,
-        labels: Tensor | None,
-        attribute_names: Sequence[str] | None,
-        baseline: BaselineSpec,
-        need_baseline: bool,
-        layer: str | nn.Module | None,
-        need_layer: bool,
-        need_plan: bool,
-        batch_size: int | None,
-        memory_budget_mb: float,
-    ) -> None:
-        device, dtype = _model_device_dtype(model, images)
-        self.images = images.detach().to(device=device, dtype=dtype)
-        base = _base_model(model)
-        self.layer = resolve_layer(base, layer) if need_layer else None
-        self.target: Target = resolve_target(
-            model, self.images, targets, labels=labels, attribute_names=attribute_names
-        )
-        self.baselines = (
-            resolve_baselines(baseline, self.images, self.target.baseline_classes)
-            if need_baseline
-            else None
-        )
-        self.plan: Plan | None = (
-            probe(base, self.images, memory_budget_mb=memory_budget_mb, batch_size=batch_size)
-            if need_plan
-            else None
-        )
-
-    def chunk(self, start: int, stop: int, rows: int) -> Chunk:
-        classes, args = self.target.chunk(start, stop)
-        return Chunk(
-            module=self.target.module,
-            images=self.images[start:stop],
-            classes=classes,
-            forward_args=args,
-            baselines=None if self.baselines is None else self.baselines[start:stop],
-            layer=self.layer,
-            rows=rows,
-            max_rows=self.plan.max_rows if self.plan is not None else rows,
+def _check_reduction(reduction: object) -> None:
+    if reduction is not None and reduction not in REDUCTIONS:
+        raise ValueError(
+            f"unknown reduction {reduction!r}; valid: {', '.join(REDUCTIONS)} or None (keep the "
+            "channels)"
         )
 
 
-def _check_common(
-    images: object, reduction: str, generator: torch.Generator | None
-) -> Tensor:
-    images = check_images(images)
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"unknown reduction {reduction!r}; valid: {', '.join(REDUCTIONS)}")
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator; got {type(generator).__name__}")
-    return images
-
-
-def _group_size(spec: MethodSpec, p: MethodParams, prep: _Prepared) -> int:
+def _group_size(spec: MethodSpec, p: MethodParams, prep: Prepared) -> int:
     """Images per call of a stochastic method: 1, or for groupable methods a size fixed by the
     method's parameters and the memory budget only (never by timing), so seeded maps do not
     depend on ``batch_size`` or on the probe."""
@@ -218,7 +135,7 @@ def _group_size(spec: MethodSpec, p: MethodParams, prep: _Prepared) -> int:
     return images_per_chunk(rows, spec.passes(p, tuple(prep.images.shape[-2:])), prep.images.shape[0])
 
 
-def _run_method(spec: MethodSpec, p: MethodParams, prep: _Prepared, base_seed: int) -> Tensor:
+def _run_method(spec: MethodSpec, p: MethodParams, prep: Prepared, base_seed: int) -> Tensor:
     """Signed attributions ``(N, C or 1, H, W)`` of one method, chunked by the plan."""
     images = prep.images
     n, hw = images.shape[0], tuple(images.shape[-2:])
@@ -231,7 +148,7 @@ def _run_method(spec: MethodSpec, p: MethodParams, prep: _Prepared, base_seed: i
         seeds = image_seeds(base_seed, spec.name, n)
         group = _group_size(spec, p, prep)
         for start in range(0, n, group):
-            with _seeded(seeds[start], images.device), grad_ctx:
+            with seeded(seeds[start], images.device), grad_ctx:
                 outputs.append(spec.run(prep.chunk(start, min(n, start + group), rows), p).detach())
     else:
         step = images_per_chunk(rows, spec.passes(p, hw), n)
@@ -241,9 +158,7 @@ def _run_method(spec: MethodSpec, p: MethodParams, prep: _Prepared, base_seed: i
     return torch.cat(outputs) if outputs else images.new_zeros((0, 1, *hw))
 
 
-def _finish(
-    attr: Tensor, method: str, *, reduction: str, signed: bool, device: torch.device
-) -> Tensor:
+def _finish(attr: Tensor, method: str, *, reduction: Reduction | None, device: torch.device) -> Tensor:
     bad = (~torch.isfinite(attr.flatten(1))).any(1).nonzero().flatten().tolist()
     if bad:
         shown = ", ".join(map(str, bad[:20])) + (" ..." if len(bad) > 20 else "")
@@ -251,7 +166,7 @@ def _finish(
             f"method {method!r} produced NaN or infinite attributions for sample(s) {shown}; "
             "check the model's outputs on these images (overflow, log of zero) or the baseline"
         )
-    out = attr if signed else reduce_channels(attr, reduction)  # type: ignore[arg-type]
+    out = attr if reduction is None else reduce_channels(attr, reduction)
     return out.to(device=device, dtype=torch.float32)
 
 
@@ -261,8 +176,7 @@ def explain(
     targets: TargetSpec,
     *,
     method: str,
-    reduction: Reduction = "sum",
-    signed: bool = False,
+    reduction: Reduction | None = "sum",
     baseline: BaselineSpec = "zero",
     batch_size: int | None = None,
     memory_budget_mb: float = 1024.0,
@@ -282,10 +196,9 @@ def explain(
             ``"contrast:<t>"``.
         method: a name from :data:`METHODS`.
         reduction: how channels become one map: ``"sum"`` (default, signed), ``"abs_sum"``,
-            ``"l2"`` or ``"max_abs"``.
-        signed: return the channel-signed attributions ``(N, C, H, W)`` instead of a reduced map
-            (``(N, 1, H, W)`` for methods whose attribution is channel-free: GradCAM, occlusion,
-            LIME, KernelSHAP, feature ablation, random); ``reduction`` is then ignored.
+            ``"l2"`` or ``"max_abs"``; ``None`` keeps them: the channel-signed attributions
+            ``(N, C, H, W)`` (``(N, 1, H, W)`` for methods whose attribution is channel-free:
+            GradCAM, occlusion, LIME, KernelSHAP, feature ablation, random).
         baseline: ``"zero"`` (default), a spec string such as ``"blur:sigma=4"``, a tensor, or a
             :class:`~concilium.explain.baselines.BaselineProvider`; used by the methods that
             need one. A provider is called with the explained classes, or with the contrast
@@ -294,7 +207,8 @@ def explain(
             ``memory_budget_mb`` and a cached timing probe.
         memory_budget_mb: memory the activations of one call may use (default 1024).
         generator: seeds stochastic methods (one draw, then per-image seeds, so results do not
-            depend on batching); ``None`` uses torch's global generator.
+            depend on batching); ``None`` draws that one seed from torch's global generator.
+            The global generators are otherwise left as they were.
         layer: GradCAM layer (dotted name or module); default the model's ``gradcam_layer``.
         labels: ``(N,)`` true classes for the ``"label"`` and ``"contrast:<t>"`` targets.
         attribute_names: names for ``"attr:<name>"`` targets.
@@ -302,7 +216,8 @@ def explain(
             :mod:`concilium.explain.params` for names and defaults).
 
     Returns:
-        ``(N, H, W)`` float32 maps on ``images``' device (or signed attributions, see ``signed``).
+        ``(N, H, W)`` float32 maps on ``images``' device (or signed attributions, see
+        ``reduction``).
 
     Raises:
         ValueError: unknown method, reduction or parameter; bad image shape; target out of range;
@@ -316,20 +231,19 @@ def explain(
     """
     spec = METHODS.get(method)
     p = validate_params(method, spec.params, method_params)
-    images = _check_common(images, reduction, generator)
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
+    _check_reduction(reduction)
+    images = check_inputs(model, images, generator)
     if spec.needs_baseline:
         as_provider(baseline)  # type check before any work
     with attribution_context(model):
-        prep = _Prepared(
+        prep = Prepared(
             model, images, targets, labels=labels, attribute_names=attribute_names,
             baseline=baseline, need_baseline=spec.needs_baseline, layer=layer,
             need_layer=spec.needs_layer, need_plan=spec.kind != "control",
             batch_size=batch_size, memory_budget_mb=memory_budget_mb,
         )
         attr = _run_method(spec, p, prep, draw_seed(generator) if spec.stochastic else 0)
-    return _finish(attr, method, reduction=reduction, signed=signed, device=images.device)
+    return _finish(attr, method, reduction=reduction, device=images.device)
 
 
 def explain_many(
@@ -338,8 +252,7 @@ def explain_many(
     targets: TargetSpec,
     methods: Mapping[str, Mapping[str, Any]],
     *,
-    reduction: Reduction = "sum",
-    signed: bool = False,
+    reduction: Reduction | None = "sum",
     baseline: BaselineSpec = "zero",
     batch_size: int | None = None,
     memory_budget_mb: float = 1024.0,
@@ -357,10 +270,18 @@ def explain_many(
     seeded stochastic methods (for a generator in the same state).
 
     Args:
-        model, images, targets: as in :func:`explain`.
+        model: as in :func:`explain`.
+        images: as in :func:`explain`.
+        targets: as in :func:`explain`.
         methods: method name -> its parameters (``{}`` for the defaults).
-        reduction, signed, baseline, batch_size, memory_budget_mb, generator, layer, labels,
-        attribute_names: as in :func:`explain`, applied to every method.
+        reduction: as in :func:`explain`, applied to every method.
+        baseline: as in :func:`explain`, for every method that needs one.
+        batch_size: as in :func:`explain`.
+        memory_budget_mb: as in :func:`explain`.
+        generator: as in :func:`explain`; one draw seeds every stochastic method.
+        layer: as in :func:`explain`.
+        labels: as in :func:`explain`.
+        attribute_names: as in :func:`explain`.
 
     Returns:
         method name -> maps, in the order of ``methods``.
@@ -374,9 +295,8 @@ def explain_many(
     for name, params in methods.items():
         spec = METHODS.get(name)
         resolved[name] = (spec, validate_params(name, spec.params, dict(params or {})))
-    images = _check_common(images, reduction, generator)
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
+    _check_reduction(reduction)
+    images = check_inputs(model, images, generator)
     specs = [s for s, _ in resolved.values()]
     need_baseline = any(s.needs_baseline for s in specs)
     if need_baseline:
@@ -385,7 +305,7 @@ def explain_many(
     shared = [m for m in SHARED_PASS if m in resolved] if len(set(SHARED_PASS) & set(resolved)) > 1 else []
     results: dict[str, Tensor] = {}
     with attribution_context(model):
-        prep = _Prepared(
+        prep = Prepared(
             model, images, targets, labels=labels, attribute_names=attribute_names,
             baseline=baseline, need_baseline=need_baseline, layer=layer,
             need_layer=any(s.needs_layer for s in specs),
@@ -399,6 +319,6 @@ def explain_many(
                 continue
             results[name] = _run_method(spec, p, prep, base_seed)
     return {
-        name: _finish(results[name], name, reduction=reduction, signed=signed, device=images.device)
+        name: _finish(results[name], name, reduction=reduction, device=images.device)
         for name in resolved
     }

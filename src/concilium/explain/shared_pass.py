@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
@@ -19,9 +18,7 @@ from torch import Tensor, nn
 from concilium.explain.batching import images_per_chunk
 from concilium.explain.methods import upsample
 from concilium.explain.params import GradCamParams, MethodParams, SaliencyParams
-
-if TYPE_CHECKING:
-    from concilium.explain.core import _Prepared as Prepared
+from concilium.explain.prepare import Prepared
 
 #: Methods :func:`~concilium.explain.explain_many` computes together from one forward+backward
 #: pass.
@@ -47,7 +44,22 @@ def _capture(layer: nn.Module | None, store: dict[str, Tensor]) -> Iterator[None
 
 
 def shared_pass(prep: Prepared, wanted: dict[str, MethodParams]) -> dict[str, Tensor]:
-    """Saliency, input x gradient and GradCAM from one forward+backward pass per chunk."""
+    """Saliency, input x gradient and GradCAM from one forward+backward pass per chunk.
+
+    Args:
+        prep: the prepared call (with a batching plan, and a layer when GradCAM is wanted).
+        wanted: method name (from :data:`SHARED_PASS`) -> its validated parameters.
+
+    Returns:
+        method name -> channel-signed attributions ``(N, C or 1, H, W)``.
+
+    Raises:
+        ValueError: if ``wanted`` names a method outside :data:`SHARED_PASS`, or the GradCAM
+            layer does not return one tensor.
+    """
+    unknown = sorted(set(wanted) - set(SHARED_PASS))
+    if unknown:
+        raise ValueError(f"the shared pass computes {', '.join(SHARED_PASS)} only; got {unknown}")
     if prep.plan is None:
         raise RuntimeError("internal: no batching plan for the shared pass")
     images = prep.images
