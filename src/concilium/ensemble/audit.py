@@ -25,7 +25,9 @@ from torch import Tensor
 from concilium._checks import check_labels, check_maps, check_masks
 from concilium.data.dataset import ImageDataset
 from concilium.ensemble.cnn import dice_score, iou_score
+from concilium.models import create_model
 from concilium.models.base import ConciliumNet
+from concilium.models.fit import evaluate_accuracy, train_member
 
 AnonymisationMode = Literal["original", "product", "map"]
 
@@ -179,9 +181,6 @@ def anonymisation_study(
     Raises:
         ValueError: a split is empty, or ``emaps`` does not match the dataset.
     """
-    from concilium.models import create_model
-    from concilium.models.fit import evaluate_accuracy, train_member
-
     counts = {s: dataset.splits.count(s) for s in ("train", "val", "test")}
     empty = [s for s, n in counts.items() if n == 0]
     if empty:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Literal
 
@@ -396,8 +397,6 @@ def _flip(x: Tensor, y: Tensor, gen: torch.Generator) -> tuple[Tensor, Tensor]:
 
 
 def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
         return version("concilium")
     except PackageNotFoundError:

@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
@@ -245,8 +246,6 @@ def load_card(gen_dir: str | os.PathLike) -> GanmexCard:
 
 
 def _checked_tensors(path: Path, step: int) -> dict[str, Tensor]:
-    from safetensors import safe_open
-
     with safe_open(str(path), framework="pt") as f:
         saved = int((f.metadata() or {}).get("step", -1))
     if saved != step:

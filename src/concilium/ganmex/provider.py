@@ -14,6 +14,7 @@ target class, and in the explanation store (``ExplanationStore.cache_array``) wh
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -130,8 +131,6 @@ class GanmexBaseline:
             if isinstance(classifier_card, str | os.PathLike):
                 path = Path(classifier_card)
                 path = path / "card.json" if path.is_dir() else path
-                import json
-
                 classifier_card = json.loads(path.read_text())
             names = _card_field(classifier_card, "class_names")
             size = _card_field(classifier_card, "image_size")

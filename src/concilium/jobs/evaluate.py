@@ -16,6 +16,7 @@ model-bound metrics.
 
 from __future__ import annotations
 
+import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,8 +68,6 @@ def load_metric_params(
     """
     if path is None:
         return {}
-    import tomllib
-
     with open(path, "rb") as f:
         raw = tomllib.load(f)
     out: dict[str, dict[str, Any]] = {}

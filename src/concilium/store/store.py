@@ -15,9 +15,11 @@ supported.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,6 +30,7 @@ import zarr
 from torch import Tensor
 from zarr.codecs import BloscCodec
 
+import concilium
 from concilium.store.entry import Entry
 from concilium.store.hashing import canonical_json, params_hash
 
@@ -57,10 +60,6 @@ def _node_name(name: str, what: str) -> str:
 def library_versions() -> dict[str, str]:
     """Versions of concilium, torch, captum, numpy and zarr, for entry metadata (read from the
     installed distributions: importing captum just for its version costs seconds)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    import concilium
-
     try:
         captum_version = version("captum")
     except PackageNotFoundError:
@@ -340,8 +339,6 @@ class ExplanationStore:
 
 
 def _json_roundtrip(value: Mapping[str, Any], what: str) -> dict[str, Any]:
-    import json
-
     try:
         return json.loads(canonical_json(value))
     except TypeError as err:
