@@ -105,7 +105,7 @@ class ChunkEvent:
 
 
 @dataclass
-class Plan:
+class ExplainPlan:
     """The entries of one member and the chunks each still needs."""
 
     source: str
@@ -216,7 +216,7 @@ def plan_members(
     batch_size: int | None,
     device: torch.device,
     meta: Mapping[str, Any],
-) -> list[Plan]:
+) -> list[ExplainPlan]:
     """Open or create every entry, fix each entry's batch size and list the missing chunks.
 
     ``baseline`` is one spec for every member or, per member id, a spec or provider (as
@@ -247,7 +247,7 @@ def plan_members(
             "seed": seed,
             "batch_size": rows,
         }
-        plan = Plan(source, model, card)
+        plan = ExplainPlan(source, model, card)
         for method, params in all_params.items():
             entry = store.entry(
                 source, method, params, data.ids, shape=(h, w), dtype=dtype,

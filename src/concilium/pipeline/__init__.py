@@ -20,7 +20,7 @@ from rich.console import Console
 
 from concilium.pipeline.config import ExperimentConfig, load_config, parse_config
 from concilium.pipeline.demo import demo_config
-from concilium.pipeline.plan import PlannedStage, format_plan, plan
+from concilium.pipeline.dryrun import PlannedStage, format_plan, plan
 from concilium.pipeline.runner import StageResult, read_state, run_pipeline
 
 __all__ = [
