@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from concilium._util import atomic_write_text
 from concilium.data.dataset import SPLITS, ImageDataset, stratified_splits
 from concilium.data.io import (
     IMAGE_SUFFIXES,
@@ -466,5 +467,5 @@ def write_folder(
         "class_part_values": dataset.class_part_values,
         "card": {k: v for k, v in dataset.card.items() if k != "folder"},
     }
-    (root / "card.json").write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
+    atomic_write_text(root / "card.json", json.dumps(card, indent=2) + "\n")
     return root

@@ -30,6 +30,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from concilium._checks import check_images, check_masks
+from concilium._util import atomic_write, atomic_write_text
 from concilium.ensemble.normalise import NormalisationName, normalise
 from concilium.ensemble.reduce import stack_maps
 
@@ -220,8 +221,8 @@ class CNNEnsembler:
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu().contiguous() for k, v in self.net.state_dict().items()}
-        save_file(state, str(out / "model.safetensors"))
-        (out / "card.json").write_text(self.card.model_dump_json(indent=2))
+        atomic_write(out / "model.safetensors", lambda tmp: save_file(state, str(tmp)))
+        atomic_write_text(out / "card.json", self.card.model_dump_json(indent=2))
         return out
 
     @classmethod

@@ -146,7 +146,7 @@ def run_pipeline(
     run_dir = Path(out)
     ctx = Context(config=config, out=run_dir, console=console or Console(stderr=True))
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "experiment.json").write_text(config.model_dump_json(indent=2))
+    atomic_write_text(run_dir / "experiment.json", config.model_dump_json(indent=2))
     state = read_state(run_dir)
     keys: dict[str, str] = {}
     results: list[StageResult] = []
