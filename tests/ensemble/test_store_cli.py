@@ -8,16 +8,15 @@ from typer.testing import CliRunner
 from concilium.cli.main import app
 from concilium.ensemble import LogitEnsemble
 from concilium.ensemble.averaging import ens_avg
-from concilium.ensemble.cnn import CNNTrainConfig
 from concilium.explain import explain
-from concilium.jobs.ensemble import ENSEMBLERS, EnsembleOptions, run_ensemble
+from concilium.jobs.ensemble import ENSEMBLERS, CnnOptions, EnsAvgOptions, run_ensemble
 from concilium.store import ExplanationStore, Run, read_maps
 
-TINY_CNN = CNNTrainConfig(base_channels=4, depth=1, epochs=3, patience=3, batch_size=8)
+TINY_CNN = {"base_channels": 4, "depth": 1, "epochs": 3, "patience": 3, "batch_size": 8}
 
 
 def test_ens_avg_round_trip_through_the_store(tiny_run):
-    result = run_ensemble(tiny_run, "ens-avg", EnsembleOptions(normalisation="l2"))
+    result = run_ensemble(tiny_run, "ens-avg", EnsAvgOptions(normalisation="l2"))
     assert {(e.source, e.method) for e in result.entries} == {("ens-avg", "saliency"),
                                                               ("ens-avg", "gradcam")}
     store = ExplanationStore(tiny_run, mode="r")
@@ -27,19 +26,19 @@ def test_ens_avg_round_trip_through_the_store(tiny_run):
     assert stored.sample_ids == store.get("m0", "saliency").sample_ids
     assert stored.params["inputs"] == {m: store.get(m, "saliency").params_hash for m in ("m0", "m1")}
     # same settings again: the same entry, nothing duplicated
-    again = run_ensemble(tiny_run, "ens-avg", EnsembleOptions(normalisation="l2"))
+    again = run_ensemble(tiny_run, "ens-avg", {"normalisation": "l2"})
     assert again.entries[0].params_hash == result.entries[0].params_hash
     assert len(ExplanationStore(tiny_run).entries().query("source == 'ens-avg'")) == 2
 
 
 def test_method_ensembles_write_combined_sources(tiny_run):
-    run_ensemble(tiny_run, "aggregate", EnsembleOptions(reducer="max"))
-    run_ensemble(tiny_run, "krr", EnsembleOptions(folds=2, pixels_per_image=8))
+    run_ensemble(tiny_run, "aggregate", {"reducer": "max"})
+    run_ensemble(tiny_run, "krr", {"folds": 2, "pixels_per_image": 8})
     (tiny_run / "results").mkdir(exist_ok=True)
     pd.DataFrame({"sample": 0, "label": 0, "source": "m0", "method": ["saliency", "gradcam"],
                   "metric": "relevance_mass", "value": [0.2, 0.6], "params_hash": "x"}
                  ).to_parquet(tiny_run / "results" / "metrics.parquet")
-    w = run_ensemble(tiny_run, "weighted", EnsembleOptions())
+    w = run_ensemble(tiny_run, "weighted")
     assert w.tables["weights"].set_index("method").weight.to_dict() == {"gradcam": 1.0,
                                                                          "saliency": 0.0}
     store = ExplanationStore(tiny_run, mode="r")
@@ -49,23 +48,23 @@ def test_method_ensembles_write_combined_sources(tiny_run):
 
 
 def test_cnn_kind_trains_saves_and_reapplies(tiny_run):
-    run_ensemble(tiny_run, "cnn", EnsembleOptions(cnn=TINY_CNN))
+    run_ensemble(tiny_run, "cnn", TINY_CNN)
     store = ExplanationStore(tiny_run, mode="r")
     probs = store.get("cnn", "gradcam+saliency").read()
     logits = store.get("cnn:logit", "gradcam+saliency").read()
     torch.testing.assert_close(probs, torch.sigmoid(logits))
     assert (tiny_run / "results" / "cnn_history.parquet").is_file()
     saved = tiny_run / "ensemblers" / "cnn"
-    again = run_ensemble(tiny_run, "cnn", EnsembleOptions(ensembler=str(saved), source="cnn:again"))
+    again = run_ensemble(tiny_run, "cnn", {"ensembler": str(saved), "source": "cnn:again"})
     torch.testing.assert_close(again.entries[0].read(), probs)
     with pytest.raises(ValueError, match="trained on methods"):
-        run_ensemble(tiny_run, "cnn", EnsembleOptions(ensembler=str(saved), methods=["saliency"],
-                                                      source="cnn:k1"))
+        run_ensemble(tiny_run, "cnn", {"ensembler": str(saved), "methods": ["saliency"],
+                                         "source": "cnn:k1"})
 
 
 def test_consensus_kind_tables(tiny_run):
-    result = run_ensemble(tiny_run, "consensus", EnsembleOptions(correct_only=False,
-                                                                 similarity="spearman"))
+    result = run_ensemble(tiny_run, "consensus", {"correct_only": False,
+                                                  "similarity": "spearman"})
     table = result.tables["consensus"]
     assert set(table.columns) >= {"member", "method", "consensus_score", "accuracy",
                                   "localisation", "similarity"}
@@ -74,7 +73,7 @@ def test_consensus_kind_tables(tiny_run):
 
 
 def test_ens_logit_kind_explains_the_averaged_logit_model(tiny_run):
-    result = run_ensemble(tiny_run, "ens-logit", EnsembleOptions(methods=["saliency"]))
+    result = run_ensemble(tiny_run, "ens-logit", {"methods": ["saliency"]})
     run = Run.open(tiny_run, load_models=True)
     entry = result.entries[0]
     assert entry.source == "ens-logit" and entry.params["members"] == ["m0", "m1"]
@@ -99,7 +98,7 @@ def test_members_with_different_image_sets_are_refused(tiny_run):
     with pytest.raises(ValueError, match="different image sets"):
         read_maps(store, "m9", "saliency", ctx.data.ids)
     with pytest.raises(ValueError, match="not in this run"):
-        run_ensemble(tiny_run, "ens-avg", EnsembleOptions(members=["m0", "m9"]))
+        run_ensemble(tiny_run, "ens-avg", {"members": ["m0", "m9"]})
     with pytest.raises(ValueError, match="valid names"):
         run_ensemble(tiny_run, "median-vote")
     assert "cnn" in ENSEMBLERS
@@ -114,7 +113,7 @@ def test_cli_ensemble_and_audit(tiny_run):
     pd.DataFrame({"sample": 0, "label": [0, 1, 0], "source": ["m0", "m1", "ens-avg"],
                   "method": "saliency", "metric": "mask_correlation", "value": [0.1, 0.3, 0.4],
                   "params_hash": "x"}).to_parquet(tiny_run / "results" / "metrics.parquet")
-    out = runner.invoke(app, ["audit", str(tiny_run), "--sources", "m0,cnn"])
+    out = runner.invoke(app, ["audit", str(tiny_run), "--bias-sources", "m0,cnn"])
     assert out.exit_code == 0, out.output
     per_class = pd.read_parquet(tiny_run / "results" / "per_class.parquet")
     assert set(per_class.columns) >= {"class", "dice", "iou", "flagged"}
@@ -131,4 +130,4 @@ def test_cnn_kind_needs_train_and_val_rows(tiny_run):
     ctx = Run.open(tiny_run)
     ctx.data.splits = ["test"] * len(ctx.data)
     with pytest.raises(ValueError, match="--split all"):
-        ENSEMBLERS.get("cnn")(ctx, EnsembleOptions(cnn=TINY_CNN))
+        ENSEMBLERS.get("cnn").run(ctx, CnnOptions(**TINY_CNN))

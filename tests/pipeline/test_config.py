@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+from concilium.jobs.audit import AuditOptions
+from concilium.jobs.ensemble import ENSEMBLERS
 from concilium.pipeline import load_config, parse_config
 
 
@@ -30,6 +32,14 @@ from concilium.pipeline import load_config, parse_config
          r"\[ensemble.options.consensus\] vote: Input should be 'mean' or 'rank'"),
         ({"ensemble": {"kinds": ["ens-avg"], "options": {"ens-avg": {"normalization": "l2"}}}},
          r"unknown key 'normalization' \(did you mean 'normalisation'\?\)"),
+        # an option of another kind (krr's folds) is an error naming the consensus keys
+        ({"ensemble": {"kinds": ["consensus"], "options": {"consensus": {"folds": 3}}}},
+         r"\[ensemble.options.consensus\] unknown key 'folds'; valid keys: absolute, "
+         r"correct_only, localisation_metric, members, methods, normalisation, similarity, "
+         r"source, vote$"),
+        ({"committee": {"consensus": {"folds": 3}}}, r"unknown key 'folds'; valid keys: absolute"),
+        ({"ensemble": {"kinds": ["cnn"], "options": {"cnn": {"cnn": {"epochs": 3}}}}},
+         r"\[ensemble.options.cnn\] unknown key 'cnn'; valid keys: .*epochs"),
         ({"models": {"dir": "x", "epochs": 3}}, r"drop the training keys \['epochs'\]"),
         ({"data": {"kind": "folder"}}, r"needs path"),
         ({"data": {"kind": "images"}}, r"kind: Input should be 'synthetic' or 'folder'"),
@@ -55,8 +65,11 @@ def test_defaults_and_valid_sections():
     })
     assert cfg.data.synthetic == {"n": 100, "size": 32, "rare_class": 2, "rare_fraction": 0.05}
     assert cfg.models.option("members") == 3 and cfg.models.option("diversity") == "head"
-    assert cfg.ensemble.options_for("consensus", device="cpu").vote == "rank"
+    consensus = cfg.ensemble.options_for("consensus", device="cpu")
+    assert type(consensus) is ENSEMBLERS.get("consensus").options and consensus.vote == "rank"
+    assert cfg.ensemble.options_for("ens-avg", device="cuda:1").device == "cuda:1"
     assert cfg.audit.options == {"region": "outside"} and cfg.report.options == {"gallery_images": 2}
+    assert cfg.audit.options_for(device="cpu") == AuditOptions(region="outside")
 
 
 def test_load_config_names_the_file(tmp_path):

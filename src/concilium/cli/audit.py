@@ -3,51 +3,28 @@
 Per-class quality of E* (``per_class``), per-class metric means (``per_class_metrics``), bias
 on a non-evidence region (``bias``), and on request the anonymisation study
 (``anonymisation``) and the CNN ensembler's method-subset study (``subsets``). The work is done
-by :func:`concilium.jobs.audit.run_audit`.
+by :func:`concilium.jobs.audit.run_audit`; the flags are the fields of
+:class:`concilium.jobs.audit.AuditOptions` (help text from their descriptions).
 """
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
+from typing import Any
 
 import typer
 
+from concilium.cli._options import given_options, model_flags
 from concilium.cli.app import app
+from concilium.jobs.audit import AuditOptions, run_audit
 
 
-@app.command("audit")
-def audit_command(
-    run: Path = typer.Argument(..., help="Run directory (explained, ensembled with --kind cnn)."),
-    estar_source: str = typer.Option("cnn", "--estar", help="Source holding E* probabilities."),
-    region: str = typer.Option("watermark", "--region", help="Bias region: watermark or outside "
-                               "(everything outside the object)."),
-    factor: float | None = typer.Option(None, "--factor", help="Enrichment (share / area) that "
-                                        "flags a class; default 2 (watermark) or 1 (outside)."),
-    sources: str | None = typer.Option(None, "--sources", help="Comma-separated sources to audit "
-                                       "for bias (default: all)."),
-    anonymisation: bool = typer.Option(False, "--anonymisation", help="Train classifiers on "
-                                       "image x E* and E* alone; compare accuracy."),
-    epochs: int = typer.Option(5, "--epochs", help="Anonymisation classifiers' epochs."),
-    arch: str = typer.Option("small-cnn", "--arch", help="Anonymisation classifiers' architecture."),
-    subsets: str = typer.Option("none", "--subsets", help="CNN method-subset study: none, "
-                                "leave_one_out or all."),
-    seed: int = typer.Option(0, "--seed", help="Seed of every training."),
-    device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:<k>."),
-) -> None:
+def audit_command(run: Path, **flags: Any) -> None:
     """Per-class quality, bias and anonymisation audits of a run."""
     from rich.console import Console
 
-    from concilium.jobs.audit import run_audit
-
-    if region not in ("watermark", "outside"):
-        raise ValueError(f"--region must be watermark or outside; got {region!r}")
-    if subsets not in ("none", "leave_one_out", "all"):
-        raise ValueError(f"--subsets must be none, leave_one_out or all; got {subsets!r}")
-    names = [s.strip() for s in sources.split(",") if s.strip()] if sources else None
-    tables = run_audit(run, estar_source=estar_source, region=region, factor=factor,  # type: ignore[arg-type]
-                       bias_sources=names, anonymisation=anonymisation,
-                       anonymisation_epochs=epochs, arch=arch, subsets=subsets,  # type: ignore[arg-type]
-                       seed=seed, device=device)
+    tables = run_audit(run, given_options(flags, AuditOptions, what="the audit"))
     console = Console()
     for name, table in tables.items():
         flagged = int(table["flagged"].sum()) if "flagged" in table else None
@@ -59,3 +36,14 @@ def audit_command(
             console.print(f"  bias: {row['source']}/{row['method']} class {row['class']!r} puts "
                           f"{row['share']:.0%} of its mass on {row['region']} "
                           f"({row['enrichment']:.1f}x uniform)")
+
+
+# The flags come from AuditOptions: one typer parameter per field (the command takes them as
+# **flags, and typer reads this signature).
+audit_command.__signature__ = inspect.Signature([  # type: ignore[attr-defined]
+    inspect.Parameter("run", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Path,
+                      default=typer.Argument(..., help="Run directory (explained, ensembled "
+                                                       "with --kind cnn).")),
+    *model_flags({"audit": AuditOptions}),
+])
+app.command("audit")(audit_command)

@@ -126,20 +126,22 @@ class CNNTrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    normalisation: NormalisationName = "max_abs"
-    absolute: bool = False
-    with_image: bool = False
-    loss: Literal["dice", "dice_bce"] = "dice"
-    bce_weight: float = Field(1.0, ge=0)
-    base_channels: int = Field(16, ge=1)
-    depth: int = Field(2, ge=0)
-    epochs: int = Field(60, ge=1)
-    patience: int = Field(10, ge=1)
-    batch_size: int = Field(16, ge=1)
-    lr: float = Field(3e-3, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    augment: bool = True
-    seed: int = 0
+    normalisation: NormalisationName = Field(
+        "max_abs", description="per-image normalisation applied to every map first")
+    absolute: bool = Field(False, description="use |map| (drop the sign) before combining")
+    with_image: bool = Field(False, description="also feed the image to the U-Net")
+    loss: Literal["dice", "dice_bce"] = Field("dice", description="training loss")
+    bce_weight: float = Field(1.0, ge=0, description="weight of the BCE term of dice_bce")
+    base_channels: int = Field(16, ge=1, description="channels of the U-Net's first level")
+    depth: int = Field(2, ge=0, description="down-sampling levels of the U-Net")
+    epochs: int = Field(60, ge=1, description="most training epochs")
+    patience: int = Field(10, ge=1, description="early-stopping patience (epochs without a "
+                                                 "better validation Dice)")
+    batch_size: int = Field(16, ge=1, description="training batch size")
+    lr: float = Field(3e-3, gt=0, description="Adam learning rate")
+    weight_decay: float = Field(0.0, ge=0, description="Adam weight decay")
+    augment: bool = Field(True, description="random flips of the training batches")
+    seed: int = Field(0, description="seeds the initialisation, batches and augmentation")
 
 
 class EnsemblerCard(BaseModel):

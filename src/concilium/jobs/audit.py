@@ -4,12 +4,13 @@ and :mod:`concilium.ensemble.subsets`; this job opens the run, feeds them and wr
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import pandas as pd
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 
 from concilium.ensemble.audit import (
     anonymisation_study,
@@ -18,43 +19,51 @@ from concilium.ensemble.audit import (
 )
 from concilium.ensemble.cnn import CNNTrainConfig
 from concilium.ensemble.subsets import SubsetMode, method_subset_study
+from concilium.jobs.options import validate_options
 from concilium.metrics.tables import paper_table, per_class_metric_means
 from concilium.store import Run, read_maps, read_table, write_table
 
+SubsetModeOption = Literal["none", "leave_one_out", "all"]
 
-def run_audit(
-    run_dir: str | Path,
-    *,
-    estar_source: str = "cnn",
-    region: Literal["watermark", "outside"] = "watermark",
-    factor: float | None = None,
-    bias_sources: Sequence[str] | None = None,
-    anonymisation: bool = False,
-    anonymisation_epochs: int = 5,
-    arch: str = "small-cnn",
-    subsets: Literal["none", "leave_one_out", "all"] = "none",
-    subset_config: CNNTrainConfig | None = None,
-    seed: int = 0,
-    device: str = "cpu",
-) -> dict[str, pd.DataFrame]:
+
+class AuditOptions(BaseModel):
+    """Options of :func:`run_audit` (``extra="forbid"``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    estar_source: str = Field(
+        "cnn", description="source holding E* probabilities (concilium ensemble --kind cnn)")
+    region: Literal["watermark", "outside"] = Field(
+        "watermark", description="non-evidence region of the bias audit: the watermark mask "
+                                 "set, or everything outside the object")
+    factor: float | None = Field(
+        None, description="enrichment (share / area) that flags a class (default 2 for the "
+                          "watermark, 1 outside)")
+    bias_sources: list[str] | None = Field(
+        None, description="sources audited for bias (default: every complete source)")
+    anonymisation: bool = Field(
+        False, description="run the anonymisation study (trains classifiers on image x E* and "
+                           "E* alone; needs all splits)")
+    anonymisation_epochs: int = Field(
+        5, ge=1, description="training epochs of each anonymisation classifier")
+    arch: str = Field("small-cnn", description="architecture of the anonymisation classifiers")
+    subsets: SubsetModeOption = Field(
+        "none", description="the CNN ensembler's method-subset study (trains one ensembler per "
+                            "subset on the run's train rows)")
+    subset_config: CNNTrainConfig | None = Field(
+        None, description="training settings of the subset study (default: the E* ensembler's)")
+    seed: int = Field(0, description="seeds every training")
+    device: str = Field("cpu", description="where to train: cpu, cuda or cuda:<k>")
+
+
+def run_audit(run_dir: str | Path, options: AuditOptions | Mapping[str, Any] | None = None
+              ) -> dict[str, pd.DataFrame]:
     """The audits of a run, written as tables under ``RUN/results/``.
 
     Args:
         run_dir: a run made by ``concilium explain`` (and ``concilium ensemble --kind cnn`` for
             the E* audits).
-        estar_source: the source holding E* probabilities (``concilium ensemble --kind cnn``).
-        region: the non-evidence region of the bias audit: the ``watermark`` mask set, or
-            everything ``outside`` the object.
-        factor: enrichment that flags a class (default 2.0 for the watermark, 1.0 outside).
-        bias_sources: sources audited for bias (default: every complete source).
-        anonymisation: run the anonymisation study (trains classifiers; needs all splits).
-        anonymisation_epochs: training epochs of each anonymisation classifier.
-        arch: architecture of the anonymisation classifiers.
-        subsets: the CNN ensembler's method-subset study (``none`` by default; trains one
-            ensembler per subset on the run's train rows).
-        subset_config: training settings of the subset study.
-        seed: seeds every training.
-        device: where to train.
+        options: :class:`AuditOptions` or a mapping of its fields (default: its defaults).
 
     Returns:
         ``name -> table`` for every table written (``per_class``, ``per_class_metrics``,
@@ -62,8 +71,11 @@ def run_audit(
         ``ens-avg``), ``bias``, ``anonymisation``, ``subsets``).
 
     Raises:
-        ValueError: the region has no masks, or an asked-for study lacks its inputs.
+        ValueError: an unknown option (naming the valid ones), the region has no masks, or an
+            asked-for study lacks its inputs.
     """
+    o = validate_options(AuditOptions, options, what="the audit")
+    estar_source, region, device = o.estar_source, o.region, o.device
     ctx = Run.open(run_dir)
     data, store = ctx.data, ctx.store
     entries = store.entries()
@@ -88,12 +100,10 @@ def run_audit(
             raise ValueError("this dataset has no watermark pixels; audit bias with "
                              "region='outside' (--region outside)")
         mask = data.parts["watermark"]
-    elif region == "outside":
+    else:  # "outside" (the options model admits no other region)
         mask = ~data.masks
-    else:
-        raise ValueError(f"region must be 'watermark' or 'outside'; got {region!r}")
-    fac = factor if factor is not None else (2.0 if region == "watermark" else 1.0)
-    sources = list(bias_sources) if bias_sources else sorted(set(entries.source))
+    fac = o.factor if o.factor is not None else (2.0 if region == "watermark" else 1.0)
+    sources = list(o.bias_sources) if o.bias_sources else sorted(set(entries.source))
     bias = []
     for row in entries[entries.source.isin(sources)].itertuples():
         maps, _ = read_maps(store, row.source, row.method, data.ids, params_hash=row.params_hash)
@@ -104,15 +114,15 @@ def run_audit(
         bias.append(t)
     if bias:
         tables["bias"] = pd.concat(bias, ignore_index=True)
-    if anonymisation:
+    if o.anonymisation:
         if estar is None:
             raise ValueError(f"the anonymisation study needs E* (source {estar_source!r}); run "
                              f"`concilium ensemble {run_dir} --kind cnn` first")
-        tables["anonymisation"] = anonymisation_study(data, estar, arch=arch,
-                                                      epochs=anonymisation_epochs, seed=seed,
+        tables["anonymisation"] = anonymisation_study(data, estar, arch=o.arch,
+                                                      epochs=o.anonymisation_epochs, seed=o.seed,
                                                       device=device)
-    if subsets != "none":
-        tables["subsets"] = _subset_study(ctx, estar_source, subsets, subset_config, device)
+    if o.subsets != "none":
+        tables["subsets"] = _subset_study(ctx, estar_source, o.subsets, o.subset_config, device)
     for name, table in tables.items():
         write_table(run_dir, name, table)
     return tables

@@ -10,10 +10,11 @@ against that function's real signature or registry:
   :func:`concilium.models.train_ensemble`, or ``dir`` = an existing members folder;
 - ``[explain]``: methods from :data:`concilium.explain.METHODS`, each method's parameters checked by
   :func:`concilium.explain.method_params`, split, limit, batch size, target, baseline;
-- ``[ensemble]``: kinds and, per kind, the keyword parameters of its ensembler function;
+- ``[ensemble]``: kinds and, per kind, the fields of that kind's options model
+  (:data:`concilium.jobs.ensemble.ENSEMBLERS`);
 - ``[evaluate]``: metric names or families of :data:`concilium.metrics.METRICS`, each metric's
   parameters checked against its signature, and the mask set;
-- ``[audit]``: the analyses and the keyword parameters of their functions;
+- ``[audit]``: the fields of :class:`concilium.jobs.audit.AuditOptions`;
 - ``[report]``: the keyword parameters of :func:`concilium.report.write_report`.
 
 An unknown key is an error that names the key, the section, a close match and the valid keys; a
@@ -38,6 +39,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
+from concilium.jobs.audit import AuditOptions
+from concilium.jobs.ensemble import ENSEMBLERS, EnsembleOptionsBase, ensemble_options
 from concilium.jobs.explain import ExplainOptions, check_methods
 from concilium.vocabulary import FAMILIES, Split
 
@@ -206,25 +209,30 @@ ExplainConfig = ExplainOptions
 """``[explain]``: the options of the explain job (see :class:`concilium.jobs.explain.ExplainOptions`)."""
 
 
-@cache
-def _ensemble_options_model() -> type[BaseModel]:
-    from concilium.jobs.ensemble import EnsembleOptions
-
-    return EnsembleOptions
-
-
 def ensemble_kinds() -> list[str]:
     """The run-level ensemblers of :data:`concilium.jobs.ensemble.ENSEMBLERS`."""
-    from concilium.jobs.ensemble import ENSEMBLERS
-
     return ENSEMBLERS.names()
+
+
+def _section_options(section: str, model: type[BaseModel], values: Mapping[str, Any],
+                     *, provided: tuple[str, ...] = ("device",)) -> dict[str, Any]:
+    """Validate a table of ``model``'s fields (minus those the experiment ``provided``);
+    returns the given values, validated. Errors name the section, the key and the valid keys."""
+    keys = [k for k in model.model_fields if k not in provided]
+    unknown = sorted(set(values) - set(keys))
+    if unknown:
+        raise _keys_error(section, unknown, keys)
+    try:
+        return model.model_validate(dict(values)).model_dump(exclude_unset=True)
+    except ValidationError as err:
+        raise ValueError(format_validation_error(err, prefix=section)) from None
 
 
 class EnsembleConfig(_Section):
     """``[ensemble]``: which ensembles to build (``kinds``, names of
-    :data:`concilium.jobs.ensemble.ENSEMBLERS`), and per kind the fields of
-    :class:`concilium.jobs.ensemble.EnsembleOptions` (``[ensemble.options.consensus]`` ...).
-    The device is the experiment's."""
+    :data:`concilium.jobs.ensemble.ENSEMBLERS`), and per kind the fields of that kind's options
+    model (``[ensemble.options.krr]`` takes :class:`concilium.jobs.ensemble.KrrOptions`'s
+    fields, ...). The device is the experiment's."""
 
     kinds: list[str] = Field(default_factory=lambda: ["ens-avg", "ens-logit"])
     options: dict[str, dict[str, Any]] = Field(default_factory=dict)
@@ -239,26 +247,16 @@ class EnsembleConfig(_Section):
         repeated = sorted({k for k in self.kinds if self.kinds.count(k) > 1})
         if repeated:
             raise ValueError(f"[ensemble] kinds names {repeated} more than once")
-        model = _ensemble_options_model()
-        keys = [k for k in model.model_fields if k != "device"]
         for kind, values in self.options.items():
             if kind not in self.kinds:
                 raise ValueError(f"[ensemble.options.{kind}] is for a kind not in kinds "
                                  f"({', '.join(self.kinds)}); add it to kinds or drop the table")
-            unknown = sorted(set(values) - set(keys))
-            if unknown:
-                raise _keys_error(f"ensemble.options.{kind}", unknown, keys)
-            try:
-                model.model_validate(dict(values))
-            except ValidationError as err:
-                raise ValueError(format_validation_error(err, prefix=f"ensemble.options.{kind}")
-                                 ) from None
+            _section_options(f"ensemble.options.{kind}", ENSEMBLERS.get(kind).options, values)
         return self
 
-    def options_for(self, kind: str, *, device: str) -> Any:
-        """The :class:`EnsembleOptions` of ``kind`` (validated, defaults filled in)."""
-        return _ensemble_options_model().model_validate({**self.options.get(kind, {}),
-                                                         "device": device})
+    def options_for(self, kind: str, *, device: str) -> EnsembleOptionsBase:
+        """``kind``'s options model (validated, defaults filled in) on ``device``."""
+        return ensemble_options(kind, {**self.options.get(kind, {}), "device": device})
 
 
 class EvaluateConfig(_Section):
@@ -325,17 +323,10 @@ def resolve_metrics(selection: list[str]) -> list[str]:
     return out
 
 
-@cache
-def _audit_model() -> type[BaseModel]:
-    from concilium.jobs.audit import run_audit
-
-    return signature_model(run_audit, name="audit", exclude=("run_dir", "device"))
-
-
 class AuditConfig(_Section):
-    """``[audit]``: the keyword parameters of :func:`concilium.jobs.audit.run_audit`
-    (``estar_source``, ``region``, ``factor``, ``anonymisation``, ``subsets``, ...), and
-    ``enabled`` (default true)."""
+    """``[audit]``: the fields of :class:`concilium.jobs.audit.AuditOptions` (``estar_source``,
+    ``region``, ``factor``, ``anonymisation``, ``subsets``, ...; the device is the
+    experiment's), and ``enabled`` (default true)."""
 
     enabled: bool = True
     options: dict[str, Any] = Field(default_factory=dict)
@@ -347,7 +338,11 @@ class AuditConfig(_Section):
             return values
         values = dict(values)
         enabled = values.pop("enabled", True)
-        return {"enabled": enabled, "options": validate_kwargs("audit", _audit_model(), values)}
+        return {"enabled": enabled, "options": _section_options("audit", AuditOptions, values)}
+
+    def options_for(self, *, device: str) -> AuditOptions:
+        """The audit's options (validated, defaults filled in) on ``device``."""
+        return AuditOptions.model_validate({**self.options, "device": device})
 
 
 @cache
@@ -380,7 +375,8 @@ class CommitteeConfig(_Section):
         methods: the committee's explanation methods (the paper: SmoothGrad).
         params: per method parameters.
         limit: explain only the first ``limit`` samples of the split.
-        consensus: the consensus options (fields of ``EnsembleOptions``).
+        consensus: the consensus options (fields of
+            :class:`concilium.jobs.ensemble.ConsensusOptions`).
         metrics: metrics scoring the consensus against the members (localisation by default).
     """
 
@@ -469,7 +465,7 @@ def _valid_keys(loc: list[str]) -> list[str]:
     fields = list(getattr(model, "model_fields", {}))
     flat = {"data": ["kind", *_synth_keys()], "models": ["dir", *_train_model().model_fields],
             "report": list(_report_model().model_fields),
-            "audit": ["enabled", *_audit_model().model_fields]}
+            "audit": ["enabled", *(k for k in AuditOptions.model_fields if k != "device")]}
     return flat.get(loc[-1], fields) if loc else fields
 
 

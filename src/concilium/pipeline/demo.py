@@ -59,7 +59,7 @@ def demo_values(*, quick: bool = False) -> dict[str, Any]:
         },
         "ensemble": {
             "kinds": ["ens-avg", "ens-logit", "aggregate", "cnn"],
-            "options": {"cnn": {"cnn": {"epochs": 2 if q else 30, "patience": 2 if q else 8}}},
+            "options": {"cnn": {"epochs": 2 if q else 30, "patience": 2 if q else 8}},
         },
         "evaluate": {
             "metrics": QUICK_METRICS if q else DEMO_METRICS, "split": "test",

@@ -208,7 +208,7 @@ def audit(ctx: Context) -> dict[str, Any]:
     """The ``audit`` stage: :func:`concilium.jobs.audit.run_audit`."""
     if not ctx.config.audit.enabled:
         return {"tables": []}
-    tables = run_audit(ctx.out, device=ctx.config.device, **ctx.config.audit.options)
+    tables = run_audit(ctx.out, ctx.config.audit.options_for(device=ctx.config.device))
     for name, table in tables.items():
         flagged = int(table["flagged"].sum()) if "flagged" in table else None
         ctx.console.print(f"  {name}: {len(table)} rows"

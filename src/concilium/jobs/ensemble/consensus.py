@@ -1,0 +1,113 @@
+"""``consensus``: the committee vote of each method, plus consensus-score tables."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+from pydantic import Field
+
+from concilium.ensemble.consensus import (
+    Vote,
+    consensus,
+    consensus_correlations,
+    consensus_scores,
+    consensus_table,
+    correct_by_all,
+)
+from concilium.ensemble.similarity import SimilarityName
+from concilium.jobs.ensemble.base import (
+    Absolute,
+    EnsembleOptionsBase,
+    EnsembleResult,
+    Members,
+    Normalisation,
+    complete_methods,
+    ensembler,
+    entry_meta,
+    member_sources,
+)
+from concilium.metrics import evaluate
+from concilium.store import Run, member_stack, write_source
+
+
+class ConsensusOptions(EnsembleOptionsBase):
+    """Options of ``consensus``."""
+
+    members: Members = None
+    normalisation: Normalisation = "max_abs"
+    absolute: Absolute = True
+    vote: Vote = Field("mean", description="how the members vote: mean maps or mean ranks")
+    similarity: SimilarityName = Field(
+        "cosine", description="similarity of each member's map to the consensus")
+    correct_only: bool = Field(
+        True, description="score only the images every member classifies correctly")
+    localisation_metric: str = Field(
+        "auc", description="metric of the members' and the consensus' localisation")
+
+
+def member_accuracy(run: Run, members: list[str], device: str) -> dict[str, float]:
+    """Each member's accuracy on the run's samples (models loaded), else its card's."""
+    if not all(m in run.models for m in members):
+        return {m: run.accuracies.get(m, float("nan")) for m in members}
+    out = {}
+    with torch.no_grad():
+        for m in members:
+            model = run.models[m].to(device).eval()
+            pred = torch.cat([model(run.data.images[s : s + 256].to(device)).argmax(1).cpu()
+                              for s in range(0, len(run.data), 256)])
+            out[m] = float((pred == run.data.labels).double().mean())
+    return out
+
+
+@ensembler("consensus", options=ConsensusOptions, needs_models=True)
+def run_consensus(run: Run, options: ConsensusOptions) -> EnsembleResult:
+    """Committee vote per method; consensus scores and their correlations as tables.
+
+    The consensus source covers every row (so it is evaluated like the members); with
+    ``correct_only`` the scores and correlations use only the images every member gets right.
+    """
+    o = options
+    members = member_sources(run, o.members)
+    keep = torch.ones(len(run.data), dtype=torch.bool)
+    if o.correct_only:
+        if not all(m in run.models for m in members):
+            raise ValueError("correct_only needs the members' models; load them or pass "
+                             "correct_only=False (--no-correct-only)")
+        keep = correct_by_all([run.models[m].to(o.device) for m in members],
+                              run.data.images.to(o.device), run.data.labels)
+        if not keep.any():
+            raise ValueError("no image is classified correctly by every member; use "
+                             "correct_only=False (--no-correct-only)")
+    accuracy = member_accuracy(run, members, o.device)
+    labels, masks = run.data.labels[keep], run.data.masks[keep]
+    out, tables, corrs = EnsembleResult(), [], []
+    for method in complete_methods(run, members, o.methods):
+        stack, hashes = member_stack(run.store, members, method, run.data.ids)
+        cons = consensus(stack, normalisation=o.normalisation, vote=o.vote, absolute=o.absolute)
+        params = {"kind": "consensus", "inputs": hashes, "normalisation": o.normalisation,
+                  "vote": o.vote, "absolute": o.absolute}
+        out.entries.append(write_source(run.store, o.source or "consensus", method, cons,
+                                        sample_ids=run.data.ids, params=params,
+                                        meta=entry_meta(run, "consensus")))
+        scores = consensus_scores(stack[:, keep], cons[keep], similarity_kind=o.similarity,
+                                  normalisation=o.normalisation, absolute=o.absolute)
+        loc = [float(np.nanmean(evaluate(o.localisation_metric, stack[i, keep], masks=masks,
+                                         labels=labels).numpy()))
+               for i in range(len(members))]
+        table = consensus_table(members, scores, accuracy=[accuracy[m] for m in members],
+                                localisation=loc)
+        table.insert(1, "method", method)
+        table["consensus_localisation"] = float(np.nanmean(evaluate(
+            o.localisation_metric, cons[keep], masks=masks, labels=labels).numpy()))
+        for key, value in (("similarity", o.similarity), ("normalisation", o.normalisation),
+                           ("vote", o.vote), ("localisation_metric", o.localisation_metric),
+                           ("n_images", int(keep.sum()))):
+            table[key] = value
+        tables.append(table)
+        corr = consensus_correlations(table)
+        corr.insert(0, "method", method)
+        corrs.append(corr)
+    out.tables["consensus"] = pd.concat(tables, ignore_index=True)
+    out.tables["consensus_correlations"] = pd.concat(corrs, ignore_index=True)
+    return out

@@ -1,0 +1,57 @@
+"""``ens-logit``: explain the model whose logits average the members' logits."""
+
+from __future__ import annotations
+
+import torch
+
+from concilium._util import derive_seed
+from concilium.ensemble.averaging import ens_logit_maps
+from concilium.explain import explain
+from concilium.jobs.ensemble.base import (
+    EnsembleOptionsBase,
+    EnsembleResult,
+    Members,
+    complete_methods,
+    ensembler,
+    entry_meta,
+    member_sources,
+)
+from concilium.store import Run, write_source
+
+BATCH = 64
+
+
+class EnsLogitOptions(EnsembleOptionsBase):
+    """Options of ``ens-logit`` (each method is explained with the members' stored
+    parameters)."""
+
+    members: Members = None
+
+
+@ensembler("ens-logit", options=EnsLogitOptions, needs_models=True)
+def run_ens_logit(run: Run, options: EnsLogitOptions) -> EnsembleResult:
+    """Ens-Logit: explain the averaged-logit model with each method's stored parameters."""
+    members = member_sources(run, options.members)
+    device = options.device
+    models = [run.models[m].to(device).eval() for m in members]
+    out = EnsembleResult()
+    for method in complete_methods(run, members, options.methods):
+        ref = run.store.get(members[0], method)
+        p = ref.params
+        maps = []
+        for start in range(0, len(run.data), BATCH):
+            images = run.data.images[start : start + BATCH].to(device)
+            labels = run.data.labels[start : start + BATCH].to(device)
+            gen = torch.Generator(device=images.device)
+            gen.manual_seed(derive_seed(int(p.get("seed", run.seed)), "ens-logit", method, start))
+            params = {"labels": labels, "reduction": p.get("reduction", "sum"),
+                      "baseline": p.get("baseline", "zero"), "generator": gen,
+                      **dict(p.get("method_params", {}))}
+            maps.append(ens_logit_maps(models, images, p.get("target", run.target), method=method,
+                                       params=params, explainer=explain).detach().cpu())
+        params = {"kind": "ens-logit", "members": members,
+                  "member_params_hash": ref.params_hash, "explain": p}
+        out.entries.append(write_source(run.store, options.source or "ens-logit", method,
+                                        torch.cat(maps), sample_ids=run.data.ids, params=params,
+                                        meta=entry_meta(run, "ens-logit")))
+    return out

@@ -1,0 +1,64 @@
+"""``weighted``: one source's methods weighted by their mean metric scores."""
+
+from __future__ import annotations
+
+import pandas as pd
+from pydantic import Field
+
+from concilium.ensemble.weighted import metric_weights, weighted_ensemble
+from concilium.jobs.ensemble.base import (
+    Absolute,
+    EnsembleOptionsBase,
+    EnsembleResult,
+    FromSource,
+    Normalisation,
+    ensembler,
+    entry_meta,
+    source_maps,
+)
+from concilium.metrics.tables import higher_is_better_of
+from concilium.store import Run, read_metrics, write_source
+
+
+class WeightedOptions(EnsembleOptionsBase):
+    """Options of ``weighted`` (the scores come from ``RUN/results/metrics.parquet``)."""
+
+    from_source: FromSource = None
+    normalisation: Normalisation = "max_abs"
+    absolute: Absolute = False
+    weight_metrics: list[str] = Field(
+        default_factory=lambda: ["relevance_mass"],
+        description="metrics whose mean scores per method set the weights")
+    metric_weights: dict[str, float] | None = Field(
+        None, description="importance of each weight metric (default: 1 each; a metric left "
+                          "out gets 0)")
+    clip_negative: bool = Field(
+        True, description="zero negative weights and renormalise the rest to sum 1")
+
+
+@ensembler("weighted", options=WeightedOptions)
+def run_weighted(run: Run, options: WeightedOptions) -> EnsembleResult:
+    """Weight one source's methods by their mean metric scores (from the metrics table)."""
+    src, methods, maps, hashes = source_maps(run, options.from_source, options.methods)
+    metrics = read_metrics(run.run_dir)
+    rows = metrics[(metrics.source == src) & metrics.metric.isin(options.weight_metrics)]
+    scores: dict[str, dict[str, float]] = {}
+    for metric in options.weight_metrics:
+        part = rows[rows.metric == metric].groupby("method")["value"].mean()
+        if part.empty:
+            raise ValueError(f"the metrics table has no {metric!r} scores of source {src!r}; run "
+                             f"`concilium evaluate {run.run_dir} --metrics {metric}` first")
+        scores[metric] = part.to_dict()
+    hib = {m: higher_is_better_of(m) for m in options.weight_metrics}
+    w = metric_weights(scores, methods=methods, higher_is_better=hib,
+                       metric_weights=options.metric_weights, clip_negative=options.clip_negative)
+    out = weighted_ensemble(maps, w, normalisation=options.normalisation,
+                            absolute=options.absolute)
+    params = {"kind": "weighted", "from": src, "inputs": hashes, "metrics": options.weight_metrics,
+              "metric_weights": options.metric_weights,
+              "weights": [round(float(x), 8) for x in w],
+              "normalisation": options.normalisation, "absolute": options.absolute}
+    table = pd.DataFrame({"method": methods, "weight": w.tolist(), "source": src})
+    entry = write_source(run.store, options.source or "weighted", "+".join(methods), out,
+                         sample_ids=run.data.ids, params=params, meta=entry_meta(run, "weighted"))
+    return EnsembleResult([entry], {"weights": table})
