@@ -48,6 +48,27 @@ def test_unet_any_size_and_all_layers_registered():
                            if "running" not in k and "num_batches" not in k)
 
 
+def test_unet_reads_its_input_per_image_and_learns():
+    torch.manual_seed(0)
+    net = UNet(2, base=4, depth=2).eval()
+    x = torch.rand(3, 2, 12, 12)
+    with torch.no_grad():
+        out = net(x)
+        assert torch.isfinite(out).all()  # logits: any real value
+        assert not torch.allclose(out[0], out[1])  # different inputs, different outputs
+        torch.testing.assert_close(out[2:], net(x[2:]))  # eval: no batch statistics
+    masks = torch.zeros(3, 12, 12, dtype=torch.bool)
+    masks[:, 3:8, 4:9] = True
+    net.train()
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    before = soft_dice_loss(net(x), masks).item()
+    for _ in range(10):
+        opt.zero_grad()
+        soft_dice_loss(net(x), masks).backward()
+        opt.step()
+    assert soft_dice_loss(net(x), masks).item() < before - 1e-3
+
+
 def _tiny(n=8, size=12, seed=0):
     gen = torch.Generator().manual_seed(seed)
     masks = torch.zeros(n, size, size, dtype=torch.bool)

@@ -10,7 +10,7 @@ import torch
 from concilium.explain import explain
 from concilium.explain.engine import seeded
 
-CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="hardware: needs a CUDA device")
 
 
 def test_seeded_draws_like_a_global_seed_and_restores_the_state():

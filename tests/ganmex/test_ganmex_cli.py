@@ -8,18 +8,19 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from concilium.cli import ganmex as _ganmex_commands  # noqa: F401  (registers the commands)
+from concilium.cli.app import app
+from concilium.data import folder
+from concilium.data.synthetic import SynthConfig, generate
 from concilium.ganmex import GanmexBaseline, load_card
+from concilium.models import architectures
+from concilium.models import members as checkpoint
 
 SIZE = 32
 
 
 @pytest.fixture(scope="module")
 def data_and_member(tmp_path_factory: pytest.TempPathFactory):
-    folder = pytest.importorskip("concilium.data.folder")
-    from concilium.data.synthetic import SynthConfig, generate
-    from concilium.models import architectures
-    from concilium.models import members as checkpoint
-
     root = tmp_path_factory.mktemp("cli")
     ds = generate(SynthConfig(n=30, size=SIZE, num_classes=3))
     folder.write_folder(ds, root / "data")
@@ -35,9 +36,6 @@ def data_and_member(tmp_path_factory: pytest.TempPathFactory):
 
 
 def _invoke(args: list[str]):
-    from concilium.cli import ganmex  # noqa: F401  (registers the commands)
-    from concilium.cli.app import app
-
     return CliRunner().invoke(app, args)
 
 

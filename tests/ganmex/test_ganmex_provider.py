@@ -6,9 +6,11 @@ import pytest
 import torch
 from torch import Tensor
 
+from concilium.explain import explain
 from concilium.ganmex import GanmexBaseline, parse_baseline_spec
+from concilium.store import ExplanationStore
 
-from .conftest import CLASSES, SIZE, colour_images
+from .conftest import CLASSES, SIZE, TinyClassifier, colour_images
 
 
 class DictStore:
@@ -78,14 +80,11 @@ def test_cached_in_the_store_across_providers(trained_gen) -> None:
 
 
 def test_cached_in_a_real_explanation_store(trained_gen, tmp_path) -> None:
-    store_mod = pytest.importorskip("concilium.store")
-    if not hasattr(store_mod, "ExplanationStore"):
-        pytest.skip("concilium.store.ExplanationStore is not available yet")
     gen_dir, _ = trained_gen
     images, _ = colour_images(2)
     targets = torch.tensor([1, 2])
-    first = GanmexBaseline(gen_dir, store=store_mod.ExplanationStore(tmp_path))(images, targets)
-    provider = GanmexBaseline(gen_dir, store=store_mod.ExplanationStore(tmp_path))
+    first = GanmexBaseline(gen_dir, store=ExplanationStore(tmp_path))(images, targets)
+    provider = GanmexBaseline(gen_dir, store=ExplanationStore(tmp_path))
     calls = _counting(provider)
     torch.testing.assert_close(provider(images, targets), first, rtol=0, atol=0)
     assert calls == []
@@ -144,16 +143,13 @@ def test_for_contrast_uses_the_bound_class_whatever_the_batching(trained_gen) ->
 
 
 def test_integrated_gradients_completeness_with_the_ganmex_baseline(trained_gen) -> None:
-    explain_mod = pytest.importorskip("concilium.explain")
-    from .conftest import TinyClassifier
-
     gen_dir, _ = trained_gen
     provider = GanmexBaseline(gen_dir)
     model = TinyClassifier().eval()
     images, labels = colour_images(3, seed=9)
     contrast = (labels + 2) % 3
     bound = provider.for_contrast(images, contrast)
-    maps = explain_mod.explain(model, images, labels, method="integrated_gradients",
+    maps = explain(model, images, labels, method="integrated_gradients",
                                baseline=bound, n_steps=64, batch_size=64)
     with torch.no_grad():
         baselines = provider(images, contrast)

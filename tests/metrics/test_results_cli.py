@@ -7,8 +7,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from typer.testing import CliRunner
 
+from concilium.cli.main import app
+from concilium.data.dataset import ImageDataset
+from concilium.data.folder import write_folder
 from concilium.jobs.evaluate import load_metric_params
+from concilium.models.architectures import create_model
+from concilium.models.members import MemberCard, save_member
 from concilium.store.results import COLUMNS, ResultsTable, group_rows
 
 
@@ -70,15 +76,6 @@ N, HW = 5, 16
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
-    pytest.importorskip("concilium.data.folder")
-    from typer.testing import CliRunner
-
-    from concilium.cli.main import app
-    from concilium.data.dataset import ImageDataset
-    from concilium.data.folder import write_folder
-    from concilium.models.architectures import create_model
-    from concilium.models.members import MemberCard, save_member
-
     root = tmp_path_factory.mktemp("evaluate")
     g = torch.Generator().manual_seed(0)
     masks = torch.zeros(N, HW, HW, dtype=torch.bool)
@@ -130,10 +127,6 @@ def run_dir(tmp_path_factory) -> Path:
 
 @pytest.mark.slow
 def test_cli_evaluate_end_to_end_and_resume(run_dir):
-    from typer.testing import CliRunner
-
-    from concilium.cli.main import app
-
     params = run_dir / "metrics.toml"
     params.write_text("[deletion]\nstep = 25\n[max_sensitivity]\nnr_samples = 2\n")
     args = [
@@ -162,10 +155,6 @@ def test_cli_evaluate_end_to_end_and_resume(run_dir):
 
 
 def test_cli_evaluate_rejects_bad_options(run_dir):
-    from typer.testing import CliRunner
-
-    from concilium.cli.main import app
-
     result = CliRunner().invoke(app, ["evaluate", str(run_dir), "--metrics", "aucc"])
     assert result.exit_code != 0
     assert "unknown metric or category 'aucc'" in str(result.exception or result.output)

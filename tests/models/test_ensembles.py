@@ -322,7 +322,7 @@ def test_bad_arguments_raise_before_training(
 
 def test_cuda_asked_without_cuda(tiny_dataset: ImageDataset, tmp_path: Path) -> None:
     if torch.cuda.is_available():
-        pytest.skip("CUDA is available here")
+        pytest.skip("hardware: checks the error on a machine WITHOUT CUDA, and this one has CUDA")
     with pytest.raises(ValueError, match="CUDA is not available"):
         train_ensemble(tiny_dataset, out=tmp_path, device="cuda", progress=False)
 

@@ -117,7 +117,7 @@ def test_cuda_without_cuda_fails_before_any_work(tmp_path):
     import torch
 
     if torch.cuda.is_available():
-        pytest.skip("this machine has CUDA")
+        pytest.skip("hardware: checks the error on a machine WITHOUT CUDA, and this one has CUDA")
     rec = Recorder()
     with pytest.raises(ValueError, match="CUDA is not available"):
         run_pipeline(parse_config({**CONFIG, "device": "cuda"}), tmp_path / "run",

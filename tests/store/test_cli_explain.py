@@ -8,19 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
-pytest.importorskip("concilium.data.folder", reason="needs concilium.data.folder (data package)")
-explain_pkg = pytest.importorskip("concilium.explain", reason="needs concilium.explain")
-if not hasattr(explain_pkg, "explain"):
-    pytest.skip("concilium.explain.explain is not there yet (methods package)",
-                allow_module_level=True)
-
-from concilium.data.dataset import ImageDataset  # noqa: E402
-from concilium.data.folder import write_folder  # noqa: E402
-from concilium.jobs.explain import explain_to_store  # noqa: E402
-from concilium.models.architectures import create_model  # noqa: E402
-from concilium.models.members import MemberCard, load_members, save_member  # noqa: E402
-from concilium.store import (  # noqa: E402
-    ExplanationStore,  # noqa: E402
+from concilium.data.dataset import ImageDataset
+from concilium.data.folder import write_folder
+from concilium.jobs.explain import explain_to_store
+from concilium.models.architectures import create_model
+from concilium.models.members import MemberCard, load_members, save_member
+from concilium.store import (
+    ExplanationStore,
     Run,
     RunInfo,
     select_split,

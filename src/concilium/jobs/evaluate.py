@@ -177,11 +177,13 @@ def evaluate_run(
         entry = store.get(row.source, row.method, row.params_hash)
         maps = None
         model, why_not_model = _model_for(row.source, by_id, members)
+        # an ens-logit entry records the explanation it ran under "explain"; a member's is flat
+        explained = entry.params.get("explain", entry.params)
         targets, target_model, why_not_target = None, None, None
         if need_model and model is not None:
-            targets, target_model, why_not_target = _targets(entry.params, model, data, dev)
+            targets, target_model, why_not_target = _targets(explained, model, data, dev)
         explainer = (
-            _explainer(entry.params, derive_seed(seed, row.source, row.method, row.params_hash))
+            _explainer(explained, derive_seed(seed, row.source, row.method, row.params_hash))
             if row.source in by_id or row.source == "ens-logit"
             else None
         )
