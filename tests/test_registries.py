@@ -17,11 +17,6 @@ REGISTRIES = all_registries()
 ENTRIES = [(reg, name) for reg in REGISTRIES for name in reg.registry.names()]
 TESTS = Path(__file__).parent
 
-#: Registries whose parametrised behaviour test lives on another branch (to be merged); empty
-#: once it is merged. ENSEMBLERS: the ensembler options work adds a test over every ensembler.
-PARAMETRISED_ELSEWHERE = frozenset({"ENSEMBLERS"})
-
-
 def test_the_known_registries_are_found():
     # a regression check (removing a registry is one), not a frozen set: more may come
     known = {"METHODS", "METRICS", "BASELINES", "ARCHITECTURES", "DIVERSITIES", "DATASETS",
@@ -52,11 +47,15 @@ def test_an_unknown_name_raises_listing_the_valid_ones(reg):
 
 
 def _documented_object(entry):
-    """The function or class that does an entry's work (a spec's ``fn``, or the entry itself)."""
+    """The function or class that does an entry's work (a spec's ``fn`` or ``run``, or the entry
+    itself)."""
     if inspect.isclass(entry) or inspect.isfunction(entry):
         return entry
-    fn = getattr(entry, "fn", None)
-    return fn if callable(fn) else None
+    for attr in ("fn", "run"):
+        fn = getattr(entry, attr, None)
+        if callable(fn):
+            return fn
+    return None
 
 
 @pytest.mark.parametrize(("reg", "name"), ENTRIES, ids=lambda x: str(x))
@@ -69,7 +68,7 @@ def test_every_entry_is_callable_and_documented(reg, name):
     if obj is None:
         assert isinstance(description, str) and description.strip(), (
             f"{reg} entry {name!r} ({type(entry).__name__}) is neither a function nor a class, "
-            "has no callable .fn and no .description")
+            "has no callable .fn or .run and no .description")
         return
     assert callable(obj)
     own_doc = obj.__dict__.get("__doc__") if inspect.isclass(obj) else obj.__doc__
@@ -79,9 +78,6 @@ def test_every_entry_is_callable_and_documented(reg, name):
 
 @pytest.mark.parametrize("reg", REGISTRIES, ids=str)
 def test_every_registry_has_a_behaviour_test_parametrised_over_it(reg):
-    if reg.name in PARAMETRISED_ELSEWHERE:
-        assert reg.name in PARAMETRISED_ELSEWHERE  # listed above, with why
-        return
     here = {Path(__file__).name, "registry_helpers.py", "test_vocabulary_sync.py"}
     pattern = re.compile(rf"parametrize\([^)]*\b{reg.name}\b", re.S)
     users = [p for p in sorted(TESTS.rglob("*.py")) if p.name not in here
