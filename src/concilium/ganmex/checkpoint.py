@@ -27,6 +27,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from concilium._util import atomic_write, atomic_write_text, read_record
 from concilium.ganmex.networks import Critic, Generator
 
 __all__ = [
@@ -178,10 +179,8 @@ def build_networks(
 
 
 def _atomic_save_tensors(tensors: dict[str, Tensor], path: Path, step: int) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp),
-              metadata={"step": str(step)})
-    os.replace(tmp, path)
+    cpu = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    atomic_write(path, lambda tmp: save_file(cpu, str(tmp), metadata={"step": str(step)}))
 
 
 def _optimizer_tensors(prefix: str, optimizer: torch.optim.Optimizer) -> dict[str, Tensor]:
@@ -221,9 +220,7 @@ def save_checkpoint(
     state["rng"] = rng.get_state()
     _atomic_save_tensors(state, gen_dir / STATE_FILE, card.step)
     _atomic_save_tensors(dict(generator_net.state_dict()), gen_dir / GENERATOR_FILE, card.step)
-    tmp = gen_dir / (CARD_FILE + ".tmp")
-    tmp.write_text(card.model_dump_json(indent=2))
-    os.replace(tmp, gen_dir / CARD_FILE)
+    atomic_write_text(gen_dir / CARD_FILE, card.model_dump_json(indent=2))
 
 
 def load_card(gen_dir: str | os.PathLike) -> GanmexCard:
@@ -233,16 +230,13 @@ def load_card(gen_dir: str | os.PathLike) -> GanmexCard:
         FileNotFoundError: if ``gen_dir`` holds no GANMEX card.
         ValueError: if the card is not a valid GANMEX card.
     """
-    path = Path(gen_dir) / CARD_FILE
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} not found: {gen_dir} is not a GANMEX generator directory "
-            "(train one with `concilium ganmex train DATA --model MEMBER --out GEN`)"
-        )
-    try:
-        return GanmexCard.model_validate_json(path.read_text())
-    except ValueError as err:
-        raise ValueError(f"{path} is not a valid GANMEX card: {err}") from None
+    return read_record(
+        Path(gen_dir) / CARD_FILE,
+        GanmexCard,
+        what="GANMEX card",
+        if_missing=f": {gen_dir} is not a GANMEX generator directory "
+        "(train one with `concilium ganmex train DATA --model MEMBER --out GEN`)",
+    )
 
 
 def _checked_tensors(path: Path, step: int) -> dict[str, Tensor]:

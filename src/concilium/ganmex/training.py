@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from concilium import __version__ as _version
 from concilium._checks import check_images, check_labels
+from concilium._util import atomic_write
 from concilium.ganmex.checkpoint import (
     CARD_FILE,
     RESUMABLE_OPTIONS,
@@ -281,13 +282,14 @@ def read_history(path: str | Path, up_to: int | None = None) -> list[ValidationR
 
 
 def _write_history(path: Path, records: list[ValidationRecord]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=[fl.name for fl in fields(ValidationRecord)])
-        writer.writeheader()
-        for rec in records:
-            writer.writerow(asdict(rec))
-    tmp.replace(path)
+    def write(tmp: Path) -> None:
+        with tmp.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=[fl.name for fl in fields(ValidationRecord)])
+            writer.writeheader()
+            for rec in records:
+                writer.writerow(asdict(rec))
+
+    atomic_write(path, write)
 
 
 def train_ganmex(
