@@ -23,6 +23,7 @@ from concilium.metrics.perturb import (
     ReplaceFn,
     Unit,
     check_batch_size,
+    generator_device,
     is_stochastic_baseline,
     make_baseline,
     model_inputs,
@@ -136,7 +137,7 @@ def faithfulness_correlation(
         raise ValueError(f"subset_size must be in [1, H*W = {p}]; got {subset_size}")
     if nr_runs < 2:
         raise ValueError(f"nr_runs must be >= 2 for a correlation; got {nr_runs}")
-    gen_device = generator.device if generator is not None else torch.device("cpu")
+    gen_device = generator_device(generator)
     idx = torch.stack(
         [
             torch.rand(nr_runs, p, generator=generator, device=gen_device)

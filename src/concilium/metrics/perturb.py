@@ -35,6 +35,11 @@ def model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def generator_device(generator: torch.Generator | None) -> torch.device:
+    """The device random draws from ``generator`` are made on (CPU without a generator)."""
+    return generator.device if generator is not None else torch.device("cpu")
+
+
 def make_baseline(
     images: Tensor,
     baseline: Baseline,
