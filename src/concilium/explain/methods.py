@@ -165,6 +165,24 @@ def _register(
     return decorator
 
 
+def _plain_captum(
+    captum: type[InputXGradient | GuidedBackprop | DeepLift], *, with_baselines: bool
+) -> Callable[[Chunk, P.NoParams], Tensor]:
+    """The ``run`` of a parameter-free Captum method: ``captum(module).attribute`` of the
+    chunk's images for its classes (against its baselines ``with_baselines``)."""
+
+    def run(c: Chunk, p: P.NoParams) -> Tensor:
+        method = captum(c.module)
+        if with_baselines:
+            return method.attribute(
+                c.images, baselines=c.baselines, target=c.classes,
+                additional_forward_args=c.forward_args,
+            )
+        return method.attribute(c.images, target=c.classes, additional_forward_args=c.forward_args)
+
+    return run
+
+
 @_register(
     name="saliency", captum_class="captum.attr.Saliency", params=P.SaliencyParams,
     kind="gradient", needs_baseline=False, needs_layer=False, stochastic=False, per_channel=True,
@@ -176,15 +194,11 @@ def _saliency(c: Chunk, p: P.SaliencyParams) -> Tensor:
     )
 
 
-@_register(
+_register(
     name="input_x_gradient", captum_class="captum.attr.InputXGradient", params=P.NoParams,
     kind="gradient", needs_baseline=False, needs_layer=False, stochastic=False, per_channel=True,
     passes=_one, description="input times gradient",
-)
-def _input_x_gradient(c: Chunk, p: P.NoParams) -> Tensor:
-    return InputXGradient(c.module).attribute(
-        c.images, target=c.classes, additional_forward_args=c.forward_args
-    )
+)(_plain_captum(InputXGradient, with_baselines=False))
 
 
 @_register(
@@ -240,15 +254,11 @@ def _vargrad(c: Chunk, p: P.NoiseTunnelParams) -> Tensor:
     return _noise_tunnel(c, p, "vargrad", False)
 
 
-@_register(
+_register(
     name="deeplift", captum_class="captum.attr.DeepLift", params=P.NoParams, kind="gradient",
     needs_baseline=True, needs_layer=False, stochastic=False, per_channel=True,
     passes=lambda p, hw: 2, description="DeepLIFT (rescale rule) against the baseline",
-)
-def _deeplift(c: Chunk, p: P.NoParams) -> Tensor:
-    return DeepLift(c.module).attribute(
-        c.images, baselines=c.baselines, target=c.classes, additional_forward_args=c.forward_args
-    )
+)(_plain_captum(DeepLift, with_baselines=True))
 
 
 @_register(
@@ -270,15 +280,11 @@ def _deeplift_shap(c: Chunk, p: P.DeepLiftShapParams) -> Tensor:
     )
 
 
-@_register(
+_register(
     name="guided_backprop", captum_class="captum.attr.GuidedBackprop", params=P.NoParams,
     kind="gradient", needs_baseline=False, needs_layer=False, stochastic=False, per_channel=True,
     passes=_one, description="guided backpropagation (positive gradients through ReLUs)",
-)
-def _guided_backprop(c: Chunk, p: P.NoParams) -> Tensor:
-    return GuidedBackprop(c.module).attribute(
-        c.images, target=c.classes, additional_forward_args=c.forward_args
-    )
+)(_plain_captum(GuidedBackprop, with_baselines=False))
 
 
 def upsample(attr: Tensor, size: tuple[int, int], mode: str) -> Tensor:
