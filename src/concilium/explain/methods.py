@@ -137,6 +137,11 @@ def _one(_p: P.MethodParams, _hw: tuple[int, int]) -> int:
     return 1
 
 
+def _n_samples(p: Any, _hw: tuple[int, int]) -> int:
+    """One pass per sample of a sampling method (its ``n_samples`` parameter)."""
+    return p.n_samples
+
+
 def _register(
     *,
     name: str,
@@ -218,7 +223,7 @@ def _integrated_gradients(c: Chunk, p: P.IntegratedGradientsParams) -> Tensor:
 @_register(
     name="gradient_shap", captum_class="captum.attr.GradientShap", params=P.GradientShapParams,
     kind="gradient", needs_baseline=True, needs_layer=False, stochastic=True, per_channel=True,
-    passes=lambda p, hw: p.n_samples,
+    passes=_n_samples,
     groupable=True, description="expected gradients over random points between baseline and noisy image",
 )
 def _gradient_shap(c: Chunk, p: P.GradientShapParams) -> Tensor:
@@ -239,7 +244,7 @@ def _noise_tunnel(c: Chunk, p: P.NoiseTunnelParams, nt_type: str, abs_: bool) ->
 @_register(
     name="smoothgrad", captum_class="captum.attr.NoiseTunnel", params=P.SmoothGradParams,
     kind="gradient", needs_baseline=False, needs_layer=False, stochastic=True, per_channel=True,
-    passes=lambda p, hw: p.n_samples, groupable=True, description="gradient averaged over noisy copies",
+    passes=_n_samples, groupable=True, description="gradient averaged over noisy copies",
 )
 def _smoothgrad(c: Chunk, p: P.SmoothGradParams) -> Tensor:
     return _noise_tunnel(c, p, "smoothgrad", p.abs)
@@ -248,7 +253,7 @@ def _smoothgrad(c: Chunk, p: P.SmoothGradParams) -> Tensor:
 @_register(
     name="vargrad", captum_class="captum.attr.NoiseTunnel", params=P.NoiseTunnelParams,
     kind="gradient", needs_baseline=False, needs_layer=False, stochastic=True, per_channel=True,
-    passes=lambda p, hw: p.n_samples, groupable=True, description="variance of the gradient over noisy copies",
+    passes=_n_samples, groupable=True, description="variance of the gradient over noisy copies",
 )
 def _vargrad(c: Chunk, p: P.NoiseTunnelParams) -> Tensor:
     return _noise_tunnel(c, p, "vargrad", False)
@@ -358,7 +363,7 @@ def _superpixel_run(explainer: Lime | KernelShap, c: Chunk, p: P.SuperpixelParam
 @_register(
     name="lime", captum_class="captum.attr.Lime", params=P.LimeParams,
     kind="perturbation", needs_baseline=True, needs_layer=False, stochastic=True,
-    per_channel=False, passes=lambda p, hw: p.n_samples,
+    per_channel=False, passes=_n_samples,
     description="LIME: a local linear (ridge) model of the output over SLIC superpixels",
 )
 def _lime(c: Chunk, p: P.LimeParams) -> Tensor:
@@ -383,7 +388,7 @@ def _lime_similarity(kernel_width: float) -> Callable[..., float]:
 @_register(
     name="kernel_shap", captum_class="captum.attr.KernelShap", params=P.SuperpixelParams,
     kind="perturbation", needs_baseline=True, needs_layer=False, stochastic=True,
-    per_channel=False, passes=lambda p, hw: p.n_samples,
+    per_channel=False, passes=_n_samples,
     description="KernelSHAP over SLIC superpixels",
 )
 def _kernel_shap(c: Chunk, p: P.SuperpixelParams) -> Tensor:
