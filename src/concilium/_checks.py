@@ -7,34 +7,68 @@ import torch
 from torch import Tensor
 
 
+def _check_float_batch(
+    x: object, *, name: str, dims: str, near_ndim: int, near_advice: str, dtype_advice: str
+) -> Tensor:
+    """Check that ``x`` is a floating tensor with as many axes as ``dims`` names.
+
+    Args:
+        x: the value to check.
+        name: its name in the messages.
+        dims: its shape in words, e.g. ``"(N, H, W)"``; fixes the number of axes.
+        near_ndim: a number of axes that is a common slip, answered with ``near_advice``.
+        near_advice: how to fix a tensor with ``near_ndim`` axes.
+        dtype_advice: what follows "must be floating point" in the dtype message.
+    """
+    ndim = dims.count(",") + 1
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape {dims}; got {type(x).__name__}")
+    if x.ndim != ndim:
+        raise ValueError(
+            f"{name} must be {dims}; got shape {tuple(x.shape)}"
+            + (f" ({near_advice})" if x.ndim == near_ndim else "")
+        )
+    if not x.is_floating_point():
+        raise TypeError(dtype_advice.format(name=name, dtype=x.dtype))
+    return x
+
+
 def check_images(images: object, name: str = "images") -> Tensor:
     """Check a batch of images ``(N, C, H, W)``, floating point and finite."""
-    if not isinstance(images, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor of shape (N, C, H, W); got {type(images).__name__}")
-    if images.ndim != 4:
-        raise ValueError(
-            f"{name} must be (N, C, H, W); got shape {tuple(images.shape)}"
-            + (" (add a batch dimension with images.unsqueeze(0))" if images.ndim == 3 else "")
-        )
-    if not images.is_floating_point():
-        raise TypeError(f"{name} must be floating point in [0, 1]; got {images.dtype} (use images.float() / 255)")
+    images = _check_float_batch(
+        images,
+        name=name,
+        dims="(N, C, H, W)",
+        near_ndim=3,
+        near_advice="add a batch dimension with images.unsqueeze(0)",
+        dtype_advice="{name} must be floating point in [0, 1]; got {dtype} (use images.float() / 255)",
+    )
     if not torch.isfinite(images).all():
         raise ValueError(f"{name} contain NaN or infinite values")
     return images
 
 
-def check_maps(maps: object, name: str = "maps") -> Tensor:
-    """Check a batch of explanation maps ``(N, H, W)``, floating point."""
-    if not isinstance(maps, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor of shape (N, H, W); got {type(maps).__name__}")
-    if maps.ndim != 3:
-        raise ValueError(
-            f"{name} must be (N, H, W); got shape {tuple(maps.shape)}"
-            + (" (reduce the channel axis first, e.g. maps.sum(1))" if maps.ndim == 4 else "")
-        )
-    if not maps.is_floating_point():
-        raise TypeError(f"{name} must be floating point; got {maps.dtype}")
-    if not torch.isfinite(maps).all():
+def check_maps(
+    maps: object, name: str = "maps", *, dims: str = "(N, H, W)", finite: bool = True
+) -> Tensor:
+    """Check a batch of explanation maps ``(N, H, W)``, floating point (and finite).
+
+    Args:
+        maps: the value to check.
+        name: its name in the messages.
+        dims: its shape in words (``"(k, H, W)"`` for ``k`` rows of a longer batch).
+        finite: also check that every value is finite (a caller that reports the bad rows
+            itself passes False).
+    """
+    maps = _check_float_batch(
+        maps,
+        name=name,
+        dims=dims,
+        near_ndim=4,
+        near_advice="reduce the channel axis first, e.g. maps.sum(1)",
+        dtype_advice="{name} must be floating point; got {dtype}",
+    )
+    if finite and not torch.isfinite(maps).all():
         raise ValueError(f"{name} contain NaN or infinite values; check the explanation method")
     return maps
 

@@ -1,4 +1,5 @@
-"""Small shared helpers, each defined once: atomic writes, seed derivation, fingerprints.
+"""Small shared helpers, each defined once: atomic writes, JSON records, seed derivation,
+fingerprints.
 
 Example:
     >>> derive_seed(0, "m0", 64) == derive_seed(0, "m0", 64)
@@ -14,9 +15,13 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import torch
+from pydantic import BaseModel
 from torch import nn
+
+RecordT = TypeVar("RecordT", bound=BaseModel)
 
 _SEED_MASK = (1 << 63) - 1
 
@@ -56,6 +61,27 @@ def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """Write ``text`` to ``path`` atomically (see :func:`atomic_write`)."""
     return atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def read_record(path: Path, model: type[RecordT], *, what: str, if_missing: str) -> RecordT:
+    """Read the JSON file ``path`` as a ``model`` (a pydantic model: a card, a run record).
+
+    Args:
+        path: the JSON file.
+        model: the pydantic model class it holds.
+        what: what the file is, for the message of an invalid file ("member card").
+        if_missing: the rest of the message after ``"PATH not found"``: how to make the file.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: it is not valid JSON or not a valid ``model``.
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found{if_missing}")
+    try:
+        return model.model_validate_json(path.read_text())
+    except ValueError as err:
+        raise ValueError(f"{path} is not a valid {what}: {err}") from None
 
 
 def state_fingerprint(model: nn.Module) -> str:

@@ -22,7 +22,7 @@ from concilium.data.specs import SyntheticDataset
 from concilium.data.synthetic import SynthConfig, generate
 from concilium.ensemble import LogitEnsemble
 from concilium.explain import explain
-from concilium.jobs.ensemble import EnsembleOptions, run_ensemble
+from concilium.jobs.ensemble import run_ensemble
 from concilium.jobs.evaluate import evaluate_run
 from concilium.metrics import METRICS as METRIC_SPECS
 from concilium.metrics import evaluate
@@ -70,8 +70,8 @@ def _make_run(root: Path) -> Path:
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory):
     run_dir = _make_run(tmp_path_factory.mktemp("evaluate_values"))
-    run_ensemble(run_dir, "ens-avg", EnsembleOptions())
-    run_ensemble(run_dir, "ens-logit", EnsembleOptions())
+    run_ensemble(run_dir, "ens-avg")
+    run_ensemble(run_dir, "ens-logit")
     report = evaluate_run(run_dir, METRICS, params=PARAMS, seed=3)
     return run_dir, report, read_metrics(run_dir)
 

@@ -15,6 +15,7 @@ import typer
 from rich.table import Table
 
 from concilium.cli.app import app
+from concilium.cli.options import check_device
 from concilium.vocabulary import EXP_AVG
 
 DEFAULT_METRICS = "localisation,complexity"
@@ -54,8 +55,8 @@ def evaluate(
     if params is not None and not params.is_file():
         raise FileNotFoundError(f"--params {params} does not exist")
     metric_params = load_metric_params(params, names)
-    if device is not None and device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise ValueError(f"--device must be cpu, cuda or cuda:<index>; got {device!r}")
+    if device is not None:
+        check_device(device)
     report = evaluate_run(
         run,
         names,

@@ -16,6 +16,7 @@ import typer
 from pydantic import ValidationError
 
 from concilium.cli.app import app
+from concilium.cli.options import check_device
 
 DEFAULT_METHODS = "saliency,input_x_gradient,integrated_gradients,gradient_shap,gradcam"
 
@@ -68,21 +69,6 @@ def parse_params(items: list[str], methods: list[str]) -> dict[str, dict[str, An
     for method, params in out.items():
         method_params(method, **params)  # raises on an unknown key or a bad value
     return out
-
-
-def check_device(device: str) -> str:
-    """``cpu``, ``cuda`` or ``cuda:<k>``, available here.
-
-    Raises:
-        ValueError: on another name or CUDA not available.
-    """
-    import torch
-
-    if device != "cpu" and not (device == "cuda" or device.startswith("cuda:")):
-        raise ValueError(f"--device must be cpu, cuda or cuda:<index>; got {device!r}")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("--device cuda asked for but CUDA is not available here; use --device cpu")
-    return device
 
 
 def _parse_size(text: str | None) -> tuple[int, int] | None:

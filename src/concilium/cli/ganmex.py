@@ -16,6 +16,7 @@ from typing import Annotated
 import typer
 
 from concilium.cli.app import app
+from concilium.cli.options import check_device
 
 ganmex_app = typer.Typer(
     name="ganmex",
@@ -23,16 +24,6 @@ ganmex_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(ganmex_app, name="ganmex")
-
-
-def _check_device(device: str) -> str:
-    import torch
-
-    if device != "cpu" and not (device == "cuda" or device.startswith("cuda:")):
-        raise ValueError(f"--device must be cpu, cuda or cuda:<index>; got {device!r}")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("--device cuda asked for but CUDA is not available here; use --device cpu")
-    return device
 
 
 @ganmex_app.command("train")
@@ -95,7 +86,7 @@ def train(
         raise ValueError(f"--until-success must lie in (0, 1]; got {until_success}")
     if epochs is not None and epochs <= 0:
         raise ValueError(f"--epochs must be positive; got {epochs}")
-    _check_device(device)
+    check_device(device)
     if not data.is_dir():
         raise FileNotFoundError(f"data folder {data} not found (make one with `concilium synth`)")
     if not (model / "card.json").is_file():

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from concilium.cli.app import app
+from concilium.cli.options import split_names
 
 
 class DiversityChoice(StrEnum):
@@ -26,16 +27,6 @@ class FinetuneChoice(StrEnum):
 class DeviceChoice(StrEnum):
     cpu = "cpu"
     cuda = "cuda"
-
-
-def parse_archs(text: str | None) -> list[str] | None:
-    """``"small-cnn, resnet18"`` -> ``["small-cnn", "resnet18"]``; ``None``/empty -> ``None``."""
-    if text is None:
-        return None
-    names = [t.strip() for t in text.split(",") if t.strip()]
-    if not names:
-        raise ValueError("--archs is empty; give comma-separated names, e.g. small-cnn,resnet18")
-    return names
 
 
 @app.command()
@@ -98,7 +89,7 @@ def train(
     from concilium.data.folder import load_folder
     from concilium.models.ensembles import train_ensemble
 
-    committee = parse_archs(archs)
+    committee = split_names(archs, option="--archs", example="small-cnn,resnet18")
     dataset = load_folder(data, size=size, seed=split_seed)
     cards = train_ensemble(
         dataset,

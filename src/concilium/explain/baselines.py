@@ -56,6 +56,11 @@ class BaselineProvider(Protocol):
 BASELINES: Registry[Callable[..., BaselineProvider]] = Registry("baseline")
 
 
+def _fill_each(images: Tensor, values: Tensor) -> Tensor:
+    """``(N, C, H, W)``: image ``i`` filled with ``values[i]`` everywhere."""
+    return values.view(-1, 1, 1, 1).expand_as(images).clone()
+
+
 class ZeroBaseline:
     """All-zero baselines."""
 
@@ -70,8 +75,7 @@ class BlackBaseline:
     """Each image's own minimum value everywhere (black in the image's range)."""
 
     def __call__(self, images: Tensor, targets: Tensor) -> Tensor:
-        low = images.flatten(1).amin(1).view(-1, 1, 1, 1)
-        return low.expand_as(images).clone()
+        return _fill_each(images, images.flatten(1).amin(1))
 
     def __repr__(self) -> str:
         return "black"
@@ -112,8 +116,7 @@ class ImageMeanBaseline:
     """Each image's own mean over all its values (channels and pixels), everywhere."""
 
     def __call__(self, images: Tensor, targets: Tensor) -> Tensor:
-        mean = images.flatten(1).mean(1).view(-1, 1, 1, 1)
-        return mean.expand_as(images).clone()
+        return _fill_each(images, images.flatten(1).mean(1))
 
     def __repr__(self) -> str:
         return "image_mean"

@@ -229,21 +229,20 @@ def explain(
         >>> explain(net, torch.rand(2, 3, 4, 4), "pred", method="saliency").shape
         torch.Size([2, 4, 4])
     """
-    spec = METHODS.get(method)
-    p = validate_params(method, spec.params, method_params)
-    _check_reduction(reduction)
-    images = check_inputs(model, images, generator)
-    if spec.needs_baseline:
-        as_provider(baseline)  # type check before any work
-    with attribution_context(model):
-        prep = Prepared(
-            model, images, targets, labels=labels, attribute_names=attribute_names,
-            baseline=baseline, need_baseline=spec.needs_baseline, layer=layer,
-            need_layer=spec.needs_layer, need_plan=spec.kind != "control",
-            batch_size=batch_size, memory_budget_mb=memory_budget_mb,
-        )
-        attr = _run_method(spec, p, prep, draw_seed(generator) if spec.stochastic else 0)
-    return _finish(attr, method, reduction=reduction, device=images.device)
+    return explain_many(
+        model,
+        images,
+        targets,
+        {method: method_params},
+        reduction=reduction,
+        baseline=baseline,
+        batch_size=batch_size,
+        memory_budget_mb=memory_budget_mb,
+        generator=generator,
+        layer=layer,
+        labels=labels,
+        attribute_names=attribute_names,
+    )[method]
 
 
 def explain_many(

@@ -137,6 +137,11 @@ def _one(_p: P.MethodParams, _hw: tuple[int, int]) -> int:
     return 1
 
 
+def _n_samples(p: Any, _hw: tuple[int, int]) -> int:
+    """One pass per sample of a sampling method (its ``n_samples`` parameter)."""
+    return p.n_samples
+
+
 def _register(
     *,
     name: str,
@@ -165,6 +170,24 @@ def _register(
     return decorator
 
 
+def _plain_captum(
+    captum: type[InputXGradient | GuidedBackprop | DeepLift], *, with_baselines: bool
+) -> Callable[[Chunk, P.NoParams], Tensor]:
+    """The ``run`` of a parameter-free Captum method: ``captum(module).attribute`` of the
+    chunk's images for its classes (against its baselines ``with_baselines``)."""
+
+    def run(c: Chunk, p: P.NoParams) -> Tensor:
+        method = captum(c.module)
+        if with_baselines:
+            return method.attribute(
+                c.images, baselines=c.baselines, target=c.classes,
+                additional_forward_args=c.forward_args,
+            )
+        return method.attribute(c.images, target=c.classes, additional_forward_args=c.forward_args)
+
+    return run
+
+
 @_register(
     name="saliency", captum_class="captum.attr.Saliency", params=P.SaliencyParams,
     kind="gradient", needs_baseline=False, needs_layer=False, stochastic=False, per_channel=True,
@@ -176,15 +199,11 @@ def _saliency(c: Chunk, p: P.SaliencyParams) -> Tensor:
     )
 
 
-@_register(
+_register(
     name="input_x_gradient", captum_class="captum.attr.InputXGradient", params=P.NoParams,
     kind="gradient", needs_baseline=False, needs_layer=False, stochastic=False, per_channel=True,
     passes=_one, description="input times gradient",
-)
-def _input_x_gradient(c: Chunk, p: P.NoParams) -> Tensor:
-    return InputXGradient(c.module).attribute(
-        c.images, target=c.classes, additional_forward_args=c.forward_args
-    )
+)(_plain_captum(InputXGradient, with_baselines=False))
 
 
 @_register(
@@ -204,7 +223,7 @@ def _integrated_gradients(c: Chunk, p: P.IntegratedGradientsParams) -> Tensor:
 @_register(
     name="gradient_shap", captum_class="captum.attr.GradientShap", params=P.GradientShapParams,
     kind="gradient", needs_baseline=True, needs_layer=False, stochastic=True, per_channel=True,
-    passes=lambda p, hw: p.n_samples,
+    passes=_n_samples,
     groupable=True, description="expected gradients over random points between baseline and noisy image",
 )
 def _gradient_shap(c: Chunk, p: P.GradientShapParams) -> Tensor:
@@ -225,7 +244,7 @@ def _noise_tunnel(c: Chunk, p: P.NoiseTunnelParams, nt_type: str, abs_: bool) ->
 @_register(
     name="smoothgrad", captum_class="captum.attr.NoiseTunnel", params=P.SmoothGradParams,
     kind="gradient", needs_baseline=False, needs_layer=False, stochastic=True, per_channel=True,
-    passes=lambda p, hw: p.n_samples, groupable=True, description="gradient averaged over noisy copies",
+    passes=_n_samples, groupable=True, description="gradient averaged over noisy copies",
 )
 def _smoothgrad(c: Chunk, p: P.SmoothGradParams) -> Tensor:
     return _noise_tunnel(c, p, "smoothgrad", p.abs)
@@ -234,21 +253,17 @@ def _smoothgrad(c: Chunk, p: P.SmoothGradParams) -> Tensor:
 @_register(
     name="vargrad", captum_class="captum.attr.NoiseTunnel", params=P.NoiseTunnelParams,
     kind="gradient", needs_baseline=False, needs_layer=False, stochastic=True, per_channel=True,
-    passes=lambda p, hw: p.n_samples, groupable=True, description="variance of the gradient over noisy copies",
+    passes=_n_samples, groupable=True, description="variance of the gradient over noisy copies",
 )
 def _vargrad(c: Chunk, p: P.NoiseTunnelParams) -> Tensor:
     return _noise_tunnel(c, p, "vargrad", False)
 
 
-@_register(
+_register(
     name="deeplift", captum_class="captum.attr.DeepLift", params=P.NoParams, kind="gradient",
     needs_baseline=True, needs_layer=False, stochastic=False, per_channel=True,
     passes=lambda p, hw: 2, description="DeepLIFT (rescale rule) against the baseline",
-)
-def _deeplift(c: Chunk, p: P.NoParams) -> Tensor:
-    return DeepLift(c.module).attribute(
-        c.images, baselines=c.baselines, target=c.classes, additional_forward_args=c.forward_args
-    )
+)(_plain_captum(DeepLift, with_baselines=True))
 
 
 @_register(
@@ -270,15 +285,11 @@ def _deeplift_shap(c: Chunk, p: P.DeepLiftShapParams) -> Tensor:
     )
 
 
-@_register(
+_register(
     name="guided_backprop", captum_class="captum.attr.GuidedBackprop", params=P.NoParams,
     kind="gradient", needs_baseline=False, needs_layer=False, stochastic=False, per_channel=True,
     passes=_one, description="guided backpropagation (positive gradients through ReLUs)",
-)
-def _guided_backprop(c: Chunk, p: P.NoParams) -> Tensor:
-    return GuidedBackprop(c.module).attribute(
-        c.images, target=c.classes, additional_forward_args=c.forward_args
-    )
+)(_plain_captum(GuidedBackprop, with_baselines=False))
 
 
 def upsample(attr: Tensor, size: tuple[int, int], mode: str) -> Tensor:
@@ -352,7 +363,7 @@ def _superpixel_run(explainer: Lime | KernelShap, c: Chunk, p: P.SuperpixelParam
 @_register(
     name="lime", captum_class="captum.attr.Lime", params=P.LimeParams,
     kind="perturbation", needs_baseline=True, needs_layer=False, stochastic=True,
-    per_channel=False, passes=lambda p, hw: p.n_samples,
+    per_channel=False, passes=_n_samples,
     description="LIME: a local linear (ridge) model of the output over SLIC superpixels",
 )
 def _lime(c: Chunk, p: P.LimeParams) -> Tensor:
@@ -377,7 +388,7 @@ def _lime_similarity(kernel_width: float) -> Callable[..., float]:
 @_register(
     name="kernel_shap", captum_class="captum.attr.KernelShap", params=P.SuperpixelParams,
     kind="perturbation", needs_baseline=True, needs_layer=False, stochastic=True,
-    per_channel=False, passes=lambda p, hw: p.n_samples,
+    per_channel=False, passes=_n_samples,
     description="KernelSHAP over SLIC superpixels",
 )
 def _kernel_shap(c: Chunk, p: P.SuperpixelParams) -> Tensor:

@@ -27,7 +27,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from concilium._util import atomic_write, atomic_write_text
+from concilium._util import atomic_write, atomic_write_text, read_record
 from concilium.ganmex.networks import Critic, Generator
 
 __all__ = [
@@ -179,8 +179,8 @@ def build_networks(
 
 
 def _atomic_save_tensors(tensors: dict[str, Tensor], path: Path, step: int) -> None:
-    plain = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    atomic_write(path, lambda tmp: save_file(plain, str(tmp), metadata={"step": str(step)}))
+    cpu = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    atomic_write(path, lambda tmp: save_file(cpu, str(tmp), metadata={"step": str(step)}))
 
 
 def _optimizer_tensors(prefix: str, optimizer: torch.optim.Optimizer) -> dict[str, Tensor]:
@@ -230,16 +230,13 @@ def load_card(gen_dir: str | os.PathLike) -> GanmexCard:
         FileNotFoundError: if ``gen_dir`` holds no GANMEX card.
         ValueError: if the card is not a valid GANMEX card.
     """
-    path = Path(gen_dir) / CARD_FILE
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} not found: {gen_dir} is not a GANMEX generator directory "
-            "(train one with `concilium ganmex train DATA --model MEMBER --out GEN`)"
-        )
-    try:
-        return GanmexCard.model_validate_json(path.read_text())
-    except ValueError as err:
-        raise ValueError(f"{path} is not a valid GANMEX card: {err}") from None
+    return read_record(
+        Path(gen_dir) / CARD_FILE,
+        GanmexCard,
+        what="GANMEX card",
+        if_missing=f": {gen_dir} is not a GANMEX generator directory "
+        "(train one with `concilium ganmex train DATA --model MEMBER --out GEN`)",
+    )
 
 
 def _checked_tensors(path: Path, step: int) -> dict[str, Tensor]:

@@ -8,8 +8,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from concilium._checks import check_images, check_labels, check_maps, check_masks
+from concilium._checks import check_maps, check_masks
 from concilium.metrics._explainer import Explainer
+from concilium.metrics.perturb import check_model_inputs
 from concilium.metrics.registry import METRICS, MetricSpec, param_names
 
 #: Seed of the generator used when a stochastic metric is evaluated without one.
@@ -45,17 +46,7 @@ def _check_inputs(
             raise ValueError(f"metric {spec.name!r} needs masks (N, H, W) bool; pass masks=...")
         check_masks(masks, like=maps)
     if spec.needs_model:
-        for name, value in (("images", images), ("labels", labels), ("model", model)):
-            if value is None:
-                raise ValueError(f"metric {spec.name!r} needs {name}; pass {name}=...")
-        check_images(images)
-        if images.shape[0] != maps.shape[0] or images.shape[-2:] != maps.shape[-2:]:
-            raise ValueError(
-                f"images {tuple(images.shape)} must match maps {tuple(maps.shape)} in N, H and W"
-            )
-        check_labels(labels, maps.shape[0])
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
+        check_model_inputs(f"metric {spec.name!r}", maps, images, labels, model)
     if spec.needs_explainer and explainer is None:
         raise ValueError(
             f"metric {spec.name!r} needs explainer(model, images, targets) -> (N, H, W); "

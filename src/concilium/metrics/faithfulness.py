@@ -20,8 +20,10 @@ from torch import Tensor, nn
 from concilium.metrics._common import constant_rows, nan_where, pearson, prepare_maps, spearman
 from concilium.metrics.perturb import (
     Baseline,
+    ReplaceFn,
     Unit,
     check_batch_size,
+    generator_device,
     is_stochastic_baseline,
     make_baseline,
     model_inputs,
@@ -38,17 +40,45 @@ def _constant_nan(metric: str, a: Tensor, scores: Tensor) -> Tensor:
     return nan_where(scores, constant, metric, "their map is constant")
 
 
-def _draw_baseline_fn(
-    images: Tensor, labels: Tensor, baseline: Baseline, generator: torch.Generator | None
-):
-    """Per-copy baselines for a stochastic baseline (a fresh draw for every copy), else None."""
-    if not is_stochastic_baseline(baseline):
-        return None
+def _scores_and_copies(
+    model: nn.Module,
+    images: Tensor,
+    labels: Tensor,
+    replace: ReplaceFn,
+    n_variants: int,
+    *,
+    baseline: Baseline,
+    generator: torch.Generator | None,
+    softmax: bool,
+    batch_size: int,
+    draw_per_copy: bool,
+) -> tuple[Tensor, Tensor]:
+    """``(y0 (N,), ys (N, V))``: the model's score of each image and of its ``V`` copies with
+    the ``replace`` pixels set to the baseline.
 
-    def draw(i: Tensor, v: Tensor) -> Tensor:
-        return make_baseline(images[i], baseline, labels=labels[i], generator=generator)
+    With ``draw_per_copy`` a stochastic baseline is drawn anew for every copy; otherwise every
+    copy of an image uses the batch's draw, which is made first in both cases.
+    """
+    base = make_baseline(images, baseline, labels=labels, generator=generator)
+    y0 = target_scores(model, images, labels, softmax=softmax, batch_size=batch_size)
+    draw = None
+    if draw_per_copy and is_stochastic_baseline(baseline):
 
-    return draw
+        def draw(i: Tensor, v: Tensor) -> Tensor:
+            return make_baseline(images[i], baseline, labels=labels[i], generator=generator)
+
+    ys = variant_scores(
+        model,
+        images,
+        labels,
+        base,
+        replace,
+        n_variants,
+        softmax=softmax,
+        batch_size=batch_size,
+        baseline_fn=draw,
+    )
+    return y0, ys
 
 
 def _faithfulness_correlation_passes(
@@ -107,7 +137,7 @@ def faithfulness_correlation(
         raise ValueError(f"subset_size must be in [1, H*W = {p}]; got {subset_size}")
     if nr_runs < 2:
         raise ValueError(f"nr_runs must be >= 2 for a correlation; got {nr_runs}")
-    gen_device = generator.device if generator is not None else torch.device("cpu")
+    gen_device = generator_device(generator)
     idx = torch.stack(
         [
             torch.rand(nr_runs, p, generator=generator, device=gen_device)
@@ -122,18 +152,17 @@ def faithfulness_correlation(
         m = torch.zeros(i.shape[0], p, dtype=torch.bool, device=device)
         return m.scatter_(1, idx[i, v], True).view(-1, h, w)
 
-    base = make_baseline(images, baseline, labels=labels, generator=generator)
-    y0 = target_scores(model, images, labels, softmax=softmax, batch_size=batch_size)
-    ys = variant_scores(
+    y0, ys = _scores_and_copies(
         model,
         images,
         labels,
-        base,
         replace,
         nr_runs,
+        baseline=baseline,
+        generator=generator,
         softmax=softmax,
         batch_size=batch_size,
-        baseline_fn=_draw_baseline_fn(images, labels, baseline, generator),
+        draw_per_copy=True,
     )
     att = torch.gather(a.unsqueeze(1).expand(n, nr_runs, p), 2, idx).double().sum(-1)
     score = pearson(att, y0.unsqueeze(1) - ys)
@@ -221,19 +250,19 @@ def monotonicity_correlation(
         r = ranks[i]
         return ((r >= starts[s, None]) & (r < counts[s, None])).view(-1, h, w)
 
-    base = make_baseline(images, baseline, labels=labels, generator=generator)
-    y0 = target_scores(model, images, labels, softmax=softmax, batch_size=batch_size)
-    ys = variant_scores(
+    y0, ys = _scores_and_copies(
         model,
         images,
         labels,
-        base,
         replace,
         n_steps * draws,
+        baseline=baseline,
+        generator=generator,
         softmax=softmax,
         batch_size=batch_size,
-        baseline_fn=_draw_baseline_fn(images, labels, baseline, generator),
-    ).view(-1, n_steps, draws)
+        draw_per_copy=True,
+    )
+    ys = ys.view(-1, n_steps, draws)
     variances = ((ys.double() - y0.double()[:, None, None]) ** 2).mean(2)
     sorted_a = torch.sort(a.flatten(1), dim=1, stable=True).values.double()
     csum = torch.cat([sorted_a.new_zeros(a.shape[0], 1), sorted_a.cumsum(1)], dim=1)
@@ -399,9 +428,16 @@ def sufficiency(
     def replace(i: Tensor, v: Tensor) -> Tensor:
         return (ranks[i] >= k).view(-1, h, w)
 
-    base = make_baseline(images, baseline, labels=labels, generator=generator)
-    y0 = target_scores(model, images, labels, softmax=softmax, batch_size=batch_size)
-    ys = variant_scores(
-        model, images, labels, base, replace, 1, softmax=softmax, batch_size=batch_size
+    y0, ys = _scores_and_copies(
+        model,
+        images,
+        labels,
+        replace,
+        1,
+        baseline=baseline,
+        generator=generator,
+        softmax=softmax,
+        batch_size=batch_size,
+        draw_per_copy=False,
     )
     return _constant_nan("sufficiency", maps, (y0 - ys[:, 0]).double())

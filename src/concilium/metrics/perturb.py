@@ -35,6 +35,11 @@ def model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def generator_device(generator: torch.Generator | None) -> torch.device:
+    """The device random draws from ``generator`` are made on (CPU without a generator)."""
+    return generator.device if generator is not None else torch.device("cpu")
+
+
 def make_baseline(
     images: Tensor,
     baseline: Baseline,
@@ -223,11 +228,15 @@ def step_counts(n_pixels: int, *, step: float, unit: Unit) -> Tensor:
     return torch.clamp(torch.arange(1, n_steps + 1) * per, max=n_pixels)
 
 
-def model_inputs(
+def check_model_inputs(
     metric: str, maps: Tensor, images: Tensor | None, labels: Tensor | None, model: nn.Module | None
-) -> tuple[Tensor, Tensor, Tensor, torch.device]:
-    """Check the inputs of a model-bound metric and move maps, images and labels to the model's
-    device. Returns ``(maps, images, labels, device)``.
+) -> Tensor:
+    """Check the inputs of a model-bound metric: present, well-shaped, and the images matching
+    the maps in N, H and W. Returns the labels as ``long``.
+
+    Args:
+        metric: how the messages name the metric (``"deletion"``, ``"metric 'deletion'"``).
+        maps, images, labels, model: the inputs.
 
     Raises:
         ValueError: when an input is missing or its shape does not match the maps.
@@ -245,6 +254,14 @@ def model_inputs(
             f"images {tuple(images.shape)} must match maps {tuple(maps.shape)} in N, H and W "
             "(explain the same images you evaluate)"
         )
-    labels = check_labels(labels, images.shape[0])
+    return check_labels(labels, images.shape[0])
+
+
+def model_inputs(
+    metric: str, maps: Tensor, images: Tensor | None, labels: Tensor | None, model: nn.Module | None
+) -> tuple[Tensor, Tensor, Tensor, torch.device]:
+    """Check the inputs of a model-bound metric (:func:`check_model_inputs`) and move maps,
+    images and labels to the model's device. Returns ``(maps, images, labels, device)``."""
+    labels = check_model_inputs(metric, maps, images, labels, model)
     device = model_device(model)
     return maps.to(device), images.to(device), labels.to(device), device

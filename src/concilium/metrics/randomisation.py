@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from concilium.metrics._common import nan_where, prepare_maps, spearman, ssim2d
 from concilium.metrics._explainer import Explainer, check_explainer, explain_in_chunks
-from concilium.metrics.perturb import check_batch_size, model_inputs
+from concilium.metrics.perturb import check_batch_size, generator_device, model_inputs
 from concilium.metrics.registry import register_metric
 
 Similarity = Literal["spearman", "ssim"]
@@ -211,7 +211,7 @@ def random_logit(
             num_classes = int(model(images[:1]).shape[1])
     if num_classes < 2:
         raise ValueError(f"random_logit needs at least 2 classes; got num_classes={num_classes}")
-    gen_device = generator.device if generator is not None else torch.device("cpu")
+    gen_device = generator_device(generator)
     draw = torch.randint(
         0, num_classes - 1, (images.shape[0],), generator=generator, device=gen_device
     )

@@ -16,7 +16,12 @@ from torch import Tensor, nn
 
 from concilium.metrics._common import nan_where, prepare_maps
 from concilium.metrics._explainer import Explainer, check_explainer, explain_in_chunks
-from concilium.metrics.perturb import check_batch_size, model_inputs, predicted_classes
+from concilium.metrics.perturb import (
+    check_batch_size,
+    generator_device,
+    model_inputs,
+    predicted_classes,
+)
 from concilium.metrics.registry import register_metric
 
 NoiseFn = Callable[[torch.Size], Tensor]
@@ -25,7 +30,7 @@ NoiseFn = Callable[[torch.Size], Tensor]
 
 def uniform_noise(generator: torch.Generator | None, *, low: float, high: float) -> NoiseFn:
     """U(low, high) noise drawn from ``generator``."""
-    device = generator.device if generator is not None else torch.device("cpu")
+    device = generator_device(generator)
 
     def draw(shape: torch.Size) -> Tensor:
         return torch.rand(shape, generator=generator, device=device) * (high - low) + low
@@ -35,7 +40,7 @@ def uniform_noise(generator: torch.Generator | None, *, low: float, high: float)
 
 def gaussian_noise(generator: torch.Generator | None, *, mean: float, std: float) -> NoiseFn:
     """N(mean, std^2) noise drawn from ``generator``."""
-    device = generator.device if generator is not None else torch.device("cpu")
+    device = generator_device(generator)
 
     def draw(shape: torch.Size) -> Tensor:
         return torch.randn(shape, generator=generator, device=device) * std + mean
@@ -103,22 +108,21 @@ def _noisy_passes(params: Mapping[str, Any], *, size: tuple[int, int], layers: i
     return samples + (1 + samples if params["return_nan_when_prediction_changes"] else 0)
 
 
-def _max_over_copies(metric: str, values: Tensor) -> Tensor:
+def _over_copies(metric: str, how: Literal["max", "mean"], values: Tensor) -> Tensor:
+    """``(N,)``: the largest or the mean value of each row of ``values (N, copies)``, ignoring
+    NaN copies; NaN (with a warning) where every copy is NaN."""
     all_nan = torch.isnan(values).all(1)
-    score = torch.where(torch.isnan(values), torch.full_like(values, -torch.inf), values).amax(1)
+    if how == "max":
+        score = torch.where(torch.isnan(values), torch.full_like(values, -torch.inf), values).amax(1)
+    else:
+        score = torch.nanmean(values, dim=1)
     return nan_where(score, all_nan, metric, "every noisy copy changed the prediction")
 
 
 def _sensitivity(
     metric: str, how: Literal["max", "mean"], values: Tensor, maps: Tensor
 ) -> Tensor:
-    if how == "max":
-        score = _max_over_copies(metric, values)
-    else:
-        all_nan = torch.isnan(values).all(1)
-        score = nan_where(
-            torch.nanmean(values, dim=1), all_nan, metric, "every noisy copy changed the prediction"
-        )
+    score = _over_copies(metric, how, values)
     zero = (maps.flatten(1) == 0).all(1).to(score.device)
     return nan_where(score, zero, metric, "their map is all zeros (relative change undefined)")
 
@@ -261,4 +265,4 @@ def local_lipschitz(
         return_nan_when_prediction_changes=return_nan_when_prediction_changes,
         batch_size=batch_size,
     )
-    return _max_over_copies("local_lipschitz", values)
+    return _over_copies("local_lipschitz", "max", values)

@@ -27,6 +27,7 @@ Registered names:
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from torch import Tensor, nn
@@ -82,7 +83,7 @@ class PlainBackbone(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.flatten = nn.Flatten()
         last = max(i for i, p in enumerate(plan) if p != "M")
-        self.last_conv = f"conv{sum(1 for p in plan[: last + 1] if p != 'M')}"
+        self.last_conv = f"features.conv{sum(1 for p in plan[: last + 1] if p != 'M')}"
 
     def forward(self, x: Tensor) -> Tensor:
         return self.flatten(self.pool(self.features(x)))
@@ -100,77 +101,59 @@ def _check_sizes(num_classes: int, num_attributes: int, in_channels: int) -> Non
             raise ValueError(f"{name} must be >= {low}; got {value}")
 
 
-def _plain_net(
-    plan: list[int | str], *, num_classes: int, num_attributes: int, in_channels: int
-) -> ConciliumNet:
-    _check_sizes(num_classes, num_attributes, in_channels)
-    backbone = PlainBackbone(in_channels=in_channels, plan=plan)
-    return ConciliumNet(
-        backbone,
-        feature_dim=backbone.out_dim,
-        num_classes=num_classes,
-        num_attributes=num_attributes,
-        gradcam_layer=f"backbone.features.{backbone.last_conv}",
-    )
-
-
-@ARCHITECTURES.register("small-cnn")
-def small_cnn(*, num_classes: int, num_attributes: int = 0, in_channels: int = 3) -> ConciliumNet:
-    """Four conv blocks (16, 32, 64, 128 channels; BN + ReLU; 2x2 max pool between blocks) and
-    global average pooling: ~98k parameters. GradCAM layer: ``backbone.features.conv4`` (the
-    last conv, at 1/8 of the input resolution).
+_FACTORY_ARGS = """
 
     Args:
         num_classes: number of classes.
         num_attributes: attribute-head width (0: no attribute head). Default 0.
         in_channels: image channels. Default 3.
-    """
-    plan: list[int | str] = [16, "M", 32, "M", 64, "M", 128]
-    return _plain_net(
-        plan, num_classes=num_classes, num_attributes=num_attributes, in_channels=in_channels
+"""
+
+
+def _classifier(
+    backbone: Callable[..., PlainBackbone | ResNetBackbone],
+    *,
+    num_classes: int,
+    num_attributes: int,
+    in_channels: int,
+) -> ConciliumNet:
+    """``backbone(in_channels=...)`` with the class (and attribute) heads; GradCAM on its last
+    conv."""
+    _check_sizes(num_classes, num_attributes, in_channels)
+    net = backbone(in_channels=in_channels)
+    return ConciliumNet(
+        net,
+        feature_dim=net.out_dim,
+        num_classes=num_classes,
+        num_attributes=num_attributes,
+        gradcam_layer=f"backbone.{net.last_conv}",
     )
+
+
+def _architecture(
+    name: str, backbone: Callable[..., PlainBackbone | ResNetBackbone], summary: str
+) -> ArchitectureFactory:
+    """Register the factory ``name`` of :func:`_classifier` on ``backbone``; ``summary`` is the
+    first paragraph of its docstring."""
+
+    def factory(
+        *, num_classes: int, num_attributes: int = 0, in_channels: int = 3
+    ) -> ConciliumNet:
+        return _classifier(
+            backbone,
+            num_classes=num_classes,
+            num_attributes=num_attributes,
+            in_channels=in_channels,
+        )
+
+    factory.__name__ = factory.__qualname__ = name.replace("-", "_")
+    factory.__doc__ = summary + _FACTORY_ARGS
+    return ARCHITECTURES.register(name)(factory)
 
 
 def _vgg11_plan(width: int) -> list[int | str]:
     w = width
     return [w, "M", 2 * w, "M", 4 * w, 4 * w, "M", 8 * w, 8 * w, "M", 8 * w, 8 * w]
-
-
-@ARCHITECTURES.register("vgg11")
-def vgg11(*, num_classes: int, num_attributes: int = 0, in_channels: int = 3) -> ConciliumNet:
-    """VGG-11 with batch norm (64 ... 512 channels), the fifth max pool dropped and the
-    fully-connected classifier replaced by global average pooling (a 32 px image keeps a 2x2 map
-    for GradCAM). GradCAM layer: ``backbone.features.conv8``.
-
-    Args:
-        num_classes: number of classes.
-        num_attributes: attribute-head width (0: no attribute head). Default 0.
-        in_channels: image channels. Default 3.
-    """
-    return _plain_net(
-        _vgg11_plan(64),
-        num_classes=num_classes,
-        num_attributes=num_attributes,
-        in_channels=in_channels,
-    )
-
-
-@ARCHITECTURES.register("vgg11-small")
-def vgg11_small(*, num_classes: int, num_attributes: int = 0, in_channels: int = 3) -> ConciliumNet:
-    """``vgg11`` at a quarter of the widths (16 ... 128 channels, ~0.6M parameters).
-    GradCAM layer: ``backbone.features.conv8``.
-
-    Args:
-        num_classes: number of classes.
-        num_attributes: attribute-head width (0: no attribute head). Default 0.
-        in_channels: image channels. Default 3.
-    """
-    return _plain_net(
-        _vgg11_plan(16),
-        num_classes=num_classes,
-        num_attributes=num_attributes,
-        in_channels=in_channels,
-    )
 
 
 class BasicBlock(nn.Module):
@@ -250,46 +233,45 @@ def resnet18_net(
         in_channels: image channels. Default 3.
         width: channels of the first stage. Default 64 (the standard ResNet-18).
     """
-    _check_sizes(num_classes, num_attributes, in_channels)
-    backbone = ResNetBackbone(in_channels=in_channels, width=width)
-    return ConciliumNet(
-        backbone,
-        feature_dim=backbone.out_dim,
+    return _classifier(
+        partial(ResNetBackbone, width=width),
         num_classes=num_classes,
         num_attributes=num_attributes,
-        gradcam_layer=f"backbone.{backbone.last_conv}",
+        in_channels=in_channels,
     )
 
 
-@ARCHITECTURES.register("resnet18")
-def resnet18(*, num_classes: int, num_attributes: int = 0, in_channels: int = 3) -> ConciliumNet:
-    """ResNet-18, CIFAR-style stem, base width 64. GradCAM layer: ``backbone.layer4.1.conv2``.
-
-    Args:
-        num_classes: number of classes.
-        num_attributes: attribute-head width (0: no attribute head). Default 0.
-        in_channels: image channels. Default 3.
-    """
-    return resnet18_net(
-        num_classes=num_classes, num_attributes=num_attributes, in_channels=in_channels, width=64
-    )
-
-
-@ARCHITECTURES.register("resnet18-small")
-def resnet18_small(
-    *, num_classes: int, num_attributes: int = 0, in_channels: int = 3
-) -> ConciliumNet:
+small_cnn = _architecture(
+    "small-cnn",
+    partial(PlainBackbone, plan=[16, "M", 32, "M", 64, "M", 128]),
+    """Four conv blocks (16, 32, 64, 128 channels; BN + ReLU; 2x2 max pool between blocks) and
+    global average pooling: ~98k parameters. GradCAM layer: ``backbone.features.conv4`` (the
+    last conv, at 1/8 of the input resolution).""",
+)
+vgg11 = _architecture(
+    "vgg11",
+    partial(PlainBackbone, plan=_vgg11_plan(64)),
+    """VGG-11 with batch norm (64 ... 512 channels), the fifth max pool dropped and the
+    fully-connected classifier replaced by global average pooling (a 32 px image keeps a 2x2 map
+    for GradCAM). GradCAM layer: ``backbone.features.conv8``.""",
+)
+vgg11_small = _architecture(
+    "vgg11-small",
+    partial(PlainBackbone, plan=_vgg11_plan(16)),
+    """``vgg11`` at a quarter of the widths (16 ... 128 channels, ~0.6M parameters).
+    GradCAM layer: ``backbone.features.conv8``.""",
+)
+resnet18 = _architecture(
+    "resnet18",
+    partial(ResNetBackbone, width=64),
+    """ResNet-18, CIFAR-style stem, base width 64. GradCAM layer: ``backbone.layer4.1.conv2``.""",
+)
+resnet18_small = _architecture(
+    "resnet18-small",
+    partial(ResNetBackbone, width=16),
     """ResNet-18, CIFAR-style stem, base width 16 (fast on CPU). GradCAM layer:
-    ``backbone.layer4.1.conv2``.
-
-    Args:
-        num_classes: number of classes.
-        num_attributes: attribute-head width (0: no attribute head). Default 0.
-        in_channels: image channels. Default 3.
-    """
-    return resnet18_net(
-        num_classes=num_classes, num_attributes=num_attributes, in_channels=in_channels, width=16
-    )
+    ``backbone.layer4.1.conv2``.""",
+)
 
 
 def architecture_names() -> list[str]:

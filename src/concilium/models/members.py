@@ -11,7 +11,6 @@ resumes at the first member without a card.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Literal
 
@@ -21,7 +20,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 import concilium
-from concilium._util import atomic_write
+from concilium._util import atomic_write, read_record
 from concilium.models.architectures import create_model
 from concilium.models.base import ConciliumNet
 from concilium.models.weights import load_state_dict_file, load_weights_into
@@ -125,16 +124,13 @@ def read_card(directory: str | Path) -> MemberCard:
         FileNotFoundError: no ``card.json`` in the folder.
         ValueError: the card is not valid JSON or misses fields.
     """
-    path = Path(directory) / CARD_FILE
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} not found: a member folder holds model.safetensors and card.json "
-            "(train members with `concilium train`)"
-        )
-    try:
-        return MemberCard.model_validate(json.loads(path.read_text()))
-    except (json.JSONDecodeError, ValueError) as err:
-        raise ValueError(f"{path} is not a valid member card: {err}") from None
+    return read_record(
+        Path(directory) / CARD_FILE,
+        MemberCard,
+        what="member card",
+        if_missing=": a member folder holds model.safetensors and card.json "
+        "(train members with `concilium train`)",
+    )
 
 
 def load_member(

@@ -22,6 +22,8 @@ import torch
 import zarr
 from torch import Tensor
 
+from concilium._checks import check_maps
+
 FLOAT16_MAX = float(np.finfo(np.float16).max)
 
 RowIndex = int | slice | Sequence[int] | Tensor | np.ndarray | None
@@ -108,15 +110,7 @@ class Entry:
                 values beyond float16's range (store as float32 instead).
             TypeError: if ``maps`` is not a floating tensor.
         """
-        if not isinstance(maps, Tensor):
-            raise TypeError(f"maps must be a torch.Tensor (k, H, W); got {type(maps).__name__}")
-        if maps.ndim != 3:
-            raise ValueError(
-                f"maps must be (k, H, W); got shape {tuple(maps.shape)}"
-                + (" (reduce the channel axis first, e.g. maps.sum(1))" if maps.ndim == 4 else "")
-            )
-        if not maps.is_floating_point():
-            raise TypeError(f"maps must be floating point; got {maps.dtype}")
+        check_maps(maps, dims="(k, H, W)", finite=False)  # finiteness below, naming the rows
         k = maps.shape[0]
         if not isinstance(start, int) or isinstance(start, bool):
             raise TypeError(f"start must be an int row index; got {type(start).__name__}")

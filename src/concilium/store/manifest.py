@@ -16,10 +16,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 import concilium
-from concilium._util import atomic_write_text
+from concilium._util import atomic_write_text, read_record
 from concilium.data.dataset import ImageDataset
 from concilium.data.specs import DatasetSpec
 from concilium.vocabulary import SPLITS, Split
@@ -81,16 +81,12 @@ class RunInfo(BaseModel):
             FileNotFoundError: no record (run ``concilium explain ... --out RUN`` first).
             ValueError: the file is not a valid record.
         """
-        path = Path(run_dir) / RUN_FILE
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"{path} not found; run `concilium explain DATA --models MODELS --out {run_dir}` "
-                "first"
-            )
-        try:
-            return cls.model_validate_json(path.read_text())
-        except ValidationError as err:
-            raise ValueError(f"{path} is not a valid run record: {err}") from None
+        return read_record(
+            Path(run_dir) / RUN_FILE,
+            cls,
+            what="run record",
+            if_missing=f"; run `concilium explain DATA --models MODELS --out {run_dir}` first",
+        )
 
     def save(self, run_dir: str | Path) -> Path:
         """Write ``run_dir/run.json`` atomically (creating ``run_dir``); returns the path."""
