@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from concilium.report.build import AttributeCard, AttributeFinding, GalleryItem, ReportData
+from concilium.report.data import AttributeCard, AttributeFinding, GalleryItem, ReportData
 from concilium.report.figures import GalleryCell
 
 EVIL = "<script>alert(1)</script>"

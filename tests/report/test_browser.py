@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from concilium.report.build import SECTIONS
+from concilium.report import SECTIONS
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -8,7 +8,7 @@ import re
 import pandas as pd
 from report_helpers import EVIL
 
-from concilium.report.build import SECTIONS, ReportData, render_html
+from concilium.report import SECTIONS, ReportData, render_html
 
 
 def test_every_section_heading_and_figures(saved_report):

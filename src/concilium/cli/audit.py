@@ -1,9 +1,9 @@
 """``concilium audit RUN``: what the ensembles reveal, as tables under ``RUN/results/``.
 
 Per-class quality of E* (``per_class``), per-class metric means (``per_class_metrics``), bias
-on a non-evidence region (``bias``), and on request the anonymisation study
-(``anonymisation``) and the CNN ensembler's method-subset study (``subsets``). The work is done
-by :func:`concilium.jobs.audit.run_audit`.
+on a non-evidence region (``bias``), the attribute cards of a multitask member (``attributes``),
+and on request the anonymisation study (``anonymisation``) and the CNN ensembler's method-subset
+study (``subsets``). The work is done by :func:`concilium.jobs.audit.run_audit`.
 """
 
 from __future__ import annotations
@@ -31,6 +31,10 @@ def audit_command(
     arch: str = typer.Option("small-cnn", "--arch", help="Anonymisation classifiers' architecture."),
     subsets: str = typer.Option("none", "--subsets", help="CNN method-subset study: none, "
                                 "leave_one_out or all."),
+    attribute_cards: int = typer.Option(3, "--attribute-cards", min=0, help="Images with an "
+                                        "attribute card (multitask members; 0: none)."),
+    attribute_method: str = typer.Option("gradcam", "--attribute-method", help="Explanation "
+                                         "method of the attribute cards."),
     seed: int = typer.Option(0, "--seed", help="Seed of every training."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:<k>."),
 ) -> None:
@@ -47,6 +51,7 @@ def audit_command(
     tables = run_audit(run, estar_source=estar_source, region=region, factor=factor,  # type: ignore[arg-type]
                        bias_sources=names, anonymisation=anonymisation,
                        anonymisation_epochs=epochs, arch=arch, subsets=subsets,  # type: ignore[arg-type]
+                       attribute_cards=attribute_cards, attribute_method=attribute_method,
                        seed=seed, device=device)
     console = Console()
     for name, table in tables.items():

@@ -1,6 +1,7 @@
-"""The audits of a run (per-class quality of E*, bias, anonymisation, method subsets), written
-as tables under ``RUN/results/``. The measures themselves are in :mod:`concilium.ensemble.audit`
-and :mod:`concilium.ensemble.subsets`; this job opens the run, feeds them and writes back."""
+"""The audits of a run (per-class quality of E*, bias, anonymisation, method subsets, the
+attribute cards), written as tables under ``RUN/results/``. The measures themselves are in
+:mod:`concilium.ensemble.audit` and :mod:`concilium.ensemble.subsets`, the cards in
+:mod:`concilium.jobs.attributes`; this job opens the run, feeds them and writes back."""
 
 from __future__ import annotations
 
@@ -18,8 +19,9 @@ from concilium.ensemble.audit import (
 )
 from concilium.ensemble.cnn import CNNTrainConfig
 from concilium.ensemble.subsets import SubsetMode, method_subset_study
+from concilium.jobs.attributes import run_attribute_cards
 from concilium.metrics.tables import paper_table, per_class_metric_means
-from concilium.store import Run, read_maps, read_table, write_table
+from concilium.store import ATTRIBUTES_TABLE, Run, read_maps, read_table, write_table
 
 
 def run_audit(
@@ -34,6 +36,8 @@ def run_audit(
     arch: str = "small-cnn",
     subsets: Literal["none", "leave_one_out", "all"] = "none",
     subset_config: CNNTrainConfig | None = None,
+    attribute_cards: int = 3,
+    attribute_method: str = "gradcam",
     seed: int = 0,
     device: str = "cpu",
 ) -> dict[str, pd.DataFrame]:
@@ -53,13 +57,17 @@ def run_audit(
         subsets: the CNN ensembler's method-subset study (``none`` by default; trains one
             ensembler per subset on the run's train rows).
         subset_config: training settings of the subset study.
+        attribute_cards: how many images get an attribute card
+            (:func:`concilium.jobs.attributes.run_attribute_cards`; 0: none). Only for a dataset
+            with attributes and a member with an attribute head; loads the members.
+        attribute_method: the explanation method of the attribute cards.
         seed: seeds every training.
         device: where to train.
 
     Returns:
         ``name -> table`` for every table written (``per_class``, ``per_class_metrics``,
         ``paper_table`` (Ens-Avg vs Exp-Avg vs Ens-Logit, when the metrics table scores
-        ``ens-avg``), ``bias``, ``anonymisation``, ``subsets``).
+        ``ens-avg``), ``bias``, ``anonymisation``, ``subsets``, ``attributes``).
 
     Raises:
         ValueError: the region has no masks, or an asked-for study lacks its inputs.
@@ -115,6 +123,11 @@ def run_audit(
         tables["subsets"] = _subset_study(ctx, estar_source, subsets, subset_config, device)
     for name, table in tables.items():
         write_table(run_dir, name, table)
+    if attribute_cards and data.attribute_names:
+        cards = run_attribute_cards(run_dir, method=attribute_method, samples=attribute_cards,
+                                    device=device)
+        if cards is not None:
+            tables[ATTRIBUTES_TABLE] = cards
     return tables
 
 
