@@ -10,7 +10,7 @@ import pandas as pd
 
 from concilium.report.data import AttributeCard, AttributeFinding, GalleryItem, ReportData
 from concilium.report.figures import GalleryCell
-from concilium.report.sections import fmt
+from concilium.report.view import fmt
 
 EVIL = "<script>alert(1)</script>"
 METHODS = ("saliency", "gradcam")

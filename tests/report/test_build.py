@@ -13,8 +13,9 @@ from scipy import stats as sps
 
 from concilium.metrics.tables import paper_table
 from concilium.report import SECTIONS, ReportData, render_html
-from concilium.report.sections import BAR_SECTIONS, MEMBER_COLUMNS, fmt
+from concilium.report.sections import BAR_SECTIONS, MEMBER_COLUMNS
 from concilium.report.summary import explanation_stats, family_scores, findings
+from concilium.report.view import fmt
 
 
 def test_every_section_heading_and_figures(saved_report):

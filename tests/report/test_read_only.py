@@ -23,7 +23,7 @@ from concilium.jobs.ensemble import run_ensemble
 from concilium.jobs.evaluate import evaluate_run
 from concilium.models import MemberCard, create_model, load_members, save_member
 from concilium.report import SECTIONS, write_report
-from concilium.report.sections import fmt
+from concilium.report.view import fmt
 from concilium.store import (
     ATTRIBUTE_COLUMNS,
     ATTRIBUTES_TABLE,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -29,6 +29,7 @@ from concilium.report.summary import (
     family_scores,
     findings,
 )
+from concilium.report.view import Cell, Figure, Section, Table, fmt, frame_table
 from concilium.vocabulary import EXP_AVG, FAMILIES
 
 SECTIONS: dict[str, str] = {
@@ -50,49 +51,6 @@ SECTIONS: dict[str, str] = {
 """Section id -> heading, in report order (the browser test checks each heading)."""
 
 
-# ----------------------------------------------------------------------------- view model
-
-
-@dataclass
-class Cell:
-    """One table cell: its text, bold for the best of a row or column."""
-
-    text: str
-    bold: bool = False
-    css: str = ""
-
-
-@dataclass
-class Table:
-    """A table of a section."""
-
-    header: list[str]
-    rows: list[list[Cell]]
-    caption: str = ""
-
-
-@dataclass
-class Figure:
-    """A figure of a section: a ``data:`` URI and its caption."""
-
-    uri: str
-    caption: str = ""
-
-
-@dataclass
-class Section:
-    """One section as the template draws it; ``missing`` says why it is empty."""
-
-    id: str
-    title: str
-    intro: str = ""
-    paragraphs: list[str] = field(default_factory=list)
-    items: list[tuple[str, str | None, str]] = field(default_factory=list)
-    tables: list[Table] = field(default_factory=list)
-    figures: list[Figure] = field(default_factory=list)
-    missing: str | None = None
-
-
 @dataclass
 class Report:
     """The built report: its sections, the per-explanation statistics and the findings."""
@@ -100,28 +58,6 @@ class Report:
     sections: list[Section]
     stats: pd.DataFrame | None
     findings: list[Finding]
-
-
-def fmt(x: object, digits: int = 3) -> str:
-    """How the report prints a value: ``digits`` decimals, ``n/a`` for NaN, ``yes``/``no``."""
-    if x is None:
-        return ""
-    if isinstance(x, bool | np.bool_):
-        return "yes" if x else "no"
-    if isinstance(x, int | np.integer):
-        return str(int(x))
-    if isinstance(x, float | np.floating):
-        return "n/a" if not np.isfinite(x) else f"{float(x):.{digits}f}"
-    return str(x)
-
-
-def frame_table(frame: pd.DataFrame, *, caption: str = "", max_rows: int = 60) -> Table:
-    """Any DataFrame as a table, every value through :func:`fmt`."""
-    shown = frame.head(max_rows)
-    rows = [[Cell(fmt(v)) for v in row] for row in shown.itertuples(index=False)]
-    if len(frame) > max_rows:
-        caption = (caption + " " if caption else "") + f"(first {max_rows} of {len(frame)} rows)"
-    return Table([str(c) for c in frame.columns], rows, caption)
 
 
 def _arrow(hib: object) -> str:
