@@ -61,11 +61,6 @@ ALLOWED_FUNCTION_IMPORTS: frozenset[tuple[str, str]] = frozenset({
     ("concilium.pipeline.config", "concilium.metrics.evaluate"),
     ("concilium.pipeline.config", "concilium.models"),
     ("concilium.pipeline.config", "concilium.report"),
-    ("concilium.report.load", "concilium.explain"),
-    ("concilium.report.load", "concilium.metrics"),
-    ("concilium.report.load", "concilium.models.base"),
-    ("concilium.report.load", "concilium.store"),
-    ("concilium.report.load", "concilium.store.manifest"),
 })
 
 #: Known layer offenders ``(module, imported module)``; empty when the layers hold.

@@ -42,6 +42,9 @@ def test_quick_demo_end_to_end(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert len(summary["findings"]) == 6 and summary["explanations"]
     assert any(f["held"] is not None for f in summary["findings"])
+    # the audit stage wrote the attribute cards (multitask members); the report only read them
+    assert (out / "results" / "attributes.npz").is_file()
+    assert "attributes" not in summary["missing_sections"]
     state = json.loads((out / "stages.json").read_text())["stages"]
     assert all(r["status"] == "done" for r in state.values())
     assert set(state) == {"data", "models", "committee", "explain", "ensemble", "evaluate",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from report_helpers import make_report_data
 
-from concilium.report.build import ReportData
+from concilium.report.data import ReportData
 
 
 @pytest.fixture
@@ -18,7 +18,7 @@ def saved_report(tmp_path_factory):
     """The hand-built report rendered once per session: ``(report.html path, html, summary)``."""
     import json
 
-    from concilium.report.build import save
+    from concilium.report.render import save
 
     path = save(make_report_data(), tmp_path_factory.mktemp("run"))
     return path, path.read_text(), json.loads((path.parent / "summary.json").read_text())

@@ -8,8 +8,10 @@ import subprocess
 import numpy as np
 import pytest
 from PIL import Image
+from report_helpers import formatted, make_report_data, section_html, table_rows
 
-from concilium.report.build import SECTIONS
+from concilium.report import SECTIONS
+from concilium.report.sections import BAR_SECTIONS
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -40,5 +42,12 @@ def test_report_renders_in_chromium(tmp_path, saved_report):
     dom = _chromium(tmp_path, "--dump-dom", page).stdout
     for title in SECTIONS.values():
         assert f"<h2>{title}</h2>" in dom
+    html = saved_report[1]
+    for section in SECTIONS:  # the browser shows every number of every section's tables
+        assert table_rows(section_html(dom, section)) == table_rows(section_html(html, section))
+    tables = make_report_data().tables
+    for spec in BAR_SECTIONS:
+        assert table_rows(section_html(dom, spec.section)) == [formatted(tables[spec.table])]
+    assert dom.count("data:image/png;base64,") == html.count("data:image/png;base64,")
     assert "alert(1)" not in dom or "&lt;script&gt;" in dom
     assert "<script>alert(1)</script>" not in dom

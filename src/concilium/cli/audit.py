@@ -1,7 +1,8 @@
 """``concilium audit RUN``: what the ensembles reveal, as tables under ``RUN/results/``.
 
 Per-class quality of E* (``per_class``), per-class metric means (``per_class_metrics``), bias
-on a non-evidence region (``bias``), and on request the anonymisation study
+on a non-evidence region (``bias``), the attribute cards of a multitask member (``attributes``),
+and on request the anonymisation study
 (``anonymisation``) and the CNN ensembler's method-subset study (``subsets``). The work is done
 by :func:`concilium.jobs.audit.run_audit`; the flags are the fields of
 :class:`concilium.jobs.audit.AuditOptions` (help text from their descriptions).

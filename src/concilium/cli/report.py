@@ -19,18 +19,14 @@ def report(
     members_view: Annotated[
         str, typer.Option(help="Member rows of the metric table: pooled, each or both.")
     ] = "pooled",
-    attribute_cards: Annotated[
-        int, typer.Option(min=0, help="Multitask explanation cards (0: none).")
-    ] = 3,
-    device: Annotated[str, typer.Option(help="Device for the attribute cards: cpu or cuda.")] = "cpu",
 ) -> None:
-    """Write the self-contained HTML report of a run and its JSON summary."""
+    """Write the self-contained HTML report of a run and its JSON summary (reads only; the
+    attribute cards are written by `concilium audit`)."""
     from rich.console import Console
 
     from concilium.report import write_report
 
     view: Literal["pooled", "each", "both"] = members_view  # type: ignore[assignment]
     path = write_report(run_dir, title=title, gallery_images=gallery_images,
-                        gallery_members=gallery_members, members_view=view,
-                        attribute_cards=attribute_cards, device=device)
+                        gallery_members=gallery_members, members_view=view)
     Console().print(f"report: [bold]{path}[/]  summary: {path.parent / 'summary.json'}")

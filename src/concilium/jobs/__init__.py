@@ -6,5 +6,7 @@ front ends over these jobs.
 - :mod:`.ensemble`: ensemble stored maps into new sources (:func:`~.ensemble.run_ensemble`).
 - :mod:`.evaluate`: score every stored explanation (:func:`~.evaluate.evaluate_run`).
 - :mod:`.audit`: per-class quality, bias, anonymisation, subsets (:func:`~.audit.run_audit`).
+- :mod:`.attributes`: the attribute cards of a multitask member, run by the audit
+  (:func:`~.attributes.run_attribute_cards`).
 - :mod:`.baselines`: baseline specs resolved per member, learned baselines (GANMEX) included.
 """

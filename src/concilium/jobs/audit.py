@@ -1,6 +1,7 @@
-"""The audits of a run (per-class quality of E*, bias, anonymisation, method subsets), written
-as tables under ``RUN/results/``. The measures themselves are in :mod:`concilium.ensemble.audit`
-and :mod:`concilium.ensemble.subsets`; this job opens the run, feeds them and writes back."""
+"""The audits of a run (per-class quality of E*, bias, anonymisation, method subsets, the
+attribute cards), written as tables under ``RUN/results/``. The measures themselves are in
+:mod:`concilium.ensemble.audit` and :mod:`concilium.ensemble.subsets`, the cards in
+:mod:`concilium.jobs.attributes`; this job opens the run, feeds them and writes back."""
 
 from __future__ import annotations
 
@@ -19,9 +20,10 @@ from concilium.ensemble.audit import (
 )
 from concilium.ensemble.cnn import CNNTrainConfig
 from concilium.ensemble.subsets import SubsetMode, method_subset_study
+from concilium.jobs.attributes import run_attribute_cards
 from concilium.jobs.options import validate_options
 from concilium.metrics.tables import paper_table, per_class_metric_means
-from concilium.store import Run, read_maps, read_table, write_table
+from concilium.store import ATTRIBUTES_TABLE, Run, read_maps, read_table, write_table
 
 SubsetModeOption = Literal["none", "leave_one_out", "all"]
 
@@ -52,6 +54,11 @@ class AuditOptions(BaseModel):
                             "subset on the run's train rows)")
     subset_config: CNNTrainConfig | None = Field(
         None, description="training settings of the subset study (default: the E* ensembler's)")
+    attribute_cards: int = Field(
+        3, ge=0, description="images with an attribute card (a dataset with attributes and a "
+                             "member with an attribute head; loads the members; 0: none)")
+    attribute_method: str = Field(
+        "gradcam", description="explanation method of the attribute cards")
     seed: int = Field(0, description="seeds every training")
     device: str = Field("cpu", description="where to train: cpu, cuda or cuda:<k>")
 
@@ -68,7 +75,7 @@ def run_audit(run_dir: str | Path, options: AuditOptions | Mapping[str, Any] | N
     Returns:
         ``name -> table`` for every table written (``per_class``, ``per_class_metrics``,
         ``paper_table`` (Ens-Avg vs Exp-Avg vs Ens-Logit, when the metrics table scores
-        ``ens-avg``), ``bias``, ``anonymisation``, ``subsets``).
+        ``ens-avg``), ``bias``, ``anonymisation``, ``subsets``, ``attributes``).
 
     Raises:
         ValueError: an unknown option (naming the valid ones), the region has no masks, or an
@@ -125,6 +132,11 @@ def run_audit(run_dir: str | Path, options: AuditOptions | Mapping[str, Any] | N
         tables["subsets"] = _subset_study(ctx, estar_source, o.subsets, o.subset_config, device)
     for name, table in tables.items():
         write_table(run_dir, name, table)
+    if o.attribute_cards and data.attribute_names:
+        cards = run_attribute_cards(run_dir, method=o.attribute_method, samples=o.attribute_cards,
+                                    device=device)
+        if cards is not None:
+            tables[ATTRIBUTES_TABLE] = cards
     return tables
 
 

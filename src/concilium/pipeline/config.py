@@ -349,7 +349,7 @@ class AuditConfig(_Section):
 def _report_model() -> type[BaseModel]:
     from concilium.report import write_report
 
-    return signature_model(write_report, name="report", exclude=("run_dir", "device"))
+    return signature_model(write_report, name="report", exclude=("run_dir",))
 
 
 class ReportConfig(_Section):

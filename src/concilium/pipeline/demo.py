@@ -75,9 +75,9 @@ def demo_values(*, quick: bool = False) -> dict[str, Any]:
                 }),
             },
         },
-        "audit": {"anonymisation": True, "anonymisation_epochs": 1 if q else 3},
-        "report": {"gallery_images": 1 if q else 4, "gallery_members": 3,
-                   "attribute_cards": 1 if q else 3},
+        "audit": {"anonymisation": True, "anonymisation_epochs": 1 if q else 3,
+                  "attribute_cards": 1 if q else 3},
+        "report": {"gallery_images": 1 if q else 4, "gallery_members": 3},
     }
 
 

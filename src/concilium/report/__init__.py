@@ -13,8 +13,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
-from concilium.report.build import SECTIONS, ReportData, render_html, save
+from concilium.report.data import ReportData
 from concilium.report.load import DEFAULT_GALLERY_METRICS, load_report_data
+from concilium.report.render import render_html, save
+from concilium.report.sections import SECTIONS
 from concilium.report.summary import Finding, findings
 
 __all__ = [
@@ -37,14 +39,13 @@ def write_report(
     gallery_members: int = 3,
     gallery_metrics: Sequence[str] = DEFAULT_GALLERY_METRICS,
     members_view: Literal["pooled", "each", "both"] = "pooled",
-    attribute_cards: int = 3,
-    attribute_method: str = "gradcam",
-    device: str = "cpu",
 ) -> Path:
     """Write ``run_dir/report.html`` and ``run_dir/summary.json`` from what the run holds.
 
-    Sections whose inputs are missing (no metrics yet, no attribute heads, no GANMEX) say so in
-    one line. See :func:`concilium.report.load.load_report_data` for the arguments.
+    The report only reads: the jobs (``concilium explain``, ``ensemble``, ``evaluate``,
+    ``audit``) write what it shows. Sections whose inputs are missing (no metrics yet, no
+    attribute cards, no GANMEX) say so in one line, with the command that writes them. See
+    :func:`concilium.report.load.load_report_data` for the arguments.
 
     Returns:
         The path of ``report.html``.
@@ -53,8 +54,7 @@ def write_report(
         FileNotFoundError: ``run_dir`` does not exist.
         ValueError: a bad argument (e.g. ``gallery_images < 0``).
     """
-    for name, value in (("gallery_images", gallery_images), ("gallery_members", gallery_members),
-                        ("attribute_cards", attribute_cards)):
+    for name, value in (("gallery_images", gallery_images), ("gallery_members", gallery_members)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"{name} must be an int >= 0; got {value!r}")
     if members_view not in ("pooled", "each", "both"):
@@ -62,6 +62,5 @@ def write_report(
     data = load_report_data(
         run_dir, title=title, gallery_images=gallery_images, gallery_members=gallery_members,
         gallery_metrics=tuple(gallery_metrics), members_view=members_view,
-        attribute_cards=attribute_cards, attribute_method=attribute_method, device=device,
     )
     return save(data, run_dir)

@@ -1,65 +1,56 @@
-"""Gather a :class:`~concilium.report.build.ReportData` from a run directory.
+"""Gather a :class:`~concilium.report.data.ReportData` from a run directory, reading only.
 
-Reads ``RUN/run.json`` (dataset and members), the members' cards, the explanation store, the
-metric registry's metadata and every table under ``RUN/results/``. Anything missing is recorded
-as a note for its section; nothing here raises for a partial run except a missing ``RUN``.
+Reads ``RUN/run.json`` (dataset and members), the members' cards, the explanation store's maps,
+the metric registry's metadata, every table under ``RUN/results/`` and the attribute cards'
+maps (``RUN/results/attributes.npz``, written by ``concilium audit``). Nothing here runs a model
+or computes an explanation or a metric. Anything missing is recorded as a note for its section;
+nothing here raises for a partial run except a missing ``RUN``.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import pandas as pd
-import torch
 
-from concilium.report.build import (
-    TABLE_ALIASES,
-    AttributeCard,
-    AttributeFinding,
-    GalleryItem,
-    ReportData,
-)
+from concilium.data.dataset import ImageDataset
+from concilium.data.showcase import showcase_rows
+from concilium.metrics.registry import METRICS
+from concilium.report.data import AttributeCard, AttributeFinding, GalleryItem, ReportData
 from concilium.report.figures import GalleryCell
+from concilium.store import (
+    ATTRIBUTES_TABLE,
+    RESULTS_DIR,
+    ExplanationStore,
+    RunInfo,
+    read_arrays,
+)
 from concilium.vocabulary import is_member
 
 DEFAULT_GALLERY_METRICS = ("relevance_mass", "mask_correlation", "pointing_game")
 
 
 def metric_meta() -> pd.DataFrame:
-    """``metric, category, higher_is_better`` for every registered metric (empty if the metrics
-    package is not available)."""
-    try:
-        from concilium.metrics import METRICS
-    except ImportError:
-        return pd.DataFrame(columns=["metric", "category", "higher_is_better"])
-    rows = []
-    for name, entry in METRICS.items():
-        rows.append({"metric": name, "category": getattr(entry, "category", None),
-                     "higher_is_better": getattr(entry, "higher_is_better", None)})
+    """``metric, category, higher_is_better`` for every registered metric."""
+    rows = [{"metric": name, "category": spec.category, "higher_is_better": spec.higher_is_better}
+            for name, spec in METRICS.items()]
     return pd.DataFrame(rows, columns=["metric", "category", "higher_is_better"])
 
 
 def read_tables(results_dir: Path) -> dict[str, pd.DataFrame]:
-    """Every ``*.parquet`` (or, failing that, ``*.csv``) table under ``results_dir`` by stem,
-    plus the logical names of ``TABLE_ALIASES``."""
-    raw: dict[str, pd.DataFrame] = {}
+    """Every table under ``results_dir`` by file stem: ``<stem>.parquet``, or ``<stem>.csv``
+    where no parquet was written (``experiments/`` write csv only)."""
+    out: dict[str, pd.DataFrame] = {}
     if results_dir.is_dir():
         for path in sorted(results_dir.glob("*.csv")):
-            raw[path.stem] = pd.read_csv(path)
+            out[path.stem] = pd.read_csv(path)
         for path in sorted(results_dir.glob("*.parquet")):
-            raw[path.stem] = pd.read_parquet(path)
-    out = dict(raw)
-    for logical, stems in TABLE_ALIASES.items():
-        for stem in stems:
-            if stem in raw:
-                out[logical] = raw[stem]
-                break
+            out[path.stem] = pd.read_parquet(path)
     return out
 
 
@@ -89,11 +80,8 @@ def load_report_data(
     gallery_members: int = 3,
     gallery_metrics: Sequence[str] = DEFAULT_GALLERY_METRICS,
     members_view: Literal["pooled", "each", "both"] = "pooled",
-    attribute_cards: int = 3,
-    attribute_method: str = "gradcam",
-    device: str = "cpu",
 ) -> ReportData:
-    """Everything the report of ``run_dir`` shows.
+    """Everything the report of ``run_dir`` shows, read from the run directory.
 
     Args:
         run_dir: the run directory.
@@ -103,9 +91,6 @@ def load_report_data(
         gallery_metrics: the per-image scores printed under each gallery map (those evaluated).
         members_view: member rows of the metric table: ``"pooled"`` (one Exp-Avg row per method),
             ``"each"`` or ``"both"``.
-        attribute_cards: how many multitask explanation cards to draw (0: none).
-        attribute_method: the explanation method of the attribute cards.
-        device: where the members run for the attribute cards.
 
     Raises:
         FileNotFoundError: ``run_dir`` does not exist.
@@ -114,22 +99,18 @@ def load_report_data(
     if not run.is_dir():
         raise FileNotFoundError(f"run directory {run} not found; pass the --out of a run")
     data = ReportData(title=title or f"concilium report: {run.resolve().name}",
-                      members_view=members_view)
+                      run_dir=str(run), members_view=members_view)
     data.meta = metric_meta()
-    data.tables = read_tables(run / "results")
+    data.tables = read_tables(run / RESULTS_DIR)
     data.metrics = data.tables.pop("metrics", None)
     if data.metrics is not None and data.metrics.empty:
         data.metrics = None
 
-    info = None
     try:
-        from concilium.store.manifest import RunInfo
-
         info = RunInfo.load(run)
-    except (FileNotFoundError, ValueError, ImportError) as err:
+    except (FileNotFoundError, ValueError) as err:
         data.notes["dataset"] = f"No dataset card: {err}"
         data.notes["gallery"] = f"No gallery: {err}"
-    if info is None:
         return data
 
     data.members = read_member_cards(info.models_dir)
@@ -140,7 +121,7 @@ def load_report_data(
 
     try:
         full = info.dataset.load()
-    except (FileNotFoundError, ValueError, ImportError) as err:
+    except (FileNotFoundError, ValueError) as err:
         data.notes["dataset"] = f"The dataset could not be reloaded: {err}"
         data.notes["gallery"] = data.notes["dataset"]
         return data
@@ -158,24 +139,16 @@ def load_report_data(
         data.notes["gallery"] = "The dataset no longer holds the run's samples."
         return data
     explained = full.subset(rows)
-    candidates = list(range(len(explained)))
-    if "test" in explained.splits:  # show held-out images when the run explained several splits
-        candidates = [i for i in candidates if explained.splits[i] == "test"]
-    if data.metrics is not None:  # ... and the ones with per-image scores
-        scored = set(data.metrics["sample"].astype(str))
-        candidates = [i for i in candidates if explained.ids[i] in scored] or candidates
-    picked = choose_samples([int(explained.labels[i]) for i in candidates], gallery_images)
-    chosen = [candidates[i] for i in picked]
-    data.gallery = gallery_items(run, explained, chosen, metrics=data.metrics,
-                                 members=gallery_members, metrics_shown=gallery_metrics)
-    if not data.gallery:
-        data.notes["gallery"] = "The explanation store has no finished maps for these images."
-    if attribute_cards > 0:
-        data.attribute_cards, note = _attribute_cards(
-            run, explained, chosen[:attribute_cards], method=attribute_method, device=device,
-        )
-        if note:
-            data.notes["attributes"] = note
+    scored = None if data.metrics is None else set(data.metrics["sample"].astype(str))
+    chosen = showcase_rows(explained, gallery_images, scored=scored)
+    data.gallery, note = gallery_items(run, explained, chosen, metrics=data.metrics,
+                                       members=gallery_members, metrics_shown=gallery_metrics)
+    if note:
+        data.notes["gallery"] = note
+    data.attribute_cards, note = attribute_cards(run, explained, data.tables.get(ATTRIBUTES_TABLE),
+                                                 members=data.members)
+    if note:
+        data.notes["attributes"] = note
     return data
 
 
@@ -207,36 +180,24 @@ def dataset_card(
     return card, counts
 
 
-def choose_samples(labels: Sequence[int], n: int) -> list[int]:
-    """``n`` row numbers: the first sample of each class in class order, then the next ones in
-    order (deterministic, covers as many classes as possible)."""
-    first: dict[int, int] = {}
-    for i, c in enumerate(labels):
-        first.setdefault(int(c), i)
-    chosen = [first[c] for c in sorted(first)][:n]
-    rest = [i for i in range(len(labels)) if i not in set(chosen)]
-    return sorted(chosen + rest[: max(0, n - len(chosen))])
-
-
 def _abbrev(metric: str) -> str:
     return "".join(w[0] for w in metric.split("_") if w)
 
 
 def gallery_items(
-    run: Path, explained, chosen: Sequence[int], *, metrics: pd.DataFrame | None, members: int,
-    metrics_shown: Sequence[str],
-) -> list[GalleryItem]:
-    """The maps of the chosen rows of ``explained`` from the store of ``run``."""
+    run: Path, explained: ImageDataset, chosen: Sequence[int], *, metrics: pd.DataFrame | None,
+    members: int, metrics_shown: Sequence[str],
+) -> tuple[list[GalleryItem], str | None]:
+    """The stored maps of the chosen rows of ``explained`` from the store of ``run``, and why
+    there are none (``None`` when there are some)."""
     try:
-        from concilium.store import ExplanationStore
-
         store = ExplanationStore(run, mode="r")
         entries = store.entries()
-    except (FileNotFoundError, ValueError, ImportError):
-        return []
+    except (FileNotFoundError, ValueError) as err:
+        return [], f"No gallery: {err}"
     entries = entries[entries["complete"]]
     if entries.empty:
-        return []
+        return [], f"No finished maps in the store: run `concilium explain` into {run}."
     member_sources = sorted({s for s in entries["source"] if is_member(s)},
                             key=lambda s: int(s[1:]))[:members]
     member_methods = sorted({m for s, m in zip(entries["source"], entries["method"], strict=True)
@@ -290,75 +251,58 @@ def gallery_items(
             image=explained.images[row].permute(1, 2, 0).numpy(),
             mask=explained.masks[row].numpy(), cells=cells,
         ))
-    return items
+    if not items:
+        return [], "The explanation store has no finished maps for these images."
+    return items, None
 
 
-def _attribute_cards(
-    run: Path, explained, chosen: Sequence[int], *, method: str, device: str
+def attribute_cards(
+    run: Path, explained: ImageDataset, table: pd.DataFrame | None, *,
+    members: pd.DataFrame | None,
 ) -> tuple[list[AttributeCard], str | None]:
+    """The attribute cards written by ``concilium audit``: ``RUN/results/attributes.parquet``
+    (columns :data:`concilium.store.results.ATTRIBUTE_COLUMNS`) and the maps in
+    ``attributes.npz``; and why there are none (``None`` when there are some)."""
     if not explained.attribute_names:
         return [], "The dataset has no attributes."
-    try:
-        from concilium.explain import explain
-        from concilium.models.base import AttributeView
-        from concilium.store import Run
-
-        members = Run.open(run, load_models=True, device=device).members
-    except (ImportError, FileNotFoundError, ValueError) as err:
-        return [], f"The members could not be loaded: {err}"
-    multitask = [(m, c) for m, c in members if getattr(m, "attribute_head", None) is not None]
-    if not multitask:
-        return [], "The models have no attribute heads (train with attributes to get cards)."
-    model, card = multitask[0]
-    rows = list(chosen)
-    images = explained.images[rows].to(device)
-    try:
-        with torch.no_grad():
-            class_logits, attr_logits = model.forward_all(images)
-        pred = class_logits.argmax(1)
-        class_prob = class_logits.softmax(1).gather(1, pred[:, None])[:, 0]
-        attr_prob = attr_logits.sigmoid()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            class_maps = explain(model, images, pred, method=method).cpu().numpy()
-            view = AttributeView(model)
-            attr_maps = {
-                a: explain(view, images, torch.full((len(rows),), a, device=images.device),
-                           method=method).cpu().numpy()
-                for a in range(len(explained.attribute_names))
-            }
-    except (ValueError, TypeError, RuntimeError) as err:
-        return [], f"The attribute maps could not be computed: {err}"
+    if table is None or table.empty:
+        heads = members is not None and "num_attributes" in members.columns and \
+            bool((members["num_attributes"].fillna(0) > 0).any())
+        if members is not None and not heads:
+            return [], "The models have no attribute heads (train with attributes to get cards)."
+        return [], (f"No attribute cards: run `concilium audit {run}` (it explains the attribute "
+                    "head of the first multitask member).")
+    arrays = read_arrays(run, ATTRIBUTES_TABLE)
+    stale = (f"The attribute maps do not match the attributes table; re-run "
+             f"`concilium audit {run}`.")
+    if arrays is None:
+        return [], stale
+    maps_of = {str(sid): k for k, sid in enumerate(arrays["sample_ids"])}
+    attr_of = {str(name): a for a, name in enumerate(arrays["attribute_names"])}
+    position = {sid: i for i, sid in enumerate(explained.ids)}
     out = []
-    for k, row in enumerate(rows):
-        findings = []
-        for a, name in enumerate(explained.attribute_names):
-            part = name.split("_")[0]
-            part = part if part in explained.parts else None
-            mass = cmass = math.nan
-            if part is not None:
-                pmask = explained.parts[part][row].numpy()
-                mass = _relevance_mass(attr_maps[a][k], pmask)
-                cmass = _relevance_mass(class_maps[k], pmask)
-            findings.append(AttributeFinding(name, float(attr_prob[k, a]), attr_maps[a][k], part,
-                                             mass, cmass))
-        findings.sort(key=lambda f: -f.probability)
+    for sid, rows in table.groupby("sample", sort=False):
+        sid = str(sid)
+        if sid not in maps_of or sid not in position or not set(rows["attribute"]) <= set(attr_of):
+            return [], stale
+        k, first = maps_of[sid], rows.iloc[0]
+        found = [AttributeFinding(str(r["attribute"]), float(r["probability"]),
+                                  arrays["attribute_maps"][k, attr_of[str(r["attribute"])]],
+                                  _part(r["part"]), float(r["relevance_mass"]),
+                                  float(r["class_relevance_mass"]))
+                 for _, r in rows.iterrows()]
+        found.sort(key=lambda f: -f.probability)
         out.append(AttributeCard(
-            sample_id=explained.ids[row],
-            predicted=explained.class_names[int(pred[k])], probability=float(class_prob[k]),
-            image=explained.images[row].permute(1, 2, 0).numpy(), class_map=class_maps[k],
-            attributes=findings, source=str(card.member_id), method=method,
+            sample_id=sid, predicted=str(first["predicted"]),
+            probability=float(first["class_probability"]),
+            image=explained.images[position[sid]].permute(1, 2, 0).numpy(),
+            class_map=arrays["class_maps"][k], attributes=found, source=str(first["source"]),
+            method=str(first["method"]),
         ))
     return out, None
 
 
-def _relevance_mass(saliency: np.ndarray, mask: np.ndarray) -> float:
-    """Relevance mass (``concilium.metrics``: ``sum(a * s) / sum(a)``) of one map on one mask;
-    NaN where the metric is undefined (empty mask, map summing to 0)."""
-    from concilium.metrics import evaluate
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        value = evaluate("relevance_mass", torch.from_numpy(saliency[None]).float(),
-                         masks=torch.from_numpy(mask[None]).bool())
-    return float(value[0])
+def _part(value: object) -> str | None:
+    if value is None or (isinstance(value, float) and math.isnan(value)) or value == "":
+        return None
+    return str(value)

@@ -12,19 +12,25 @@ from concilium.store.entry import Entry
 from concilium.store.hashing import canonical_json, params_hash
 from concilium.store.manifest import RUN_FILE, RunInfo, select_split
 from concilium.store.results import (
+    ATTRIBUTE_COLUMNS,
+    ATTRIBUTES_TABLE,
     COLUMNS,
     RESULTS_DIR,
     ResultsTable,
     group_rows,
     metric_params_hash,
+    read_arrays,
     read_metrics,
     read_table,
+    write_arrays,
     write_table,
 )
 from concilium.store.run import Run, available_methods, member_stack, read_maps, write_source
 from concilium.store.store import IDENTITY_META, STORE_NAME, ExplanationStore, library_versions
 
 __all__ = [
+    "ATTRIBUTES_TABLE",
+    "ATTRIBUTE_COLUMNS",
     "COLUMNS",
     "IDENTITY_META",
     "RESULTS_DIR",
@@ -42,10 +48,12 @@ __all__ = [
     "member_stack",
     "metric_params_hash",
     "params_hash",
+    "read_arrays",
     "read_maps",
     "read_metrics",
     "read_table",
     "select_split",
+    "write_arrays",
     "write_source",
     "write_table",
 ]

@@ -39,6 +39,28 @@ COLUMNS: tuple[str, ...] = (
 )
 GROUP_KEY: tuple[str, ...] = ("source", "method", "entry_hash", "metric", "params_hash")
 
+ATTRIBUTES_TABLE = "attributes"
+"""The attribute cards (``concilium audit``): ``RUN/results/attributes.parquet`` with
+:data:`ATTRIBUTE_COLUMNS`, and their maps in ``attributes.npz``: ``sample_ids (K,)``,
+``attribute_names (A,)``, ``class_maps (K, H, W)``, ``attribute_maps (K, A, H, W)``."""
+
+ATTRIBUTE_COLUMNS: tuple[str, ...] = (
+    "sample",
+    "source",
+    "method",
+    "predicted",
+    "class_probability",
+    "attribute",
+    "probability",
+    "part",
+    "relevance_mass",
+    "class_relevance_mass",
+)
+"""One row per (sample, attribute): the member (``source``) and ``method`` that made the maps,
+the predicted class name and its softmax probability, the attribute's sigmoid probability, its
+part mask (``None`` when the dataset has no mask for it), and the relevance mass of the
+attribute's map and of the class map on that part mask (NaN without a part)."""
+
 
 def metric_params_hash(metric: str, params: Mapping[str, Any], *, mask: str) -> tuple[str, str]:
     """``(hash, canonical json)`` of a metric's resolved parameters (defaults filled in) and the
@@ -140,6 +162,26 @@ def read_table(run_dir: str | Path, name: str) -> pd.DataFrame | None:
     """``RUN/results/<name>.parquet``, or ``None`` when it was not written."""
     path = Path(run_dir) / RESULTS_DIR / f"{name}.parquet"
     return pd.read_parquet(path) if path.is_file() else None
+
+
+def write_arrays(run_dir: str | Path, name: str, arrays: Mapping[str, np.ndarray]) -> Path:
+    """Write ``RUN/results/<name>.npz`` (uncompressed, atomically): arrays that go with the table
+    of the same name (e.g. the attribute cards' maps); returns its path."""
+
+    def write(tmp: Path) -> None:
+        with tmp.open("wb") as f:
+            np.savez(f, **{k: np.asarray(v) for k, v in arrays.items()})
+
+    return atomic_write(Path(run_dir) / RESULTS_DIR / f"{name}.npz", write)
+
+
+def read_arrays(run_dir: str | Path, name: str) -> dict[str, np.ndarray] | None:
+    """``RUN/results/<name>.npz`` as ``key -> array``, or ``None`` when it was not written."""
+    path = Path(run_dir) / RESULTS_DIR / f"{name}.npz"
+    if not path.is_file():
+        return None
+    with np.load(path, allow_pickle=False) as npz:
+        return {k: npz[k] for k in npz.files}
 
 
 def read_metrics(run_dir: str | Path) -> pd.DataFrame:

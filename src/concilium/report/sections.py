@@ -1,0 +1,420 @@
+"""The sections of the report, one builder per section, each reading a :class:`ReportData`.
+
+A builder turns tables and arrays into a :class:`Section` (paragraphs, tables, figures); a section
+whose inputs are missing says so in one line, with the command that writes them. Tables are read
+by the column names their writers document (``concilium.jobs``, ``concilium.ensemble.audit``);
+a table without them is shown as it is. Directions, arrows and families come from the metric
+registry's metadata (``higher_is_better``, ``category``), never from a metric's name.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy import stats as sps
+
+from concilium.metrics.tables import paper_table
+from concilium.report import figures as F
+from concilium.report.data import ReportData
+from concilium.report.summary import (
+    Finding,
+    best_per_metric,
+    consensus_points,
+    explanation_label,
+    explanation_stats,
+    family_scores,
+    findings,
+)
+from concilium.report.view import Cell, Figure, Section, Table, fmt, frame_table
+from concilium.vocabulary import EXP_AVG, FAMILIES
+
+SECTIONS: dict[str, str] = {
+    "findings": "Headline findings",
+    "dataset": "Dataset",
+    "models": "Models",
+    "gallery": "Gallery",
+    "metrics": "Metrics",
+    "radar": "Metric families",
+    "paper": "Ensemble vs members",
+    "consensus": "Committee consensus",
+    "per-class": "Per-class quality",
+    "bias": "Bias",
+    "subsets": "Method subsets",
+    "anonymisation": "Anonymisation",
+    "attributes": "Attribute explanations",
+    "one-vs-one": "One-vs-one explanations",
+}
+"""Section id -> heading, in report order (the browser test checks each heading)."""
+
+
+@dataclass
+class Report:
+    """The built report: its sections, the per-explanation statistics and the findings."""
+
+    sections: list[Section]
+    stats: pd.DataFrame | None
+    findings: list[Finding]
+
+
+def _arrow(hib: object) -> str:
+    if hib is None or (isinstance(hib, float) and math.isnan(hib)):
+        return ""
+    return " ↑" if bool(hib) else " ↓"
+
+
+def _meta_maps(meta: pd.DataFrame) -> tuple[dict[str, object], dict[str, str]]:
+    if meta is None or meta.empty:
+        return {}, {}
+    hib = dict(zip(meta["metric"], meta["higher_is_better"], strict=True))
+    cat = dict(zip(meta["metric"], meta["category"], strict=True))
+    return hib, cat
+
+
+def _lacks(table: pd.DataFrame, columns: list[str], writer: str) -> str | None:
+    """A note when ``table`` lacks documented columns (then it is shown as it is)."""
+    missing = [c for c in columns if c not in table.columns]
+    if not missing:
+        return None
+    return (f"The table lacks the columns {', '.join(missing)} that {writer} writes (an older "
+            "version?); shown as it is.")
+
+
+# ----------------------------------------------------------------------------- sections
+
+
+def section_findings(data: ReportData, found: list[Finding]) -> Section:
+    """The claims of the ensembling papers, each held / did not hold / not measured."""
+    s = Section("findings", SECTIONS["findings"],
+                "The claims of the ensembling papers, checked on this run.")
+    if not found:
+        s.missing = "No findings: the run has no metrics or audit tables yet."
+    for f in found:
+        verdict = "held" if f.held else ("did not hold" if f.held is False else "not measured")
+        css = "held" if f.held else ("failed" if f.held is False else "")
+        s.items.append((f"{f.claim}: {verdict}.", f.detail, css))
+    return s
+
+
+def section_dataset(data: ReportData) -> Section:
+    """The dataset card and the samples per class and split."""
+    s = Section("dataset", SECTIONS["dataset"])
+    if not data.dataset:
+        s.missing = data.notes.get("dataset", "No dataset card: run.json was not found.")
+        return s
+    knobs = {k: v for k, v in data.dataset.items() if k != "class_names"}
+    s.tables.append(
+        Table(["property", "value"],
+              [[Cell(str(k)), Cell(fmt(v) if not isinstance(v, dict | list) else json.dumps(v))]
+               for k, v in knobs.items()],
+              "Where the data came from")
+    )
+    if data.class_counts is not None and not data.class_counts.empty:
+        counts = data.class_counts.reset_index().rename(columns={"index": "class"})
+        s.tables.append(frame_table(counts, caption="Samples per class and split"))
+    elif data.dataset.get("class_names"):
+        s.paragraphs.append("Classes: " + ", ".join(map(str, data.dataset["class_names"])))
+    return s
+
+
+MEMBER_COLUMNS = ("member_id", "arch", "diversity", "seed", "epochs", "val_accuracy",
+                  "num_attributes")
+"""The fields of a member card (:class:`concilium.models.MemberCard`) the models section shows."""
+
+
+def section_models(data: ReportData) -> Section:
+    """One row per member card, and the range of validation accuracies."""
+    s = Section("models", SECTIONS["models"], "Each member's card (validation accuracy).")
+    if data.members is None or data.members.empty:
+        s.missing = data.notes.get("models", "No member cards were found.")
+        return s
+    cols = [c for c in MEMBER_COLUMNS if c in data.members.columns]
+    s.tables.append(frame_table(data.members[cols or list(data.members.columns)]))
+    if "val_accuracy" in data.members.columns:
+        acc = data.members["val_accuracy"].astype(float)
+        s.paragraphs.append(
+            f"{len(acc)} members; validation accuracy {acc.min():.3f} to {acc.max():.3f} "
+            f"(mean {acc.mean():.3f})."
+        )
+    return s
+
+
+def section_gallery(data: ReportData) -> Section:
+    """The chosen images with their stored maps."""
+    s = Section("gallery", SECTIONS["gallery"],
+                "Chosen test images: the image, its ground-truth mask, each method's map for a few "
+                "members and every ensemble's map. Every map is divided by its max |value|, so all "
+                "share one colour scale (red positive, blue negative); per-image scores under each.")
+    if not data.gallery:
+        s.missing = data.notes.get(
+            "gallery", f"No maps to show: run `concilium explain` into {data.run_dir}.")
+        return s
+    for item in data.gallery:
+        title = f"{item.sample_id}: class {item.label}"
+        if item.prediction is not None:
+            title += f", predicted {item.prediction}"
+        s.figures.append(Figure(F.gallery_figure(item.image, item.mask, item.cells, title=title),
+                                title))
+    return s
+
+
+def _no_metrics(data: ReportData) -> str:
+    return data.notes.get("metrics",
+                          f"No metrics table: run `concilium evaluate {data.run_dir}`.")
+
+
+def section_metrics(data: ReportData, stats: pd.DataFrame | None) -> Section:
+    """Mean and 95% CI per explanation and metric, one table per metric family."""
+    s = Section("metrics", SECTIONS["metrics"],
+                "Mean and 95% confidence interval over the test images, per explanation and "
+                "metric. ↑ higher is better, ↓ lower is better; the best per metric is in bold. "
+                f"'{EXP_AVG}' pools the members per image (its mean is the Exp-Avg).")
+    if stats is None or stats.empty:
+        s.missing = _no_metrics(data)
+        return s
+    hib, cat = _meta_maps(data.meta)
+    best = best_per_metric(stats, data.meta)
+    for family in [*FAMILIES, "other"]:
+        metrics = sorted(m for m in stats["metric"].unique() if cat.get(m, "other") == family)
+        if not metrics:
+            continue
+        sub = stats[stats["metric"].isin(metrics)]
+        header = ["explanation"] + [f"{m}{_arrow(hib.get(m))}" for m in metrics]
+        rows = []
+        for expl in dict.fromkeys(sub["explanation"]):
+            row = [Cell(expl)]
+            for m in metrics:
+                r = sub[(sub["explanation"] == expl) & (sub["metric"] == m)]
+                if r.empty:
+                    row.append(Cell(""))
+                    continue
+                r = r.iloc[0]
+                text = fmt(r["mean"])
+                if np.isfinite(r["ci_low"]):
+                    text += f" [{fmt(r['ci_low'])}, {fmt(r['ci_high'])}]"
+                row.append(Cell(text, bold=best.get(m) == expl))
+            rows.append(row)
+        s.tables.append(Table(header, rows, family))
+    return s
+
+
+def section_radar(data: ReportData, stats: pd.DataFrame | None) -> Section:
+    """Per explanation, the mean rescaled score of each metric family."""
+    s = Section("radar", SECTIONS["radar"],
+                "Per explanation, the mean score of each metric family, every metric rescaled to "
+                "[0, 1] over the explanations shown with its direction respected (1 = best).")
+    if stats is None or stats.empty:
+        s.missing = _no_metrics(data)
+        return s
+    scores = family_scores(stats, data.meta).dropna(how="all")
+    if scores.empty:
+        s.missing = "No metric has a known family and direction (metric metadata missing)."
+        return s
+    s.figures.append(Figure(F.radar_figures(scores)))
+    s.tables.append(frame_table(scores.reset_index(), caption="Family scores"))
+    return s
+
+
+def section_paper(data: ReportData) -> Section:
+    """Ens-Avg vs Exp-Avg vs Ens-Logit per method and metric (the winner in bold)."""
+    s = Section("paper", SECTIONS["paper"],
+                "The ensembles paper's table: the metric of the averaged map (Ens-Avg), the mean "
+                "over members of each member's metric (Exp-Avg) and the map of the averaged-logit "
+                "model (Ens-Logit).")
+    if data.metrics is None:
+        s.missing = _no_metrics(data)
+        return s
+    table = paper_table(data.metrics)
+    if table.empty or table[["ens_avg", "ens_logit"]].isna().all().all():
+        s.missing = ("No ens-avg or ens-logit explanations were evaluated: run `concilium "
+                     f"ensemble {data.run_dir} --kind ens-avg`, then `concilium evaluate`.")
+        return s
+    hib, _ = _meta_maps(data.meta)
+    rows = []
+    for r in table.itertuples():
+        cand = {"ens_avg": r.ens_avg, "exp_avg": r.exp_avg, "ens_logit": r.ens_logit}
+        finite = {k: v for k, v in cand.items() if np.isfinite(v)}
+        h = hib.get(r.metric)
+        win = None
+        if finite and h is not None:
+            win = max(finite, key=finite.get) if h else min(finite, key=finite.get)
+        rows.append([Cell(str(r.method)), Cell(f"{r.metric}{_arrow(h)}"),
+                     *[Cell(fmt(v), bold=win == k) for k, v in cand.items()],
+                     Cell(str(r.n_members))])
+    s.tables.append(Table(["method", "metric", "Ens-Avg", "Exp-Avg", "Ens-Logit", "members"],
+                          rows))
+    return s
+
+
+def section_consensus(data: ReportData) -> Section:
+    """Consensus score vs accuracy per member (``RUN/results/consensus.parquet``)."""
+    s = Section("consensus", SECTIONS["consensus"],
+                "Each committee member's consensus score (similarity of its maps to the committee's "
+                "vote) against its accuracy.")
+    table = data.tables.get("consensus")
+    if table is None or table.empty:
+        s.missing = data.notes.get("consensus", "No consensus table: run `concilium ensemble "
+                                   f"{data.run_dir} --kind consensus`.")
+        return s
+    points = consensus_points(table)
+    if points is None:
+        s.paragraphs.append(_lacks(table, ["member", "consensus_score", "accuracy"],
+                                   "`concilium ensemble --kind consensus`") or "")
+    elif len(points.dropna()) >= 2:
+        p = points.dropna()
+        x, y = p["consensus_score"].to_numpy(float), p["accuracy"].to_numpy(float)
+        corr = ""
+        if len(p) >= 3 and np.ptp(x) > 0 and np.ptp(y) > 0:
+            pr, pp = sps.pearsonr(x, y)
+            sr, sp = sps.spearmanr(x, y)
+            corr = (f"Pearson r = {pr:+.3f} (p = {pp:.3g}), Spearman rho = {sr:+.3f} "
+                    f"(p = {sp:.3g}) over {len(p)} members.")
+            s.paragraphs.append(corr)
+        s.figures.append(Figure(
+            F.scatter_figure(x, y, [str(m) for m in p["member"]], xlabel="consensus score",
+                             ylabel="accuracy", title="consensus score vs accuracy"), corr))
+    s.tables.append(frame_table(table))
+    return s
+
+
+@dataclass(frozen=True)
+class BarSpec:
+    """A bar-chart section over one results table, read by its documented columns.
+
+    Attributes:
+        section: the section id (a key of :data:`SECTIONS`).
+        table: the table's file stem under ``RUN/results/``.
+        value: the column drawn as bars.
+        label: the column naming each bar.
+        intro: what the section shows.
+        command: the command that writes the table (``{run}`` is the run directory).
+        threshold: the column holding the flag threshold (drawn as a line), if any.
+    """
+
+    section: str
+    table: str
+    value: str
+    label: str
+    intro: str
+    command: str
+    threshold: str | None = None
+
+
+BAR_SECTIONS: tuple[BarSpec, ...] = (
+    BarSpec("per-class", "per_class", "dice", "class",
+            "Quality of the CNN ensembler's explanation per class (Dice with the masks); classes "
+            "below the threshold are flagged (red): hard or under-represented.",
+            "`concilium ensemble {run} --kind cnn`, then `concilium audit {run}`",
+            threshold="flag_threshold"),
+    BarSpec("bias", "bias", "share", "class",
+            "Share of attribution mass on regions that are not evidence (the watermark, or outside "
+            "the object) per class; flagged classes (red) suggest the model uses a shortcut.",
+            "`concilium audit {run}`"),
+    BarSpec("subsets", "subsets", "test_dice", "subset",
+            "The CNN ensembler trained on subsets of the methods: which methods add information.",
+            "`concilium audit {run} --subsets leave_one_out`"),
+    BarSpec("anonymisation", "anonymisation", "test_accuracy", "mode",
+            "A classifier trained on images replaced by their explanations, next to the "
+            "original's accuracy (feature reduction / anonymisation).",
+            "`concilium audit {run} --anonymisation`"),
+    BarSpec("one-vs-one", "one_vs_one", "relevance_mass", "baseline",
+            "Why class c and not t: one-vs-one maps with counterfactual (GANMEX) and classic "
+            "baselines, scored on the difference mask.",
+            "`python experiments/ganmex_one_vs_one.py --run {run}` (needs a trained GANMEX)"),
+)
+"""The bar-chart sections, by the columns their writers document."""
+
+
+def bar_section(data: ReportData, spec: BarSpec) -> Section:
+    """Bars of ``spec.value`` per ``spec.label`` (flagged rows in red), and the whole table."""
+    s = Section(spec.section, SECTIONS[spec.section], spec.intro)
+    table = data.tables.get(spec.table)
+    if table is None or table.empty:
+        s.missing = data.notes.get(spec.section, f"No {spec.table} table: run "
+                                   f"{spec.command.format(run=data.run_dir)}.")
+        return s
+    lacks = _lacks(table, [spec.value, spec.label], spec.command.format(run=data.run_dir))
+    if lacks:
+        s.paragraphs.append(lacks)
+        s.tables.append(frame_table(table))
+        return s
+    flagged = table["flagged"].astype(bool).tolist() if "flagged" in table.columns else None
+    labels = table[spec.label].astype(str).tolist()
+    if {"source", "method"} <= set(table.columns) and \
+            len(table[["source", "method"]].drop_duplicates()) > 1:
+        labels = [f"{a} ({explanation_label(str(b), str(c))})" for a, b, c in
+                  zip(labels, table["source"], table["method"], strict=True)]
+    elif "source" in table.columns and table["source"].nunique() > 1:
+        labels = [f"{a} ({b})" for a, b in zip(labels, table["source"].astype(str), strict=True)]
+    threshold = None
+    if spec.threshold in table.columns and table[spec.threshold].notna().any():
+        threshold = float(table[spec.threshold].dropna().iloc[0])
+    if flagged is not None:
+        names = sorted({str(x) for x, f in zip(table[spec.label], flagged, strict=True) if f})
+        s.paragraphs.append(f"Flagged ({sum(flagged)}): {', '.join(names) if names else 'none'}.")
+    s.figures.append(Figure(F.bar_figure(labels[:40], table[spec.value].to_numpy(float)[:40],
+                                         flagged=(flagged or [False] * len(labels))[:40],
+                                         threshold=threshold, xlabel=spec.value,
+                                         title=SECTIONS[spec.section])))
+    s.tables.append(frame_table(table))
+    return s
+
+
+def section_attributes(data: ReportData) -> Section:
+    """The attribute cards written by ``concilium audit`` (``RUN/results/attributes.*``)."""
+    s = Section("attributes", SECTIONS["attributes"],
+                "For models with attribute heads: which attributes the model found and where, and "
+                "the relevance mass of each attribute's map on its part mask next to the class "
+                "map's.")
+    if not data.attribute_cards:
+        s.missing = data.notes.get(
+            "attributes", f"No attribute cards: run `concilium audit {data.run_dir}` (it "
+            "explains the attribute head of the first multitask member).")
+        return s
+    rows = []
+    for card in data.attribute_cards:
+        found = [a for a in card.attributes if a.probability >= 0.5] or card.attributes[:1]
+        because = "; ".join(f"attribute {a.name} (probability {a.probability:.2f}) here"
+                            for a in found)
+        s.items.append((f"{card.sample_id}: predicted class {card.predicted} "
+                        f"(probability {card.probability:.2f}) because: {because}.",
+                        f"{card.method} maps of member {card.source}", ""))
+        s.figures.append(Figure(F.attribute_card_figure(
+            card.image, card.class_map, [(f"{a.name} p={a.probability:.2f}", a.saliency)
+                                         for a in found],
+            class_title=f"class {card.predicted}"), card.sample_id))
+        for a in card.attributes:
+            rows.append([Cell(card.sample_id), Cell(a.name), Cell(fmt(a.probability)),
+                         Cell(a.part or ""), Cell(fmt(a.mass), bold=a.mass > a.class_mass),
+                         Cell(fmt(a.class_mass))])
+    s.tables.append(Table(["sample", "attribute", "probability", "part mask",
+                           "relevance mass (attribute map)", "relevance mass (class map)"], rows))
+    return s
+
+
+def build_sections(data: ReportData) -> Report:
+    """All sections in report order, with the statistics and findings behind them."""
+    stats = explanation_stats(data.metrics, members=data.members_view) \
+        if data.metrics is not None and not data.metrics.empty else None
+    found = findings(data.metrics, data.meta, data.tables, card=data.dataset)
+    bars = {spec.section: spec for spec in BAR_SECTIONS}
+    sections = [
+        section_findings(data, found),
+        section_dataset(data),
+        section_models(data),
+        section_gallery(data),
+        section_metrics(data, stats),
+        section_radar(data, stats),
+        section_paper(data),
+        section_consensus(data),
+        bar_section(data, bars["per-class"]),
+        bar_section(data, bars["bias"]),
+        bar_section(data, bars["subsets"]),
+        bar_section(data, bars["anonymisation"]),
+        section_attributes(data),
+        bar_section(data, bars["one-vs-one"]),
+    ]
+    return Report(sections, stats, found)
