@@ -20,10 +20,10 @@ import pandas as pd
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from concilium import __version__
+from concilium.metrics.claims import Finding
 from concilium.metrics.tables import paper_table
 from concilium.report import figures as F
 from concilium.report.summary import (
-    Finding,
     best_per_metric,
     consensus_points,
     explanation_label,
@@ -215,9 +215,11 @@ def _section_findings(data: ReportData, found: list[Finding]) -> Section:
     if not found:
         s.missing = "No findings: the run has no metrics or audit tables yet."
     for f in found:
-        verdict = "held" if f.held else ("did not hold" if f.held is False else "not measured")
-        css = "held" if f.held else ("failed" if f.held is False else "")
-        s.items.append((f"{f.claim}: {verdict}.", f.detail, css))
+        css = {"held": "held", "not held": "failed"}.get(f.verdict, "")
+        number = "" if f.verdict == "not measured" else (
+            f"{f.metric} = {_fmt(f.estimate)} (95% CI {_fmt(f.ci_low)} to {_fmt(f.ci_high)}, "
+            f"n = {f.n}; threshold {_fmt(f.threshold)}). ")
+        s.items.append((f"{f.claim}: {f.verdict}.", f"{number}{f.detail}. Rule: {f.rule}.", css))
     return s
 
 
@@ -455,7 +457,7 @@ def build_sections(data: ReportData) -> tuple[list[Section], dict]:
     """All sections in report order, and the machine summary (``summary.json`` content)."""
     stats = explanation_stats(data.metrics, members=data.members_view) \
         if data.metrics is not None and not data.metrics.empty else None
-    found = findings(data.metrics, data.meta, data.tables, card=data.dataset)
+    found = findings(data.metrics, data.tables, card=data.dataset)
     sections = [
         _section_findings(data, found),
         _section_dataset(data),
@@ -498,7 +500,7 @@ def build_sections(data: ReportData) -> tuple[list[Section], dict]:
         "members": [] if data.members is None else _jsonable(data.members.to_dict("records")),
         "explanations": [] if stats is None else _jsonable(stats.to_dict("records")),
         "best_per_metric": {} if stats is None else best_per_metric(stats, data.meta),
-        "findings": [f.as_dict() for f in found],
+        "findings": [_jsonable(f.as_dict()) for f in found],
         "paper_table": [] if data.metrics is None
         else _jsonable(paper_table(data.metrics).to_dict("records")),
         "missing_sections": {s.id: s.missing for s in sections if s.missing},
