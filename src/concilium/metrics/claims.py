@@ -29,7 +29,7 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Literal
 
@@ -37,7 +37,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from concilium.metrics.tables import exp_avg_per_sample, higher_is_better_of
+from concilium.metrics._paired import Block, paired_interval, paired_rows, wide_table
+from concilium.metrics.tables import higher_is_better_of
 from concilium.vocabulary import EXP_AVG, is_member
 
 Verdict = Literal["held", "not held", "inconclusive", "not measured"]
@@ -103,58 +104,6 @@ def verdict_of(
 # -- paired comparisons on the metrics table -------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Block:
-    """One paired comparison of a claim: ``x`` (paired images x compared columns) and the margin
-    of its column means (``(..., k) -> (...)``, positive favours the claim)."""
-
-    label: str
-    x: np.ndarray
-    margin: Callable[[np.ndarray], np.ndarray]
-
-
-def _wide(table: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """Per image (rows) and ``(source, method)`` (columns), the values of one metric, with
-    Exp-Avg columns (source :data:`~concilium.vocabulary.EXP_AVG`) for methods with members."""
-    sel = table[table["metric"] == metric]
-    wide = sel.groupby(["sample", "source", "method"])["value"].mean().unstack(
-        ["source", "method"])
-    exp = exp_avg_per_sample(sel)
-    if not exp.empty:
-        pooled = exp.pivot_table(index="sample", columns="method", values="value",
-                                 aggfunc="mean", dropna=False)
-        pooled.columns = pd.MultiIndex.from_tuples([(EXP_AVG, m) for m in pooled.columns])
-        wide = wide.join(pooled, how="outer")
-    return wide
-
-
-def _paired(wide: pd.DataFrame, columns: Sequence[tuple[str, str]]) -> np.ndarray:
-    """The images (rows) on which every one of ``columns`` is finite."""
-    x = wide.reindex(columns=pd.MultiIndex.from_tuples(list(columns))).to_numpy(np.float64)
-    return x[np.isfinite(x).all(axis=1)]
-
-
-def _boot_means(x: np.ndarray, rng: np.random.Generator, n_boot: int) -> np.ndarray:
-    n = x.shape[0]
-    counts = rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot)
-    return counts @ x / n
-
-
-def _paired_interval(
-    blocks: Sequence[_Block], *, rng: np.random.Generator, n_boot: int, level: float
-) -> tuple[float, float, float, int]:
-    """``(estimate, low, high, n)``: the smallest margin over the blocks and its percentile
-    bootstrap interval (each block resampled on its own); ``n`` is the fewest paired images of
-    a block, and below 2 there is no interval."""
-    estimate = min(float(b.margin(b.x.mean(axis=0))) for b in blocks)
-    n = min(b.x.shape[0] for b in blocks)
-    if n < 2:
-        return estimate, math.nan, math.nan, n
-    reps = np.min(np.stack([b.margin(_boot_means(b.x, rng, n_boot)) for b in blocks]), axis=0)
-    low, high = np.quantile(reps, [(1 - level) / 2, (1 + level) / 2])
-    return estimate, float(low), float(high), n
-
-
 def _sign(metric: str) -> float:
     return 1.0 if higher_is_better_of(metric) else -1.0
 
@@ -169,7 +118,7 @@ _PARTS = ("; a comparison of the claim with no paired image makes a 'held' verdi
 
 
 def _decided(
-    claim: str, metric: str, rule: str, parts: Sequence[str], blocks: Sequence[_Block],
+    claim: str, metric: str, rule: str, parts: Sequence[str], blocks: Sequence[Block],
     missing: Sequence[str], *, rng: np.random.Generator, n_boot: int, level: float,
 ) -> Finding:
     """The finding of a paired claim: ``blocks`` measured, ``missing`` comparisons without a
@@ -177,7 +126,7 @@ def _decided(
     detail = "; ".join(parts) + ("; no paired image: " + ", ".join(missing) if missing else "")
     if not blocks:
         return _not_measured(claim, metric, rule, detail or "nothing to compare")
-    estimate, low, high, n = _paired_interval(blocks, rng=rng, n_boot=n_boot, level=level)
+    estimate, low, high, n = paired_interval(blocks, rng=rng, n_boot=n_boot, level=level)
     verdict = verdict_of(low, high, 0.0)
     if missing and verdict == "held":
         verdict = "inconclusive"
@@ -215,15 +164,15 @@ def averaging_claim(
     metric = next((m for m in choices if (ens["metric"] == m).any()), None)
     if metric is None:
         return _not_measured(claim, name, rule, f"no {ens_source} rows with {' or '.join(choices)}")
-    wide, sign = _wide(metrics, metric), _sign(metric)
+    wide, sign = wide_table(metrics, metric), _sign(metric)
     methods = sorted(m for s, m in wide.columns if s == ens_source and (EXP_AVG, m) in wide)
     blocks, parts, missing = [], [], []
     for method in methods:
-        x = _paired(wide, [(ens_source, method), (EXP_AVG, method)])
+        x = paired_rows(wide, [(ens_source, method), (EXP_AVG, method)])
         if not len(x):
             missing.append(method)
             continue
-        blocks.append(_Block(method, x, lambda mu, s=sign: s * (mu[..., 0] - mu[..., 1])))
+        blocks.append(Block(method, x, lambda mu, s=sign: s * (mu[..., 0] - mu[..., 1])))
         parts.append(f"{method} {sign * (x[:, 0] - x[:, 1]).mean():+.3f} ({len(x)} images)")
     return _decided(f"{claim} ({metric})", f"{metric}: {name}", rule, parts, blocks, missing,
                     rng=rng, n_boot=n_boot, level=level)
@@ -259,17 +208,17 @@ def consensus_alignment_claim(
         return _not_measured(claim, name, rule, f"no {source} rows in the metrics table")
     blocks, parts, missing = [], [], []
     for metric in metric_names:
-        wide, sign = _wide(metrics, metric), _sign(metric)
+        wide, sign = wide_table(metrics, metric), _sign(metric)
         methods = sorted(m for s, m in wide.columns if s == source)
         if not methods:
             missing.append(metric)
         for method in methods:
             members = sorted(s for s, m in wide.columns if m == method and is_member(str(s)))
-            x = _paired(wide, [(source, method), *((s, method) for s in members)])
+            x = paired_rows(wide, [(source, method), *((s, method) for s in members)])
             if not members or not len(x):
                 missing.append(f"{metric}/{method}")
                 continue
-            blocks.append(_Block(f"{metric}/{method}", x, lambda mu, s=sign: s * (
+            blocks.append(Block(f"{metric}/{method}", x, lambda mu, s=sign: s * (
                 mu[..., 0] - np.median(mu[..., 1:], axis=-1))))
             means = x.mean(axis=0)
             parts.append(f"{metric}/{method} {means[0]:.3f} vs {np.median(means[1:]):.3f} "
@@ -322,18 +271,18 @@ def cnn_claim(
     method = method or own[0]
     blocks, parts, missing = [], [], []
     for metric in (*beat_best, *beat_median):
-        wide, sign = _wide(metrics, metric), _sign(metric)
+        wide, sign = wide_table(metrics, metric), _sign(metric)
         singles = sorted(m for s, m in wide.columns if s == EXP_AVG and m != method)
         pairs = ([[(source, method), (EXP_AVG, m)] for m in singles] if metric in beat_best
                  else [[(source, method), *((EXP_AVG, m) for m in singles)]] if singles else [])
-        found = [(cols, _paired(wide, cols)) for cols in pairs]
+        found = [(cols, paired_rows(wide, cols)) for cols in pairs]
         found = [(cols, x) for cols, x in found if len(x)]
         if not found or len(found) < len(pairs):
             missing.append(metric)
         if not found:
             continue
         for _, x in found:
-            blocks.append(_Block(metric, x, lambda mu, s=sign: s * mu[..., 0] - np.median(
+            blocks.append(Block(metric, x, lambda mu, s=sign: s * mu[..., 0] - np.median(
                 s * mu[..., 1:], axis=-1)))
         gaps = [(f"hardest method {cols[1][1]}" if len(cols) == 2 else "median method",
                  float(x[:, 0].mean()), float(np.median(x[:, 1:].mean(axis=0))), len(x))
@@ -373,8 +322,8 @@ def consensus_accuracy_claim(points: pd.DataFrame | None, *, level: float = LEVE
     rho = float(sps.spearmanr(x, y)[0])
     low = high = math.nan
     if n > 3:
-        z, half = math.atanh(min(max(r, -1 + 1e-12), 1 - 1e-12)), \
-            float(sps.norm.ppf(0.5 + level / 2)) / math.sqrt(n - 3)
+        z = math.atanh(min(max(r, -1 + 1e-12), 1 - 1e-12))
+        half = float(sps.norm.ppf(0.5 + level / 2)) / math.sqrt(n - 3)
         low, high = math.tanh(z - half), math.tanh(z + half)
     return Finding(claim, "Pearson r", r, low, high, n, 0.0, verdict_of(low, high, 0.0), rule,
                    f"Pearson r = {r:+.3f}, Spearman rho = {rho:+.3f} over {n} members")
@@ -432,6 +381,13 @@ def rare_class_claim(per_class: pd.DataFrame | None, *, target: str | None) -> F
                    f"flagged: {flagged or 'none'}")
 
 
+def _flags(rows: pd.DataFrame, keys: Sequence[str]) -> pd.Series:
+    """1.0 / 0.0 per explanation (``keys``; per row without keys): flagged or not."""
+    if not keys:
+        return rows["flagged"].astype(float).reset_index(drop=True)
+    return rows.groupby(list(keys))["flagged"].any().astype(float)
+
+
 def watermark_claim(
     bias: pd.DataFrame | None,
     *,
@@ -467,22 +423,20 @@ def watermark_claim(
     if rows is None:
         return _not_measured(claim, name, rule, f"the bias table has no row for class {target!s}")
     keys = [c for c in ("source", "method") if c in bias.columns]
-    flags = rows.groupby(keys)["flagged"].any().astype(float) if keys else \
-        rows["flagged"].astype(float).reset_index(drop=True)
+    flags = _flags(rows, keys)
     detail = f"watermark class {target!s}: flagged by {int(flags.sum())}/{len(flags)} explanations"
     if control is not None:
         crows = _class_rows(control, target)
         if crows is None:
             return _not_measured(claim, name, rule, f"the control has no row for class {target!s}")
-        cflags = (crows.groupby(keys)["flagged"].any().astype(float) if keys
-                  else crows["flagged"].astype(float).reset_index(drop=True))
-        both = pd.concat([flags.rename("a"), cflags.rename("b")], axis=1, join="inner")
+        both = pd.concat([flags.rename("a"), _flags(crows, keys).rename("b")], axis=1,
+                         join="inner")
         if both.empty:
             return _not_measured(claim, name, rule, "no explanation in both the audit and control")
         detail += f"; control: {int(both['b'].sum())}/{len(both)}"
         flags = both["a"] - both["b"]
     x = flags.to_numpy(np.float64)[:, None]
-    estimate, low, high, n = _paired_interval([_Block("flagged", x, lambda mu: mu[..., 0])],
+    estimate, low, high, n = paired_interval([Block("flagged", x, lambda mu: mu[..., 0])],
                                               rng=rng, n_boot=n_boot, level=level)
     return Finding(claim, name, estimate, low, high, n, 0.5, verdict_of(low, high, 0.5), rule,
                    detail)
