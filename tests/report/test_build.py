@@ -85,7 +85,7 @@ def test_other_sections_show_their_inputs(saved_report):
     a = card.attributes[0]
     assert table_rows(section_html(html, "attributes")) == [[[
         card.sample_id, a.name, fmt(a.probability), a.part, fmt(a.mass), fmt(a.class_mass)]]]
-    found = findings(data.metrics, data.meta, data.tables, card=data.dataset)
+    found = findings(data.metrics, data.tables, card=data.dataset)
     assert section_html(html, "findings").count("<li") == len(found)
     assert section_html(html, "gallery").count("data:image/png;base64,") == len(data.gallery)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from report_helpers import META, make_metrics
+from report_helpers import make_metrics
 
 from concilium.report.summary import (
     best_per_metric,
@@ -70,25 +70,27 @@ def test_family_scores_flip_lower_is_better_and_average_family():
 
 def test_findings_report_numbers_and_verdicts(report_data):
     found = {f.claim.split(" (")[0]: f for f in findings(
-        report_data.metrics, report_data.meta, report_data.tables, card=report_data.dataset)}
+        report_data.metrics, report_data.tables, card=report_data.dataset)}
     consensus = found["Consensus score correlates positively with member accuracy"]
-    assert consensus.held is True and "Pearson r = +" in consensus.detail
+    # three members: r > 0 but no interval below four members
+    assert consensus.verdict == "inconclusive" and "Pearson r = +" in consensus.detail
     rare = found["The rare class is flagged by the per-class quality audit"]
-    assert rare.held is True
+    assert rare.verdict == "held" and rare.estimate == pytest.approx(0.2)
     water = found["The watermark class is flagged by the bias audit"]
-    assert water.held is True and "plain" in water.detail
+    assert water.verdict == "inconclusive" and "flagged by 1/1" in water.detail  # one explanation
 
 
 def test_findings_not_measured_without_inputs():
-    found = findings(None, META, {}, card={})
-    assert found and all(f.held is None for f in found)
+    found = findings(None, {}, card={})
+    assert len(found) == 6 and all(f.verdict == "not measured" for f in found)
 
 
 def test_averaging_claim_fails_when_members_better():
-    t = _table([("a", 0, "m0", "sal", "mask_correlation", 0.9),
-                ("a", 0, "ens-avg", "sal", "mask_correlation", 0.1)])
-    f = findings(t, META, {})[0]
-    assert f.held is False and "-0.800" in f.detail
+    t = _table([r for s in "abc" for r in (
+        (s, 0, "m0", "sal", "mask_correlation", 0.9),
+        (s, 0, "ens-avg", "sal", "mask_correlation", 0.1 + 0.01 * "abc".index(s)))])
+    f = findings(t, {})[0]
+    assert f.verdict == "not held" and "-0.790" in f.detail
 
 
 def test_consensus_points_average_rows_per_member():
@@ -107,15 +109,16 @@ def test_stats_on_generated_table_have_finite_ci():
 
 def test_consensus_alignment_uses_the_committee_table():
     committee = _table([
-        ("a", 0, "m0", "smoothgrad", "auc", 0.6), ("a", 0, "m1", "smoothgrad", "auc", 0.7),
-        ("a", 0, "m2", "smoothgrad", "auc", 0.8), ("a", 0, "consensus", "smoothgrad", "auc", 0.75),
+        (s, 0, src, "smoothgrad", "auc", v + 0.01 * i)
+        for i, s in enumerate("abcd")
+        for src, v in (("m0", 0.6), ("m1", 0.7), ("m2", 0.8), ("consensus", 0.75))
     ])
-    meta = pd.DataFrame({"metric": ["auc"], "category": ["localisation"],
-                         "higher_is_better": [True]})
-    found = findings(None, meta, {"committee_metrics": committee})[1]
-    assert found.held is True and "auc/smoothgrad 0.750 vs 0.700" in found.detail
-    committee.loc[committee["source"] == "consensus", "value"] = 0.65
-    assert findings(None, meta, {"committee_metrics": committee})[1].held is False
+    found = findings(None, {"committee_metrics": committee})[1]
+    assert found.verdict == "inconclusive"  # auc only: average precision, mask correlation missing
+    assert "auc/smoothgrad 0.765 vs 0.715" in found.detail
+    assert found.estimate == pytest.approx(0.05)
+    committee.loc[committee["source"] == "consensus", "value"] -= 0.1
+    assert findings(None, {"committee_metrics": committee})[1].verdict == "not held"
 
 
 def test_long_method_ensemble_names_are_shortened():

@@ -38,6 +38,6 @@ def demo_command(
     console.print(f"\n[bold]report:[/] {out / 'report.html'}")
     console.print("[bold]headline findings[/]")
     for f in summary["findings"]:
-        verdict = {True: "[green]held[/]", False: "[red]did not hold[/]"}.get(
-            f["held"], "[dim]not measured[/]")
+        verdict = {"held": "[green]held[/]", "not held": "[red]not held[/]"}.get(
+            f["verdict"], f"[dim]{f['verdict']}[/]")
         console.print(f"- {f['claim']}: {verdict}\n    {f['detail']}", highlight=False)

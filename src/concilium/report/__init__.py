@@ -13,11 +13,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
+from concilium.metrics.claims import Finding
 from concilium.report.data import ReportData
 from concilium.report.load import DEFAULT_GALLERY_METRICS, load_report_data
 from concilium.report.render import render_html, save
 from concilium.report.sections import SECTIONS
-from concilium.report.summary import Finding, findings
+from concilium.report.summary import findings
 
 __all__ = [
     "SECTIONS",

@@ -27,7 +27,7 @@ def summary_of(data: ReportData, report: Report) -> dict:
         "members": [] if data.members is None else _jsonable(data.members.to_dict("records")),
         "explanations": [] if stats is None else _jsonable(stats.to_dict("records")),
         "best_per_metric": {} if stats is None else best_per_metric(stats, data.meta),
-        "findings": [f.as_dict() for f in report.findings],
+        "findings": [_jsonable(f.as_dict()) for f in report.findings],
         "paper_table": [] if data.metrics is None
         else _jsonable(paper_table(data.metrics).to_dict("records")),
         "missing_sections": {s.id: s.missing for s in report.sections if s.missing},

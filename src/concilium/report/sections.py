@@ -17,11 +17,11 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
+from concilium.metrics.claims import Finding
 from concilium.metrics.tables import paper_table
 from concilium.report import figures as F
 from concilium.report.data import ReportData
 from concilium.report.summary import (
-    Finding,
     best_per_metric,
     consensus_points,
     explanation_label,
@@ -87,15 +87,18 @@ def _lacks(table: pd.DataFrame, columns: list[str], writer: str) -> str | None:
 
 
 def section_findings(data: ReportData, found: list[Finding]) -> Section:
-    """The claims of the ensembling papers, each held / did not hold / not measured."""
+    """The claims of the ensembling papers: each verdict (held, not held, inconclusive, not
+    measured) with its estimate, interval, threshold and rule."""
     s = Section("findings", SECTIONS["findings"],
                 "The claims of the ensembling papers, checked on this run.")
     if not found:
         s.missing = "No findings: the run has no metrics or audit tables yet."
     for f in found:
-        verdict = "held" if f.held else ("did not hold" if f.held is False else "not measured")
-        css = "held" if f.held else ("failed" if f.held is False else "")
-        s.items.append((f"{f.claim}: {verdict}.", f.detail, css))
+        css = {"held": "held", "not held": "failed"}.get(f.verdict, "")
+        number = "" if f.verdict == "not measured" else (
+            f"{f.metric} = {fmt(f.estimate)} (95% CI {fmt(f.ci_low)} to {fmt(f.ci_high)}, "
+            f"n = {f.n}; threshold {fmt(f.threshold)}). ")
+        s.items.append((f"{f.claim}: {f.verdict}.", f"{number}{f.detail}. Rule: {f.rule}.", css))
     return s
 
 
@@ -399,7 +402,7 @@ def build_sections(data: ReportData) -> Report:
     """All sections in report order, with the statistics and findings behind them."""
     stats = explanation_stats(data.metrics, members=data.members_view) \
         if data.metrics is not None and not data.metrics.empty else None
-    found = findings(data.metrics, data.meta, data.tables, card=data.dataset)
+    found = findings(data.metrics, data.tables, card=data.dataset)
     bars = {spec.section: spec for spec in BAR_SECTIONS}
     sections = [
         section_findings(data, found),

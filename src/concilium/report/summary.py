@@ -1,7 +1,7 @@
 """Numbers behind the report, computed from the tidy results tables: per-explanation means with
 95% confidence intervals, the best explanation per metric, family scores for the radar charts,
 the paper-style Ens-Avg / Exp-Avg / Ens-Logit table, and the headline findings (the claims of
-the ensembling issue, each with its number and whether it held).
+the ensembling issue, decided by :mod:`concilium.metrics.claims`).
 
 Everything here is a pure function of pandas DataFrames with the documented column names, so it
 is shared by the HTML report, ``RUN/summary.json`` and ``concilium demo``.
@@ -11,14 +11,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
 from typing import Literal
 
 import numpy as np
 import pandas as pd
-from scipy import stats as sps
 
-from concilium.metrics.tables import exp_avg_per_sample, mean_ci, paper_table
+from concilium.metrics.claims import (
+    Finding,
+    averaging_claim,
+    cnn_claim,
+    consensus_accuracy_claim,
+    consensus_alignment_claim,
+    rare_class_claim,
+    watermark_claim,
+)
+from concilium.metrics.tables import exp_avg_per_sample, mean_ci
 from concilium.vocabulary import EXP_AVG, FAMILIES, is_member
 
 METRIC_COLUMNS = ("sample", "label", "source", "method", "metric", "value")
@@ -142,101 +149,44 @@ def family_scores(stats: pd.DataFrame, meta: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-@dataclass
-class Finding:
-    """One headline claim, with its number and whether it held (``None``: not measured)."""
-
-    claim: str
-    detail: str
-    held: bool | None
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-
 def findings(
     metrics: pd.DataFrame | None,
-    meta: pd.DataFrame,
     tables: Mapping[str, pd.DataFrame],
     *,
     card: Mapping[str, object] | None = None,
+    seed: int = 0,
 ) -> list[Finding]:
-    """The claims of the ensembling issue, checked on this run's tables.
+    """The claims of the ensembling issue, decided on this run's tables by
+    :mod:`concilium.metrics.claims` (the one definition of each verdict rule).
 
-    1. Ens-Avg above Exp-Avg for every method (mask correlation, the paper's metric).
-    2. The consensus aligns with the masks better than the median member (AUC, average precision,
-       mask correlation; from the committee's ``committee_metrics`` table when there is one),
-       and the consensus score correlates positively with accuracy.
+    1. Ens-Avg beats Exp-Avg for every method (mask correlation, the paper's metric).
+    2. The consensus aligns with the masks better than the median member (from the committee's
+       ``committee_metrics`` table when there is one), and the consensus score correlates
+       positively with accuracy.
     3. The CNN ensembler's E* beats the best single method on relevance mass, IoU and pointing
-       game, and is at least as faithful (deletion) as the median method.
+       game, and the median method on deletion.
     4. The rare class and the watermark class are flagged by the audits.
 
-    A claim whose inputs are missing is reported with ``held=None`` and says what is missing.
+    A claim whose inputs are missing is ``"not measured"`` and says what is missing.
+
+    Args:
+        metrics: the tidy metrics table (``None``: not evaluated).
+        tables: the run's other results tables by logical name.
+        card: the dataset card (names the rare and watermark classes).
+        seed: seeds each claim's bootstrap (a fresh generator per claim).
     """
-    direction = _directions(meta)
-    out: list[Finding] = []
-    out.append(_claim_averaging(metrics, direction))
+    card = card or {}
     committee = tables.get("committee_metrics")
-    out.append(_claim_consensus_alignment(committee if committee is not None else metrics,
-                                          direction))
-    out.append(_claim_consensus_accuracy(tables.get("consensus")))
-    out.append(_claim_cnn(metrics, direction))
-    out.extend(_claim_audits(tables, card or {}))
-    return out
-
-
-def _claim_averaging(metrics: pd.DataFrame | None, direction: Mapping[str, bool]) -> Finding:
-    claim = "Ens-Avg beats Exp-Avg (mean over members) for every method"
-    if metrics is None:
-        return Finding(claim, "no metrics table", None)
-    table = paper_table(metrics).dropna(subset=["ens_avg", "exp_avg"])
-    metric = next((m for m in ("mask_correlation", "relevance_mass") if m in set(table["metric"])),
-                  None)
-    if metric is None:
-        return Finding(claim, "no Ens-Avg rows with mask_correlation or relevance_mass", None)
-    t = table[table["metric"] == metric]
-    sign = 1.0 if direction.get(metric, True) else -1.0
-    gains = {str(r.method): sign * (r.ens_avg - r.exp_avg) for r in t.itertuples()}
-    detail = f"{metric}: " + ", ".join(f"{m} {g:+.3f}" for m, g in gains.items())
-    return Finding(claim + f" ({metric})", detail, all(g > 0 for g in gains.values()))
-
-
-def _claim_consensus_alignment(
-    metrics: pd.DataFrame | None, direction: Mapping[str, bool]
-) -> Finding:
-    claim = "The consensus aligns with the masks better than the median member"
-    if metrics is None or not (metrics["source"] == "consensus").any():
-        return Finding(claim, "no consensus rows in the metrics table", None)
-    parts, held = [], []
-    for metric in ("auc", "average_precision", "mask_correlation"):
-        sel = metrics[metrics["metric"] == metric]
-        for method in sorted(set(sel[sel["source"] == "consensus"]["method"])):
-            s = sel[sel["method"] == method]
-            cons = _mean(s[s["source"] == "consensus"]["value"])
-            members = s[s["source"].map(is_member)].groupby("source")["value"].mean()
-            if members.empty or not np.isfinite(cons):
-                continue
-            median = float(members.median())
-            ok = cons > median if direction.get(metric, True) else cons < median
-            held.append(bool(ok))
-            parts.append(f"{metric}/{method} {cons:.3f} vs {median:.3f}")
-    if not held:
-        return Finding(claim, "no member rows to compare the consensus with", None)
-    return Finding(claim, "; ".join(parts), all(held))
-
-
-def _claim_consensus_accuracy(consensus: pd.DataFrame | None) -> Finding:
-    claim = "Consensus score correlates positively with member accuracy"
-    pair = _consensus_columns(consensus)
-    if pair is None:
-        return Finding(claim, "no consensus table with consensus score and accuracy", None)
-    x, y = pair
-    if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
-        return Finding(claim, f"too few or constant values ({len(x)} members)", None)
-    r = float(sps.pearsonr(x, y)[0])
-    rho = float(sps.spearmanr(x, y)[0])
-    return Finding(claim, f"Pearson r = {r:+.3f}, Spearman rho = {rho:+.3f} over {len(x)} members",
-                   r > 0)
+    return [
+        averaging_claim(metrics, rng=np.random.default_rng(seed)),
+        consensus_alignment_claim(committee if committee is not None else metrics,
+                                  rng=np.random.default_rng(seed)),
+        consensus_accuracy_claim(consensus_points(tables.get("consensus"))),
+        cnn_claim(metrics, rng=np.random.default_rng(seed)),
+        rare_class_claim(tables.get("per_class"), target=_special_class(card, "rare")),
+        watermark_claim(tables.get("bias"), target=_special_class(card, "watermark"),
+                        rng=np.random.default_rng(seed)),
+    ]
 
 
 def consensus_points(consensus: pd.DataFrame | None) -> pd.DataFrame | None:
@@ -256,65 +206,6 @@ def consensus_points(consensus: pd.DataFrame | None) -> pd.DataFrame | None:
     )
 
 
-def _consensus_columns(consensus: pd.DataFrame | None) -> tuple[np.ndarray, np.ndarray] | None:
-    points = consensus_points(consensus)
-    if points is None:
-        return None
-    p = points.dropna()
-    return p["consensus_score"].to_numpy(float), p["accuracy"].to_numpy(float)
-
-
-def _claim_cnn(metrics: pd.DataFrame | None, direction: Mapping[str, bool]) -> Finding:
-    claim = "The CNN ensembler's E* beats the best single method (relevance mass, IoU, pointing game)"
-    if metrics is None or not (metrics["source"] == "cnn").any():
-        return Finding(claim, "no cnn rows in the metrics table", None)
-    members = metrics[metrics["source"].map(is_member)]
-    parts, held = [], []
-    for metric in ("relevance_mass", "iou", "pointing_game", "deletion"):
-        cnn = _mean(metrics[(metrics["source"] == "cnn") & (metrics["metric"] == metric)]["value"])
-        per_method = members[members["metric"] == metric].groupby("method")["value"].mean()
-        if per_method.empty or not np.isfinite(cnn):
-            continue
-        hib = direction.get(metric, metric != "deletion")
-        if metric == "deletion":
-            ref, what = float(per_method.median()), "median method"
-        else:
-            ref = float(per_method.max() if hib else per_method.min())
-            what = f"best method {per_method.idxmax() if hib else per_method.idxmin()}"
-        ok = cnn >= ref if hib else cnn <= ref
-        held.append(bool(ok))
-        parts.append(f"{metric} {cnn:.3f} vs {what} {ref:.3f}")
-    if not held:
-        return Finding(claim, "no member rows for relevance_mass, iou or pointing_game", None)
-    return Finding(claim + ", and is at least as faithful as the median method",
-                   "; ".join(parts), all(held))
-
-
-def _claim_audits(tables: Mapping[str, pd.DataFrame], card: Mapping[str, object]) -> list[Finding]:
-    out = []
-    for kind, table_name, label in (
-        ("rare", "per_class", "The rare class is flagged by the per-class quality audit"),
-        ("watermark", "bias", "The watermark class is flagged by the bias audit"),
-    ):
-        target = _special_class(card, kind)
-        table = tables.get(table_name)
-        if target is None:
-            out.append(Finding(label, f"the dataset has no {kind} class", None))
-            continue
-        if table is None or table.empty:
-            out.append(Finding(label, f"no {table_name} table", None))
-            continue
-        cls = _first_column(table, ("class_name", "class", "label"))
-        flag = _first_column(table, ("flagged", "flag"))
-        if cls is None or flag is None:
-            out.append(Finding(label, f"the {table_name} table has no class/flagged columns", None))
-            continue
-        flagged = sorted({str(c) for c in table.loc[table[flag].astype(bool), cls]})
-        held = str(target) in flagged
-        out.append(Finding(label, f"{kind} class {target!s}; flagged: {flagged or 'none'}", held))
-    return out
-
-
 def _special_class(card: Mapping[str, object], kind: str) -> str | None:
     for key in (f"{kind}_class_name", f"{kind}_class"):
         value = card.get(key)
@@ -328,12 +219,6 @@ def _special_class(card: Mapping[str, object], kind: str) -> str | None:
 
 def _first_column(table: pd.DataFrame, names: tuple[str, ...]) -> str | None:
     return next((n for n in names if n in table.columns), None)
-
-
-def _mean(values: pd.Series) -> float:
-    v = values.to_numpy(dtype=float)
-    v = v[np.isfinite(v)]
-    return float(v.mean()) if v.size else math.nan
 
 
 def _directions(meta: pd.DataFrame) -> dict[str, bool]:
