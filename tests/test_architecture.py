@@ -51,20 +51,6 @@ SIBLING_EXCEPTIONS: dict[tuple[str, str], frozenset[str]] = {
     ("pipeline", "report"): frozenset({"write_report"}),  # the report is the pipeline's last stage
 }
 
-#: KNOWN OFFENDERS, to be fixed in src/ and then removed from here (the lead empties this list):
-#: ``(module, imported module)`` function-level imports of concilium outside cli/ found when this
-#: test was written. Do not add to it: import at module level, or move the code down a layer.
-ALLOWED_FUNCTION_IMPORTS: frozenset[tuple[str, str]] = frozenset({
-    ("concilium.pipeline.config", "concilium.data.folder"),
-    ("concilium.pipeline.config", "concilium.data.synthetic"),
-    ("concilium.pipeline.config", "concilium.metrics"),
-    ("concilium.pipeline.config", "concilium.metrics.evaluate"),
-    ("concilium.pipeline.config", "concilium.models"),
-    ("concilium.pipeline.config", "concilium.report"),
-})
-
-#: Known layer offenders ``(module, imported module)``; empty when the layers hold.
-ALLOWED_LAYER_VIOLATIONS: frozenset[tuple[str, str]] = frozenset()
 
 
 def _module_name(path: Path) -> str:
@@ -169,7 +155,6 @@ def test_imports_go_down_the_layers() -> None:
         for module in MODULES
         for imp in imports_of(module)
         if (why := _layer_violation(module, imp)) is not None
-        and (module, imp.target) not in ALLOWED_LAYER_VIOLATIONS
     ]
     assert not bad, "imports against the layer order:\n" + "\n".join(bad)
 
@@ -184,18 +169,11 @@ def test_no_function_level_import_of_concilium_outside_cli() -> None:
         for module in MODULES
         if _package(module) != "cli"
         for imp in imports_of(module)
-        if imp.in_function and (module, imp.target) not in ALLOWED_FUNCTION_IMPORTS
+        if imp.in_function
     ]
     assert not bad, "import at module level instead (a lazy import hides a cycle):\n" + "\n".join(
         bad)
 
-
-def test_the_allow_lists_hold_only_real_offenders() -> None:
-    """An offender that was fixed must leave the allow-list (else it silently allows it again)."""
-    function_level = {(m, i.target) for m in MODULES for i in imports_of(m) if i.in_function}
-    assert ALLOWED_FUNCTION_IMPORTS <= function_level, ALLOWED_FUNCTION_IMPORTS - function_level
-    layer = {(m, i.target) for m in MODULES for i in imports_of(m) if _layer_violation(m, i)}
-    assert ALLOWED_LAYER_VIOLATIONS <= layer, ALLOWED_LAYER_VIOLATIONS - layer
 
 
 def import_graph() -> dict[str, set[str]]:

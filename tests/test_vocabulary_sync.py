@@ -14,7 +14,6 @@ import pytest
 import torch
 
 from concilium import vocabulary
-from concilium.data import DATASETS
 from concilium.explain.engine import reduce_channels
 from concilium.explain.methods import METHODS
 from concilium.explain.methods import Kind as MethodKind
@@ -24,7 +23,6 @@ from concilium.metrics.perturb import BASELINE_NAMES, BaselineName
 from concilium.metrics.registry import CATEGORIES, METRICS
 from concilium.models import adapters, members, settings
 from concilium.models.diversities import DIVERSITIES
-from concilium.pipeline.config import DataConfig
 from registry_helpers import all_registries
 
 
@@ -45,8 +43,6 @@ def _module_literals(module) -> dict[str, tuple]:
 #: ``(what, names of the Literal, names it mirrors)``.
 MIRRORS = [
     ("members.Diversity vs DIVERSITIES", get_args(members.Diversity), DIVERSITIES.names()),
-    ("pipeline DataConfig.kind vs DATASETS",
-     _literal_args(DataConfig.model_fields["kind"].annotation), DATASETS.names()),
     ("vocabulary.Family vs FAMILIES", get_args(vocabulary.Family), vocabulary.FAMILIES),
     ("metrics CATEGORIES vs FAMILIES", CATEGORIES, vocabulary.FAMILIES),
     ("vocabulary.SplitName vs SPLITS", get_args(vocabulary.SplitName), vocabulary.SPLITS),

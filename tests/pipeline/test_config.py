@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from concilium.data import DATASETS
 from concilium.jobs.audit import AuditOptions
 from concilium.jobs.ensemble import ENSEMBLERS
 from concilium.pipeline import load_config, parse_config
@@ -42,7 +43,7 @@ from concilium.pipeline import load_config, parse_config
          r"\[ensemble.options.cnn\] unknown key 'cnn'; valid keys: .*epochs"),
         ({"models": {"dir": "x", "epochs": 3}}, r"drop the training keys \['epochs'\]"),
         ({"data": {"kind": "folder"}}, r"needs path"),
-        ({"data": {"kind": "images"}}, r"kind: Input should be 'synthetic' or 'folder'"),
+        ({"data": {"kind": "images"}}, r"\[data\] kind: unknown dataset kind .images.; valid: folder, synthetic"),
         ({"data": {"n": 10, "size": 8}}, r"\[data\] size: Input should be greater than or equal to 32"),
         ({"device": "gpu"}, r"\[device\]"),
     ],
@@ -63,7 +64,7 @@ def test_defaults_and_valid_sections():
         "audit": {"region": "outside"},
         "report": {"gallery_images": 2},
     })
-    assert cfg.data.synthetic == {"n": 100, "size": 32, "rare_class": 2, "rare_fraction": 0.05}
+    assert cfg.data.options == {"n": 100, "size": 32, "rare_class": 2, "rare_fraction": 0.05}
     assert cfg.models.option("members") == 3 and cfg.models.option("diversity") == "head"
     consensus = cfg.ensemble.options_for("consensus", device="cpu")
     assert type(consensus) is ENSEMBLERS.get("consensus").options and consensus.vote == "rank"
@@ -115,3 +116,16 @@ def test_explain_baseline_accepts_registry_specs_and_checks_ganmex_paths(tmp_pat
     gen.mkdir()
     (gen / "card.json").write_text("{}")  # its fit to each member is checked when explaining
     assert parse_config({"explain": {"baseline": f"ganmex:{gen}"}}).explain.baseline == f"ganmex:{gen}"
+
+
+def test_the_data_section_takes_every_registered_dataset_kind():
+    """[data] kinds come from concilium.data.DATASETS: an unknown kind lists them all, and each
+    kind's section keys are what the section accepts for it."""
+    with pytest.raises(ValueError) as err:
+        parse_config({"data": {"kind": "no-such-kind"}})
+    assert all(k in str(err.value) for k in DATASETS.names())
+    for kind in DATASETS.names():
+        with pytest.raises(ValueError) as err:
+            parse_config({"data": {"kind": kind, "no_such_key": 1}})
+        assert "no_such_key" in str(err.value)
+        assert all(k in str(err.value) for k in DATASETS.get(kind).section_keys())

@@ -77,6 +77,29 @@ class DatasetSpec(BaseModel):
         raise NotImplementedError(f"{cls.__name__} must define example()")
 
     @classmethod
+    def section_keys(cls) -> list[str]:
+        """The keys an experiment's ``[data]`` section may hold for this kind (besides
+        ``kind``); by default the spec's own fields."""
+        return [k for k in cls.model_fields if k != "kind"]
+
+    @classmethod
+    def from_section(cls, values: Mapping[str, Any]) -> DatasetSpec:
+        """The spec of an experiment's ``[data]`` section (its keys besides ``kind``); by
+        default the section holds the spec's fields as they are.
+
+        Raises:
+            ValueError: an unknown key (naming the valid ones) or a bad value.
+        """
+        return cls.model_validate({**dict(values), "kind": cls.model_fields["kind"].default})
+
+    def split_sizes(self) -> tuple[dict[str, int], tuple[int, int], int]:
+        """``({split: samples}, (H, W), classes)`` for planning, cheaply where the kind can
+        (the default loads the dataset)."""
+        data = self.load()
+        return ({s: data.splits.count(s) for s in ("train", "val", "test")},
+                tuple(data.image_size), data.num_classes)
+
+    @classmethod
     def __get_pydantic_core_schema__(
         cls, source: Any, handler: GetCoreSchemaHandler
     ) -> core_schema.CoreSchema:
@@ -186,6 +209,27 @@ class FolderDataset(DatasetSpec):
                            split_fractions=self.split_fractions)
 
     @classmethod
+    def from_section(cls, values: Mapping[str, Any]) -> FolderDataset:
+        """``path`` (``~`` expanded, made absolute) and ``size`` (an int means square)."""
+        values = dict(values)
+        if "path" not in values:
+            raise ValueError('kind = "folder" needs path = "DATA" (the dataset folder)')
+        values["path"] = str(Path(values["path"]).expanduser().resolve())
+        if isinstance(values.get("size"), int):
+            values["size"] = (values["size"], values["size"])
+        return cls.model_validate({**values, "kind": "folder"})
+
+    def split_sizes(self) -> tuple[dict[str, int], tuple[int, int], int]:
+        """Counted from the folder's file names, without reading an image (fractions as the
+        loader assigns them when the folder has no ``splits.csv``; 64 px when not resized)."""
+        root = Path(self.path)
+        n = sum(1 for p in root.glob("images/*/*") if p.is_file())
+        f = self.split_fractions
+        sizes = {"train": round(n * f[0]), "val": round(n * f[1])}
+        sizes["test"] = n - sizes["train"] - sizes["val"]
+        return sizes, self.size or (64, 64), max(2, len(list(root.glob("images/*"))))
+
+    @classmethod
     def example(cls, folder: Path) -> FolderDataset:
         """A six-image folder written under ``folder``."""
         data = generate(SynthConfig(n=6, size=32, num_classes=2, seed=0))
@@ -215,6 +259,29 @@ class SyntheticDataset(DatasetSpec):
     def load(self) -> ImageDataset:
         """Regenerate the benchmark (byte-identical for the same config)."""
         return generate(SynthConfig.model_validate(self.config))
+
+    @classmethod
+    def section_keys(cls) -> list[str]:
+        """The generator's knobs: ``[data]`` holds them directly (``n = 600``, ...)."""
+        return list(SynthConfig.model_fields)
+
+    @classmethod
+    def from_section(cls, values: Mapping[str, Any]) -> SyntheticDataset:
+        """The knobs of :class:`~concilium.data.synthetic.SynthConfig`, every default filled in
+        (so the run records the whole generator configuration)."""
+        unknown = sorted(set(values) - set(cls.section_keys()))
+        if unknown:
+            raise ValueError(f"unknown keys {unknown} for kind = \"synthetic\"; valid keys: "
+                             f"kind, {', '.join(cls.section_keys())}")
+        return cls(config=SynthConfig.model_validate(dict(values)).model_dump(mode="json"))
+
+    def split_sizes(self) -> tuple[dict[str, int], tuple[int, int], int]:
+        """From the generator's knobs, without generating."""
+        s = SynthConfig.model_validate(self.config)
+        f = s.split_fractions
+        sizes = {"train": round(s.n * f[0]), "val": round(s.n * f[1])}
+        sizes["test"] = s.n - sizes["train"] - sizes["val"]
+        return sizes, (s.size, s.size), s.num_classes
 
     @classmethod
     def example(cls, folder: Path) -> SyntheticDataset:

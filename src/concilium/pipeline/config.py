@@ -35,13 +35,18 @@ import typing
 from collections.abc import Callable, Mapping
 from functools import cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
+from concilium.data import DATASETS, DatasetSpec
 from concilium.jobs.audit import AuditOptions
 from concilium.jobs.ensemble import ENSEMBLERS, EnsembleOptionsBase, ensemble_options
 from concilium.jobs.explain import ExplainOptions, check_methods
+from concilium.metrics import METRICS
+from concilium.metrics.evaluate import check_params
+from concilium.models import train_ensemble
+from concilium.report import write_report
 from concilium.vocabulary import FAMILIES, Split
 
 
@@ -106,67 +111,50 @@ def validate_kwargs(
 # ----------------------------------------------------------------------------- the sections
 
 
-@cache
-def _synth_keys() -> list[str]:
-    from concilium.data.synthetic import SynthConfig
-
-    return list(SynthConfig.model_fields)
-
-
-@cache
-def _folder_model() -> type[BaseModel]:
-    from concilium.data.folder import load_folder
-
-    return signature_model(load_folder, name="data (folder)", exclude=("progress",),
-                           extra_fields={"path": (str, ...)})
-
-
 class DataConfig(_Section):
-    """``[data]``: the benchmark generator's knobs or a folder dataset.
+    """``[data]``: ``kind``, a name of :data:`concilium.data.DATASETS` (default
+    ``"synthetic"``), and that kind's keys: the benchmark generator's knobs (``n``, ``size``,
+    ``num_classes``, ``rare_class``, ``watermark_class``, ... of ``SynthConfig``) or a folder's
+    ``path``, ``size``, ``seed`` and ``split_fractions``. Each kind validates its own keys
+    (:meth:`concilium.data.DatasetSpec.from_section`).
 
     Attributes:
-        kind: ``"synthetic"`` (the ground-truth benchmark) or ``"folder"``.
-        synthetic: the generator knobs (``n``, ``size``, ``num_classes``, ``rare_class``,
-            ``watermark_class``, ...), validated by ``SynthConfig``.
-        folder: ``path`` and :func:`load_folder`'s keyword parameters (``size``, ``seed``,
-            ``split_fractions``).
+        kind: the dataset kind.
+        options: the section's other keys, as given.
     """
 
-    kind: Literal["synthetic", "folder"] = "synthetic"
-    synthetic: dict[str, Any] = Field(default_factory=dict)
-    folder: dict[str, Any] = Field(default_factory=dict)
+    kind: str = "synthetic"
+    options: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="before")
     @classmethod
     def _flatten(cls, values: Any) -> Any:
-        if not isinstance(values, dict) or "synthetic" in values or "folder" in values:
+        if not isinstance(values, dict) or "options" in values:
             return values
         values = dict(values)
         kind = values.pop("kind", "synthetic")
-        if kind == "synthetic":
-            from concilium.data.synthetic import SynthConfig
+        if kind not in DATASETS:
+            raise ValueError(f"[data] kind: unknown dataset kind {kind!r}; valid: "
+                             f"{', '.join(DATASETS.names())}")
+        spec_cls = DATASETS.get(kind)
+        unknown = sorted(set(values) - set(spec_cls.section_keys()))
+        if unknown:
+            raise _keys_error("data", unknown, ["kind", *spec_cls.section_keys()])
+        try:
+            spec_cls.from_section(values)
+        except ValidationError as err:
+            raise ValueError(format_validation_error(err, prefix="data")) from None
+        except ValueError as err:
+            raise ValueError(f"[data] {err}") from None
+        return {"kind": kind, "options": values}
 
-            unknown = sorted(set(values) - set(_synth_keys()))
-            if unknown:
-                raise _keys_error("data", unknown, ["kind", *_synth_keys()])
-            try:
-                synth = SynthConfig.model_validate(values).model_dump(mode="json",
-                                                                      exclude_unset=True)
-            except ValidationError as err:
-                raise ValueError(format_validation_error(err, prefix="data")) from None
-            return {"kind": kind, "synthetic": synth}
-        if kind == "folder":
-            if "path" not in values:
-                raise ValueError("[data] kind = \"folder\" needs path = \"DATA\" (the dataset "
-                                 "folder, see docs/pipeline.md)")
-            return {"kind": kind, "folder": validate_kwargs("data", _folder_model(), values)}
-        return {"kind": kind}  # the Literal check reports the valid kinds
+    def spec(self) -> DatasetSpec:
+        """The dataset spec of this section (what ``RUN/run.json`` records)."""
+        return DATASETS.get(self.kind).from_section(self.options)
 
 
 @cache
 def _train_model() -> type[BaseModel]:
-    from concilium.models import train_ensemble
-
     return signature_model(train_ensemble, name="models",
                            exclude=("dataset", "out", "device", "progress"))
 
@@ -283,9 +271,6 @@ class EvaluateConfig(_Section):
     @model_validator(mode="after")
     def _check_metrics(self) -> EvaluateConfig:
         names = resolve_metrics(self.metrics)
-        from concilium.metrics import METRICS
-        from concilium.metrics.evaluate import check_params
-
         for name, values in self.params.items():
             if name not in METRICS:
                 raise ValueError(f"[evaluate.params.{name}] unknown metric; valid: "
@@ -306,8 +291,6 @@ def resolve_metrics(selection: list[str]) -> list[str]:
     Raises:
         ValueError: for a name that is neither (listing families and metrics).
     """
-    from concilium.metrics import METRICS
-
     if not selection:
         raise ValueError("[evaluate] metrics is empty; give families or names")
     out: list[str] = []
@@ -347,8 +330,6 @@ class AuditConfig(_Section):
 
 @cache
 def _report_model() -> type[BaseModel]:
-    from concilium.report import write_report
-
     return signature_model(write_report, name="report", exclude=("run_dir",))
 
 
@@ -463,7 +444,7 @@ def _valid_keys(loc: list[str]) -> list[str]:
         if model is None:
             return []
     fields = list(getattr(model, "model_fields", {}))
-    flat = {"data": ["kind", *_synth_keys()], "models": ["dir", *_train_model().model_fields],
+    flat = {"models": ["dir", *_train_model().model_fields],
             "report": list(_report_model().model_fields),
             "audit": ["enabled", *(k for k in AuditOptions.model_fields if k != "device")]}
     return flat.get(loc[-1], fields) if loc else fields

@@ -16,7 +16,6 @@ from typing import Literal
 
 import torch
 
-from concilium.data.synthetic import SynthConfig
 from concilium.explain import METHODS, method_params
 from concilium.metrics import METRICS
 from concilium.metrics.randomisation import randomisable_layers
@@ -69,20 +68,7 @@ def probe_seconds(arch: str, size: tuple[int, int], num_classes: int) -> float:
 
 
 def _split_sizes(config: ExperimentConfig) -> tuple[dict[str, int], tuple[int, int], int]:
-    d = config.data
-    if d.kind == "synthetic":
-        s = SynthConfig.model_validate(d.synthetic)
-        f = s.split_fractions
-        sizes = {"train": round(s.n * f[0]), "val": round(s.n * f[1])}
-        sizes["test"] = s.n - sizes["train"] - sizes["val"]
-        return sizes, (s.size, s.size), s.num_classes
-    size = d.folder.get("size") or 64
-    hw = (size, size) if isinstance(size, int) else tuple(size)
-    n = sum(1 for p in Path(d.folder["path"]).expanduser().glob("images/*/*") if p.is_file())
-    f = d.folder.get("split_fractions", (0.7, 0.15, 0.15))
-    sizes = {"train": round(n * f[0]), "val": round(n * f[1])}
-    sizes["test"] = n - sizes["train"] - sizes["val"]
-    return sizes, hw, max(2, len(list(Path(d.folder["path"]).expanduser().glob("images/*"))))
+    return config.data.spec().split_sizes()
 
 
 def _archs(models) -> list[str]:

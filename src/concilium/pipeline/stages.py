@@ -30,14 +30,12 @@ from typing import Any
 import pandas as pd
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from concilium.data.specs import dataset_spec as build_spec
-from concilium.data.synthetic import SynthConfig
 from concilium.jobs.audit import run_audit
 from concilium.jobs.ensemble import run_ensemble
 from concilium.jobs.evaluate import evaluate_run
 from concilium.jobs.explain import ChunkEvent, ExplainOptions, explain_run
 from concilium.models import load_members, train_ensemble
-from concilium.pipeline.config import EnsembleConfig, ExperimentConfig, resolve_metrics
+from concilium.pipeline.config import EnsembleConfig, resolve_metrics
 from concilium.pipeline.context import Context, Stage
 from concilium.report import write_report
 from concilium.store import ResultsTable, RunInfo, write_table
@@ -45,22 +43,10 @@ from concilium.store import ResultsTable, RunInfo, write_table
 # ----------------------------------------------------------------------------- data
 
 
-def dataset_spec(config: ExperimentConfig) -> Any:
-    """The :class:`concilium.data.DatasetSpec` of the experiment's data."""
-    d = config.data
-    if d.kind == "synthetic":
-        return build_spec({"kind": "synthetic",
-                           "config": SynthConfig.model_validate(d.synthetic).model_dump(mode="json")})
-    size = d.folder.get("size")
-    return build_spec({**d.folder, "kind": "folder",
-                       "path": str(Path(d.folder["path"]).expanduser().resolve()),
-                       "size": (size, size) if isinstance(size, int) else size})
-
-
 def load_dataset(ctx: Context) -> Any:
     """The whole dataset (every split), built once per process."""
     if "dataset" not in ctx.cache:
-        ctx.cache["dataset"] = dataset_spec(ctx.config).load()
+        ctx.cache["dataset"] = ctx.config.data.spec().load()
     return ctx.cache["dataset"]
 
 
@@ -113,7 +99,7 @@ def explain_into(
             progress.update(task, total=event.images_total, completed=event.images_done,
                             description=f"{event.source} ({', '.join(event.methods)})")
 
-        reports = explain_run(run_dir, dataset=dataset_spec(ctx.config), models_dir=models_dir,
+        reports = explain_run(run_dir, dataset=ctx.config.data.spec(), models_dir=models_dir,
                               options=options, device=ctx.config.device, on_chunk=on_chunk)
     computed = sum(r.rows_computed for r in reports)
     images = RunInfo.load(run_dir).n
