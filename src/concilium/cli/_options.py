@@ -16,7 +16,7 @@ from __future__ import annotations
 import inspect
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any, Literal
 
 import typer
@@ -88,9 +88,10 @@ def _help(fields: Mapping[str, FieldInfo], *, several: bool) -> str:
     return text
 
 
-def model_flags(models: Mapping[str, type[BaseModel]]) -> list[inspect.Parameter]:
-    """Keyword-only typer parameters, one per field of ``models`` (``owner -> model``); all
-    default to ``None`` (not given).
+def model_flags(models: Mapping[str, type[BaseModel]], *, exclude: Collection[str] = ()
+                ) -> list[inspect.Parameter]:
+    """Keyword-only typer parameters, one per field of ``models`` (``owner -> model``) but those
+    in ``exclude`` (fields the command spells its own way); all default to ``None`` (not given).
 
     With several models, a field all of them have is listed under "Options of every <what>",
     a field of one under "Options of <owner>", the rest under "Options of several" with their
@@ -99,7 +100,7 @@ def model_flags(models: Mapping[str, type[BaseModel]]) -> list[inspect.Parameter
     fields: dict[str, dict[str, FieldInfo]] = {}
     for owner, model in models.items():
         for name, f in model.model_fields.items():
-            if has_flag(f):
+            if has_flag(f) and name not in exclude:
                 fields.setdefault(name, {})[owner] = f
     several = len(models) > 1
     params = []

@@ -7,6 +7,7 @@ interrupted run loses at most the chunk in flight and a re-run computes only wha
 
 from __future__ import annotations
 
+import inspect
 import json
 import time
 from pathlib import Path
@@ -15,29 +16,13 @@ from typing import Any
 import typer
 from pydantic import ValidationError
 
+from concilium.cli._options import given_options, model_flags
 from concilium.cli.app import app
 from concilium.cli.options import check_device
-
-DEFAULT_METHODS = "saliency,input_x_gradient,integrated_gradients,gradient_shap,gradcam"
-
-
-def parse_methods(text: str) -> list[str]:
-    """Split ``"a,b,c"`` into known method names.
-
-    Raises:
-        ValueError: on an empty list, a repeat or an unknown name (listing the valid ones).
-    """
-    from concilium.explain import METHODS
-
-    names = [m.strip() for m in text.split(",") if m.strip()]
-    if not names:
-        raise ValueError(f"--methods is empty; pick from: {', '.join(METHODS.names())}")
-    repeated = sorted({m for m in names if names.count(m) > 1})
-    if repeated:
-        raise ValueError(f"--methods names {repeated} more than once")
-    for name in names:
-        METHODS.get(name)  # raises listing the valid names
-    return names
+from concilium.data.specs import FolderDataset
+from concilium.explain import METHODS, method_params
+from concilium.jobs.baselines import check_baseline_spec
+from concilium.jobs.explain import PAPER_METHODS, ExplainOptions
 
 
 def parse_params(items: list[str], methods: list[str]) -> dict[str, dict[str, Any]]:
@@ -47,8 +32,6 @@ def parse_params(items: list[str], methods: list[str]) -> dict[str, dict[str, An
     Raises:
         ValueError: on a malformed item, a method not in ``methods`` or an unknown key.
     """
-    from concilium.explain import method_params
-
     out: dict[str, dict[str, Any]] = {}
     for item in items:
         name, eq, raw = item.partition("=")
@@ -84,48 +67,39 @@ def _parse_size(text: str | None) -> tuple[int, int] | None:
     return (values[0], values[-1])
 
 
-def _positive(value: int | None, option: str) -> None:
-    if value is not None and value < 1:
-        raise ValueError(f"{option} must be a positive integer; got {value}")
 
 
-@app.command("explain")
 def explain_command(
-    data: Path = typer.Argument(..., help="Image folder (as written by `concilium synth`)."),
-    models: Path = typer.Option(..., "--models", help="Members folder (MODELS/m0, m1, ...)."),
-    out: Path = typer.Option(..., "--out", help="Run directory (explanations.zarr + run.json)."),
-    methods: str = typer.Option(DEFAULT_METHODS, "--methods", help="Comma-separated methods."),
-    split: str = typer.Option("test", "--split", help="train, val, test or all."),
-    device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:<k>."),
-    batch_size: int | None = typer.Option(
-        None, "--batch-size",
-        help="Model-input rows per call (default: timing probe, recorded per entry)."
-    ),
-    limit: int | None = typer.Option(None, "--limit", help="Explain the first N of the split."),
-    target: str = typer.Option(
-        "label", "--target", help="label, pred, <int>, attr:<name|index> or contrast:<t>."
-    ),
-    reduction: str = typer.Option("sum", "--reduction", help="sum, abs_sum, l2 or max_abs."),
-    baseline: str = typer.Option(
-        "zero", "--baseline",
-        help="zero, black, blur[:sigma=s], uniform, or ganmex:GEN (a trained GANMEX generator; "
-        "with --target contrast:<t> each baseline is G(x, t), cached in the run's store).",
-    ),
-    float16: bool = typer.Option(False, "--float16", help="Store maps as float16 (half the disk)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of every stochastic method."),
-    param: list[str] | None = typer.Option(
-        None, "--param", help="method.key=value overriding a method default (repeatable)."
-    ),
-    chunk_size: int = typer.Option(64, "--chunk-size", help="Samples per stored chunk."),
-    size: str | None = typer.Option(None, "--size", help="Resize images to H or HxW on loading."),
+    data: Path, *, models: Path, out: Path, device: str, param: list[str] | None,
+    size: str | None, **flags: Any,
 ) -> None:
     """Explain every member with every method; resumable, never computes a map twice."""
-    run_explain(
-        data, models=models, out=out, methods=methods, split=split, device=device,
-        batch_size=batch_size, limit=limit, target=target, reduction=reduction,
-        baseline=baseline, float16=float16, seed=seed, param=param, chunk_size=chunk_size,
-        size=size,
-    )
+    run_explain(data, models=models, out=out, device=device, param=param, size=size, **flags)
+
+
+# The options of the run are the fields of ExplainOptions (help text from their descriptions);
+# the method parameters are given as repeatable --param method.key=value.
+explain_command.__signature__ = inspect.Signature([  # type: ignore[attr-defined]
+    inspect.Parameter("data", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Path,
+                      default=typer.Argument(..., help="Image folder (as written by "
+                                                       "`concilium synth`).")),
+    inspect.Parameter("models", inspect.Parameter.KEYWORD_ONLY, annotation=Path,
+                      default=typer.Option(..., "--models", help="Members folder (MODELS/m0, "
+                                                                 "m1, ...).")),
+    inspect.Parameter("out", inspect.Parameter.KEYWORD_ONLY, annotation=Path,
+                      default=typer.Option(..., "--out", help="Run directory "
+                                                              "(explanations.zarr + run.json).")),
+    inspect.Parameter("device", inspect.Parameter.KEYWORD_ONLY, annotation=str,
+                      default=typer.Option("cpu", "--device", help="cpu, cuda or cuda:<k>.")),
+    inspect.Parameter("param", inspect.Parameter.KEYWORD_ONLY, annotation=list[str] | None,
+                      default=typer.Option(None, "--param", help="method.key=value overriding a "
+                                                                 "method default (repeatable).")),
+    inspect.Parameter("size", inspect.Parameter.KEYWORD_ONLY, annotation=str | None,
+                      default=typer.Option(None, "--size", help="Resize images to H or HxW on "
+                                                                "loading.")),
+    *model_flags({"explain": ExplainOptions}, exclude=("params",)),
+])
+app.command("explain")(explain_command)
 
 
 def run_explain(
@@ -133,46 +107,31 @@ def run_explain(
     *,
     models: Path,
     out: Path,
-    methods: str = DEFAULT_METHODS,
-    split: str = "test",
     device: str = "cpu",
-    batch_size: int | None = None,
-    limit: int | None = None,
-    target: str = "label",
-    reduction: str = "sum",
-    baseline: str = "zero",
-    float16: bool = False,
-    seed: int = 0,
     param: list[str] | None = None,
-    chunk_size: int = 64,
     size: str | None = None,
     quiet: bool = False,
+    **flags: Any,
 ) -> list:
-    """The body of ``concilium explain`` (see :func:`explain_command` for the options).
+    """The body of ``concilium explain``: ``flags`` are options of
+    :class:`~concilium.jobs.explain.ExplainOptions` as given on the command line (``None``: not
+    given); every one is checked before any data or model is loaded.
 
     Returns:
         The :class:`~concilium.jobs.explain.EntryReport` list.
     """
     from rich.console import Console
 
-    from concilium.data.specs import FolderDataset
-    from concilium.jobs.baselines import check_baseline_spec
-    from concilium.jobs.explain import ExplainOptions
-
     console = Console(stderr=True, quiet=quiet)
     # -- cheap checks first --------------------------------------------------------------------
-    method_names = parse_methods(methods)
-    check_baseline_spec(baseline)  # a missing generator folder is a FileNotFoundError
+    given = given_options(flags, ExplainOptions, what="explain")
+    method_names = given.get("methods") or list(PAPER_METHODS)
+    for name in method_names:
+        METHODS.get(name)  # raises listing the valid names
+    check_baseline_spec(given.get("baseline", "zero"))  # a missing generator folder: FileNotFound
     check_device(device)
-    _positive(batch_size, "--batch-size")
-    _positive(limit, "--limit")
-    _positive(chunk_size, "--chunk-size")
     try:
-        options = ExplainOptions(
-            methods=method_names, params=parse_params(list(param or []), method_names),
-            split=split, limit=limit, batch_size=batch_size, target=target, baseline=baseline,
-            reduction=reduction, seed=seed, float16=float16, chunk_size=chunk_size,
-        )
+        options = ExplainOptions(**given, params=parse_params(list(param or []), method_names))
     except ValidationError as err:
         raise ValueError(_option_errors(err)) from None
     image_size = _parse_size(size)

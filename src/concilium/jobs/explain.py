@@ -449,17 +449,27 @@ class ExplainOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    methods: list[str] = Field(default_factory=lambda: list(PAPER_METHODS))
-    params: dict[str, dict[str, Any]] = Field(default_factory=dict)
-    split: Split = "test"
-    limit: int | None = Field(None, ge=1)
-    batch_size: int | None = Field(None, ge=1)
-    target: str = "label"
-    baseline: str = "zero"
-    reduction: Reduction = "sum"
-    seed: int = 0
-    float16: bool = False
-    chunk_size: int = Field(64, ge=1)
+    methods: list[str] = Field(
+        default_factory=lambda: list(PAPER_METHODS),
+        description="explanation methods (names of concilium.explain.METHODS)")
+    params: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="per method, parameters overriding its defaults")
+    split: Split = Field("test", description="the split explained (all: every sample)")
+    limit: int | None = Field(None, ge=1, description="explain the first N of the split")
+    batch_size: int | None = Field(
+        None, ge=1, description="model-input rows per call (default: the timing probe's "
+                                "choice, recorded per entry)")
+    target: str = Field("label", description="label, pred, <int>, attr:<name|index> or "
+                                             "contrast:<t>")
+    baseline: str = Field(
+        "zero", description="zero, black, blur[:sigma=s], uniform, image_mean, or ganmex:GEN "
+                            "(a trained GANMEX generator; with --target contrast:<t> each "
+                            "baseline is G(x, t), cached in the run's store)")
+    reduction: Reduction = Field("sum", description="how channels become one map")
+    seed: int = Field(0, description="seed of every stochastic method")
+    float16: bool = Field(False, description="store maps as float16 (half the disk)")
+    chunk_size: int = Field(64, ge=1, description="samples per stored chunk")
 
     @model_validator(mode="after")
     def _check(self) -> ExplainOptions:
