@@ -1,22 +1,11 @@
-"""Console entry point: ``concilium``. Each command lives in its own module of this package."""
+"""Console entry point: ``concilium``. Each command lives in its own module of this package,
+imported when the command is used (:class:`concilium.cli.app.LazyGroup`)."""
 
 from __future__ import annotations
 
 import sys
 
-from concilium.cli import (  # noqa: F401  (importing registers the commands)
-    audit,
-    demo,
-    ensemble,
-    evaluate,
-    explain,
-    ganmex,
-    report,
-    run,
-    synth,
-    train,
-)
-from concilium.cli.app import app
+from concilium.cli.app import app  # commands are imported when used (see LazyGroup)
 
 
 @app.callback()
