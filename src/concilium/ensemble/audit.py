@@ -2,8 +2,6 @@
 
 * :func:`per_class_quality`: Dice and IoU of the binarised E* against the masks, per class; a
   class far below the others is hard or under-represented.
-* :func:`per_class_metric_means`: any metric's per-class means from the metrics table, with
-  classes that are outliers on the bad side flagged.
 * :func:`bias_table`: the share of attribution mass on a region that is not evidence (a
   watermark, or everything outside the object), per class, next to the share a uniform map would
   put there; a class whose maps concentrate on the region is flagged.
@@ -11,6 +9,9 @@
   trained on them, its accuracy next to one trained on the original images with the same budget.
 
 All thresholds are fixed a priori and documented; tables report the raw numbers next to the flags.
+Any metric's per-class means from the metrics table are
+:func:`concilium.metrics.tables.per_class_metric_means`; the audit job that feeds these measures
+from a run is :mod:`concilium.jobs.audit`.
 """
 
 from __future__ import annotations

@@ -1,10 +1,12 @@
 """Fill the store: explain every member with every method, chunk by chunk, resumably.
 
-:func:`explain_to_store` is what ``concilium explain`` and the pipeline call. For each member it
-opens (or creates) one entry per method, then walks the union of the missing chunks; each chunk's
-images go once to the device, the methods missing it are computed (sharing passes through
-``explain_many`` where the methods allow) and every map is written as soon as it exists. Complete
-entries cost nothing.
+:func:`explain_run` is what ``concilium explain`` and the pipeline's explain and committee stages
+call: it checks everything (:class:`ExplainOptions`, the data, the members, the baseline against
+each member), writes ``RUN/run.json`` and fills the store with :func:`explain_to_store`. For each
+member, that opens (or creates) one entry per method, then walks the union of the missing
+chunks; each chunk's images go once to the device, the methods missing it are computed (sharing
+passes through ``explain_many`` where the methods allow) and every map is written as soon as it
+exists. Complete entries cost nothing.
 
 Determinism: a resumed run ends byte-identical to an uninterrupted one (same device and library
 versions), because nothing a chunk's maps depend on changes between processes:

@@ -2,20 +2,20 @@
 
 Stage order and what each one hashes (its configuration section plus upstream hashes):
 
-===================  ===============================  =====================================
-stage                calls                            reads
-===================  ===============================  =====================================
-data                 ``synthetic.generate`` /         ``[data]``
-                     ``folder.load_folder``
-models               ``models.train_ensemble``        ``[models]``, data
-committee            ``train_ensemble``, explain,     ``[committee]``, data, explain split
-                     consensus into ``RUN/committee``
-explain              ``jobs.explain.explain_run``      ``[explain]``, data, models
-ensemble             ``jobs.ensemble.run_ensemble``    ``[ensemble]``, explain
-evaluate             ``jobs.evaluate.evaluate_run``    ``[evaluate]``, explain, ensemble
-audit                ``jobs.audit.run_audit``          ``[audit]``, evaluate, ensemble
-report               ``report.write_report``          ``[report]``, everything before
-===================  ===============================  =====================================
+===========  ==================================  =====================================
+stage        calls                               reads
+===========  ==================================  =====================================
+data         ``DATASETS[kind].from_section``,    ``[data]``
+             then the spec's ``load()``
+models       ``models.train_ensemble``           ``[models]``, data
+committee    ``train_ensemble``, explain,        ``[committee]``, data, explain split
+             consensus into ``RUN/committee``
+explain      ``jobs.explain.explain_run``        ``[explain]``, data, models
+ensemble     ``jobs.ensemble.run_ensemble``      ``[ensemble]``, explain
+evaluate     ``jobs.evaluate.evaluate_run``      ``[evaluate]``, explain, ensemble
+audit        ``jobs.audit.run_audit``            ``[audit]``, evaluate, ensemble
+report       ``report.write_report``             ``[report]``, everything before
+===========  ==================================  =====================================
 """
 
 from __future__ import annotations
