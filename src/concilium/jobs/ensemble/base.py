@@ -18,10 +18,10 @@ import pandas as pd
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from concilium._options import validate_options
 from concilium._registry import Registry
 from concilium.ensemble.normalise import NormalisationName
 from concilium.ensemble.reduce import ReducerName
-from concilium.jobs.options import validate_options
 from concilium.store import Entry, Run, available_methods, read_maps, write_table
 
 

@@ -1,6 +1,6 @@
-"""Options models of the jobs: one pydantic model (``extra="forbid"``) per job or kind, validated
-here from a mapping (a config table, CLI flags) with errors that name the bad key and the valid
-ones.
+"""Options models (one pydantic model, ``extra="forbid"``, per job, ensembler kind or the
+report), validated here from a mapping (a config table, CLI flags) with errors that name the bad
+key and the valid ones.
 
 Example:
     >>> from pydantic import BaseModel
