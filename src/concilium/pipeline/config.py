@@ -22,13 +22,12 @@ bad value names the key and the valid choices.
 
 Example:
     >>> cfg = ExperimentConfig.model_validate({"data": {"kind": "synthetic", "n": 200}})
-    >>> cfg.models.members, cfg.explain.split
+    >>> cfg.models.option("members"), cfg.explain.split
     (11, 'test')
 """
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import tomllib
 import typing
@@ -39,6 +38,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
+from concilium._options import did_you_mean
 from concilium.data import DATASETS, DatasetSpec
 from concilium.jobs.audit import AuditOptions
 from concilium.jobs.ensemble import ENSEMBLERS, EnsembleOptionsBase, ensemble_options
@@ -85,10 +85,7 @@ def signature_model(
 
 
 def _keys_error(section: str, unknown: list[str], valid: list[str]) -> ValueError:
-    hints = []
-    for key in unknown:
-        close = difflib.get_close_matches(key, valid, n=1)
-        hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    hints = [did_you_mean(key, valid) for key in unknown]
     return ValueError(
         f"[{section}] unknown key{'s' if len(unknown) > 1 else ''} {', '.join(hints)}; "
         f"valid keys: {', '.join(sorted(valid))}"
@@ -433,9 +430,7 @@ def format_validation_error(err: ValidationError, *, prefix: str = "") -> str:
         if e["type"] == "extra_forbidden" and loc:
             where = ".".join(loc[:-1])
             valid = _valid_keys(loc[:-1])
-            close = difflib.get_close_matches(loc[-1], valid, n=1)
-            lines.append(f"[{where or 'top level'}] unknown key {loc[-1]!r}"
-                         + (f" (did you mean {close[0]!r}?)" if close else "")
+            lines.append(f"[{where or 'top level'}] unknown key {did_you_mean(loc[-1], valid)}"
                          + (f"; valid keys: {', '.join(sorted(valid))}" if valid else ""))
             continue
         msg = e["msg"].removeprefix("Value error, ")
