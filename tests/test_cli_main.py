@@ -7,6 +7,7 @@ import pytest
 
 from concilium.cli.app import app
 from concilium.cli.main import main
+from concilium.report import ReportOptions, write_report
 
 
 def _run(monkeypatch, capsys, *argv):
@@ -45,3 +46,22 @@ def test_typer_exit_code_reaches_the_shell():
         "main()\n"
     )
     assert subprocess.run([sys.executable, "-c", code]).returncode == 3
+
+
+def test_report_flags_are_the_report_options(monkeypatch, capsys, tmp_path):
+    code, out = _run(monkeypatch, capsys, "report", "--help")
+    assert code == 0
+    for name in ReportOptions.model_fields:
+        assert "--" + name.replace("_", "-") in out.out
+    code, out = _run(monkeypatch, capsys, "report", str(tmp_path), "--gallery-images", "-1")
+    assert code == 2
+    assert "the report: gallery_images: Input should be greater than or equal to 0" in out.err
+    code, out = _run(monkeypatch, capsys, "report", str(tmp_path), "--gallery-metrics", ",")
+    assert code == 2
+    assert "--gallery-metrics is empty" in out.err
+
+
+@pytest.mark.parametrize("bad", [True, -1, "four"])
+def test_report_options_reject_bad_gallery_sizes(tmp_path, bad):
+    with pytest.raises(ValueError, match="gallery_images"):
+        write_report(tmp_path, {"gallery_images": bad})

@@ -10,8 +10,8 @@ import torch
 from pydantic import BaseModel
 from typer.testing import CliRunner
 
-from concilium.cli._options import flag, has_flag
 from concilium.cli.main import app
+from concilium.cli.options import flag, has_flag
 from concilium.ensemble.consensus import consensus
 from concilium.ensemble.reduce import aggregate
 from concilium.ensemble.weighted import weighted_ensemble

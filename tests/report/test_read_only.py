@@ -144,7 +144,7 @@ def test_report_reads_only_and_needs_no_member(audited_run, monkeypatch):
 
     monkeypatch.setattr(torch.nn.Module, "__call__", no_forward)
     try:
-        html = write_report(audited_run, gallery_images=2).read_text()
+        html = write_report(audited_run, {"gallery_images": 2}).read_text()
     finally:
         away.rename(models)
     missing = {s for s in SECTIONS if 'class="missing"' in section_html(html, s)}

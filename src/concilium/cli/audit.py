@@ -16,8 +16,8 @@ from typing import Any
 
 import typer
 
-from concilium.cli._options import given_options, model_flags
 from concilium.cli.app import app
+from concilium.cli.options import given_options, model_flags
 from concilium.jobs.audit import AuditOptions, run_audit
 
 

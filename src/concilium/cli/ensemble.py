@@ -15,8 +15,8 @@ from typing import Any
 
 import typer
 
-from concilium.cli._options import flag, given_options, model_flags
 from concilium.cli.app import app
+from concilium.cli.options import flag, given_options, model_flags
 from concilium.jobs.ensemble import ENSEMBLERS, run_ensemble
 
 

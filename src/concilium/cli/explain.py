@@ -16,9 +16,8 @@ from typing import Any
 import typer
 from pydantic import ValidationError
 
-from concilium.cli._options import given_options, model_flags
 from concilium.cli.app import app
-from concilium.cli.options import check_device
+from concilium.cli.options import check_device, given_options, model_flags
 from concilium.data.specs import FolderDataset
 from concilium.explain import METHODS, method_params
 from concilium.jobs.baselines import check_baseline_spec

@@ -1,32 +1,36 @@
-"""``concilium report RUN``: write ``RUN/report.html`` and ``RUN/summary.json``."""
+"""``concilium report RUN``: write ``RUN/report.html`` and ``RUN/summary.json``.
+
+The work is done by :func:`concilium.report.write_report`; the flags are the fields of
+:class:`concilium.report.ReportOptions` (help text from their descriptions).
+"""
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Any
 
 import typer
 
 from concilium.cli.app import app
+from concilium.cli.options import given_options, model_flags
+from concilium.report import ReportOptions, write_report
 
 
-@app.command()
-def report(
-    run_dir: Annotated[Path, typer.Argument(help="The run directory (the --out of a run).")],
-    title: Annotated[str | None, typer.Option(help="Report title.")] = None,
-    gallery_images: Annotated[int, typer.Option(min=0, help="Test images in the gallery.")] = 4,
-    gallery_members: Annotated[int, typer.Option(min=0, help="Members shown per method.")] = 3,
-    members_view: Annotated[
-        str, typer.Option(help="Member rows of the metric table: pooled, each or both.")
-    ] = "pooled",
-) -> None:
+def report_command(run_dir: Path, **flags: Any) -> None:
     """Write the self-contained HTML report of a run and its JSON summary (reads only; the
     attribute cards are written by `concilium audit`)."""
     from rich.console import Console
 
-    from concilium.report import write_report
-
-    view: Literal["pooled", "each", "both"] = members_view  # type: ignore[assignment]
-    path = write_report(run_dir, title=title, gallery_images=gallery_images,
-                        gallery_members=gallery_members, members_view=view)
+    path = write_report(run_dir, given_options(flags, ReportOptions, what="the report"))
     Console().print(f"report: [bold]{path}[/]  summary: {path.parent / 'summary.json'}")
+
+
+# The flags come from ReportOptions: one typer parameter per field (the command takes them as
+# **flags, and typer reads this signature).
+report_command.__signature__ = inspect.Signature([  # type: ignore[attr-defined]
+    inspect.Parameter("run_dir", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Path,
+                      default=typer.Argument(..., help="The run directory (the --out of a run).")),
+    *model_flags({"report": ReportOptions}),
+])
+app.command("report")(report_command)

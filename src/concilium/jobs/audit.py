@@ -13,6 +13,7 @@ import pandas as pd
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from concilium._options import validate_options
 from concilium.ensemble.audit import (
     anonymisation_study,
     bias_table,
@@ -21,7 +22,6 @@ from concilium.ensemble.audit import (
 from concilium.ensemble.cnn import CNNTrainConfig
 from concilium.ensemble.subsets import SubsetMode, method_subset_study
 from concilium.jobs.attributes import run_attribute_cards
-from concilium.jobs.options import validate_options
 from concilium.metrics.tables import paper_table, per_class_metric_means
 from concilium.store import ATTRIBUTES_TABLE, Run, read_maps, read_table, write_table
 

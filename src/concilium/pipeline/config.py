@@ -15,20 +15,19 @@ against that function's real signature or registry:
 - ``[evaluate]``: metric names or families of :data:`concilium.metrics.METRICS`, each metric's
   parameters checked against its signature, and the mask set;
 - ``[audit]``: the fields of :class:`concilium.jobs.audit.AuditOptions`;
-- ``[report]``: the keyword parameters of :func:`concilium.report.write_report`.
+- ``[report]``: the fields of :class:`concilium.report.ReportOptions`.
 
 An unknown key is an error that names the key, the section, a close match and the valid keys; a
 bad value names the key and the valid choices.
 
 Example:
     >>> cfg = ExperimentConfig.model_validate({"data": {"kind": "synthetic", "n": 200}})
-    >>> cfg.models.members, cfg.explain.split
+    >>> cfg.models.option("members"), cfg.explain.split
     (11, 'test')
 """
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import tomllib
 import typing
@@ -39,6 +38,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
+from concilium._options import did_you_mean
 from concilium.data import DATASETS, DatasetSpec
 from concilium.jobs.audit import AuditOptions
 from concilium.jobs.ensemble import ENSEMBLERS, EnsembleOptionsBase, ensemble_options
@@ -46,7 +46,7 @@ from concilium.jobs.explain import ExplainOptions, check_methods
 from concilium.metrics import METRICS
 from concilium.metrics.evaluate import check_params
 from concilium.models import train_ensemble
-from concilium.report import write_report
+from concilium.report import ReportOptions
 from concilium.vocabulary import FAMILIES, Split
 
 
@@ -85,10 +85,7 @@ def signature_model(
 
 
 def _keys_error(section: str, unknown: list[str], valid: list[str]) -> ValueError:
-    hints = []
-    for key in unknown:
-        close = difflib.get_close_matches(key, valid, n=1)
-        hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    hints = [did_you_mean(key, valid) for key in unknown]
     return ValueError(
         f"[{section}] unknown key{'s' if len(unknown) > 1 else ''} {', '.join(hints)}; "
         f"valid keys: {', '.join(sorted(valid))}"
@@ -96,16 +93,48 @@ def _keys_error(section: str, unknown: list[str], valid: list[str]) -> ValueErro
 
 
 def validate_kwargs(
-    section: str, model: type[BaseModel], values: Mapping[str, Any]
+    section: str, model: type[BaseModel], values: Mapping[str, Any], *,
+    provided: tuple[str, ...] = (),
 ) -> dict[str, Any]:
-    """Validate ``values`` with a :func:`signature_model`; errors name the section and key."""
-    unknown = sorted(set(values) - set(model.model_fields))
+    """Validate ``values``, a table of ``model``'s fields (an options model or a
+    :func:`signature_model`) minus those the experiment ``provided`` (e.g. ``device``).
+
+    Returns:
+        The given values, validated (defaults not filled in).
+
+    Raises:
+        ValueError: an unknown key (naming the section, a close match and the valid keys) or a
+            bad value (naming the section and the key).
+    """
+    keys = [k for k in model.model_fields if k not in provided]
+    unknown = sorted(set(values) - set(keys))
     if unknown:
-        raise _keys_error(section, unknown, list(model.model_fields))
+        raise _keys_error(section, unknown, keys)
     try:
         return model.model_validate(dict(values)).model_dump(exclude_unset=True)
     except ValidationError as err:
         raise ValueError(format_validation_error(err, prefix=section)) from None
+
+
+def flat_section(
+    values: Any, *, into: str, controls: Mapping[str, Any],
+    validate: Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]],
+) -> Any:
+    """A section written flat in the TOML, as its model's fields: the control keys popped
+    (``controls``: name -> default), the other keys validated by ``validate(controls, rest)``
+    and stored in the field ``into``. A value already in that form (``into`` given), or not a
+    table, is returned as it is (pydantic then checks it).
+
+    Example:
+        >>> flat_section({"enabled": False, "region": "outside"}, into="options",
+        ...              controls={"enabled": True}, validate=lambda _, rest: rest)
+        {'enabled': False, 'options': {'region': 'outside'}}
+    """
+    if not isinstance(values, dict) or into in values:
+        return values
+    rest = dict(values)
+    given = {key: rest.pop(key, default) for key, default in controls.items()}
+    return {**given, into: validate(given, rest)}
 
 
 # ----------------------------------------------------------------------------- the sections
@@ -129,28 +158,31 @@ class DataConfig(_Section):
     @model_validator(mode="before")
     @classmethod
     def _flatten(cls, values: Any) -> Any:
-        if not isinstance(values, dict) or "options" in values:
-            return values
-        values = dict(values)
-        kind = values.pop("kind", "synthetic")
-        if kind not in DATASETS:
-            raise ValueError(f"[data] kind: unknown dataset kind {kind!r}; valid: "
-                             f"{', '.join(DATASETS.names())}")
-        spec_cls = DATASETS.get(kind)
-        unknown = sorted(set(values) - set(spec_cls.section_keys()))
-        if unknown:
-            raise _keys_error("data", unknown, ["kind", *spec_cls.section_keys()])
-        try:
-            spec_cls.from_section(values)
-        except ValidationError as err:
-            raise ValueError(format_validation_error(err, prefix="data")) from None
-        except ValueError as err:
-            raise ValueError(f"[data] {err}") from None
-        return {"kind": kind, "options": values}
+        return flat_section(values, into="options", controls={"kind": "synthetic"},
+                            validate=_data_options)
 
     def spec(self) -> DatasetSpec:
         """The dataset spec of this section (what ``RUN/run.json`` records)."""
         return DATASETS.get(self.kind).from_section(self.options)
+
+
+def _data_options(controls: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
+    """``[data]``'s keys other than ``kind``, checked by that kind's spec."""
+    kind = controls["kind"]
+    if kind not in DATASETS:
+        raise ValueError(f"[data] kind: unknown dataset kind {kind!r}; valid: "
+                         f"{', '.join(DATASETS.names())}")
+    spec_cls = DATASETS.get(kind)
+    unknown = sorted(set(values) - set(spec_cls.section_keys()))
+    if unknown:
+        raise _keys_error("data", unknown, ["kind", *spec_cls.section_keys()])
+    try:
+        spec_cls.from_section(values)
+    except ValidationError as err:
+        raise ValueError(format_validation_error(err, prefix="data")) from None
+    except ValueError as err:
+        raise ValueError(f"[data] {err}") from None
+    return values
 
 
 @cache
@@ -175,22 +207,25 @@ class ModelsConfig(_Section):
     @model_validator(mode="before")
     @classmethod
     def _flatten(cls, values: Any) -> Any:
-        if not isinstance(values, dict) or "train" in values:
-            return values
-        values = dict(values)
-        directory = values.pop("dir", None)
-        if directory is not None and values:
-            raise ValueError(
-                f"[models] dir = {directory!r} uses existing members; drop the training keys "
-                f"{sorted(values)} or drop dir to train"
-            )
-        return {"dir": directory, "train": validate_kwargs("models", _train_model(), values)}
+        return flat_section(values, into="train", controls={"dir": None},
+                            validate=_train_options)
 
     def option(self, name: str) -> Any:
         """A training option, or ``train_ensemble``'s default for it."""
         if name in self.train:
             return self.train[name]
         return _train_model().model_fields[name].default
+
+
+def _train_options(controls: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
+    """``[models]``'s training keys, which ``dir`` (existing members) excludes."""
+    directory = controls["dir"]
+    if directory is not None and values:
+        raise ValueError(
+            f"[models] dir = {directory!r} uses existing members; drop the training keys "
+            f"{sorted(values)} or drop dir to train"
+        )
+    return validate_kwargs("models", _train_model(), values)
 
 
 ExplainConfig = ExplainOptions
@@ -200,20 +235,6 @@ ExplainConfig = ExplainOptions
 def ensemble_kinds() -> list[str]:
     """The run-level ensemblers of :data:`concilium.jobs.ensemble.ENSEMBLERS`."""
     return ENSEMBLERS.names()
-
-
-def _section_options(section: str, model: type[BaseModel], values: Mapping[str, Any],
-                     *, provided: tuple[str, ...] = ("device",)) -> dict[str, Any]:
-    """Validate a table of ``model``'s fields (minus those the experiment ``provided``);
-    returns the given values, validated. Errors name the section, the key and the valid keys."""
-    keys = [k for k in model.model_fields if k not in provided]
-    unknown = sorted(set(values) - set(keys))
-    if unknown:
-        raise _keys_error(section, unknown, keys)
-    try:
-        return model.model_validate(dict(values)).model_dump(exclude_unset=True)
-    except ValidationError as err:
-        raise ValueError(format_validation_error(err, prefix=section)) from None
 
 
 class EnsembleConfig(_Section):
@@ -239,7 +260,8 @@ class EnsembleConfig(_Section):
             if kind not in self.kinds:
                 raise ValueError(f"[ensemble.options.{kind}] is for a kind not in kinds "
                                  f"({', '.join(self.kinds)}); add it to kinds or drop the table")
-            _section_options(f"ensemble.options.{kind}", ENSEMBLERS.get(kind).options, values)
+            validate_kwargs(f"ensemble.options.{kind}", ENSEMBLERS.get(kind).options, values,
+                            provided=("device",))
         return self
 
     def options_for(self, kind: str, *, device: str) -> EnsembleOptionsBase:
@@ -317,33 +339,26 @@ class AuditConfig(_Section):
     @model_validator(mode="before")
     @classmethod
     def _flatten(cls, values: Any) -> Any:
-        if not isinstance(values, dict) or "options" in values:
-            return values
-        values = dict(values)
-        enabled = values.pop("enabled", True)
-        return {"enabled": enabled, "options": _section_options("audit", AuditOptions, values)}
+        return flat_section(values, into="options", controls={"enabled": True},
+                            validate=lambda _, rest: validate_kwargs(
+                                "audit", AuditOptions, rest, provided=("device",)))
 
     def options_for(self, *, device: str) -> AuditOptions:
         """The audit's options (validated, defaults filled in) on ``device``."""
         return AuditOptions.model_validate({**self.options, "device": device})
 
 
-@cache
-def _report_model() -> type[BaseModel]:
-    return signature_model(write_report, name="report", exclude=("run_dir",))
-
-
 class ReportConfig(_Section):
-    """``[report]``: the keyword parameters of :func:`concilium.report.write_report`."""
+    """``[report]``: the fields of :class:`concilium.report.ReportOptions` (``title``,
+    ``gallery_images``, ``gallery_members``, ``gallery_metrics``, ``members_view``)."""
 
     options: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="before")
     @classmethod
     def _flatten(cls, values: Any) -> Any:
-        if not isinstance(values, dict) or "options" in values:
-            return values
-        return {"options": validate_kwargs("report", _report_model(), values)}
+        return flat_section(values, into="options", controls={},
+                            validate=lambda _, rest: validate_kwargs("report", ReportOptions, rest))
 
 
 class CommitteeConfig(_Section):
@@ -415,9 +430,7 @@ def format_validation_error(err: ValidationError, *, prefix: str = "") -> str:
         if e["type"] == "extra_forbidden" and loc:
             where = ".".join(loc[:-1])
             valid = _valid_keys(loc[:-1])
-            close = difflib.get_close_matches(loc[-1], valid, n=1)
-            lines.append(f"[{where or 'top level'}] unknown key {loc[-1]!r}"
-                         + (f" (did you mean {close[0]!r}?)" if close else "")
+            lines.append(f"[{where or 'top level'}] unknown key {did_you_mean(loc[-1], valid)}"
                          + (f"; valid keys: {', '.join(sorted(valid))}" if valid else ""))
             continue
         msg = e["msg"].removeprefix("Value error, ")
@@ -445,7 +458,7 @@ def _valid_keys(loc: list[str]) -> list[str]:
             return []
     fields = list(getattr(model, "model_fields", {}))
     flat = {"models": ["dir", *_train_model().model_fields],
-            "report": list(_report_model().model_fields),
+            "report": list(ReportOptions.model_fields),
             "audit": ["enabled", *(k for k in AuditOptions.model_fields if k != "device")]}
     return flat.get(loc[-1], fields) if loc else fields
 

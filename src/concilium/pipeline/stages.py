@@ -122,7 +122,7 @@ def _explain(ctx: Context) -> dict[str, Any]:
 def _report(ctx: Context) -> dict[str, Any]:
     options = dict(ctx.config.report.options)
     options.setdefault("title", f"concilium report: {ctx.config.name}")
-    path = write_report(ctx.out, **options)
+    path = write_report(ctx.out, options)
     return {"report": str(path)}
 
 

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Literal
 
 import numpy as np
 import pandas as pd
 
 from concilium.report.figures import GalleryCell
+from concilium.report.options import MembersView
 
 
 @dataclass
@@ -89,4 +89,4 @@ class ReportData:
     gallery: list[GalleryItem] = field(default_factory=list)
     attribute_cards: list[AttributeCard] = field(default_factory=list)
     notes: dict[str, str] = field(default_factory=dict)
-    members_view: Literal["pooled", "each", "both"] = "pooled"
+    members_view: MembersView = "pooled"

@@ -11,18 +11,20 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from concilium._options import validate_options
 from concilium.data.dataset import ImageDataset
 from concilium.data.showcase import showcase_rows
 from concilium.metrics.registry import METRICS
 from concilium.report.data import AttributeCard, AttributeFinding, GalleryItem, ReportData
 from concilium.report.figures import GalleryCell
+from concilium.report.options import ReportOptions
 from concilium.store import (
     ATTRIBUTES_TABLE,
     RESULTS_DIR,
@@ -31,8 +33,6 @@ from concilium.store import (
     read_arrays,
 )
 from concilium.vocabulary import is_member
-
-DEFAULT_GALLERY_METRICS = ("relevance_mass", "mask_correlation", "pointing_game")
 
 
 def metric_meta() -> pd.DataFrame:
@@ -73,33 +73,25 @@ def read_member_cards(models_dir: str | Path) -> pd.DataFrame | None:
 
 
 def load_report_data(
-    run_dir: str | Path,
-    *,
-    title: str | None = None,
-    gallery_images: int = 4,
-    gallery_members: int = 3,
-    gallery_metrics: Sequence[str] = DEFAULT_GALLERY_METRICS,
-    members_view: Literal["pooled", "each", "both"] = "pooled",
+    run_dir: str | Path, options: ReportOptions | Mapping[str, Any] | None = None
 ) -> ReportData:
     """Everything the report of ``run_dir`` shows, read from the run directory.
 
     Args:
         run_dir: the run directory.
-        title: the report title (default: ``"concilium report: <run dir name>"``).
-        gallery_images: how many test images the gallery shows (one per class first).
-        gallery_members: how many members' maps per method the gallery shows.
-        gallery_metrics: the per-image scores printed under each gallery map (those evaluated).
-        members_view: member rows of the metric table: ``"pooled"`` (one Exp-Avg row per method),
-            ``"each"`` or ``"both"``.
+        options: :class:`~concilium.report.options.ReportOptions` or a mapping of its fields
+            (title, gallery size, members view; default: its defaults).
 
     Raises:
         FileNotFoundError: ``run_dir`` does not exist.
+        ValueError: an unknown option (naming the valid ones) or a bad value.
     """
+    o = validate_options(ReportOptions, options, what="the report")
     run = Path(run_dir)
     if not run.is_dir():
         raise FileNotFoundError(f"run directory {run} not found; pass the --out of a run")
-    data = ReportData(title=title or f"concilium report: {run.resolve().name}",
-                      run_dir=str(run), members_view=members_view)
+    data = ReportData(title=o.title or f"concilium report: {run.resolve().name}",
+                      run_dir=str(run), members_view=o.members_view)
     data.meta = metric_meta()
     data.tables = read_tables(run / RESULTS_DIR)
     data.metrics = data.tables.pop("metrics", None)
@@ -140,9 +132,10 @@ def load_report_data(
         return data
     explained = full.subset(rows)
     scored = None if data.metrics is None else set(data.metrics["sample"].astype(str))
-    chosen = showcase_rows(explained, gallery_images, scored=scored)
+    chosen = showcase_rows(explained, o.gallery_images, scored=scored)
     data.gallery, note = gallery_items(run, explained, chosen, metrics=data.metrics,
-                                       members=gallery_members, metrics_shown=gallery_metrics)
+                                       members=o.gallery_members,
+                                       metrics_shown=o.gallery_metrics)
     if note:
         data.notes["gallery"] = note
     data.attribute_cards, note = attribute_cards(run, explained, data.tables.get(ATTRIBUTES_TABLE),

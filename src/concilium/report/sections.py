@@ -83,16 +83,29 @@ def _lacks(table: pd.DataFrame, columns: list[str], writer: str) -> str | None:
             "version?); shown as it is.")
 
 
+def _section(data: ReportData, section_id: str, intro: str = "", *, present: bool, missing: str,
+             note: str | None = None) -> Section:
+    """A new section; when its input is not ``present``, ``missing`` is set to why: the loader's
+    note ``data.notes[note or section_id]`` if it left one, else ``missing``."""
+    s = Section(section_id, SECTIONS[section_id], intro)
+    if not present:
+        s.missing = data.notes.get(note or section_id, missing)
+    return s
+
+
+def _no_metrics(data: ReportData) -> str:
+    return f"No metrics table: run `concilium evaluate {data.run_dir}`."
+
+
 # ----------------------------------------------------------------------------- sections
 
 
 def section_findings(data: ReportData, found: list[Finding]) -> Section:
     """The claims of the ensembling papers: each verdict (held, not held, inconclusive, not
     measured) with its estimate, interval, threshold and rule."""
-    s = Section("findings", SECTIONS["findings"],
-                "The claims of the ensembling papers, checked on this run.")
-    if not found:
-        s.missing = "No findings: the run has no metrics or audit tables yet."
+    s = _section(data, "findings", "The claims of the ensembling papers, checked on this run.",
+                 present=bool(found),
+                 missing="No findings: the run has no metrics or audit tables yet.")
     for f in found:
         css = {"held": "held", "not held": "failed"}.get(f.verdict, "")
         number = "" if f.verdict == "not measured" else (
@@ -104,9 +117,9 @@ def section_findings(data: ReportData, found: list[Finding]) -> Section:
 
 def section_dataset(data: ReportData) -> Section:
     """The dataset card and the samples per class and split."""
-    s = Section("dataset", SECTIONS["dataset"])
-    if not data.dataset:
-        s.missing = data.notes.get("dataset", "No dataset card: run.json was not found.")
+    s = _section(data, "dataset", present=bool(data.dataset),
+                 missing="No dataset card: run.json was not found.")
+    if s.missing is not None:
         return s
     knobs = {k: v for k, v in data.dataset.items() if k != "class_names"}
     s.tables.append(
@@ -130,9 +143,10 @@ MEMBER_COLUMNS = ("member_id", "arch", "diversity", "seed", "epochs", "val_accur
 
 def section_models(data: ReportData) -> Section:
     """One row per member card, and the range of validation accuracies."""
-    s = Section("models", SECTIONS["models"], "Each member's card (validation accuracy).")
-    if data.members is None or data.members.empty:
-        s.missing = data.notes.get("models", "No member cards were found.")
+    s = _section(data, "models", "Each member's card (validation accuracy).",
+                 present=data.members is not None and not data.members.empty,
+                 missing="No member cards were found.")
+    if s.missing is not None:
         return s
     cols = [c for c in MEMBER_COLUMNS if c in data.members.columns]
     s.tables.append(frame_table(data.members[cols or list(data.members.columns)]))
@@ -147,13 +161,13 @@ def section_models(data: ReportData) -> Section:
 
 def section_gallery(data: ReportData) -> Section:
     """The chosen images with their stored maps."""
-    s = Section("gallery", SECTIONS["gallery"],
-                "Chosen test images: the image, its ground-truth mask, each method's map for a few "
-                "members and every ensemble's map. Every map is divided by its max |value|, so all "
-                "share one colour scale (red positive, blue negative); per-image scores under each.")
-    if not data.gallery:
-        s.missing = data.notes.get(
-            "gallery", f"No maps to show: run `concilium explain` into {data.run_dir}.")
+    s = _section(data, "gallery",
+                 "Chosen test images: the image, its ground-truth mask, each method's map for a "
+                 "few members and every ensemble's map. Every map is divided by its max |value|, "
+                 "so all share one colour scale (red positive, blue negative); per-image scores "
+                 "under each.", present=bool(data.gallery),
+                 missing=f"No maps to show: run `concilium explain` into {data.run_dir}.")
+    if s.missing is not None:
         return s
     for item in data.gallery:
         title = f"{item.sample_id}: class {item.label}"
@@ -164,19 +178,14 @@ def section_gallery(data: ReportData) -> Section:
     return s
 
 
-def _no_metrics(data: ReportData) -> str:
-    return data.notes.get("metrics",
-                          f"No metrics table: run `concilium evaluate {data.run_dir}`.")
-
-
 def section_metrics(data: ReportData, stats: pd.DataFrame | None) -> Section:
     """Mean and 95% CI per explanation and metric, one table per metric family."""
-    s = Section("metrics", SECTIONS["metrics"],
-                "Mean and 95% confidence interval over the test images, per explanation and "
-                "metric. ↑ higher is better, ↓ lower is better; the best per metric is in bold. "
-                f"'{EXP_AVG}' pools the members per image (its mean is the Exp-Avg).")
-    if stats is None or stats.empty:
-        s.missing = _no_metrics(data)
+    s = _section(data, "metrics",
+                 "Mean and 95% confidence interval over the test images, per explanation and "
+                 "metric. ↑ higher is better, ↓ lower is better; the best per metric is in bold. "
+                 f"'{EXP_AVG}' pools the members per image (its mean is the Exp-Avg).",
+                 present=stats is not None and not stats.empty, missing=_no_metrics(data))
+    if s.missing is not None:
         return s
     hib, cat = _meta_maps(data.meta)
     best = best_per_metric(stats, data.meta)
@@ -206,11 +215,12 @@ def section_metrics(data: ReportData, stats: pd.DataFrame | None) -> Section:
 
 def section_radar(data: ReportData, stats: pd.DataFrame | None) -> Section:
     """Per explanation, the mean rescaled score of each metric family."""
-    s = Section("radar", SECTIONS["radar"],
-                "Per explanation, the mean score of each metric family, every metric rescaled to "
-                "[0, 1] over the explanations shown with its direction respected (1 = best).")
-    if stats is None or stats.empty:
-        s.missing = _no_metrics(data)
+    s = _section(data, "radar",
+                 "Per explanation, the mean score of each metric family, every metric rescaled to "
+                 "[0, 1] over the explanations shown with its direction respected (1 = best).",
+                 present=stats is not None and not stats.empty, missing=_no_metrics(data),
+                 note="metrics")
+    if s.missing is not None:
         return s
     scores = family_scores(stats, data.meta).dropna(how="all")
     if scores.empty:
@@ -223,12 +233,12 @@ def section_radar(data: ReportData, stats: pd.DataFrame | None) -> Section:
 
 def section_paper(data: ReportData) -> Section:
     """Ens-Avg vs Exp-Avg vs Ens-Logit per method and metric (the winner in bold)."""
-    s = Section("paper", SECTIONS["paper"],
-                "The ensembles paper's table: the metric of the averaged map (Ens-Avg), the mean "
-                "over members of each member's metric (Exp-Avg) and the map of the averaged-logit "
-                "model (Ens-Logit).")
-    if data.metrics is None:
-        s.missing = _no_metrics(data)
+    s = _section(data, "paper",
+                 "The ensembles paper's table: the metric of the averaged map (Ens-Avg), the mean "
+                 "over members of each member's metric (Exp-Avg) and the map of the "
+                 "averaged-logit model (Ens-Logit).", present=data.metrics is not None,
+                 missing=_no_metrics(data), note="metrics")
+    if s.missing is not None:
         return s
     table = paper_table(data.metrics)
     if table.empty or table[["ens_avg", "ens_logit"]].isna().all().all():
@@ -254,13 +264,14 @@ def section_paper(data: ReportData) -> Section:
 
 def section_consensus(data: ReportData) -> Section:
     """Consensus score vs accuracy per member (``RUN/results/consensus.parquet``)."""
-    s = Section("consensus", SECTIONS["consensus"],
-                "Each committee member's consensus score (similarity of its maps to the committee's "
-                "vote) against its accuracy.")
     table = data.tables.get("consensus")
-    if table is None or table.empty:
-        s.missing = data.notes.get("consensus", "No consensus table: run `concilium ensemble "
-                                   f"{data.run_dir} --kind consensus`.")
+    s = _section(data, "consensus",
+                 "Each committee member's consensus score (similarity of its maps to the "
+                 "committee's vote) against its accuracy.",
+                 present=table is not None and not table.empty,
+                 missing=f"No consensus table: run `concilium ensemble {data.run_dir} --kind "
+                         "consensus`.")
+    if table is None or s.missing is not None:
         return s
     points = consensus_points(table)
     if points is None:
@@ -333,11 +344,10 @@ BAR_SECTIONS: tuple[BarSpec, ...] = (
 
 def bar_section(data: ReportData, spec: BarSpec) -> Section:
     """Bars of ``spec.value`` per ``spec.label`` (flagged rows in red), and the whole table."""
-    s = Section(spec.section, SECTIONS[spec.section], spec.intro)
     table = data.tables.get(spec.table)
-    if table is None or table.empty:
-        s.missing = data.notes.get(spec.section, f"No {spec.table} table: run "
-                                   f"{spec.command.format(run=data.run_dir)}.")
+    s = _section(data, spec.section, spec.intro, present=table is not None and not table.empty,
+                 missing=f"No {spec.table} table: run {spec.command.format(run=data.run_dir)}.")
+    if table is None or s.missing is not None:
         return s
     lacks = _lacks(table, [spec.value, spec.label], spec.command.format(run=data.run_dir))
     if lacks:
@@ -368,14 +378,13 @@ def bar_section(data: ReportData, spec: BarSpec) -> Section:
 
 def section_attributes(data: ReportData) -> Section:
     """The attribute cards written by ``concilium audit`` (``RUN/results/attributes.*``)."""
-    s = Section("attributes", SECTIONS["attributes"],
-                "For models with attribute heads: which attributes the model found and where, and "
-                "the relevance mass of each attribute's map on its part mask next to the class "
-                "map's.")
-    if not data.attribute_cards:
-        s.missing = data.notes.get(
-            "attributes", f"No attribute cards: run `concilium audit {data.run_dir}` (it "
-            "explains the attribute head of the first multitask member).")
+    s = _section(data, "attributes",
+                 "For models with attribute heads: which attributes the model found and where, "
+                 "and the relevance mass of each attribute's map on its part mask next to the "
+                 "class map's.", present=bool(data.attribute_cards),
+                 missing=f"No attribute cards: run `concilium audit {data.run_dir}` (it explains "
+                         "the attribute head of the first multitask member).")
+    if s.missing is not None:
         return s
     rows = []
     for card in data.attribute_cards:

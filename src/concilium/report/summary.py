@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -26,6 +25,7 @@ from concilium.metrics.claims import (
     watermark_claim,
 )
 from concilium.metrics.tables import exp_avg_per_sample, mean_ci
+from concilium.report.options import MembersView
 from concilium.vocabulary import EXP_AVG, FAMILIES, is_member
 
 METRIC_COLUMNS = ("sample", "label", "source", "method", "metric", "value")
@@ -55,7 +55,7 @@ def check_metrics_table(metrics: pd.DataFrame) -> pd.DataFrame:
 
 
 def explanation_stats(
-    metrics: pd.DataFrame, *, members: Literal["pooled", "each", "both"] = "pooled"
+    metrics: pd.DataFrame, *, members: MembersView = "pooled"
 ) -> pd.DataFrame:
     """Mean and 95% CI per explanation and metric.
 

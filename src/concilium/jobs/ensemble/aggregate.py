@@ -12,10 +12,10 @@ from concilium.jobs.ensemble.base import (
     Reducer,
     Trim,
     ensembler,
-    entry_meta,
     source_maps,
+    write_entry,
 )
-from concilium.store import Run, write_source
+from concilium.store import Run
 
 
 class AggregateOptions(EnsembleOptionsBase):
@@ -34,9 +34,7 @@ def run_aggregate(run: Run, options: AggregateOptions) -> EnsembleResult:
     src, methods, maps, hashes = source_maps(run, options.from_source, options.methods)
     out = aggregate(maps, normalisation=options.normalisation, reducer=options.reducer,
                     absolute=options.absolute, trim=options.trim)
-    params = {"kind": "aggregate", "from": src, "inputs": hashes,
-              "normalisation": options.normalisation, "reducer": options.reducer,
-              "absolute": options.absolute, "trim": options.trim}
-    return EnsembleResult([write_source(run.store, options.source or "aggregate",
-                                        "+".join(methods), out, sample_ids=run.data.ids,
-                                        params=params, meta=entry_meta(run, "aggregate"))])
+    params = {"from": src, "inputs": hashes, "normalisation": options.normalisation,
+              "reducer": options.reducer, "absolute": options.absolute, "trim": options.trim}
+    return EnsembleResult([write_entry(run, "aggregate", "+".join(methods), out,
+                                       source=options.source, params=params)])

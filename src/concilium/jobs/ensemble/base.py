@@ -18,11 +18,11 @@ import pandas as pd
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from concilium._options import validate_options
 from concilium._registry import Registry
 from concilium.ensemble.normalise import NormalisationName
 from concilium.ensemble.reduce import ReducerName
-from concilium.jobs.options import validate_options
-from concilium.store import Entry, Run, available_methods, read_maps, write_table
+from concilium.store import Entry, Run, available_methods, read_maps, write_source, write_table
 
 
 class EnsembleOptionsBase(BaseModel):
@@ -184,6 +184,23 @@ def source_maps(run: Run, from_source: str | None, methods: list[str] | None
     return src, names, maps, hashes
 
 
-def entry_meta(run: Run, kind: str) -> dict[str, Any]:
-    """The store metadata of an ensembled entry."""
-    return {"dataset_fingerprint": run.fingerprint, "ensemble_kind": kind}
+def write_entry(
+    run: Run, kind: str, method: str, maps: torch.Tensor, *, source: str | None,
+    params: Mapping[str, Any], meta: Mapping[str, Any] | None = None,
+) -> Entry:
+    """Write the maps ``(N, H, W)`` of ensembler ``kind`` as the entry ``(source, method)`` of the
+    run's store, one map per sample of the run.
+
+    Args:
+        run: the run.
+        kind: the ensembler (recorded first in the params and in the metadata).
+        method: the entry's method (a method, or ``"+"``-joined methods).
+        maps: the ensembled maps.
+        source: the output source (default: ``kind``).
+        params: what made the maps (hashed into the entry).
+        meta: metadata added to the dataset fingerprint and the kind.
+    """
+    return write_source(run.store, source or kind, method, maps, sample_ids=run.data.ids,
+                        params={"kind": kind, **params},
+                        meta={"dataset_fingerprint": run.fingerprint, "ensemble_kind": kind,
+                              **(meta or {})})

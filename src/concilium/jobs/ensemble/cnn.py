@@ -13,10 +13,10 @@ from concilium.jobs.ensemble.base import (
     EnsembleResult,
     FromSource,
     ensembler,
-    entry_meta,
     source_maps,
+    write_entry,
 )
-from concilium.store import Run, write_source
+from concilium.store import Run
 
 ENSEMBLERS_DIR = "ensemblers"
 
@@ -67,12 +67,11 @@ def run_cnn(run: Run, options: CnnOptions) -> EnsembleResult:
         where = str(ens.save(run.run_dir / ENSEMBLERS_DIR / name.replace(":", "_")))
         result.tables[f"{name.replace(':', '_')}_history"] = history
     logits, probs = ens.predict(maps, images=images if ens.card.with_image else None)
-    params = {"kind": "cnn", "from": src, "inputs": hashes, "card": ens.card.model_dump(mode="json")}
-    meta = {**entry_meta(run, "cnn"), "ensembler_dir": where}
+    params = {"from": src, "inputs": hashes, "card": ens.card.model_dump(mode="json")}
+    meta = {"ensembler_dir": where}
     method = "+".join(ens.card.methods)
-    result.entries.append(write_source(run.store, name, method, probs, sample_ids=run.data.ids,
-                                       params={**params, "output": "probability"}, meta=meta))
-    result.entries.append(write_source(run.store, f"{name}:logit", method, logits,
-                                       sample_ids=run.data.ids,
-                                       params={**params, "output": "logit"}, meta=meta))
+    result.entries.append(write_entry(run, "cnn", method, probs, source=name,
+                                      params={**params, "output": "probability"}, meta=meta))
+    result.entries.append(write_entry(run, "cnn", method, logits, source=f"{name}:logit",
+                                      params={**params, "output": "logit"}, meta=meta))
     return result

@@ -24,11 +24,11 @@ from concilium.jobs.ensemble.base import (
     Normalisation,
     complete_methods,
     ensembler,
-    entry_meta,
     member_sources,
+    write_entry,
 )
 from concilium.metrics import evaluate
-from concilium.store import Run, member_stack, write_source
+from concilium.store import Run, member_stack
 
 
 class ConsensusOptions(EnsembleOptionsBase):
@@ -85,11 +85,10 @@ def run_consensus(run: Run, options: ConsensusOptions) -> EnsembleResult:
     for method in complete_methods(run, members, o.methods):
         stack, hashes = member_stack(run.store, members, method, run.data.ids)
         cons = consensus(stack, normalisation=o.normalisation, vote=o.vote, absolute=o.absolute)
-        params = {"kind": "consensus", "inputs": hashes, "normalisation": o.normalisation,
-                  "vote": o.vote, "absolute": o.absolute}
-        out.entries.append(write_source(run.store, o.source or "consensus", method, cons,
-                                        sample_ids=run.data.ids, params=params,
-                                        meta=entry_meta(run, "consensus")))
+        params = {"inputs": hashes, "normalisation": o.normalisation, "vote": o.vote,
+                  "absolute": o.absolute}
+        out.entries.append(write_entry(run, "consensus", method, cons, source=o.source,
+                                       params=params))
         scores = consensus_scores(stack[:, keep], cons[keep], similarity_kind=o.similarity,
                                   normalisation=o.normalisation, absolute=o.absolute)
         loc = [float(np.nanmean(evaluate(o.localisation_metric, stack[i, keep], masks=masks,

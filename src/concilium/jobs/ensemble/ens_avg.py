@@ -13,10 +13,10 @@ from concilium.jobs.ensemble.base import (
     Trim,
     complete_methods,
     ensembler,
-    entry_meta,
     member_sources,
+    write_entry,
 )
-from concilium.store import Run, member_stack, write_source
+from concilium.store import Run, member_stack
 
 
 class EnsAvgOptions(EnsembleOptionsBase):
@@ -39,9 +39,8 @@ def run_ens_avg(run: Run, options: EnsAvgOptions) -> EnsembleResult:
         # Ens-Avg is aggregate() over the members (concilium.ensemble.averaging.ens_avg)
         maps = aggregate(stack, normalisation=options.normalisation, reducer=options.reducer,
                          absolute=options.absolute, trim=options.trim)
-        params = {"kind": "ens-avg", "inputs": hashes, "normalisation": options.normalisation,
+        params = {"inputs": hashes, "normalisation": options.normalisation,
                   "reducer": options.reducer, "absolute": options.absolute, "trim": options.trim}
-        out.entries.append(write_source(run.store, options.source or "ens-avg", method, maps,
-                                        sample_ids=run.data.ids, params=params,
-                                        meta=entry_meta(run, "ens-avg")))
+        out.entries.append(write_entry(run, "ens-avg", method, maps, source=options.source,
+                                       params=params))
     return out

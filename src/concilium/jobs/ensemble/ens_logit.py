@@ -13,10 +13,10 @@ from concilium.jobs.ensemble.base import (
     Members,
     complete_methods,
     ensembler,
-    entry_meta,
     member_sources,
+    write_entry,
 )
-from concilium.store import Run, write_source
+from concilium.store import Run
 
 BATCH = 64
 
@@ -49,9 +49,7 @@ def run_ens_logit(run: Run, options: EnsLogitOptions) -> EnsembleResult:
                       **dict(p.get("method_params", {}))}
             maps.append(ens_logit_maps(models, images, p.get("target", run.target), method=method,
                                        params=params, explainer=explain).detach().cpu())
-        params = {"kind": "ens-logit", "members": members,
-                  "member_params_hash": ref.params_hash, "explain": p}
-        out.entries.append(write_source(run.store, options.source or "ens-logit", method,
-                                        torch.cat(maps), sample_ids=run.data.ids, params=params,
-                                        meta=entry_meta(run, "ens-logit")))
+        params = {"members": members, "member_params_hash": ref.params_hash, "explain": p}
+        out.entries.append(write_entry(run, "ens-logit", method, torch.cat(maps),
+                                       source=options.source, params=params))
     return out

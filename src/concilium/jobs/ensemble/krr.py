@@ -14,10 +14,10 @@ from concilium.jobs.ensemble.base import (
     FromSource,
     Normalisation,
     ensembler,
-    entry_meta,
     source_maps,
+    write_entry,
 )
-from concilium.store import Run, write_source
+from concilium.store import Run
 
 
 class KrrOptions(EnsembleOptionsBase):
@@ -45,10 +45,9 @@ def run_krr(run: Run, options: KrrOptions) -> EnsembleResult:
     out = krr_ensemble(maps, run.data.masks, normalisation=o.normalisation, absolute=o.absolute,
                        folds=o.folds, alpha=o.alpha, kernel=o.kernel, gamma=o.gamma,
                        pixels_per_image=o.pixels_per_image, positional=o.positional, seed=o.seed)
-    params = {"kind": "krr", "from": src, "inputs": hashes, "normalisation": o.normalisation,
+    params = {"from": src, "inputs": hashes, "normalisation": o.normalisation,
               "absolute": o.absolute, "folds": o.folds, "alpha": o.alpha, "kernel": o.kernel,
               "gamma": o.gamma, "pixels_per_image": o.pixels_per_image,
               "positional": o.positional, "seed": o.seed}
-    return EnsembleResult([write_source(run.store, o.source or "krr", "+".join(methods), out,
-                                        sample_ids=run.data.ids, params=params,
-                                        meta=entry_meta(run, "krr"))])
+    return EnsembleResult([write_entry(run, "krr", "+".join(methods), out, source=o.source,
+                                       params=params)])

@@ -13,11 +13,11 @@ from concilium.jobs.ensemble.base import (
     FromSource,
     Normalisation,
     ensembler,
-    entry_meta,
     source_maps,
+    write_entry,
 )
 from concilium.metrics.tables import higher_is_better_of
-from concilium.store import Run, read_metrics, write_source
+from concilium.store import Run, read_metrics
 
 
 class WeightedOptions(EnsembleOptionsBase):
@@ -54,11 +54,11 @@ def run_weighted(run: Run, options: WeightedOptions) -> EnsembleResult:
                        metric_weights=options.metric_weights, clip_negative=options.clip_negative)
     out = weighted_ensemble(maps, w, normalisation=options.normalisation,
                             absolute=options.absolute)
-    params = {"kind": "weighted", "from": src, "inputs": hashes, "metrics": options.weight_metrics,
+    params = {"from": src, "inputs": hashes, "metrics": options.weight_metrics,
               "metric_weights": options.metric_weights,
               "weights": [round(float(x), 8) for x in w],
               "normalisation": options.normalisation, "absolute": options.absolute}
     table = pd.DataFrame({"method": methods, "weight": w.tolist(), "source": src})
-    entry = write_source(run.store, options.source or "weighted", "+".join(methods), out,
-                         sample_ids=run.data.ids, params=params, meta=entry_meta(run, "weighted"))
+    entry = write_entry(run, "weighted", "+".join(methods), out, source=options.source,
+                        params=params)
     return EnsembleResult([entry], {"weights": table})

@@ -1,6 +1,6 @@
-"""Options models of the jobs: one pydantic model (``extra="forbid"``) per job or kind, validated
-here from a mapping (a config table, CLI flags) with errors that name the bad key and the valid
-ones.
+"""Options models (one pydantic model, ``extra="forbid"``, per job, ensembler kind or the
+report), validated here from a mapping (a config table, CLI flags) with errors that name the bad
+key and the valid ones.
 
 Example:
     >>> from pydantic import BaseModel
@@ -25,14 +25,22 @@ from pydantic import BaseModel, ValidationError
 M = TypeVar("M", bound=BaseModel)
 
 
+def did_you_mean(key: str, valid: Iterable[str]) -> str:
+    """``key`` quoted, with the closest valid name if one is close.
+
+    Example:
+        >>> did_you_mean("fold", ["folds", "seed"])
+        "'fold' (did you mean 'folds'?)"
+    """
+    close = difflib.get_close_matches(key, list(valid), n=1)
+    return f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+
+
 def unknown_options_error(what: str, unknown: Iterable[str], valid: Iterable[str]) -> ValueError:
     """The error for options ``what`` does not take: each unknown name (with a close match, if
     any) and every valid name."""
     valid = sorted(valid)
-    names = []
-    for key in sorted(unknown):
-        close = difflib.get_close_matches(key, valid, n=1)
-        names.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    names = [did_you_mean(key, valid) for key in sorted(unknown)]
     plural = "s" if len(names) > 1 else ""
     return ValueError(f"{what} has no option{plural} {', '.join(names)}; its options: "
                       f"{', '.join(valid)}")
