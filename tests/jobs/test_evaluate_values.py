@@ -11,6 +11,7 @@ other than ``ens-logit``.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -149,3 +150,19 @@ def test_explainer_metrics_only_for_sources_with_one_method(evaluated):
     scored = set(table[table.metric == "max_sensitivity"].source)
     assert scored == {"m0", "m1", "ens-logit"}
     assert any(n.startswith("ens-avg/saliency/max_sensitivity: skipped") for n in report.notes)
+
+
+def test_the_split_selects_the_scored_rows(tmp_path):
+    """``split`` picks the explained rows of that split (the default, test, keeps the rows an
+    ensembler may have been fitted on out of the scores); ``all`` scores every explained row."""
+    run_dir = _make_run(tmp_path)
+    info = RunInfo.load(run_dir)
+    splits = dict(zip(info.sample_ids, Run.open(run_dir).data.splits, strict=True))
+    assert len(set(splits.values())) > 1, "the fixture must explain several splits"
+    for split in ("test", "train", "all"):
+        out = tmp_path / f"scored-{split}"
+        shutil.copytree(run_dir, out)
+        evaluate_run(out, ["relevance_mass"], split=split)
+        scored = set(pd.read_parquet(out / "results" / "metrics.parquet")["sample"])
+        expected = {s for s, sp in splits.items() if split == "all" or sp == split}
+        assert scored == expected

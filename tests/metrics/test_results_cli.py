@@ -158,3 +158,6 @@ def test_cli_evaluate_rejects_bad_options(run_dir):
     result = CliRunner().invoke(app, ["evaluate", str(run_dir), "--metrics", "aucc"])
     assert result.exit_code != 0
     assert "unknown metric or category 'aucc'" in str(result.exception or result.output)
+    bad_split = CliRunner().invoke(app, ["evaluate", str(run_dir), "--split", "dev"])
+    assert bad_split.exit_code != 0
+    assert "split must be one of train, val, test, all; got 'dev'" in str(bad_split.exception)

@@ -43,8 +43,8 @@ def audit_command(run: Path, **flags: Any) -> None:
 # **flags, and typer reads this signature).
 audit_command.__signature__ = inspect.Signature([  # type: ignore[attr-defined]
     inspect.Parameter("run", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Path,
-                      default=typer.Argument(..., help="Run directory (explained, ensembled "
-                                                       "with --kind cnn).")),
+                      default=typer.Argument(..., help="Run directory (explained; per-class "
+                                                       "quality needs --kind cnn first).")),
     *model_flags({"audit": AuditOptions}),
 ])
 app.command("audit")(audit_command)

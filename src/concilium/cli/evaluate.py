@@ -36,6 +36,10 @@ def evaluate(
     mask: str = typer.Option(
         "masks", "--mask", help="Ground-truth mask set: 'masks' (object) or a named set."
     ),
+    split: str = typer.Option(
+        "test", "--split", help="Score the explained samples of this split: train, val, test or "
+        "all (a run that explained one split is scored on it)."
+    ),
     device: str | None = typer.Option(None, "--device", help="cpu or cuda (default: the run's)."),
     batch_size: int | None = typer.Option(
         None, "--batch-size", min=1, help="Perturbed copies per forward pass."
@@ -62,6 +66,7 @@ def evaluate(
         names,
         params=metric_params,
         mask=mask,
+        split=split,  # type: ignore[arg-type]
         device=device,
         batch_size=batch_size,
         seed=seed,

@@ -34,7 +34,7 @@ from concilium.metrics.evaluate import check_params, evaluate
 from concilium.metrics.perturb import model_device
 from concilium.metrics.registry import METRICS, metrics_in
 from concilium.store import ResultsTable, Run, group_rows, metric_params_hash
-from concilium.vocabulary import Split
+from concilium.vocabulary import SPLITS, Split
 
 DEFAULT_CHUNK = 64
 MASK_ONLY_CHUNK = 512  # mask-only metrics are cheap per image: fewer, larger calls
@@ -146,6 +146,8 @@ def evaluate_run(
     Returns:
         An :class:`EvaluateReport`.
     """
+    if split != "all" and split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join((*SPLITS, 'all'))}; got {split!r}")
     metrics = metrics_in(",".join(metrics))
     params = {k: dict(v) for k, v in (params or {}).items()}
     for name in metrics:
