@@ -40,7 +40,6 @@ from concilium.explain import (
     METHODS,
     REDUCTIONS,
     SHARED_PASS,
-    explain,
     explain_many,
     method_params,
     probe,
@@ -394,16 +393,16 @@ def compute_chunk(
     had already finished.
     """
 
-    common = {
-        "reduction": reduction,
-        "baseline": baseline,
-        "labels": labels,
-        "attribute_names": list(getattr(card, "attribute_names", []) or []),
-    }
+    attribute_names = list(getattr(card, "attribute_names", []) or [])
 
-    def generator() -> torch.Generator:
-        # a CPU generator on every device: explain draws one base seed from it on the CPU
-        return torch.Generator().manual_seed(derive_seed(seed, source, start))
+    def run(group: list[str], rows: int) -> dict[str, Tensor]:
+        # a fresh CPU generator per call on every device: explain draws one base seed from it
+        return explain_many(
+            model, images, target, {m: method_options.get(m, {}) for m in group},
+            reduction=reduction, baseline=baseline, labels=labels,
+            attribute_names=attribute_names, batch_size=rows,
+            generator=torch.Generator().manual_seed(derive_seed(seed, source, start)),
+        )
 
     shared_all = [m for m in SHARED_PASS if m in batch_sizes]
     groups: dict[int, list[str]] = {}
@@ -412,10 +411,7 @@ def compute_chunk(
     grouped = {m for ms in groups.values() for m in ms}
     for rows, group in groups.items():
         t0 = time.perf_counter()
-        out = explain_many(
-            model, images, target, {m: method_options.get(m, {}) for m in group},
-            batch_size=rows, generator=generator(), **common,
-        )
+        out = run(group, rows)
         seconds = (time.perf_counter() - t0) / len(group)
         for m in group:
             if m in methods:
@@ -424,10 +420,7 @@ def compute_chunk(
         if method in grouped:
             continue
         t0 = time.perf_counter()
-        maps = explain(
-            model, images, target, method=method, batch_size=batch_sizes[method],
-            generator=generator(), **common, **method_options.get(method, {}),
-        )
+        maps = run([method], batch_sizes[method])[method]
         yield method, maps.detach().to("cpu", torch.float32), time.perf_counter() - t0
 
 
