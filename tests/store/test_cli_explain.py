@@ -153,10 +153,10 @@ def test_probed_batch_size_is_recorded_and_kept_on_resume(setup, tmp_path, monke
     """Without --batch-size the probe runs once per run and architecture and its choice is
     kept in the store and in each entry; a resumed run uses it even when the probe (timing-based)
     would now choose otherwise."""
-    import concilium.jobs.explain
+    import concilium.jobs.explain_plan
     from concilium.data.folder import load_folder
     from concilium.explain.batching import Plan as BatchPlan
-    from concilium.jobs.explain import plan_members
+    from concilium.jobs.explain_plan import plan_members
 
     data = select_split(load_folder(setup[0]), "test", None)
     members = load_members(setup[1])
@@ -167,7 +167,7 @@ def test_probed_batch_size_is_recorded_and_kept_on_resume(setup, tmp_path, monke
         probes.append(images.shape)
         return BatchPlan(chosen["rows"], chosen["rows"], 1, 10_000)
 
-    monkeypatch.setattr(concilium.jobs.explain, "probe", fake_probe)
+    monkeypatch.setattr(concilium.jobs.explain_plan, "probe", fake_probe)
     store = ExplanationStore(tmp_path)
     args = {"method_options": {}, "target": "label", "reduction": "sum", "baseline": "zero",
             "seed": 0, "dtype": "float32", "chunk_size": 2, "device": torch.device("cpu"),
