@@ -3,7 +3,8 @@ uniform entry point :func:`evaluate`.
 
 Every metric is registered under its Python name and exported here. The families live in
 ``localisation``, ``faithfulness`` (one-shot), ``curves`` (deletion, insertion, AOPC, pixel
-flipping, monotonicity), ``imputation`` (ROAD), ``robustness``, ``concentration`` (the complexity
+flipping, monotonicity), ``regions`` (region perturbation, selectivity), ``estimates``
+(faithfulness estimate, sensitivity-n), ``imputation`` (ROAD), ``robustness``, ``concentration`` (the complexity
 family) and ``randomisation``; the registry in ``registry``, the entry point in ``evaluate``.
 Statistics over a tidy metrics table (mean and interval, Exp-Avg, the summary, the paper table)
 are defined once in :mod:`concilium.metrics.tables`, the verdicts of the headline claims in
@@ -37,6 +38,7 @@ from concilium.metrics.curves import (
     pixel_flipping,
     pixel_flipping_curve,
 )
+from concilium.metrics.estimates import faithfulness_estimate, sensitivity_n
 from concilium.metrics.evaluate import evaluate, evaluate_curve
 from concilium.metrics.faithfulness import (
     faithfulness_correlation,
@@ -59,6 +61,7 @@ from concilium.metrics.localisation import (
 )
 from concilium.metrics.perturb import BASELINE_NAMES, make_baseline
 from concilium.metrics.randomisation import mprt, mprt_curve, random_logit
+from concilium.metrics.regions import region_perturbation, selectivity
 from concilium.metrics.registry import (
     CATEGORIES,
     METRICS,
@@ -95,6 +98,7 @@ __all__ = [
     "evaluate_curve",
     "f1_at_quarter_max",
     "faithfulness_correlation",
+    "faithfulness_estimate",
     "infidelity",
     "insertion",
     "insertion_curve",
@@ -116,11 +120,14 @@ __all__ = [
     "pixel_flipping_curve",
     "pointing_game",
     "random_logit",
+    "region_perturbation",
     "register_metric",
     "relevance_mass",
     "relevance_rank",
     "road",
     "road_curve",
+    "selectivity",
+    "sensitivity_n",
     "sparseness",
     "sufficiency",
     "top_k_intersection",
