@@ -191,9 +191,7 @@ def region_perturbation(
         patch_size=patch_size, regions_evaluation=regions_evaluation, baseline=baseline,
         softmax=softmax, abs=abs, normalise=normalise, batch_size=batch_size,
     )  # fmt: skip
-    return _nan_for_constant(
-        "region_perturbation", maps, torch.trapezoid(curve.double(), dim=1)
-    )
+    return _nan_for_constant("region_perturbation", maps, torch.trapezoid(curve.double(), dim=1))
 
 
 def region_perturbation_drops(
@@ -214,8 +212,10 @@ def region_perturbation_drops(
     """The curve behind :func:`region_perturbation`: ``(N, R)``, ``f(x) - f(x_k)`` after each of
     the ``R = min(regions_evaluation, patches)`` steps (Quantus's ``RegionPerturbation`` output).
     The arguments are :func:`region_perturbation`'s."""
-    if isinstance(regions_evaluation, bool) or not isinstance(regions_evaluation, int) or (
-        regions_evaluation < 1
+    if (
+        isinstance(regions_evaluation, bool)
+        or not isinstance(regions_evaluation, int)
+        or (regions_evaluation < 1)
     ):
         raise ValueError(f"regions_evaluation must be a positive int; got {regions_evaluation!r}")
     maps, images, labels, device = model_inputs("region_perturbation", maps, images, labels, model)
