@@ -132,3 +132,37 @@ def test_consensus_rejects_members_of_different_images():
         consensus([torch.zeros(3, 4, 4), torch.zeros(4, 4, 4)])
     with pytest.raises(ValueError, match="vote"):
         consensus([torch.zeros(3, 4, 4)], vote="median")
+
+
+def _saliency(model, images, targets):
+    x = images.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(model(x).gather(1, targets[:, None]).sum(), x)
+    return g.abs().sum(1)
+
+
+def test_mprt_of_a_logit_ensemble_randomises_every_members_layer_together():
+    """The ensemble's layer k is every member's layer k: as many MPRT steps as one member has
+    layers (not members x layers), and an ensemble of one scores exactly as its member."""
+    from concilium.metrics import evaluate_curve
+    from concilium.metrics.randomisation import layer_groups, randomisable_layers
+
+    torch.manual_seed(0)
+    models = [nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(),
+                            nn.Linear(4 * 8 * 8, 3)).eval() for _ in range(3)]
+    ensemble = LogitEnsemble(models).eval()
+    groups = layer_groups(ensemble)
+    assert [name for name, _ in groups] == randomisable_layers(models[0]) == ["0", "3"]
+    assert [names for _, names in groups] == [[f"members.{j}.0" for j in range(3)],
+                                              [f"members.{j}.3" for j in range(3)]]
+    x = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    t = torch.tensor([0, 1, 2, 0])
+    maps = _saliency(ensemble, x, t)
+    names, scores = evaluate_curve("mprt", maps, images=x, labels=t, model=ensemble,
+                                   explainer=_saliency)
+    assert names == ["3", "0"] and scores.shape == (4, 2)  # top-down
+    one = LogitEnsemble(models[:1]).eval()
+    single = evaluate_curve("mprt", _saliency(models[0], x, t), images=x, labels=t,
+                            model=models[0], explainer=_saliency)[1]
+    together = evaluate_curve("mprt", _saliency(one, x, t), images=x, labels=t, model=one,
+                              explainer=_saliency)[1]
+    torch.testing.assert_close(together, single)

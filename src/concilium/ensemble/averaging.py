@@ -85,6 +85,24 @@ class LogitEnsemble(nn.Module):
                              "a logit ensemble needs the same classes in every member")
         return torch.einsum("m,mnc->nc", self.weights.to(logits[0].dtype), torch.stack(logits))
 
+    def randomisation_groups(self) -> list[tuple[str, list[str]]]:
+        """The ensemble's layers for a model-randomisation test, bottom-up: layer ``k`` from the
+        output is every member's ``k``-th layer from its output (members of other depths align
+        at the output), randomised together. Named by the members' own layer name when they
+        agree, else ``output-k``."""
+        per_member = [
+            [(f"members.{j}.{name}", name) for name, m in member.named_modules()
+             if hasattr(m, "reset_parameters")]
+            for j, member in enumerate(self.members)
+        ]
+        groups = []
+        for k in range(max(len(p) for p in per_member)):
+            layer = [p[len(p) - 1 - k] for p in per_member if k < len(p)]
+            own = {name for _, name in layer}
+            groups.append((own.pop() if len(own) == 1 else f"output-{k}",
+                           [full for full, _ in layer]))
+        return groups[::-1]
+
 
 def ens_logit_maps(
     models: Sequence[nn.Module],

@@ -30,10 +30,22 @@ def _similarity(kind: Similarity, a: Tensor, b: Tensor) -> Tensor:
     raise ValueError(f"similarity must be 'spearman' or 'ssim'; got {kind!r}")
 
 
+def layer_groups(model: nn.Module) -> list[tuple[str, list[str]]]:
+    """The layers MPRT randomises, bottom-up, each as ``(name, module names)``.
+
+    A plain model: every module that owns a ``reset_parameters``, one per group, in module order
+    (as Quantus enumerates them). A model that defines ``randomisation_groups()`` (an ensemble
+    model, whose "layer k" is every member's layer k) gives its own groups.
+    """
+    groups = getattr(model, "randomisation_groups", None)
+    if callable(groups):
+        return [(str(name), list(names)) for name, names in groups()]
+    return [(name, [name]) for name, m in model.named_modules() if hasattr(m, "reset_parameters")]
+
+
 def randomisable_layers(model: nn.Module) -> list[str]:
-    """Names of the modules that own a ``reset_parameters`` (the layers MPRT randomises), in
-    module order (bottom-up), as Quantus enumerates them."""
-    return [name for name, m in model.named_modules() if hasattr(m, "reset_parameters")]
+    """The names of the layers MPRT randomises, bottom-up (see :func:`layer_groups`)."""
+    return [name for name, _ in layer_groups(model)]
 
 
 def mprt_curve(
@@ -68,26 +80,27 @@ def mprt_curve(
     if similarity not in ("spearman", "ssim"):
         raise ValueError(f"similarity must be 'spearman' or 'ssim'; got {similarity!r}")
     a = prepare_maps(maps, abs=abs, normalise=normalise)
-    layers = randomisable_layers(model)
-    if not layers:
+    groups = layer_groups(model)
+    if not groups:
         raise ValueError("the model has no layer with reset_parameters() to randomise")
     if order == "top_down":
-        layers = layers[::-1]
+        groups = groups[::-1]
     original = {k: v.clone() for k, v in model.state_dict().items()}
     work = copy.deepcopy(model)
     modules = dict(work.named_modules())
     devices = [device] if device.type == "cuda" else []
     scores = []
-    for name in layers:
+    for _, names in groups:
         if order == "independent":
             work.load_state_dict(original)
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed + 1)
-            modules[name].reset_parameters()
+        for i, name in enumerate(names):  # a plain model's group is one layer: seed + 1
+            with torch.random.fork_rng(devices=devices):
+                torch.manual_seed(seed + 1 + i)
+                modules[name].reset_parameters()
         b = explain_in_chunks(fn, work, images, labels, batch_size=batch_size)
         b = prepare_maps(b, abs=abs, normalise=normalise)
         scores.append(_similarity(similarity, a, b))
-    return layers, torch.stack(scores, dim=1)
+    return [name for name, _ in groups], torch.stack(scores, dim=1)
 
 
 def _mprt_passes(params: Mapping[str, Any], *, size: tuple[int, int], layers: int) -> int:
