@@ -9,7 +9,9 @@ import pytest
 import torch
 from metric_helpers import LinearNet, TinyNet
 
+from concilium._util import derive_seed
 from concilium.metrics import MetricWarning, evaluate
+from concilium.metrics._streams import image_streams
 from concilium.metrics._common import ssim2d
 from concilium.metrics.imputation import noisy_linear_imputation
 
@@ -196,12 +198,14 @@ def test_sensitivity_slow_reimplementation():
         nr_samples=4,
         normalise=False,
     )
-    # the same draws, one copy at a time: rows ordered (image, sample)
-    noise = torch.rand(8, 1, 3, 3, generator=torch.Generator().manual_seed(3)) * 0.4 - 0.2
+    # the same draws, one copy at a time: copy s of image i draws from the image's stream
+    streams = image_streams(torch.Generator().manual_seed(3), x)
     values = torch.empty(2, 4, dtype=torch.float64)
     for row in range(8):
         i, s = divmod(row, 4)
-        a_noisy = explainer(None, x[i : i + 1] + noise[row], y[i : i + 1])[0]
+        g = torch.Generator().manual_seed(derive_seed(streams[i], "noise", s))
+        noise = torch.rand(1, 3, 3, generator=g) * 0.4 - 0.2
+        a_noisy = explainer(None, x[i : i + 1] + noise, y[i : i + 1])[0]
         values[i, s] = torch.linalg.norm((a[i] - a_noisy).double()) / torch.linalg.norm(
             a[i].double()
         )
