@@ -11,8 +11,8 @@ from metric_helpers import LinearNet, TinyNet
 
 from concilium._util import derive_seed
 from concilium.metrics import MetricWarning, evaluate
-from concilium.metrics._streams import image_streams
 from concilium.metrics._common import ssim2d
+from concilium.metrics._streams import image_streams
 from concilium.metrics.imputation import noisy_linear_imputation
 
 # a 2x2 map [[4, 3], [2, 1]] against the anti-diagonal mask [[0, 1], [1, 0]]
