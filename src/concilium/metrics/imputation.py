@@ -48,7 +48,7 @@ def noisy_linear_imputation(
         image: ``(C, H, W)`` float array.
         removed: ``(H, W)`` bool, the pixels to impute (all channels).
         noise: std of the Gaussian noise added to the imputed values (0 for none).
-        rng: NumPy generator for the noise.
+        rng: NumPy generator for the noise (required when ``noise`` is not 0).
 
     Returns:
         The imputed copy ``(C, H, W)``.
@@ -86,8 +86,12 @@ def noisy_linear_imputation(
     ).tocsc()
     solution = np.asarray(spsolve(a, rhs)).reshape(unknown.size, c).T
     if noise:
-        generator = rng if rng is not None else np.random.default_rng()
-        solution = solution + noise * generator.standard_normal(solution.shape)
+        if rng is None:
+            raise ValueError(
+                "noisy imputation needs rng=np.random.default_rng(seed) (or noise=0): the noise "
+                "is never drawn from an unseeded source"
+            )
+        solution = solution + noise * rng.standard_normal(solution.shape)
     out[:, unknown] = solution
     return out.reshape(c, h, w)
 

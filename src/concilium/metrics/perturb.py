@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from concilium._checks import check_images, check_labels, check_maps
 from concilium.explain.baselines import BASELINES, is_stochastic, parse_baseline, resolve_baselines
-from concilium.metrics._streams import seeded, tie_break_keys
+from concilium.metrics._streams import draw_rows, seeded, tie_break_keys
 
 BaselineName = Literal["zero", "black", "blur", "uniform", "image_mean"]
 Baseline = BaselineName | str | float | Tensor | Callable[[Tensor, Tensor], Tensor]
@@ -227,6 +227,14 @@ def row_baselines(
     if seeds is None or len(seeds) != images.shape[0]:
         raise ValueError("a random baseline needs one seed per row")
     gen_device = images.device if images.device.type == "cuda" else torch.device("cpu")
+    provider = parse_baseline(baseline, generator=seeded(0, gen_device))
+    low, high = getattr(provider, "low", None), getattr(provider, "high", None)
+    if low is not None and high is not None:  # uniform: one draw per row, no per-row checks
+        noise = draw_rows(
+            seeds, lambda g: torch.rand(images.shape[1:], generator=g, device=g.device),
+            images.device,
+        )
+        return (low + (high - low) * noise).to(images.dtype)
     return torch.cat(
         [
             make_baseline(
