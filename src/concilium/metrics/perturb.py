@@ -109,8 +109,9 @@ def make_baseline(
 
 
 def is_stochastic_baseline(baseline: Baseline) -> bool:
-    """Whether ``baseline`` is the spec string of a random baseline (``"uniform"``), drawn anew
-    from the metric's generator for every perturbed copy. A provider object is called once."""
+    """Whether ``baseline`` is the spec string of a random baseline (``"uniform"``), which the
+    metrics draw from each image's stream (:func:`row_baselines`; per copy or per image, as
+    each metric documents). A provider object is called once."""
     return isinstance(baseline, str) and is_stochastic(baseline)
 
 
