@@ -9,8 +9,10 @@ import pytest
 import torch
 from metric_helpers import LinearNet, TinyNet
 
-from concilium.metrics import MetricWarning, evaluate
+from concilium._util import derive_seed
+from concilium.metrics import MetricWarning, evaluate, evaluate_curve
 from concilium.metrics._common import ssim2d
+from concilium.metrics._streams import image_streams
 from concilium.metrics.imputation import noisy_linear_imputation
 
 # a 2x2 map [[4, 3], [2, 1]] against the anti-diagonal mask [[0, 1], [1, 0]]
@@ -141,10 +143,23 @@ def test_noisy_linear_imputation_centre_pixel():
     assert np.array_equal(np.delete(out.ravel(), 4), np.delete(image.ravel(), 4))
 
 
-def test_road_hand_value():
-    # the linear model predicts class 0 while sum(w x) > 0; imputing from the ones keeps it 1
-    score = _linear("road", percentages=(25, 50, 75), noise=0.0)
-    assert score == pytest.approx(1.0)
+@pytest.mark.parametrize(("corner_weight", "expected"), [(-0.05, 1.0), (-0.5, 0.0)])
+def test_road_hand_value(corner_weight, expected):
+    """A 3x3 image, 1 at the centre and the top-left corner, 0 elsewhere; f = [sum(w x), 0]
+    with w = 1 at the centre and ``corner_weight`` at the corner. ROAD at 12 % removes one
+    pixel, the centre (most relevant); its imputed value is the weighted mean of its neighbours,
+    (1/12 * 1) / (4/6 + 4/12) = 1/12, so f = 1/12 + corner_weight: still class 0 for -0.05,
+    class 1 for -0.5. (Zero-filling would give class 1 for both; removing nothing class 0.)"""
+    x = torch.zeros(1, 1, 3, 3)
+    x[0, 0, 1, 1] = x[0, 0, 0, 0] = 1.0
+    w = torch.zeros(1, 1, 3, 3)
+    w[0, 0, 1, 1], w[0, 0, 0, 0] = 1.0, corner_weight
+    a = torch.zeros(1, 3, 3)
+    a[0, 1, 1], a[0, 0, 0] = 1.0, 0.5
+    score = evaluate(
+        "road", a, images=x, labels=Y, model=LinearNet(w), percentages=(12,), noise=0.0
+    )
+    assert score.item() == expected
 
 
 def test_local_lipschitz_of_linear_explainer_is_its_slope():
@@ -196,12 +211,14 @@ def test_sensitivity_slow_reimplementation():
         nr_samples=4,
         normalise=False,
     )
-    # the same draws, one copy at a time: rows ordered (image, sample)
-    noise = torch.rand(8, 1, 3, 3, generator=torch.Generator().manual_seed(3)) * 0.4 - 0.2
+    # the same draws, one copy at a time: copy s of image i draws from the image's stream
+    streams = image_streams(torch.Generator().manual_seed(3), x)
     values = torch.empty(2, 4, dtype=torch.float64)
     for row in range(8):
         i, s = divmod(row, 4)
-        a_noisy = explainer(None, x[i : i + 1] + noise[row], y[i : i + 1])[0]
+        g = torch.Generator().manual_seed(derive_seed(streams[i], "noise", s))
+        noise = torch.rand(1, 3, 3, generator=g) * 0.4 - 0.2
+        a_noisy = explainer(None, x[i : i + 1] + noise, y[i : i + 1])[0]
         values[i, s] = torch.linalg.norm((a[i] - a_noisy).double()) / torch.linalg.norm(
             a[i].double()
         )
@@ -223,6 +240,20 @@ def test_mprt_of_model_independent_explainer_is_one():
         explainer=explainer,
     )
     assert torch.allclose(score, torch.ones(2, dtype=torch.float64))
+    # and the layers are randomised: a model-dependent explainer's maps change at every layer
+    model, maps = TinyNet(1), None
+
+    def gradient_times_input(m, images, targets):
+        images = images.clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(m(images)[:, 0].sum(), images)
+        return (grad * images)[:, 0].detach()
+
+    maps = gradient_times_input(model, x, None)
+    _, per_layer = evaluate_curve(
+        "mprt", maps, images=x, labels=torch.zeros(2, dtype=torch.long), model=model,
+        explainer=gradient_times_input,
+    )
+    assert (per_layer < 0.99).all()
 
 
 def test_random_logit_two_classes_is_2d_ssim():

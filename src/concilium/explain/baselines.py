@@ -101,10 +101,13 @@ class BlurBaseline:
         k = k / k.sum()
         pad_h, pad_w = min(radius, h - 1), min(radius, w - 1)
         out = F.pad(images, (pad_w, pad_w, 0, 0), mode="reflect") if pad_w else images
+        # a side shorter than the kernel truncates it: renormalise, so a constant stays constant
         kw = k[radius - pad_w : radius + pad_w + 1]
+        kw = kw / kw.sum()
         out = F.conv2d(out, kw.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
         out = F.pad(out, (0, 0, pad_h, pad_h), mode="reflect") if pad_h else out
         kh = k[radius - pad_h : radius + pad_h + 1]
+        kh = kh / kh.sum()
         out = F.conv2d(out, kh.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
         return out
 

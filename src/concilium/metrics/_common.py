@@ -19,8 +19,10 @@ def prepare_maps(maps: Tensor, *, abs: bool, normalise: bool) -> Tensor:
 
     Quantus normalises by the maximum over the whole batch, so one image's score depends on the
     other images; here each map is divided by its own maximum (an all-zero map stays zero).
+    The maps are detached first: a metric never differentiates through them, and maps that
+    require grad are accepted everywhere.
     """
-    out = maps.float()
+    out = maps.detach().float()
     if abs:
         out = out.abs()
     if normalise:
@@ -38,6 +40,14 @@ def warn_nan(metric: str, bad: Tensor, reason: str) -> None:
             MetricWarning,
             stacklevel=3,
         )
+
+
+def warn_rows(metric: str, bad: Tensor, what: str) -> None:
+    """Warn (``MetricWarning``) that ``bad.sum()`` images ``what`` (a score that is returned but
+    should be read with care, e.g. outside its usual range)."""
+    count = int(bad.sum())
+    if count:
+        warnings.warn(f"{metric}: {count} of {bad.numel()} images {what}", MetricWarning, stacklevel=3)
 
 
 def constant_rows(flat: Tensor) -> Tensor:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from concilium.metrics._common import nan_where, prepare_maps, sort_values
+from concilium.metrics._common import nan_where, prepare_maps, sort_values, warn_rows
 from concilium.metrics.registry import register_metric
 
 
@@ -29,10 +29,17 @@ def sparseness(maps: Tensor, *, abs: bool = True, normalise: bool = True) -> Ten
         normalise: divide each map by its max ``|.|`` (Quantus default True, but per image).
 
     Returns:
-        ``(N,)`` in ``[0, 1]``; NaN for an all-zero map.
+        ``(N,)`` in ``[0, 1]``; NaN for an all-zero map. With ``abs=False`` a map with negative
+        values gets Quantus's value, which can leave ``[0, 1]``, and a ``MetricWarning``.
     """
     a = prepare_maps(maps, abs=abs, normalise=normalise).flatten(1)
     zero = _zero_rows(a)
+    warn_rows(
+        "sparseness",
+        (a < 0).any(1),
+        "have negative values (abs=False): their Gini index, computed as Quantus does, is not "
+        "confined to [0, 1]; pass abs=True",
+    )
     p = a.shape[1]
     a = sort_values(a).double() + 1e-7  # adding a constant keeps the order
     i = torch.arange(1, p + 1, device=a.device, dtype=torch.float64)
@@ -51,12 +58,20 @@ def complexity(maps: Tensor, *, abs: bool = True, normalise: bool = True) -> Ten
         normalise: divide each map by its max ``|.|`` (no effect on the score).
 
     Returns:
-        ``(N,)`` in ``[0, log(H W)]``; NaN for an all-zero map.
+        ``(N,)`` in ``[0, log(H W)]``; NaN for an all-zero map, and (as in Quantus, where the
+        log of a negative share is NaN) for a map with negative values at ``abs=False``.
     """
     a = prepare_maps(maps, abs=abs, normalise=normalise).flatten(1).double()
     zero = _zero_rows(a)
     share = a / a.abs().sum(1, keepdim=True).clamp_min(torch.finfo(torch.float64).tiny)
     score = -(share * torch.log(share + 1e-12)).sum(1)
+    score = nan_where(
+        score,
+        (a < 0).any(1),
+        "complexity",
+        "their map has negative values (abs=False): the entropy of signed shares is undefined; "
+        "pass abs=True",
+    )
     return nan_where(score, zero, "complexity", "their map is all zeros")
 
 

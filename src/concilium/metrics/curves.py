@@ -33,14 +33,16 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from concilium._util import derive_seed
 from concilium.metrics._common import constant_rows, nan_where, prepare_maps
+from concilium.metrics._streams import image_streams
 from concilium.metrics.perturb import (
     Baseline,
     Unit,
     check_batch_size,
-    make_baseline,
     model_inputs,
     pixel_ranks,
+    row_baselines,
     step_counts,
     variant_scores,
 )
@@ -74,7 +76,8 @@ def perturbation_curve(
 
     Deletion replaces the pixels by the baseline in the given order (``"morf"``: most relevant
     first; ``"lerf"``: least relevant first); insertion starts from the baseline and puts the
-    image's pixels back in that order. Ties are broken by pixel index (stable sort).
+    image's pixels back in that order. Tied pixels are taken in a random order drawn from each
+    image's own stream (seeded by ``generator``), never in raster order.
 
     Args:
         maps, images, labels, model: the explanation, the explained images, classes and model.
@@ -88,7 +91,8 @@ def perturbation_curve(
         abs: take ``|maps|`` first.
         normalise: divide each map by its max ``|.|`` (no effect on the order).
         batch_size: perturbed copies per forward pass (default: 64 on CPU, 512 on GPU).
-        generator: random source of a ``"uniform"`` baseline (one draw per image).
+        generator: seeds each image's stream: the order of tied pixels and a ``"uniform"``
+            baseline (one draw per image, kept for the whole curve).
 
     Returns:
         ``(fractions (S,), scores (N, S))``: the fraction of pixels changed at each point and the
@@ -110,8 +114,9 @@ def perturbation_curve(
     if include_start:
         counts = torch.cat([torch.zeros(1, dtype=counts.dtype), counts])
     counts = counts.to(device)
-    ranks = pixel_ranks(a, descending=order == "morf")
-    base = make_baseline(images, baseline, labels=labels, generator=generator)
+    streams = image_streams(generator, images)
+    ranks = pixel_ranks(a, descending=order == "morf", streams=streams)
+    base = row_baselines(images, labels, baseline, [derive_seed(s, "baseline") for s in streams])
 
     def replace(i: Tensor, v: Tensor) -> Tensor:
         changed = ranks[i] < counts[v].unsqueeze(1)
@@ -148,7 +153,8 @@ _ARGS = """
 
     Args:
         maps, images, labels, model: the explanation, the explained images, classes and model.
-        generator: random source of a ``"uniform"`` baseline (one draw per image).
+        generator: seeds each image's stream: the order of tied pixels and a ``"uniform"``
+            baseline (one draw per image, kept for the whole curve).
         step: pixels (``unit="pixels"``) or percent of the pixels (``"percent"``) per step.
         unit: ``"pixels"`` or ``"percent"``.
         baseline: replacement values (:func:`~concilium.metrics.perturb.make_baseline`).
@@ -253,7 +259,8 @@ def curve_metric(
             batch_size=batch_size,
         )
         values = score(fractions, scores)
-        constant = constant_rows(maps.flatten(1)).to(values.device)
+        ordered_by = prepare_maps(maps, abs=abs, normalise=False).flatten(1)
+        constant = constant_rows(ordered_by).to(values.device)
         return nan_where(values, constant, name, "their map is constant")
 
     def passes(params: Mapping[str, Any], *, size: tuple[int, int], layers: int) -> int:

@@ -17,17 +17,18 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from concilium._util import derive_seed
 from concilium.metrics._common import constant_rows, nan_where, pearson, prepare_maps, spearman
+from concilium.metrics._streams import draw_rows, image_streams
 from concilium.metrics.perturb import (
     Baseline,
     ReplaceFn,
     Unit,
     check_batch_size,
-    generator_device,
     is_stochastic_baseline,
-    make_baseline,
     model_inputs,
     pixel_ranks,
+    row_baselines,
     step_counts,
     target_scores,
     variant_scores,
@@ -48,7 +49,7 @@ def _scores_and_copies(
     n_variants: int,
     *,
     baseline: Baseline,
-    generator: torch.Generator | None,
+    streams: list[int],
     softmax: bool,
     batch_size: int,
     draw_per_copy: bool,
@@ -56,16 +57,25 @@ def _scores_and_copies(
     """``(y0 (N,), ys (N, V))``: the model's score of each image and of its ``V`` copies with
     the ``replace`` pixels set to the baseline.
 
-    With ``draw_per_copy`` a stochastic baseline is drawn anew for every copy; otherwise every
-    copy of an image uses the batch's draw, which is made first in both cases.
+    A stochastic baseline is drawn from the image's stream: anew for every copy (key
+    ``("baseline", v)``) with ``draw_per_copy``, else once per image (key ``"baseline"``).
     """
-    base = make_baseline(images, baseline, labels=labels, generator=generator)
+    per_copy = draw_per_copy and is_stochastic_baseline(baseline)
+    base = (
+        images
+        if per_copy
+        else row_baselines(images, labels, baseline, [derive_seed(s, "baseline") for s in streams])
+    )
     y0 = target_scores(model, images, labels, softmax=softmax, batch_size=batch_size)
     draw = None
-    if draw_per_copy and is_stochastic_baseline(baseline):
+    if per_copy:
 
         def draw(i: Tensor, v: Tensor) -> Tensor:
-            return make_baseline(images[i], baseline, labels=labels[i], generator=generator)
+            seeds = [
+                derive_seed(streams[ii], "baseline", vv)
+                for ii, vv in zip(i.tolist(), v.tolist(), strict=True)
+            ]
+            return row_baselines(images[i], labels[i], baseline, seeds)
 
     ys = variant_scores(
         model,
@@ -115,7 +125,8 @@ def faithfulness_correlation(
 
     Args:
         maps, images, labels, model: the explanation, the explained images, classes and model.
-        generator: random source of the subsets (and of a ``"uniform"`` baseline).
+        generator: seeds each image's stream: its subsets and a ``"uniform"`` baseline (a
+            fresh draw per subset).
         nr_runs: number of random subsets (Quantus default 100).
         subset_size: pixels per subset (Quantus default 224; Quantus counts channel values).
         baseline: replacement values (Quantus default ``"black"``, the image's minimum).
@@ -137,15 +148,12 @@ def faithfulness_correlation(
         raise ValueError(f"subset_size must be in [1, H*W = {p}]; got {subset_size}")
     if nr_runs < 2:
         raise ValueError(f"nr_runs must be >= 2 for a correlation; got {nr_runs}")
-    gen_device = generator_device(generator)
-    idx = torch.stack(
-        [
-            torch.rand(nr_runs, p, generator=generator, device=gen_device)
-            .topk(subset_size, 1)
-            .indices
-            for _ in range(n)
-        ]
-    ).to(device)  # (N, R, subset)
+    streams = image_streams(generator, images)
+    idx = draw_rows(
+        [derive_seed(s, "subsets") for s in streams],
+        lambda g: torch.rand(nr_runs, p, generator=g, device=g.device).topk(subset_size, 1).indices,
+        device,
+    )  # (N, R, subset)
     h, w = images.shape[-2:]
 
     def replace(i: Tensor, v: Tensor) -> Tensor:
@@ -159,7 +167,7 @@ def faithfulness_correlation(
         replace,
         nr_runs,
         baseline=baseline,
-        generator=generator,
+        streams=streams,
         softmax=softmax,
         batch_size=batch_size,
         draw_per_copy=True,
@@ -216,7 +224,8 @@ def monotonicity_correlation(
 
     Args:
         maps, images, labels, model: the explanation, the explained images, classes and model.
-        generator: random source of a ``"uniform"`` baseline.
+        generator: seeds each image's stream: the order of tied pixels and a ``"uniform"``
+            baseline (a fresh draw per step and sample).
         nr_samples: draws per step (Quantus default 100).
         step: pixels (or percent) per step (Quantus default one feature).
         unit: ``"pixels"`` or ``"percent"``.
@@ -241,7 +250,8 @@ def monotonicity_correlation(
     p = h * w
     counts = step_counts(p, step=step, unit=unit).to(device)
     starts = torch.cat([counts.new_zeros(1), counts[:-1]])
-    ranks = pixel_ranks(a, descending=False)
+    streams = image_streams(generator, images)
+    ranks = pixel_ranks(a, descending=False, streams=streams)
     draws = nr_samples if is_stochastic_baseline(baseline) else 1
     n_steps = counts.numel()
 
@@ -257,7 +267,7 @@ def monotonicity_correlation(
         replace,
         n_steps * draws,
         baseline=baseline,
-        generator=generator,
+        streams=streams,
         softmax=softmax,
         batch_size=batch_size,
         draw_per_copy=True,
@@ -268,7 +278,7 @@ def monotonicity_correlation(
     csum = torch.cat([sorted_a.new_zeros(a.shape[0], 1), sorted_a.cumsum(1)], dim=1)
     atts = csum[:, counts] - csum[:, starts]
     score = spearman(atts, variances)
-    return _constant_nan("monotonicity_correlation", maps, score)
+    return _constant_nan("monotonicity_correlation", a, score)
 
 
 def _patch_blocks(h: int, w: int, size: int, device: torch.device | None = None) -> Tensor:
@@ -303,7 +313,7 @@ def infidelity(
     baseline: Baseline = "black",
     softmax: bool = False,
     abs: bool = False,
-    normalise: bool = True,
+    normalise: bool = False,
     batch_size: int | None = None,
 ) -> Tensor:
     """Infidelity (Yeh et al. 2019) as Quantus 0.6.0 computes it: square patches are replaced by
@@ -317,13 +327,15 @@ def infidelity(
 
     Args:
         maps, images, labels, model: the explanation, the explained images, classes and model.
-        generator: random source of a ``"uniform"`` baseline.
+        generator: seeds each image's stream, from which a ``"uniform"`` baseline is drawn
+            once per patch size and repetition.
         perturb_patch_sizes: patch sides in pixels (Quantus default ``[4]``).
         n_perturb_samples: repetitions (Quantus default 10; only random baselines differ).
         baseline: replacement values (Quantus default ``"black"``).
         softmax: score probabilities (Quantus default False).
         abs: take ``|maps|`` first (Quantus default False).
-        normalise: divide each map by its max ``|.|`` (Quantus default True, but per image).
+        normalise: divide each map by its own max ``|.|`` first (Quantus default False; the
+            score is not scale-invariant, so this changes it).
         batch_size: perturbed copies per forward pass (default: 64 on CPU, 512 on GPU).
 
     Returns:
@@ -336,6 +348,7 @@ def infidelity(
     a = prepare_maps(maps, abs=abs, normalise=normalise)
     n, c, h, w = images.shape
     repeats = n_perturb_samples if is_stochastic_baseline(baseline) else 1
+    streams = image_streams(generator, images)
     y0 = target_scores(model, images, labels, softmax=softmax, batch_size=batch_size)
     per_size = []
     for size in perturb_patch_sizes:
@@ -345,8 +358,9 @@ def infidelity(
         block = _patch_blocks(h, w, size, device)  # raster-order block id
         n_blocks = int(block.max()) + 1
         losses = []
-        for _ in range(repeats):
-            base = make_baseline(images, baseline, labels=labels, generator=generator)
+        for r in range(repeats):
+            seeds = [derive_seed(st, "baseline", size, r) for st in streams]
+            base = row_baselines(images, labels, baseline, seeds)
 
             def replace(i: Tensor, v: Tensor, block: Tensor = block) -> Tensor:
                 return block.unsqueeze(0) <= v.view(-1, 1, 1)
@@ -405,7 +419,8 @@ def sufficiency(
 
     Args:
         maps, images, labels, model: the explanation, the explained images, classes and model.
-        generator: random source of a ``"uniform"`` baseline.
+        generator: seeds each image's stream: the order of tied pixels and a ``"uniform"``
+            baseline (one draw per image).
         keep: fraction of pixels kept, in ``(0, 1)`` (default 0.2).
         baseline: replacement values (default ``"black"``).
         softmax: score probabilities (default True).
@@ -423,7 +438,8 @@ def sufficiency(
     a = prepare_maps(maps, abs=abs, normalise=normalise)
     h, w = a.shape[-2:]
     k = max(1, round(keep * h * w))
-    ranks = pixel_ranks(a, descending=True)
+    streams = image_streams(generator, images)
+    ranks = pixel_ranks(a, descending=True, streams=streams)
 
     def replace(i: Tensor, v: Tensor) -> Tensor:
         return (ranks[i] >= k).view(-1, h, w)
@@ -435,9 +451,9 @@ def sufficiency(
         replace,
         1,
         baseline=baseline,
-        generator=generator,
+        streams=streams,
         softmax=softmax,
         batch_size=batch_size,
         draw_per_copy=False,
     )
-    return _constant_nan("sufficiency", maps, (y0 - ys[:, 0]).double())
+    return _constant_nan("sufficiency", a, (y0 - ys[:, 0]).double())

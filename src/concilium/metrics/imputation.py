@@ -21,8 +21,10 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.linalg import spsolve
 from torch import Tensor, nn
 
+from concilium._util import derive_seed
 from concilium.metrics._common import constant_rows, nan_where, prepare_maps
-from concilium.metrics.perturb import check_batch_size, model_inputs, predicted_classes
+from concilium.metrics._streams import image_streams
+from concilium.metrics.perturb import check_batch_size, model_inputs, pixel_order, predicted_classes
 from concilium.metrics.registry import register_metric
 
 _NEIGHBOURS = (
@@ -46,7 +48,7 @@ def noisy_linear_imputation(
         image: ``(C, H, W)`` float array.
         removed: ``(H, W)`` bool, the pixels to impute (all channels).
         noise: std of the Gaussian noise added to the imputed values (0 for none).
-        rng: NumPy generator for the noise.
+        rng: NumPy generator for the noise (required when ``noise`` is not 0).
 
     Returns:
         The imputed copy ``(C, H, W)``.
@@ -84,8 +86,12 @@ def noisy_linear_imputation(
     ).tocsc()
     solution = np.asarray(spsolve(a, rhs)).reshape(unknown.size, c).T
     if noise:
-        generator = rng if rng is not None else np.random.default_rng()
-        solution = solution + noise * generator.standard_normal(solution.shape)
+        if rng is None:
+            raise ValueError(
+                "noisy imputation needs rng=np.random.default_rng(seed) (or noise=0): the noise "
+                "is never drawn from an unseeded source"
+            )
+        solution = solution + noise * rng.standard_normal(solution.shape)
     out[:, unknown] = solution
     return out.reshape(c, h, w)
 
@@ -109,7 +115,8 @@ def road_curve(
 
     Args:
         maps, images, labels, model: the explanation, the explained images, classes and model.
-        generator: seeds the imputation noise (a NumPy generator is derived from it).
+        generator: seeds each image's stream: the order of tied pixels and the imputation
+            noise (a NumPy generator per image is derived from it).
         percentages: removal levels in percent (Quantus default 1, 3, ..., 99).
         noise: std of the imputation noise (Quantus default 0.01).
         order: ``"morf"`` removes the most relevant pixels first, ``"lerf"`` the least.
@@ -126,16 +133,8 @@ def road_curve(
         raise ValueError(f"percentages must be a non-empty list of values in [0, 100]; got {pct}")
     a = prepare_maps(maps, abs=abs, normalise=normalise)
     n, c, h, w = images.shape
-    flat = a.flatten(1)
-    order_idx = (
-        torch.sort(-flat if order == "morf" else flat, dim=1, stable=True).indices.cpu().numpy()
-    )
-    seed = (
-        int(torch.randint(0, 2**62, (1,), generator=generator).item())
-        if generator is not None
-        else None
-    )
-    rng = np.random.default_rng(seed)
+    streams = image_streams(generator, images)
+    order_idx = pixel_order(a, descending=order == "morf", streams=streams).cpu().numpy()
     x_np = images.detach().cpu().double().numpy()
     counts = [int(h * w * p / 100) for p in pct]
     pending: list[np.ndarray] = []
@@ -148,6 +147,7 @@ def road_curve(
             pending.clear()
 
     for i in range(n):
+        rng = np.random.default_rng(derive_seed(streams[i], "imputation"))
         for k in counts:
             removed = np.zeros(h * w, dtype=bool)
             removed[order_idx[i, :k]] = True
@@ -220,7 +220,7 @@ def road(
     )
     return nan_where(
         curve.mean(1),
-        constant_rows(maps.flatten(1)).to(curve.device),
+        constant_rows(prepare_maps(maps, abs=abs, normalise=False).flatten(1)).to(curve.device),
         "road",
         "their map is constant",
     )

@@ -14,6 +14,7 @@ from torch import Tensor
 
 from concilium.metrics._common import (
     constant_rows,
+    kth_largest,
     nan_where,
     pearson,
     prepare_maps,
@@ -165,7 +166,10 @@ def auc(maps: Tensor, *, masks: Tensor, abs: bool = False, normalise: bool = Tru
     n_neg = s.shape[1] - n_pos
     if a.device.type == "cpu":  # NumPy's sort + binary search beat torch.sort on CPU
         u = torch.tensor(
-            [_mann_whitney_u(row[m], row[~m]) for row, m in zip(a.numpy(), s.numpy(), strict=True)],
+            [
+                _mann_whitney_u(row[m], row[~m])
+                for row, m in zip(a.detach().numpy(), s.numpy(), strict=True)
+            ],
             dtype=torch.float64,
         )
     else:
@@ -231,12 +235,30 @@ def average_precision(
     return _degenerate("average_precision", a, s, score)
 
 
-def _binarise(a: Tensor, *, threshold: str, q: float, tau: float) -> Tensor:
+def _selected(a: Tensor, *, threshold: str, q: float, tau: float) -> Tensor:
+    """``(N, P)`` float64 in [0, 1]: how much of each pixel the thresholded map selects.
+
+    ``"top"`` selects the ``k = round(q P)`` highest pixels; the pixels tied at the k-th value
+    share the remaining places evenly (each is selected with weight ``places / tied``, the mean
+    over all tie orders), so no tie is broken by raster order. ``"relative"`` selects the pixels
+    ``>= tau * max`` (weight 0 or 1).
+    """
     if threshold == "top":
         k = max(1, round(q * a.shape[1]))
-        order = torch.sort(-a, dim=1, stable=True).indices[:, :k]
-        return torch.zeros_like(a, dtype=torch.bool).scatter_(1, order, True)
-    return a >= tau * a.amax(1, keepdim=True)
+        t = kth_largest(a, torch.full((a.shape[0],), k)).to(a.device).unsqueeze(1)
+        above, tie = a > t, a == t
+        share = (k - above.sum(1, keepdim=True)).double() / tie.sum(1, keepdim=True).clamp_min(1)
+        return above.double() + tie.double() * share
+    return (a >= tau * a.amax(1, keepdim=True)).double()
+
+
+def _no_positive_peak(metric: str, a: Tensor, scores: Tensor) -> Tensor:
+    return nan_where(
+        scores,
+        a.amax(1) <= 0,
+        metric,
+        "their map has no positive value, so 'tau * max' selects nothing meaningful (pass abs=True)",
+    )
 
 
 @register_metric(category="localisation", higher_is_better=True, needs_mask=True)
@@ -255,23 +277,28 @@ def iou(
     Args:
         maps: ``(N, H, W)``.
         masks: ``(N, H, W)`` bool.
-        threshold: ``"top"`` keeps the ``q`` fraction of highest pixels (ties broken by pixel
-            order); ``"relative"`` keeps pixels ``>= tau * max``.
+        threshold: ``"top"`` keeps the ``q`` fraction of highest pixels (the pixels tied at
+            the cut share the remaining places evenly: a soft IoU ``sum(b s) / sum(max(b, s))``
+            with ``b`` in [0, 1] there); ``"relative"`` keeps pixels ``>= tau * max``.
         q: fraction kept by ``"top"`` (default 0.2), in ``(0, 1]``.
         tau: relative threshold of ``"relative"`` (default 0.5).
         abs: take ``|maps|`` first (default False).
         normalise: divide each map by its max ``|.|`` (no effect on the score).
 
     Returns:
-        ``(N,)`` in ``[0, 1]``; NaN for an empty mask or a constant map.
+        ``(N,)`` in ``[0, 1]``; NaN for an empty mask or a constant map, and with
+        ``"relative"`` for a map whose maximum is <= 0.
     """
     if threshold not in ("top", "relative"):
         raise ValueError(f"threshold must be 'top' or 'relative'; got {threshold!r}")
     if not 0 < q <= 1:
         raise ValueError(f"q must be in (0, 1]; got {q}")
     a, s = _flat(prepare_maps(maps, abs=abs, normalise=normalise), masks)
-    b = _binarise(a, threshold=threshold, q=q, tau=tau)
-    score = (b & s).sum(1).double() / (b | s).sum(1).clamp_min(1)
+    b = _selected(a, threshold=threshold, q=q, tau=tau)
+    inter = (b * s).sum(1)
+    score = inter / (b.sum(1) + s.sum(1) - inter).clamp_min(1)
+    if threshold == "relative":
+        score = _no_positive_peak("iou", a, score)
     return _degenerate("iou", a, s, score)
 
 
@@ -289,12 +316,14 @@ def f1_at_quarter_max(
         normalise: divide each map by its max ``|.|`` (no effect on the score).
 
     Returns:
-        ``(N,)`` in ``[0, 1]``; NaN for an empty mask or a constant map.
+        ``(N,)`` in ``[0, 1]``; NaN for an empty mask, a constant map, or a map whose maximum
+        is <= 0 (nothing to threshold relative to; pass ``abs=True`` for signed maps).
     """
     a, s = _flat(prepare_maps(maps, abs=abs, normalise=normalise), masks)
     b = a >= tau * a.amax(1, keepdim=True)
     tp = (b & s).sum(1).double()
     score = 2 * tp / (b.sum(1) + s.sum(1)).clamp_min(1)
+    score = _no_positive_peak("f1_at_quarter_max", a, score)
     return _degenerate("f1_at_quarter_max", a, s, score)
 
 

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from concilium._checks import check_images, check_labels, check_maps
 from concilium.explain.baselines import BASELINES, is_stochastic, parse_baseline, resolve_baselines
+from concilium.metrics._streams import draw_rows, seeded, tie_break_keys
 
 BaselineName = Literal["zero", "black", "blur", "uniform", "image_mean"]
 Baseline = BaselineName | str | float | Tensor | Callable[[Tensor, Tensor], Tensor]
@@ -108,8 +109,9 @@ def make_baseline(
 
 
 def is_stochastic_baseline(baseline: Baseline) -> bool:
-    """Whether ``baseline`` is the spec string of a random baseline (``"uniform"``), drawn anew
-    from the metric's generator for every perturbed copy. A provider object is called once."""
+    """Whether ``baseline`` is the spec string of a random baseline (``"uniform"``), which the
+    metrics draw from each image's stream (:func:`row_baselines`; per copy or per image, as
+    each metric documents). A provider object is called once."""
     return isinstance(baseline, str) and is_stochastic(baseline)
 
 
@@ -196,14 +198,53 @@ def variant_scores(
     return out.view(n, n_variants)
 
 
-def pixel_ranks(maps: Tensor, *, descending: bool) -> Tensor:
-    """Position of every pixel in the perturbation order, ``(N, H*W)`` long; ties keep pixel
-    order (a stable sort), so the order is deterministic."""
+def pixel_order(maps: Tensor, *, descending: bool, streams: list[int]) -> Tensor:
+    """The perturbation order of the pixels, ``(N, H*W)`` long (pixel indices, first perturbed
+    first). Tied pixels come in a random order drawn from each image's ``"ties"`` stream
+    (:func:`~concilium.metrics._streams.tie_break_keys`), never in raster order, so a tie does
+    not favour the top of the image; without ties the order is the plain sort."""
     flat = maps.flatten(1)
-    order = torch.sort(-flat if descending else flat, dim=1, stable=True).indices
+    perm = tie_break_keys(streams, flat.shape[1], flat.device)
+    key = (-flat if descending else flat).gather(1, perm)
+    return perm.gather(1, torch.sort(key, dim=1, stable=True).indices)
+
+
+def pixel_ranks(maps: Tensor, *, descending: bool, streams: list[int]) -> Tensor:
+    """Position of every pixel in the perturbation order (:func:`pixel_order`), ``(N, H*W)``."""
+    order = pixel_order(maps, descending=descending, streams=streams)
     ranks = torch.empty_like(order)
-    ranks.scatter_(1, order, torch.arange(flat.shape[1], device=flat.device).expand_as(order))
+    ranks.scatter_(1, order, torch.arange(order.shape[1], device=order.device).expand_as(order))
     return ranks
+
+
+def row_baselines(
+    images: Tensor, labels: Tensor, baseline: Baseline, seeds: list[int] | None
+) -> Tensor:
+    """Baselines ``(B, C, H, W)`` for the rows of ``images``; a stochastic baseline draws row
+    ``r`` from a generator seeded with ``seeds[r]`` (its image's stream, keyed by the draw), so
+    a draw never depends on the other rows. ``seeds`` may be ``None`` for a fixed baseline."""
+    if not is_stochastic_baseline(baseline):
+        return make_baseline(images, baseline, labels=labels)
+    if seeds is None or len(seeds) != images.shape[0]:
+        raise ValueError("a random baseline needs one seed per row")
+    gen_device = images.device if images.device.type == "cuda" else torch.device("cpu")
+    provider = parse_baseline(baseline, generator=seeded(0, gen_device))
+    low, high = getattr(provider, "low", None), getattr(provider, "high", None)
+    if low is not None and high is not None:  # uniform: one draw per row, no per-row checks
+        noise = draw_rows(
+            seeds, lambda g: torch.rand(images.shape[1:], generator=g, device=g.device),
+            images.device,
+        )
+        return (low + (high - low) * noise).to(images.dtype)
+    return torch.cat(
+        [
+            make_baseline(
+                images[r : r + 1], baseline, labels=labels[r : r + 1],
+                generator=seeded(seed, gen_device),
+            )
+            for r, seed in enumerate(seeds)
+        ]
+    )
 
 
 def step_counts(n_pixels: int, *, step: float, unit: Unit) -> Tensor:

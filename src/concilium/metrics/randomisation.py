@@ -14,9 +14,11 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from concilium._util import derive_seed
 from concilium.metrics._common import nan_where, prepare_maps, spearman, ssim2d
 from concilium.metrics._explainer import Explainer, check_explainer, explain_in_chunks
-from concilium.metrics.perturb import check_batch_size, generator_device, model_inputs
+from concilium.metrics._streams import draw_rows, image_streams
+from concilium.metrics.perturb import check_batch_size, model_inputs
 from concilium.metrics.registry import register_metric
 
 Similarity = Literal["spearman", "ssim"]
@@ -206,7 +208,7 @@ def random_logit(
     Args:
         maps, images, labels, model: the explanation, the explained images, classes and model.
         explainer: ``explainer(model, images, targets) -> (N, H, W)``, the method of ``maps``.
-        generator: random source of the other classes.
+        generator: seeds each image's stream, from which its other class is drawn.
         num_classes: number of classes (default: the model's output width).
         similarity: ``"ssim"`` (Quantus default) or ``"spearman"``.
         abs: take ``|.|`` of the maps first (Quantus default False).
@@ -224,11 +226,11 @@ def random_logit(
             num_classes = int(model(images[:1]).shape[1])
     if num_classes < 2:
         raise ValueError(f"random_logit needs at least 2 classes; got num_classes={num_classes}")
-    gen_device = generator_device(generator)
-    draw = torch.randint(
-        0, num_classes - 1, (images.shape[0],), generator=generator, device=gen_device
+    draw = draw_rows(
+        [derive_seed(s, "class") for s in image_streams(generator, images)],
+        lambda g: torch.randint(0, num_classes - 1, (), generator=g, device=g.device),
+        device,
     )
-    draw = draw.to(device)
     other = draw + (draw >= labels).long()  # uniform over the classes != label
     a = prepare_maps(maps, abs=abs, normalise=normalise)
     b = prepare_maps(

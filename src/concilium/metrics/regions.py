@@ -30,12 +30,14 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from concilium._util import derive_seed
 from concilium.metrics._common import constant_rows, nan_where, prepare_maps
+from concilium.metrics._streams import image_streams
 from concilium.metrics.perturb import (
     Baseline,
     check_batch_size,
-    make_baseline,
     model_inputs,
+    row_baselines,
     target_scores,
     variant_scores,
 )
@@ -119,7 +121,8 @@ def region_scores(
     """
     n, _, h, w = images.shape
     pixel_rank = ranks.gather(1, features.expand(n, h, w).flatten(1))  # (N, H*W)
-    base = make_baseline(images, baseline, labels=labels, generator=generator)
+    streams = image_streams(generator, images)  # a draw depends on its image, not its position
+    base = row_baselines(images, labels, baseline, [derive_seed(s, "baseline") for s in streams])
 
     def replace(i: Tensor, v: Tensor) -> Tensor:
         r = pixel_rank[i]

@@ -14,36 +14,32 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from concilium._util import derive_seed
 from concilium.metrics._common import nan_where, prepare_maps
 from concilium.metrics._explainer import Explainer, check_explainer, explain_in_chunks
-from concilium.metrics.perturb import (
-    check_batch_size,
-    generator_device,
-    model_inputs,
-    predicted_classes,
-)
+from concilium.metrics._streams import draw_rows, image_streams
+from concilium.metrics.perturb import check_batch_size, model_inputs, predicted_classes
 from concilium.metrics.registry import register_metric
 
-NoiseFn = Callable[[torch.Size], Tensor]
-"""``noise(shape) -> Tensor``: additive input noise of ``shape`` (on the generator's device)."""
+NoiseFn = Callable[[torch.Size, torch.Generator], Tensor]
+"""``noise(shape, generator) -> Tensor``: additive input noise of one image's ``shape``, drawn
+from ``generator`` (the copy's own, seeded from its image's stream)."""
 
 
-def uniform_noise(generator: torch.Generator | None, *, low: float, high: float) -> NoiseFn:
-    """U(low, high) noise drawn from ``generator``."""
-    device = generator_device(generator)
+def uniform_noise(*, low: float, high: float) -> NoiseFn:
+    """U(low, high) noise."""
 
-    def draw(shape: torch.Size) -> Tensor:
-        return torch.rand(shape, generator=generator, device=device) * (high - low) + low
+    def draw(shape: torch.Size, generator: torch.Generator) -> Tensor:
+        return torch.rand(shape, generator=generator, device=generator.device) * (high - low) + low
 
     return draw
 
 
-def gaussian_noise(generator: torch.Generator | None, *, mean: float, std: float) -> NoiseFn:
-    """N(mean, std^2) noise drawn from ``generator``."""
-    device = generator_device(generator)
+def gaussian_noise(*, mean: float, std: float) -> NoiseFn:
+    """N(mean, std^2) noise."""
 
-    def draw(shape: torch.Size) -> Tensor:
-        return torch.randn(shape, generator=generator, device=device) * std + mean
+    def draw(shape: torch.Size, generator: torch.Generator) -> Tensor:
+        return torch.randn(shape, generator=generator, device=generator.device) * std + mean
 
     return draw
 
@@ -56,6 +52,7 @@ def noisy_quotients(
     labels: Tensor,
     model: nn.Module,
     explainer: Explainer,
+    generator: torch.Generator | None,
     noise: NoiseFn,
     nr_samples: int,
     per: Literal["map", "input"],
@@ -67,7 +64,8 @@ def noisy_quotients(
     """``(N, nr_samples)``: ``||a - a'|| / ||a||`` (``per="map"``, sensitivity) or
     ``||a - a'|| / (||x - x'|| + 1e-10)`` (``per="input"``, Lipschitz) for each noisy copy
     ``x' = x + noise``, ``a'`` its explanation; NaN for a copy whose prediction changed when
-    ``return_nan_when_prediction_changes``."""
+    ``return_nan_when_prediction_changes``. Copy ``s`` of an image draws its noise from the
+    image's stream (key ``("noise", s)``), so it is the same whatever the batch and chunking."""
     maps, images, labels, device = model_inputs(metric, maps, images, labels, model)
     fn = check_explainer(metric, explainer)
     batch_size = check_batch_size(batch_size, device)
@@ -75,6 +73,8 @@ def noisy_quotients(
         raise ValueError(f"nr_samples must be >= 1; got {nr_samples}")
     a = prepare_maps(maps, abs=abs, normalise=normalise).flatten(1).double()
     n = images.shape[0]
+    streams = image_streams(generator, images)
+    shape = images.shape[1:]
     pred0 = (
         predicted_classes(model, images, batch_size=batch_size)
         if return_nan_when_prediction_changes
@@ -86,7 +86,12 @@ def noisy_quotients(
         flat = torch.arange(start, min(start + batch_size, total), device=device)
         i, s = flat // nr_samples, flat % nr_samples
         x = images[i]
-        x_noisy = x + noise(x.shape).to(device=device, dtype=x.dtype)
+        seeds = [
+            derive_seed(streams[ii], "noise", ss)
+            for ii, ss in zip(i.tolist(), s.tolist(), strict=True)
+        ]
+        drawn = draw_rows(seeds, lambda g: noise(shape, g), device)
+        x_noisy = x + drawn.to(dtype=x.dtype)
         a_noisy = explain_in_chunks(fn, model, x_noisy, labels[i], batch_size=batch_size)
         a_noisy = prepare_maps(a_noisy, abs=abs, normalise=normalise).flatten(1).double()
         diff = torch.linalg.vector_norm(a[i] - a_noisy, dim=1)
@@ -109,14 +114,16 @@ def _noisy_passes(params: Mapping[str, Any], *, size: tuple[int, int], layers: i
 
 
 def _over_copies(metric: str, how: Literal["max", "mean"], values: Tensor) -> Tensor:
-    """``(N,)``: the largest or the mean value of each row of ``values (N, copies)``, ignoring
-    NaN copies; NaN (with a warning) where every copy is NaN."""
-    all_nan = torch.isnan(values).all(1)
-    if how == "max":
-        score = torch.where(torch.isnan(values), torch.full_like(values, -torch.inf), values).amax(1)
-    else:
-        score = torch.nanmean(values, dim=1)
-    return nan_where(score, all_nan, metric, "every noisy copy changed the prediction")
+    """``(N,)``: the largest or the mean value of each row of ``values (N, copies)``. A NaN copy
+    (its prediction changed, with ``return_nan_when_prediction_changes``) makes the image NaN,
+    with a warning, as in Quantus (``np.max`` / ``np.mean``, not their NaN-ignoring forms)."""
+    score = values.amax(1) if how == "max" else values.mean(1)
+    return nan_where(
+        score,
+        torch.isnan(values).any(1),
+        metric,
+        "a noisy copy changed the prediction (return_nan_when_prediction_changes=True)",
+    )
 
 
 def _sensitivity(
@@ -132,16 +139,19 @@ _SENSITIVITY_ARGS = """
     Args:
         maps, images, labels, model: the explanation, the explained images, classes and model.
         explainer: ``explainer(model, images, targets) -> (N, H, W)``, the method of ``maps``.
-        generator: random source of the noise.
+        generator: seeds each image's stream, from which every noisy copy draws its noise.
         nr_samples: noisy copies per image (Quantus default 200).
         lower_bound: noise half-width (Quantus default 0.2).
         abs: take ``|.|`` of both maps first (Quantus default False).
-        normalise: divide each map by its own max ``|.|`` (Quantus default True, per batch).
-        return_nan_when_prediction_changes: ignore copies whose prediction changed (NaN if all).
+        normalise: divide each map (and each noisy map) by its own max ``|.|`` first (Quantus
+            default False; True hides changes of magnitude).
+        return_nan_when_prediction_changes: NaN for an image (with a ``MetricWarning``) when
+            any of its noisy copies changes the model's prediction (Quantus default False).
         batch_size: noisy copies per explainer call (default: 64 on CPU, 512 on GPU).
 
     Returns:
-        ``(N,)``, lower is better; NaN for an all-zero map.
+        ``(N,)``, lower is better; NaN for an all-zero map, or (with
+        ``return_nan_when_prediction_changes``) when a copy changed the prediction.
 """
 
 
@@ -161,7 +171,7 @@ def _sensitivity_metric(
         nr_samples: int = 200,
         lower_bound: float = 0.2,
         abs: bool = False,
-        normalise: bool = True,
+        normalise: bool = False,
         return_nan_when_prediction_changes: bool = False,
         batch_size: int | None = None,
     ) -> Tensor:
@@ -172,7 +182,8 @@ def _sensitivity_metric(
             labels=labels,
             model=model,
             explainer=explainer,
-            noise=uniform_noise(generator, low=-lower_bound, high=lower_bound),
+            generator=generator,
+            noise=uniform_noise(low=-lower_bound, high=lower_bound),
             nr_samples=nr_samples,
             per="map",
             abs=abs,
@@ -238,17 +249,20 @@ def local_lipschitz(
     Args:
         maps, images, labels, model: the explanation, the explained images, classes and model.
         explainer: ``explainer(model, images, targets) -> (N, H, W)``, the method of ``maps``.
-        generator: random source of the noise.
+        generator: seeds each image's stream, from which every noisy copy draws its noise.
         nr_samples: noisy copies per image (Quantus default 200).
         perturb_mean: noise mean (Quantus default 0).
         perturb_std: noise std (Quantus default 0.1).
         abs: take ``|.|`` of both maps first (Quantus default False).
-        normalise: divide each map by its own max ``|.|`` (Quantus default True, per batch).
-        return_nan_when_prediction_changes: ignore copies whose prediction changed (NaN if all).
+        normalise: divide each map by its own max ``|.|`` (Quantus default True, but by the
+            batch's max there).
+        return_nan_when_prediction_changes: NaN for an image (with a ``MetricWarning``) when
+            any of its noisy copies changes the model's prediction (Quantus default False).
         batch_size: noisy copies per explainer call (default: 64 on CPU, 512 on GPU).
 
     Returns:
-        ``(N,)``, lower is better.
+        ``(N,)``, lower is better; NaN (with
+        ``return_nan_when_prediction_changes``) when a copy changed the prediction.
     """
     values = noisy_quotients(
         "local_lipschitz",
@@ -257,7 +271,8 @@ def local_lipschitz(
         labels=labels,
         model=model,
         explainer=explainer,
-        noise=gaussian_noise(generator, mean=perturb_mean, std=perturb_std),
+        generator=generator,
+        noise=gaussian_noise(mean=perturb_mean, std=perturb_std),
         nr_samples=nr_samples,
         per="input",
         abs=abs,
