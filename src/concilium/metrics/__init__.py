@@ -68,6 +68,11 @@ from concilium.metrics.registry import (
     register_metric,
 )
 from concilium.metrics.robustness import avg_sensitivity, local_lipschitz, max_sensitivity
+from concilium.metrics.stability import (
+    relative_input_stability,
+    relative_output_stability,
+    relative_representation_stability,
+)
 
 __all__ = [
     "BASELINE_NAMES",
@@ -119,6 +124,9 @@ __all__ = [
     "register_metric",
     "relevance_mass",
     "relevance_rank",
+    "relative_input_stability",
+    "relative_output_stability",
+    "relative_representation_stability",
     "road",
     "road_curve",
     "sparseness",
