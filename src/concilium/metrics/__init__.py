@@ -73,6 +73,7 @@ from concilium.metrics.stability import (
     relative_output_stability,
     relative_representation_stability,
 )
+from concilium.metrics.translation import continuity
 
 __all__ = [
     "BASELINE_NAMES",
@@ -90,6 +91,7 @@ __all__ = [
     "avg_sensitivity",
     "com_distance",
     "complexity",
+    "continuity",
     "curve_metric",
     "deletion",
     "deletion_curve",
