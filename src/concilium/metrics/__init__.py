@@ -57,6 +57,7 @@ from concilium.metrics.localisation import (
     relevance_rank,
     top_k_intersection,
 )
+from concilium.metrics.mosaic import focus
 from concilium.metrics.perturb import BASELINE_NAMES, make_baseline
 from concilium.metrics.randomisation import mprt, mprt_curve, random_logit
 from concilium.metrics.registry import (
@@ -102,6 +103,7 @@ __all__ = [
     "evaluate_curve",
     "f1_at_quarter_max",
     "faithfulness_correlation",
+    "focus",
     "infidelity",
     "insertion",
     "insertion_curve",
