@@ -16,6 +16,7 @@ Example:
 """
 
 from concilium.metrics._common import MetricWarning
+from concilium.metrics.agreement import consistency
 from concilium.metrics.concentration import complexity, effective_complexity, sparseness
 from concilium.metrics.curves import (
     aopc,
@@ -92,6 +93,7 @@ __all__ = [
     "avg_sensitivity",
     "com_distance",
     "complexity",
+    "consistency",
     "continuity",
     "curve_metric",
     "deletion",

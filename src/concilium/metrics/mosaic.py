@@ -113,6 +113,7 @@ def _focus_passes(params: Mapping[str, Any], *, size: tuple[int, int], layers: i
     needs_model=True,
     needs_explainer=True,
     stochastic=True,
+    batch_relative=True,
     passes=_focus_passes,
 )
 def focus(
