@@ -3,8 +3,9 @@ uniform entry point :func:`evaluate`.
 
 Every metric is registered under its Python name and exported here. The families live in
 ``localisation``, ``faithfulness`` (one-shot), ``curves`` (deletion, insertion, AOPC, pixel
-flipping, monotonicity), ``imputation`` (ROAD), ``robustness``, ``concentration`` (the complexity
-family) and ``randomisation``; the registry in ``registry``, the entry point in ``evaluate``.
+flipping, monotonicity), ``imputation`` (ROAD), ``robustness`` (sensitivities, Lipschitz),
+``stability`` (relative stabilities), ``translation`` (continuity), ``agreement`` (consistency),
+``mosaic`` (focus), ``concentration`` (the complexity family) and ``randomisation``; the registry in ``registry``, the entry point in ``evaluate``.
 Statistics over a tidy metrics table (mean and interval, Exp-Avg, the summary, the paper table)
 are defined once in :mod:`concilium.metrics.tables`, the verdicts of the headline claims in
 :mod:`concilium.metrics.claims`; neither is re-exported here.
