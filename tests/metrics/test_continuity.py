@@ -91,3 +91,25 @@ def test_matches_quantus_at_the_defaults(channels, size):
         "continuity", maps, images=images, labels=labels, model=model, explainer=input_x_gradient
     ).numpy()
     np.testing.assert_allclose(ours, np.asarray(theirs, dtype=float), rtol=1e-6)
+
+
+def test_quantus_repeats_the_all_fill_shift_on_narrow_images():
+    """2W + 1 < nr_steps: Quantus's step is 0, so all 28 of its copies are the shift -W (every
+    column filled); ours walks every shift, whose maximum includes that one (shift W)."""
+    model, images, labels, _, _ = make_batch(n=1, size=8, seed=2)
+    maps = input_x_gradient(model, images, labels)
+    theirs = quantus.Continuity(disable_warnings=True)(
+        model=model, x_batch=images.numpy(), y_batch=labels.numpy(),
+        a_batch=maps.numpy()[:, None], explain_func=_q_explain, device="cpu",
+    )[0]  # fmt: skip
+    filled = translate(images, torch.tensor([-8]))
+    assert torch.equal(filled, torch.full_like(images, float(images.min())))
+    a = maps / maps.abs().amax()
+    a_filled = input_x_gradient(model, filled, labels)
+    a_filled = a_filled.abs() / a_filled.abs().amax()
+    by_hand = (a.abs() - a_filled).abs().sum() / (images - filled).norm()
+    assert theirs == pytest.approx(by_hand.item(), rel=1e-5)
+    ours = evaluate(
+        "continuity", maps, images=images, labels=labels, model=model, explainer=input_x_gradient
+    )
+    assert ours.item() > theirs * (1 + 1e-3)
