@@ -238,3 +238,19 @@ def test_nan_when_any_copy_changes_the_prediction_as_quantus(name, cls):
     theirs = np.asarray(theirs, dtype=float)
     assert np.isnan(ours[0]) and np.isnan(theirs[0])
     np.testing.assert_allclose(ours[1:], theirs[1:], rtol=1e-6)
+
+
+def test_representation_defaults_to_the_models_gradcam_layer():
+    model, images, labels, maps, _ = make_batch(n=2, size=6)
+
+    def run(**params):
+        return evaluate(
+            "relative_representation_stability", maps, images=images, labels=labels, model=model,
+            explainer=input_x_gradient, nr_samples=3, generator=torch.Generator().manual_seed(0),
+            return_nan_when_prediction_changes=False, **params,
+        )  # fmt: skip
+
+    every_module = run()
+    model.gradcam_layer = "conv"
+    assert torch.equal(run(), run(layer="conv"))
+    assert not torch.allclose(run(), every_module)
