@@ -3,7 +3,8 @@ to itself, per relative change of the input, of the logits or of an internal rep
 
 For each image, ``nr_samples`` noisy copies ``x' = x + U(lower_bound, upper_bound)`` are
 explained (all copies of a chunk in one explainer call, as in
-:mod:`concilium.metrics.robustness`, whose noise source this module reuses) and the score is
+:mod:`concilium.metrics.robustness`; the copies are drawn from ``generator`` in image-major
+order, copy ``s`` of image ``i`` after all copies of the images before it) and the score is
 the largest quotient
 
     ``||(a - a') / a||_2 / max(||d(x, x')||_2, eps_min)``
@@ -28,9 +29,8 @@ from torch import Tensor, nn
 from concilium.explain.prepare import resolve_layer
 from concilium.metrics._common import nan_where
 from concilium.metrics._explainer import Explainer, check_explainer, explain_in_chunks
-from concilium.metrics.perturb import check_batch_size, model_inputs
+from concilium.metrics.perturb import check_batch_size, generator_device, model_inputs
 from concilium.metrics.registry import register_metric
-from concilium.metrics.robustness import uniform_noise
 
 Against = Literal["input", "output", "representation"]
 
@@ -143,14 +143,15 @@ def relative_stability(
         ]
         logits0 = torch.cat([o[0] for o in outs])
         rep0 = torch.cat([o[1] for o in outs]) if modules else None  # type: ignore[misc]
-    noise = uniform_noise(generator, low=lower_bound, high=upper_bound)
+    draw_device = generator_device(generator)
     out = torch.empty(n, nr_samples, dtype=torch.float64, device=device)
     total = n * nr_samples
     for start in range(0, total, batch_size):
         flat = torch.arange(start, min(start + batch_size, total), device=device)
         i, s = flat // nr_samples, flat % nr_samples
         x = images[i]
-        x_noisy = x + noise(x.shape).to(device=device, dtype=x.dtype)
+        noise = torch.rand(x.shape, generator=generator, device=draw_device)
+        x_noisy = x + (noise * (upper_bound - lower_bound) + lower_bound).to(device, x.dtype)
         a_noisy = explain_in_chunks(fn, model, x_noisy, labels[i], batch_size=batch_size)
         a_noisy = _prepare(a_noisy, abs=abs, normalise=normalise)
         num = _norm(_relative(a_noisy, a[i], eps_min), 0.0)
