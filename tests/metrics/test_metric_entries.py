@@ -32,6 +32,7 @@ FAST = {
     "max_sensitivity": {"nr_samples": 3},
     "avg_sensitivity": {"nr_samples": 3},
     "local_lipschitz": {"nr_samples": 3},
+    "consistency": {"discretise": "first_n_sign"},  # random maps share no top-5 key
 }
 
 

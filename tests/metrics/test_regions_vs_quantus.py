@@ -141,7 +141,7 @@ def test_quantus_sensitivity_n_is_one_value_per_n_across_the_batch_with_per_step
 
 
 def test_quantus_lerf_region_perturbation_is_ours_on_the_negated_map():
-    """Ours is MoRF only (docs/metrics.md, item 15): Quantus's ``order="lerf"`` curve is ours on
+    """Ours is MoRF only (docs/metrics.md, item 20): Quantus's ``order="lerf"`` curve is ours on
     ``-maps`` (no ties in these maps), with the opposite score direction."""
     batch = make_batch(n=3, size=12)
     model, images, labels, maps, _ = batch

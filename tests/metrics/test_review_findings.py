@@ -21,7 +21,9 @@ from concilium.metrics.perturb import pixel_order
 
 ALL = METRICS.names()
 WITH_CURVE = [n for n in ALL if METRICS.get(n).curve is not None]
-WITH_GENERATOR = [n for n in ALL if "generator" in METRICS.get(n).data_args]
+# metrics whose score depends on the other images by definition are marked batch_relative
+WITH_GENERATOR = [n for n in ALL if "generator" in METRICS.get(n).data_args
+                  and not METRICS.get(n).batch_relative]
 FAST = {
     "top_k_intersection": {"k": 20},
     "faithfulness_correlation": {"nr_runs": 10, "subset_size": 10},

@@ -4,8 +4,10 @@ uniform entry point :func:`evaluate`.
 Every metric is registered under its Python name and exported here. The families live in
 ``localisation``, ``faithfulness`` (one-shot), ``curves`` (deletion, insertion, AOPC, pixel
 flipping, monotonicity), ``regions`` (region perturbation, selectivity), ``estimates``
-(faithfulness estimate, sensitivity-n), ``imputation`` (ROAD), ``robustness``, ``concentration`` (the complexity
-family) and ``randomisation``; the registry in ``registry``, the entry point in ``evaluate``.
+(faithfulness estimate, sensitivity-n), ``imputation`` (ROAD), ``robustness`` (sensitivities,
+Lipschitz), ``stability`` (relative stabilities), ``translation`` (continuity), ``agreement``
+(consistency), ``mosaic`` (focus), ``concentration`` (the complexity family) and
+``randomisation``; the registry in ``registry``, the entry point in ``evaluate``.
 Statistics over a tidy metrics table (mean and interval, Exp-Avg, the summary, the paper table)
 are defined once in :mod:`concilium.metrics.tables`, the verdicts of the headline claims in
 :mod:`concilium.metrics.claims`; neither is re-exported here.
@@ -17,6 +19,7 @@ Example:
 """
 
 from concilium.metrics._common import MetricWarning
+from concilium.metrics.agreement import consistency
 from concilium.metrics.concentration import complexity, effective_complexity, sparseness
 from concilium.metrics.curves import (
     aopc,
@@ -59,6 +62,7 @@ from concilium.metrics.localisation import (
     relevance_rank,
     top_k_intersection,
 )
+from concilium.metrics.mosaic import focus
 from concilium.metrics.perturb import BASELINE_NAMES, make_baseline
 from concilium.metrics.randomisation import mprt, mprt_curve, random_logit
 from concilium.metrics.regions import region_perturbation, selectivity
@@ -71,6 +75,12 @@ from concilium.metrics.registry import (
     register_metric,
 )
 from concilium.metrics.robustness import avg_sensitivity, local_lipschitz, max_sensitivity
+from concilium.metrics.stability import (
+    relative_input_stability,
+    relative_output_stability,
+    relative_representation_stability,
+)
+from concilium.metrics.translation import continuity
 
 __all__ = [
     "BASELINE_NAMES",
@@ -88,6 +98,8 @@ __all__ = [
     "avg_sensitivity",
     "com_distance",
     "complexity",
+    "consistency",
+    "continuity",
     "curve_metric",
     "deletion",
     "deletion_curve",
@@ -99,6 +111,7 @@ __all__ = [
     "f1_at_quarter_max",
     "faithfulness_correlation",
     "faithfulness_estimate",
+    "focus",
     "infidelity",
     "insertion",
     "insertion_curve",
@@ -124,6 +137,9 @@ __all__ = [
     "register_metric",
     "relevance_mass",
     "relevance_rank",
+    "relative_input_stability",
+    "relative_output_stability",
+    "relative_representation_stability",
     "road",
     "road_curve",
     "selectivity",

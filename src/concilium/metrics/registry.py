@@ -75,6 +75,8 @@ class MetricSpec:
         needs_model: needs the model (and images and labels).
         needs_explainer: needs ``explainer(model, images, targets) -> (N, H, W)``.
         stochastic: draws random numbers (takes ``generator``).
+        batch_relative: an image's score depends on the other images of the batch it is
+            computed with (``consistency``, ``focus``): evaluate a whole split in one call.
         passes: model passes per image as a function of the parameters (:class:`PassCount`).
         params: the valid parameters and their defaults.
         data_args: the data inputs the function accepts.
@@ -89,6 +91,7 @@ class MetricSpec:
     needs_model: bool
     needs_explainer: bool
     stochastic: bool
+    batch_relative: bool = False
     passes: PassCount = no_passes
     params: dict[str, Any] = field(default_factory=dict)
     data_args: tuple[str, ...] = ()
@@ -135,6 +138,7 @@ def register_metric(
     needs_model: bool = False,
     needs_explainer: bool = False,
     stochastic: bool = False,
+    batch_relative: bool = False,
     passes: PassCount | None = None,
     curve: Callable[..., Any] | None = None,
 ) -> Callable[[Callable[..., Tensor]], Callable[..., Tensor]]:
@@ -148,6 +152,7 @@ def register_metric(
         higher_is_better: score direction.
         needs_mask, needs_model, needs_explainer: the inputs the metric needs.
         stochastic: the metric draws random numbers (it must take ``generator``).
+        batch_relative: an image's score depends on the other images of its batch.
         passes: its cost (:class:`PassCount`); required when ``needs_model``.
         curve: the function returning the metric's curve, if it has one.
 
@@ -177,6 +182,7 @@ def register_metric(
                 needs_model=needs_model,
                 needs_explainer=needs_explainer,
                 stochastic=stochastic,
+                batch_relative=batch_relative,
                 passes=passes if passes is not None else no_passes,
                 params=params,
                 data_args=data_args,
