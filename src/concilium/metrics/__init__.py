@@ -16,6 +16,7 @@ Example:
 """
 
 from concilium.metrics._common import MetricWarning
+from concilium.metrics.axiomatic import completeness, input_invariance, non_sensitivity
 from concilium.metrics.concentration import complexity, effective_complexity, sparseness
 from concilium.metrics.curves import (
     aopc,
@@ -57,6 +58,7 @@ from concilium.metrics.localisation import (
     relevance_rank,
     top_k_intersection,
 )
+from concilium.metrics.mprt_variants import efficient_mprt, smooth_mprt, smooth_mprt_curve
 from concilium.metrics.perturb import BASELINE_NAMES, make_baseline
 from concilium.metrics.randomisation import mprt, mprt_curve, random_logit
 from concilium.metrics.registry import (
@@ -84,6 +86,7 @@ __all__ = [
     "average_precision",
     "avg_sensitivity",
     "com_distance",
+    "completeness",
     "complexity",
     "curve_metric",
     "deletion",
@@ -91,11 +94,13 @@ __all__ = [
     "deletion_lerf",
     "deletion_lerf_curve",
     "effective_complexity",
+    "efficient_mprt",
     "evaluate",
     "evaluate_curve",
     "f1_at_quarter_max",
     "faithfulness_correlation",
     "infidelity",
+    "input_invariance",
     "insertion",
     "insertion_curve",
     "insertion_lerf",
@@ -111,6 +116,7 @@ __all__ = [
     "monotonicity_curve",
     "mprt",
     "mprt_curve",
+    "non_sensitivity",
     "perturbation_curve",
     "pixel_flipping",
     "pixel_flipping_curve",
@@ -121,6 +127,8 @@ __all__ = [
     "relevance_rank",
     "road",
     "road_curve",
+    "smooth_mprt",
+    "smooth_mprt_curve",
     "sparseness",
     "sufficiency",
     "top_k_intersection",
