@@ -70,6 +70,8 @@ def test_smoothed_explainer_is_the_mean_over_noisy_copies_the_last_one_clean():
     torch.testing.assert_close(out, expected)
     one = smoothed(channel_sum, nr_samples=1, noise_magnitude=0.1, generator=None)
     torch.testing.assert_close(one(None, images, targets), images.sum(1))
+    with pytest.raises(ValueError, match="generator="):
+        smoothed(channel_sum, nr_samples=2, noise_magnitude=0.1, generator=None)
 
 
 def test_smooth_mprt_with_one_sample_is_bottom_up_mprt():

@@ -35,7 +35,16 @@ def smoothed(
 ) -> Explainer:
     """``explainer`` denoised: the mean of its maps over ``nr_samples`` copies of the images
     with Gaussian noise of std ``noise_magnitude * (max - min)`` of each image, the last copy
-    noise-free (so one sample is the plain explanation), as Quantus's ``SmoothMPRT``."""
+    noise-free (so one sample is the plain explanation), as Quantus's ``SmoothMPRT``.
+
+    Raises:
+        ValueError: for noisy copies without ``generator`` (the global RNG is never used).
+    """
+    if generator is None and nr_samples > 1 and noise_magnitude > 0:
+        raise ValueError(
+            "smooth_mprt draws noise: pass generator=torch.Generator().manual_seed(0) "
+            "(evaluate() passes a seeded one by default)"
+        )
     gen_device = generator_device(generator)
 
     def explain(model: nn.Module, images: Tensor, targets: Tensor) -> Tensor:
