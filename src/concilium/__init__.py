@@ -10,7 +10,7 @@ layers before it; ``docs/ARCHITECTURE.md``):
 - :mod:`concilium.models`: architectures, multitask heads, ensemble training, member folders.
 - :mod:`concilium.explain`: attribution methods (Captum wrappers), baselines, targets.
 - :mod:`concilium.ganmex`: learned counterfactual baselines (GANMEX).
-- :mod:`concilium.metrics`: batched evaluation metrics of five families, the statistics of a
+- :mod:`concilium.metrics`: batched evaluation metrics of six families, the statistics of a
   metrics table and the verdicts of the headline claims.
 - :mod:`concilium.ensemble`: ensemblers of explanations and what they reveal.
 - :mod:`concilium.store`: everything under ``RUN/``: the chunked, resumable explanation store,

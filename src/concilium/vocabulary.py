@@ -18,9 +18,11 @@ Split = Literal["train", "val", "test", "all"]
 """A split to select (``"all"``: every sample)."""
 SPLITS: tuple[str, ...] = get_args(SplitName)
 
-Family = Literal["localisation", "faithfulness", "robustness", "complexity", "randomisation"]
+Family = Literal[
+    "localisation", "faithfulness", "robustness", "complexity", "randomisation", "axiomatic"
+]
 FAMILIES: tuple[str, ...] = get_args(Family)
-"""The metric families (Quantus's categories, less "axiomatic"), in report order."""
+"""The metric families (Quantus's categories), in report order."""
 
 MEMBER_ID = re.compile(r"^m(\d+)$")
 """Ensemble members are ``m0, m1, ...``; every other source is an ensemble of them."""

@@ -13,9 +13,12 @@ from concilium.cli.main import app
 from concilium.data.dataset import ImageDataset
 from concilium.data.folder import write_folder
 from concilium.jobs.evaluate import load_metric_params
+from concilium.metrics import METRICS
 from concilium.models.architectures import create_model
 from concilium.models.members import MemberCard, save_member
+from concilium.report.summary import family_scores
 from concilium.store.results import COLUMNS, ResultsTable, group_rows
+from concilium.vocabulary import FAMILIES
 
 
 def _table() -> pd.DataFrame:
@@ -161,3 +164,28 @@ def test_cli_evaluate_rejects_bad_options(run_dir):
     bad_split = CliRunner().invoke(app, ["evaluate", str(run_dir), "--split", "dev"])
     assert bad_split.exit_code != 0
     assert "split must be one of train, val, test, all; got 'dev'" in str(bad_split.exception)
+
+
+@pytest.mark.slow
+def test_cli_evaluate_a_family_added_late_end_to_end(run_dir):
+    """``--metrics axiomatic`` selects the family, writes its rows with their category, and the
+    report's family scores give it a column of its own."""
+    params = run_dir / "axiomatic.toml"
+    params.write_text(f"[non_sensitivity]\nstep = {HW * HW // 4}\n")
+    args = ["evaluate", str(run_dir), "--metrics", "axiomatic", "--params", str(params)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    table = pd.read_parquet(run_dir / "results" / "metrics.parquet")  # shared with other tests
+    table = table[table.category == "axiomatic"]
+    assert set(table.metric) == {"completeness", "non_sensitivity", "input_invariance"}
+    stats = (
+        table.assign(explanation=table.source + "/" + table.method)
+        .groupby(["explanation", "metric"], as_index=False)["value"].mean()
+        .rename(columns={"value": "mean"})
+    )
+    meta = pd.DataFrame(
+        [(n, s.category, s.higher_is_better) for n, s in METRICS.items()],
+        columns=["metric", "category", "higher_is_better"],
+    )
+    scores = family_scores(stats, meta)
+    assert list(scores.columns) == list(FAMILIES) and scores["axiomatic"].notna().all()

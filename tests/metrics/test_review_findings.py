@@ -60,6 +60,7 @@ _READ_OFF = {
     "monotonicity": lambda f, c: (torch.diff(c, dim=1) >= 0).all(1).double(),
     "road": lambda f, c: c.double().mean(1),
     "mprt": lambda f, c: c.double().mean(1),
+    "smooth_mprt": lambda f, c: c.double().mean(1),
 }
 
 

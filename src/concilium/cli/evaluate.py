@@ -16,7 +16,7 @@ from rich.table import Table
 
 from concilium.cli.app import app
 from concilium.cli.options import check_device
-from concilium.vocabulary import EXP_AVG
+from concilium.vocabulary import EXP_AVG, FAMILIES
 
 DEFAULT_METRICS = "localisation,complexity"
 
@@ -27,8 +27,7 @@ def evaluate(
     metrics: str = typer.Option(
         DEFAULT_METRICS,
         "--metrics",
-        help="Comma-separated categories (localisation, faithfulness, robustness, complexity, "
-        "randomisation), metric names, or 'all'.",
+        help=f"Comma-separated categories ({', '.join(FAMILIES)}), metric names, or 'all'.",
     ),
     params: Path | None = typer.Option(
         None, "--params", help="TOML file of metric parameters, one table per metric."

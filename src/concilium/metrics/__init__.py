@@ -20,6 +20,7 @@ Example:
 
 from concilium.metrics._common import MetricWarning
 from concilium.metrics.agreement import consistency
+from concilium.metrics.axiomatic import completeness, input_invariance, non_sensitivity
 from concilium.metrics.concentration import complexity, effective_complexity, sparseness
 from concilium.metrics.curves import (
     aopc,
@@ -63,6 +64,7 @@ from concilium.metrics.localisation import (
     top_k_intersection,
 )
 from concilium.metrics.mosaic import focus
+from concilium.metrics.mprt_variants import efficient_mprt, smooth_mprt, smooth_mprt_curve
 from concilium.metrics.perturb import BASELINE_NAMES, make_baseline
 from concilium.metrics.randomisation import mprt, mprt_curve, random_logit
 from concilium.metrics.regions import region_perturbation, selectivity
@@ -97,6 +99,7 @@ __all__ = [
     "average_precision",
     "avg_sensitivity",
     "com_distance",
+    "completeness",
     "complexity",
     "consistency",
     "continuity",
@@ -106,6 +109,7 @@ __all__ = [
     "deletion_lerf",
     "deletion_lerf_curve",
     "effective_complexity",
+    "efficient_mprt",
     "evaluate",
     "evaluate_curve",
     "f1_at_quarter_max",
@@ -113,6 +117,7 @@ __all__ = [
     "faithfulness_estimate",
     "focus",
     "infidelity",
+    "input_invariance",
     "insertion",
     "insertion_curve",
     "insertion_lerf",
@@ -128,6 +133,7 @@ __all__ = [
     "monotonicity_curve",
     "mprt",
     "mprt_curve",
+    "non_sensitivity",
     "perturbation_curve",
     "pixel_flipping",
     "pixel_flipping_curve",
@@ -144,6 +150,8 @@ __all__ = [
     "road_curve",
     "selectivity",
     "sensitivity_n",
+    "smooth_mprt",
+    "smooth_mprt_curve",
     "sparseness",
     "sufficiency",
     "top_k_intersection",

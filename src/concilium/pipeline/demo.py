@@ -20,11 +20,12 @@ DEMO_METRICS = [
     "localisation", "complexity",
     "deletion", "insertion", "aopc", "faithfulness_correlation", "monotonicity", "sufficiency",
     "road", "max_sensitivity", "avg_sensitivity", "local_lipschitz", "mprt", "random_logit",
+    "efficient_mprt", "completeness", "input_invariance",
 ]
-"""Every localisation and complexity metric, and the faithfulness, robustness and
-randomisation metrics whose cost fits a CPU demo (with the parameters below)."""
+"""Every localisation and complexity metric, and the faithfulness, robustness, randomisation
+and axiomatic metrics whose cost fits a CPU demo (with the parameters below)."""
 QUICK_METRICS = ["localisation", "complexity", "deletion", "faithfulness_correlation",
-                 "max_sensitivity", "random_logit"]
+                 "max_sensitivity", "random_logit", "completeness"]
 """The quick demo: every family still, with one or two model-bound metrics each."""
 
 

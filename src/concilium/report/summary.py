@@ -125,7 +125,7 @@ def family_scores(stats: pd.DataFrame, meta: pd.DataFrame) -> pd.DataFrame:
     scores 0.5 for everyone; a family with no metric is NaN.
 
     Returns:
-        index = explanation, columns = the five families.
+        index = explanation, columns = the families (:data:`~concilium.vocabulary.FAMILIES`).
     """
     direction = _directions(meta)
     category = dict(zip(meta["metric"], meta["category"], strict=True)) if len(meta) else {}
