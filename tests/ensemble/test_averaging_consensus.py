@@ -1,5 +1,7 @@
 """Ens-Avg, Ens-Logit, Exp-Avg table, consensus and its correlations, similarity."""
 
+import copy
+
 import pandas as pd
 import pytest
 import scipy.stats
@@ -166,3 +168,25 @@ def test_mprt_of_a_logit_ensemble_randomises_every_members_layer_together():
     together = evaluate_curve("mprt", _saliency(one, x, t), images=x, labels=t, model=one,
                               explainer=_saliency)[1]
     torch.testing.assert_close(together, single)
+
+
+@pytest.mark.parametrize("metric", ["mprt", "smooth_mprt", "efficient_mprt", "random_logit"])
+def test_randomisation_metrics_score_a_logit_ensemble_of_one_as_its_member(metric):
+    """The metrics that randomise the model run on an ensemble model (they read its layer
+    groups), and an ensemble of one scores exactly as its member."""
+    from concilium.metrics import evaluate
+
+    torch.manual_seed(0)
+    member = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(),
+                           nn.Linear(4 * 8 * 8, 3)).eval()
+    x = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    t = torch.tensor([0, 1, 2, 0])
+    params = {"nr_samples": 2} if metric == "smooth_mprt" else {}
+    scores = [evaluate(metric, _saliency(model, x, t), images=x, labels=t, model=model,
+                       explainer=_saliency, generator=torch.Generator().manual_seed(3), **params)
+              for model in (member, LogitEnsemble([member]).eval())]
+    torch.testing.assert_close(scores[1], scores[0], equal_nan=True)
+    two = LogitEnsemble([member, copy.deepcopy(member)]).eval()
+    assert evaluate(metric, _saliency(two, x, t), images=x, labels=t, model=two,
+                    explainer=_saliency, generator=torch.Generator().manual_seed(3),
+                    **params).shape == (4,)

@@ -25,7 +25,7 @@ from concilium.metrics._common import nan_where, prepare_maps
 from concilium.metrics._explainer import Explainer, check_explainer, explain_in_chunks
 from concilium.metrics._streams import base_seed, draw_rows, image_streams
 from concilium.metrics.perturb import check_batch_size, model_inputs
-from concilium.metrics.randomisation import Similarity, mprt_curve, randomisable_layers
+from concilium.metrics.randomisation import Similarity, layer_groups, mprt_curve
 from concilium.metrics.registry import register_metric
 
 
@@ -208,23 +208,25 @@ def smooth_mprt(
 
 def fully_randomised(model: nn.Module, *, seed: int) -> nn.Module:
     """A deep copy of ``model`` with every layer of
-    :func:`~concilium.metrics.randomisation.randomisable_layers` re-initialised, bottom-up, each
-    under ``torch.manual_seed(seed + 1)`` in a forked RNG (Quantus's cascade after its last
-    layer). The global RNG state is left as it was.
+    :func:`~concilium.metrics.randomisation.layer_groups` re-initialised, bottom-up, the ``i``-th
+    module of a group under ``torch.manual_seed(seed + 1 + i)`` in a forked RNG (a plain model's
+    group is one layer: Quantus's cascade after its last layer), as MPRT does. The global RNG
+    state is left as it was.
 
     Raises:
         ValueError: if the model has no layer with ``reset_parameters``.
     """
     work = copy.deepcopy(model)
     modules = dict(work.named_modules())
-    layers = randomisable_layers(work)
-    if not layers:
+    groups = layer_groups(work)
+    if not groups:
         raise ValueError("the model has no layer with reset_parameters() to randomise")
     devices = [p.device for p in work.parameters() if p.device.type == "cuda"][:1]
     with torch.random.fork_rng(devices=devices):
-        for name in layers:
-            torch.manual_seed(seed + 1)
-            modules[name].reset_parameters()
+        for _, names in groups:
+            for i, name in enumerate(names):
+                torch.manual_seed(seed + 1 + i)
+                modules[name].reset_parameters()
     return work
 
 
