@@ -8,7 +8,7 @@ returns the per-copy quotients; each metric only chooses the noise and how to re
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Literal
 
 import torch
@@ -44,6 +44,27 @@ def gaussian_noise(*, mean: float, std: float) -> NoiseFn:
     return draw
 
 
+def noisy_copies(
+    images: Tensor, *, generator: torch.Generator | None, noise: NoiseFn, nr_samples: int,
+    batch_size: int,
+) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+    """The noisy copies ``x' = x + noise`` of every image, ``batch_size`` rows at a time, as
+    ``(image index i, copy index s, x')``. Copy ``s`` of an image draws its noise from the
+    image's stream (key ``("noise", s)``), so it is the same whatever the batch and chunking."""
+    streams = image_streams(generator, images)
+    shape = images.shape[1:]
+    total = images.shape[0] * nr_samples
+    for start in range(0, total, batch_size):
+        flat = torch.arange(start, min(start + batch_size, total), device=images.device)
+        i, s = flat // nr_samples, flat % nr_samples
+        seeds = [
+            derive_seed(streams[ii], "noise", ss)
+            for ii, ss in zip(i.tolist(), s.tolist(), strict=True)
+        ]
+        drawn = draw_rows(seeds, lambda g: noise(shape, g), images.device)
+        yield i, s, images[i] + drawn.to(dtype=images.dtype)
+
+
 def noisy_quotients(
     metric: str,
     maps: Tensor,
@@ -73,25 +94,15 @@ def noisy_quotients(
         raise ValueError(f"nr_samples must be >= 1; got {nr_samples}")
     a = prepare_maps(maps, abs=abs, normalise=normalise).flatten(1).double()
     n = images.shape[0]
-    streams = image_streams(generator, images)
-    shape = images.shape[1:]
     pred0 = (
         predicted_classes(model, images, batch_size=batch_size)
         if return_nan_when_prediction_changes
         else None
     )
     out = torch.empty(n, nr_samples, dtype=torch.float64, device=device)
-    total = n * nr_samples
-    for start in range(0, total, batch_size):
-        flat = torch.arange(start, min(start + batch_size, total), device=device)
-        i, s = flat // nr_samples, flat % nr_samples
+    for i, s, x_noisy in noisy_copies(images, generator=generator, noise=noise,
+                                      nr_samples=nr_samples, batch_size=batch_size):
         x = images[i]
-        seeds = [
-            derive_seed(streams[ii], "noise", ss)
-            for ii, ss in zip(i.tolist(), s.tolist(), strict=True)
-        ]
-        drawn = draw_rows(seeds, lambda g: noise(shape, g), device)
-        x_noisy = x + drawn.to(dtype=x.dtype)
         a_noisy = explain_in_chunks(fn, model, x_noisy, labels[i], batch_size=batch_size)
         a_noisy = prepare_maps(a_noisy, abs=abs, normalise=normalise).flatten(1).double()
         diff = torch.linalg.vector_norm(a[i] - a_noisy, dim=1)

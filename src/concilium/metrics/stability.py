@@ -22,19 +22,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from contextlib import contextmanager
-from functools import partial
 from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
-from concilium._util import derive_seed
 from concilium.explain.prepare import resolve_layer
 from concilium.metrics._common import nan_where
 from concilium.metrics._explainer import Explainer, check_explainer, explain_in_chunks
-from concilium.metrics._streams import draw_rows, image_streams
 from concilium.metrics.perturb import check_batch_size, model_inputs
 from concilium.metrics.registry import register_metric
+from concilium.metrics.robustness import noisy_copies, uniform_noise
 
 Against = Literal["input", "output", "representation"]
 
@@ -108,9 +106,6 @@ def _outputs(
     return logits.double(), (torch.cat(seen, dim=1) if modules else None)
 
 
-def _uniform01(shape: tuple[int, ...], generator: torch.Generator) -> Tensor:
-    return torch.rand(shape, generator=generator, device=generator.device)
-
 
 def relative_stability(
     metric: str,
@@ -152,17 +147,11 @@ def relative_stability(
         ]
         logits0 = torch.cat([o[0] for o in outs])
         rep0 = torch.cat([o[1] for o in outs]) if modules else None  # type: ignore[misc]
-    streams = image_streams(generator, images)  # the noise of image i depends on i, not its position
     out = torch.empty(n, nr_samples, dtype=torch.float64, device=device)
-    total = n * nr_samples
-    for start in range(0, total, batch_size):
-        flat = torch.arange(start, min(start + batch_size, total), device=device)
-        i, s = flat // nr_samples, flat % nr_samples
+    noise = uniform_noise(low=lower_bound, high=upper_bound)
+    for i, s, x_noisy in noisy_copies(images, generator=generator, noise=noise,
+                                      nr_samples=nr_samples, batch_size=batch_size):
         x = images[i]
-        seeds = [derive_seed(streams[ii], "noise", ss) for ii, ss in zip(i.tolist(), s.tolist(),
-                                                                         strict=True)]
-        noise = draw_rows(seeds, partial(_uniform01, tuple(images.shape[1:])), device)
-        x_noisy = x + (noise * (upper_bound - lower_bound) + lower_bound).to(device, x.dtype)
         a_noisy = explain_in_chunks(fn, model, x_noisy, labels[i], batch_size=batch_size)
         a_noisy = _prepare(a_noisy, abs=abs, normalise=normalise)
         num = _norm(_relative(a_noisy, a[i], eps_min), 0.0)
