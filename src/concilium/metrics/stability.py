@@ -2,11 +2,10 @@
 to itself, per relative change of the input, of the logits or of an internal representation.
 
 For each image, ``nr_samples`` noisy copies ``x' = x + U(lower_bound, upper_bound)`` are
-explained (all copies of a chunk in one explainer call, as in
-:mod:`concilium.metrics.robustness`; copy ``s`` of image ``i`` draws its noise from that
-image's stream, keyed ``("noise", s)``, so a score never depends on the other images) and the
-score is
-the largest quotient
+explained (the copies of :func:`concilium.metrics.robustness.noisy_copies`, as for the
+sensitivities: copy ``s`` of image ``i`` draws its noise from that image's stream, so a score
+never depends on the other images; all copies of a chunk in one explainer call) and the score
+is the largest quotient
 
     ``||(a - a') / a||_2 / max(||d(x, x')||_2, eps_min)``
 
