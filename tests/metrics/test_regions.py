@@ -9,7 +9,8 @@ import torch
 from metric_helpers import LinearNet, make_batch
 
 from concilium.metrics import MetricWarning, evaluate
-from concilium.metrics.regions import feature_relevance, n_patches, patch_grid
+from concilium.metrics.features import n_patches, patch_grid
+from concilium.metrics.regions import feature_relevance
 
 # 4x4 weights = map; 2x2 patches TL, TR, BL, BR sum to 16, 4, 12, 8 (f(x) = 40 at x = 1)
 W = torch.tensor(

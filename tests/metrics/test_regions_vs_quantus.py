@@ -17,10 +17,10 @@ from metric_helpers import make_batch
 
 from concilium.metrics import METRICS, evaluate
 from concilium.metrics._common import pearson
+from concilium.metrics.features import patch_grid
 from concilium.metrics.regions import (
     feature_order,
     feature_relevance,
-    patch_grid,
     region_perturbation_drops,
     region_scores,
 )

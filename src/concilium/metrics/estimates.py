@@ -12,7 +12,7 @@ metric                     what is removed at each point                        
 =========================  ============================================================  ====
 
 The copies are evaluated by :func:`concilium.metrics.regions.region_scores`, the features come
-from :func:`concilium.metrics.regions.patch_grid`. A Quantus "feature" is one channel value, so
+from :func:`concilium.metrics.features.patch_grid`. A Quantus "feature" is one channel value, so
 with ``C`` channels Quantus's ``features_in_step = C * features_in_step`` at ``patch_size=1``.
 """
 
@@ -26,14 +26,9 @@ import torch
 from torch import Tensor, nn
 
 from concilium.metrics._common import nan_where, pearson, prepare_maps
+from concilium.metrics.features import n_patches, patch_grid
 from concilium.metrics.perturb import Baseline, check_batch_size, model_inputs, target_scores
-from concilium.metrics.regions import (
-    feature_order,
-    feature_relevance,
-    n_patches,
-    patch_grid,
-    region_scores,
-)
+from concilium.metrics.regions import feature_order, feature_relevance, region_scores
 from concilium.metrics.registry import register_metric
 
 
@@ -143,7 +138,7 @@ def faithfulness_estimate(
         maps, images, labels, model: the explanation, the explained images, classes and model.
         generator: random source of a ``"uniform"`` baseline (one draw per image).
         patch_size: side of the square patches
-            (:func:`~concilium.metrics.regions.patch_grid`).
+            (:func:`~concilium.metrics.features.patch_grid`).
         features_in_step: patches per group.
         baseline: replacement values (:func:`~concilium.metrics.perturb.make_baseline`).
         softmax: score probabilities instead of logits (Quantus's default: logits).
@@ -232,7 +227,7 @@ def sensitivity_n(
         maps, images, labels, model: the explanation, the explained images, classes and model.
         generator: random source of a ``"uniform"`` baseline (one draw per image).
         patch_size: side of the square patches
-            (:func:`~concilium.metrics.regions.patch_grid`); 1 (Quantus): pixels.
+            (:func:`~concilium.metrics.features.patch_grid`); 1 (Quantus): pixels.
         features_in_step: patches per group.
         n_max_percentage: the fraction of the features removed at the last point.
         baseline: replacement values (:func:`~concilium.metrics.perturb.make_baseline`).

@@ -23,7 +23,6 @@ map over its pixels. ``patch_size=1`` makes every pixel a feature.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -33,6 +32,7 @@ from torch import Tensor, nn
 from concilium._util import derive_seed
 from concilium.metrics._common import constant_rows, nan_where, prepare_maps
 from concilium.metrics._streams import image_streams
+from concilium.metrics.features import n_patches, patch_grid
 from concilium.metrics.perturb import (
     Baseline,
     check_batch_size,
@@ -44,33 +44,6 @@ from concilium.metrics.perturb import (
 from concilium.metrics.registry import register_metric
 
 Reduce = Literal["sum", "mean"]
-
-
-def _check_patch_size(patch_size: int, size: tuple[int, int]) -> int:
-    if isinstance(patch_size, bool) or not isinstance(patch_size, int) or patch_size < 1:
-        raise ValueError(f"patch_size must be a positive int; got {patch_size!r}")
-    if patch_size > min(size):
-        raise ValueError(
-            f"patch_size {patch_size} is larger than the image {tuple(size)}; pass a smaller one"
-        )
-    return patch_size
-
-
-def patch_grid(h: int, w: int, patch_size: int, device: torch.device | None = None) -> Tensor:
-    """``(H, W)`` long: the patch of every pixel on Quantus's grid (the image padded by
-    ``floor`` before and ``ceil`` after to a multiple of ``patch_size``; patches row by row)."""
-    _check_patch_size(patch_size, (h, w))
-    pad_h = (-h) % patch_size // 2
-    pad_w = (-w) % patch_size // 2
-    cols = math.ceil(w / patch_size)
-    rows = (torch.arange(h, device=device) + pad_h) // patch_size
-    colidx = (torch.arange(w, device=device) + pad_w) // patch_size
-    return rows[:, None] * cols + colidx[None, :]
-
-
-def n_patches(size: tuple[int, int], patch_size: int) -> int:
-    """The number of patches of :func:`patch_grid` on a ``size`` image."""
-    return math.ceil(size[0] / patch_size) * math.ceil(size[1] / patch_size)
 
 
 def feature_relevance(
