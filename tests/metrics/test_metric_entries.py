@@ -16,6 +16,7 @@ from torch import nn
 
 import concilium.metrics as metrics
 from concilium.metrics import METRICS, MetricWarning, evaluate, evaluate_curve
+from concilium.metrics.features import feature_labels
 from concilium.metrics.randomisation import randomisable_layers
 from concilium.metrics.registry import param_names, register_metric
 
@@ -122,7 +123,9 @@ def test_nan_comes_with_a_warning(name):
 def test_passes_metadata_counts_the_model_forwards(name):
     """``MetricSpec.passes`` with the default parameters equals the images sent through the
     model per image (an explainer call on one image counts one: ``input_x_gradient`` makes one
-    forward pass), up to one extra pass per call."""
+    forward pass), up to one extra pass per call; where the registry says the count is only a
+    bound (``passes_exact``: the cost depends on the image, e.g. one pass per superpixel), no
+    image costs more."""
     spec = METRICS.get(name)
     size = (15, 15)  # >= 224 pixels: faithfulness_correlation's default subset
     if not spec.needs_model:
@@ -138,8 +141,11 @@ def test_passes_metadata_counts_the_model_forwards(name):
             )
         counted.append(seen[0])
     assert _hooks(model) == 0
-    per_image, fixed = counted[1] - counted[0], 2 * counted[0] - counted[1]
     expected = spec.model_passes(size=size, layers=len(randomisable_layers(model)))
+    if not spec.model_passes_exact():
+        assert 0 < counted[0] <= expected + 1 and counted[1] <= 2 * expected + 1
+        return
+    per_image, fixed = counted[1] - counted[0], 2 * counted[0] - counted[1]
     assert per_image == expected >= 0
     assert fixed in (0, 1) and expected > 0
 
@@ -154,6 +160,11 @@ def test_passes_metadata_counts_the_model_forwards(name):
         ("infidelity", {"perturb_patch_sizes": (2, 5), "baseline": "uniform"}),
         ("max_sensitivity", {"nr_samples": 3, "return_nan_when_prediction_changes": True}),
         ("road", {"percentages": (10, 20)}),
+        ("irof", {"features": "patch:3"}),
+        ("region_perturbation", {"features": "pixels", "regions_evaluation": 30}),
+        ("selectivity", {"features": "patch:4"}),
+        ("faithfulness_estimate", {"features": "patch:2", "features_in_step": 3}),
+        ("sensitivity_n", {"features": "patch:2"}),
     ],
 )
 def test_passes_follow_the_parameters(name, params):
@@ -163,7 +174,35 @@ def test_passes_follow_the_parameters(name, params):
             name, maps, images=images, labels=labels, model=model, explainer=input_x_gradient,
             **params,
         )
+    assert METRICS.get(name).model_passes_exact(params)
     assert seen[0] == METRICS.get(name).model_passes(params, size=(10, 10))
+
+
+@pytest.mark.parametrize(
+    ("name", "params"),
+    [
+        ("irof", {}),
+        ("irof", {"features": "slic:n_segments=20"}),
+        ("region_perturbation", {"features": "slic:n_segments=30"}),
+        ("selectivity", {"features": "slic:n_segments=10,compactness=1"}),
+        ("faithfulness_estimate", {"features": "slic:n_segments=30"}),
+        ("sensitivity_n", {"features": "slic:n_segments=30"}),
+    ],
+)
+def test_passes_of_superpixel_features_are_a_bound_met_by_the_segments(name, params):
+    """With superpixels the count is an upper bound (``model_passes_exact`` is False); the
+    passes actually made follow the image's own number of segments."""
+    model, images, labels, maps, _ = make_batch(n=3, size=12)
+    spec = METRICS.get(name)
+    assert not spec.model_passes_exact(params)
+    bound = spec.model_passes(params, size=(12, 12))
+    features = params.get("features", "slic")
+    counts = feature_labels(features, images)[1]
+    with count_images(model) as seen:
+        evaluate(name, maps, images=images, labels=labels, model=model, **params)
+    assert seen[0] <= 3 * bound
+    if name in ("irof", "selectivity"):  # one pass per segment (+ f(x) for IROF)
+        assert seen[0] == int(counts.sum()) + (3 if name == "irof" else 0)
 
 
 def test_passes_reject_unknown_parameters():

@@ -9,8 +9,8 @@ import torch
 from metric_helpers import LinearNet, make_batch
 
 from concilium.metrics import MetricWarning, evaluate
-from concilium.metrics.features import n_patches, patch_grid
-from concilium.metrics.regions import feature_relevance
+from concilium.metrics.features import feature_labels, n_patches, patch_grid
+from concilium.metrics.regions import feature_relevance, region_perturbation_drops
 
 # 4x4 weights = map; 2x2 patches TL, TR, BL, BR sum to 16, 4, 12, 8 (f(x) = 40 at x = 1)
 W = torch.tensor(
@@ -108,3 +108,61 @@ def test_patch_metrics_run_at_real_sizes_with_patches():
 def test_a_constant_map_is_nan_with_a_warning():
     with pytest.warns(MetricWarning, match="region_perturbation: 1 of 1"):
         assert np.isnan(_linear("region_perturbation", maps=torch.ones(1, 4, 4), **COMMON))
+
+
+# ---- features= (metrics/features.py) -----------------------------------------------------------
+
+_REGION_METRICS = ["region_perturbation", "selectivity", "faithfulness_estimate", "sensitivity_n"]
+
+
+@pytest.mark.parametrize("name", _REGION_METRICS)
+def test_features_spec_of_the_patches_gives_the_patch_size_values(name):
+    model, images, labels, maps, _ = make_batch(n=3, size=8)
+    kw = {"images": images, "labels": labels, "model": model}
+    by_size = evaluate(name, maps, patch_size=2, **kw)
+    default = evaluate(name, maps, **kw)
+    size = 8 if name in ("region_perturbation", "selectivity") else 1
+    assert torch.equal(evaluate(name, maps, features=f"patch:{size}", **kw), default)
+    if size == 1:
+        assert torch.equal(evaluate(name, maps, features="pixels", **kw), default)
+    assert torch.equal(evaluate(name, maps, features="patch:2", **kw), by_size)
+    with pytest.raises(ValueError, match="either patch_size or features"):
+        evaluate(name, maps, features="slic", patch_size=2, **kw)
+    with pytest.raises(ValueError, match="unknown features"):
+        evaluate(name, maps, features="squares", **kw)
+
+
+@pytest.mark.parametrize("name", _REGION_METRICS)
+def test_superpixel_features_score_each_image_as_alone(name):
+    """SLIC gives the images of a batch different numbers of features: each image is scored on
+    its own features, the same alone as in the batch."""
+    model, images, labels, maps, _ = make_batch(n=4, c=3, size=16)
+    images = torch.nn.functional.avg_pool2d(images, 3, 1, 1)  # smooth: real superpixels
+    features = "slic:n_segments=30"
+    counts = feature_labels(features, images)[1]
+    assert len(set(counts.tolist())) > 1 and int(counts.min()) > 5
+    together = evaluate(name, maps, images=images, labels=labels, model=model, features=features,
+                        batch_size=5)  # fmt: skip
+    alone = torch.cat([
+        evaluate(name, maps[i : i + 1], images=images[i : i + 1], labels=labels[i : i + 1],
+                 model=model, features=features)
+        for i in range(4)
+    ])  # fmt: skip
+    torch.testing.assert_close(together, alone, rtol=1e-6, atol=1e-9)
+    assert torch.isfinite(together).all()
+
+
+def test_superpixel_curve_is_nan_after_each_images_last_step():
+    model, images, labels, maps, _ = make_batch(n=3, c=3, size=16)
+    counts = feature_labels("slic:n_segments=20", images)[1]
+    curve = region_perturbation_drops(
+        maps, images=images, labels=labels, model=model, features="slic:n_segments=20"
+    )
+    assert curve.shape == (3, int(counts.max()))
+    assert ((~torch.isnan(curve)).sum(1) == counts).all()
+    # selectivity's hand value: the last step replaces every feature, f(baseline image)
+    black = images.amin((1, 2, 3), keepdim=True).expand_as(images)
+    f_black = model(black).softmax(1).gather(1, labels[:, None]).squeeze(1)
+    y0 = model(images).softmax(1).gather(1, labels[:, None]).squeeze(1)
+    last = curve[torch.arange(3), counts - 1]
+    torch.testing.assert_close(last, y0 - f_black, rtol=1e-5, atol=1e-6)

@@ -117,6 +117,7 @@ _QUANTUS = [
     ("effective_complexity", quantus.EffectiveComplexity, {}),
     ("mprt", quantus.MPRT, {}),
     ("random_logit", quantus.RandomLogit, {}),
+    ("irof", quantus.IROF, {"baseline": "perturb_baseline", "features": "segmentation_method"}),
 ]
 #: Defaults that differ on purpose, each a listed divergence (docs/metrics.md).
 _DIVERGENT_DEFAULTS = {
@@ -125,6 +126,7 @@ _DIVERGENT_DEFAULTS = {
     ("monotonicity_correlation", "step"),
     ("pixel_flipping", "softmax"),  # Quantus's PixelFlipping has no softmax option: None
     ("random_logit", "num_classes"),  # ours reads the model's output width, Quantus says 1000
+    ("irof", "baseline"),  # Quantus's "mean" is ours "image_mean", kept from the original (#30)
 }
 
 

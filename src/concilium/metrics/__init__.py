@@ -11,6 +11,8 @@ Lipschitz), ``stability`` (relative stabilities), ``translation`` (continuity), 
 Statistics over a tidy metrics table (mean and interval, Exp-Avg, the summary, the paper table)
 are defined once in :mod:`concilium.metrics.tables`, the verdicts of the headline claims in
 :mod:`concilium.metrics.claims`; neither is re-exported here.
+IROF lives in ``iterative_removal``; the features the region metrics remove (patches,
+superpixels) are defined once in :mod:`concilium.metrics.features`.
 
 Example:
     >>> from concilium.metrics import METRICS, evaluate
@@ -51,6 +53,7 @@ from concilium.metrics.faithfulness import (
     sufficiency,
 )
 from concilium.metrics.imputation import road, road_curve
+from concilium.metrics.iterative_removal import irof
 from concilium.metrics.localisation import (
     auc,
     average_precision,
@@ -123,6 +126,7 @@ __all__ = [
     "insertion_lerf",
     "insertion_lerf_curve",
     "iou",
+    "irof",
     "local_lipschitz",
     "make_baseline",
     "mask_correlation",

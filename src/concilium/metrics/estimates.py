@@ -19,16 +19,24 @@ with ``C`` channels Quantus's ``features_in_step = C * features_in_step`` at ``p
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from concilium.metrics._common import nan_where, pearson, prepare_maps
-from concilium.metrics.features import n_patches, patch_grid
+from concilium.metrics.features import Features, feature_labels
 from concilium.metrics.perturb import Baseline, check_batch_size, model_inputs, target_scores
-from concilium.metrics.regions import feature_order, feature_relevance, region_scores
+from concilium.metrics.regions import (
+    by_length,
+    features_of,
+    fixed_features,
+    ranked_features,
+    region_features,
+    region_scores,
+)
 from concilium.metrics.registry import register_metric
 
 
@@ -39,7 +47,7 @@ def _check_step(features_in_step: int, n_features: int) -> int:
         or not 1 <= features_in_step <= n_features
     ):
         raise ValueError(
-            f"features_in_step must be an int in 1..{n_features} (the number of patches); "
+            f"features_in_step must be an int in 1..{n_features} (the number of features); "
             f"got {features_in_step!r}"
         )
     return features_in_step
@@ -53,9 +61,9 @@ def _grouped_drops(
     labels: Tensor,
     model: nn.Module,
     generator: torch.Generator | None,
-    patch_size: int,
+    features: Features,
     features_in_step: int,
-    n_steps: int | None,
+    n_steps: Callable[[int], int] | None,
     cumulative: bool,
     baseline: Baseline,
     softmax: bool,
@@ -65,34 +73,36 @@ def _grouped_drops(
 ) -> tuple[Tensor, Tensor]:
     """``(removed (N, V), drops (N, V))``: the relevance removed in each copy and the drop
     ``f(x) - f(x_v)``, for the groups of ``features_in_step`` features in MoRF order; copy ``v``
-    removes group ``v`` alone or (``cumulative``) groups ``0 .. v``. ``n_steps`` copies (all
-    groups when ``None``)."""
+    removes group ``v`` alone or (``cumulative``) groups ``0 .. v``. Image ``i`` has
+    ``n_steps(F_i)`` copies (all its groups when ``None``), ``F_i`` its number of features;
+    ``V`` is the largest, and a row is NaN after its image's copies."""
     maps, images, labels, device = model_inputs(metric, maps, images, labels, model)
     batch_size = check_batch_size(batch_size, device)
-    h, w = maps.shape[-2:]
-    grid = patch_grid(h, w, patch_size, device)
-    f = n_patches((h, w), patch_size)
-    _check_step(features_in_step, f)
-    groups = math.ceil(f / features_in_step)
-    n_variants = groups if n_steps is None else n_steps
+    feats, counts = feature_labels(features, images)
+    _check_step(features_in_step, int(counts.min()))
+    groups = torch.div(counts + features_in_step - 1, features_in_step, rounding_mode="floor")
+    if n_steps is not None:
+        groups = torch.tensor([n_steps(int(f)) for f in counts.tolist()], device=counts.device)
     a = prepare_maps(maps, abs=abs, normalise=normalise)
-    relevance = feature_relevance(a, grid, f, reduce="sum")
-    ranks = feature_order(relevance)
-    removed = torch.zeros(a.shape[0], groups, dtype=torch.float64, device=a.device)
+    relevance, ranks = ranked_features(a, feats, counts, reduce="sum")
+    width = max(int(groups.max()), math.ceil(relevance.shape[1] / features_in_step))
+    removed = torch.zeros(a.shape[0], width, dtype=torch.float64, device=a.device)
     removed.scatter_add_(1, ranks // features_in_step, relevance)
     if cumulative:
         removed = removed.cumsum(1)
     y0 = target_scores(model, images, labels, softmax=softmax, batch_size=batch_size)
     ys = region_scores(
-        model, images, labels, features=grid, ranks=ranks, n_variants=n_variants,
+        model, images, labels, features=feats, ranks=ranks, n_variants=groups,
         cumulative=cumulative, per_step=features_in_step, baseline=baseline, softmax=softmax,
         batch_size=batch_size, generator=generator,
     )  # fmt: skip
-    return removed[:, :n_variants], (y0.unsqueeze(1) - ys).double()
+    return removed[:, : ys.shape[1]], (y0.unsqueeze(1) - ys).double()
 
 
 def _pearson_or_nan(metric: str, removed: Tensor, drops: Tensor) -> Tensor:
-    values = pearson(removed, drops)
+    values = torch.empty(drops.shape[0], dtype=torch.float64, device=drops.device)
+    for length, rows in by_length((~torch.isnan(drops)).sum(1)):
+        values[rows] = pearson(removed[rows, :length], drops[rows, :length])
     return nan_where(
         values, torch.isnan(values), metric,
         "the relevance removed or the output drop is constant over the steps",
@@ -102,7 +112,7 @@ def _pearson_or_nan(metric: str, removed: Tensor, drops: Tensor) -> Tensor:
 def _faithfulness_estimate_passes(
     params: Mapping[str, Any], *, size: tuple[int, int], layers: int
 ) -> int:
-    return 1 + math.ceil(n_patches(size, params["patch_size"]) / params["features_in_step"])
+    return 1 + math.ceil(features_of(params).count_bound(size) / params["features_in_step"])
 
 
 @register_metric(
@@ -110,6 +120,7 @@ def _faithfulness_estimate_passes(
     higher_is_better=True,
     needs_model=True,
     passes=_faithfulness_estimate_passes,
+    passes_exact=fixed_features,
 )
 def faithfulness_estimate(
     maps: Tensor,
@@ -119,6 +130,7 @@ def faithfulness_estimate(
     model: nn.Module,
     generator: torch.Generator | None = None,
     patch_size: int = 1,
+    features: str | None = None,
     features_in_step: int = 1,
     baseline: Baseline = "black",
     softmax: bool = False,
@@ -139,7 +151,10 @@ def faithfulness_estimate(
         generator: random source of a ``"uniform"`` baseline (one draw per image).
         patch_size: side of the square patches
             (:func:`~concilium.metrics.features.patch_grid`).
-        features_in_step: patches per group.
+        features: a feature spec (:mod:`concilium.metrics.features`: ``"slic"``,
+            ``"patch:16"``, ``"pixels"``) replacing the patches of ``patch_size``; ``None``:
+            the patches.
+        features_in_step: features per group.
         baseline: replacement values (:func:`~concilium.metrics.perturb.make_baseline`).
         softmax: score probabilities instead of logits (Quantus's default: logits).
         abs: take ``|maps|`` first.
@@ -151,35 +166,35 @@ def faithfulness_estimate(
         (a constant map, say).
 
     Raises:
-        ValueError: for a patch size larger than the image or ``features_in_step`` outside
-            ``1 .. patches``.
+        ValueError: for a patch size larger than the image, ``features_in_step`` outside
+            ``1 .. features``, a bad feature spec, or both ``features`` and a ``patch_size``.
     """
     removed, drops = _grouped_drops(
         "faithfulness_estimate", maps, images=images, labels=labels, model=model,
-        generator=generator, patch_size=patch_size, features_in_step=features_in_step,
+        generator=generator, features_in_step=features_in_step,
+        features=region_features(features, patch_size, default_patch_size=1),
         n_steps=None, cumulative=False, baseline=baseline, softmax=softmax, abs=abs,
         normalise=normalise, batch_size=batch_size,
     )  # fmt: skip
     return _pearson_or_nan("faithfulness_estimate", removed, drops)
 
 
-def sensitivity_n_steps(
-    size: tuple[int, int], *, patch_size: int, features_in_step: int, n_max_percentage: float
-) -> int:
-    """The number of points ``n_max`` of :func:`sensitivity_n`: ``n_max_percentage`` of the
-    features, in steps of ``features_in_step`` (Quantus's ``max_features``), at least 2.
+def sensitivity_n_steps(n_features: int, *, features_in_step: int, n_max_percentage: float) -> int:
+    """The number of points ``n_max`` of :func:`sensitivity_n` on an image with ``n_features``
+    features: ``n_max_percentage`` of them, in steps of ``features_in_step`` (Quantus's
+    ``max_features``), at least 2.
 
     Raises:
         ValueError: for ``n_max_percentage`` outside ``(0, 1]`` or fewer than 2 points.
     """
     if not 0 < n_max_percentage <= 1:
         raise ValueError(f"n_max_percentage must be in (0, 1]; got {n_max_percentage!r}")
-    f = n_patches(size, patch_size)
+    f = n_features
     n_max = min(int(n_max_percentage * f // _check_step(features_in_step, f)),
                 math.ceil(f / features_in_step))  # fmt: skip
     if n_max < 2:
         raise ValueError(
-            f"sensitivity_n needs at least 2 points; {n_max_percentage} of {f} patches in steps "
+            f"sensitivity_n needs at least 2 points; {n_max_percentage} of {f} features in steps "
             f"of {features_in_step} gives {n_max}: pass a smaller patch_size or features_in_step"
         )
     return n_max
@@ -187,15 +202,18 @@ def sensitivity_n_steps(
 
 def _sensitivity_n_passes(params: Mapping[str, Any], *, size: tuple[int, int], layers: int) -> int:
     return 1 + sensitivity_n_steps(
-        size,
-        patch_size=params["patch_size"],
+        features_of(params).count_bound(size),
         features_in_step=params["features_in_step"],
         n_max_percentage=params["n_max_percentage"],
     )
 
 
 @register_metric(
-    category="faithfulness", higher_is_better=True, needs_model=True, passes=_sensitivity_n_passes
+    category="faithfulness",
+    higher_is_better=True,
+    needs_model=True,
+    passes=_sensitivity_n_passes,
+    passes_exact=fixed_features,
 )
 def sensitivity_n(
     maps: Tensor,
@@ -205,6 +223,7 @@ def sensitivity_n(
     model: nn.Module,
     generator: torch.Generator | None = None,
     patch_size: int = 1,
+    features: str | None = None,
     features_in_step: int = 1,
     n_max_percentage: float = 0.8,
     baseline: Baseline = "black",
@@ -228,7 +247,10 @@ def sensitivity_n(
         generator: random source of a ``"uniform"`` baseline (one draw per image).
         patch_size: side of the square patches
             (:func:`~concilium.metrics.features.patch_grid`); 1 (Quantus): pixels.
-        features_in_step: patches per group.
+        features: a feature spec (:mod:`concilium.metrics.features`: ``"slic"``,
+            ``"patch:16"``, ``"pixels"``) replacing the patches of ``patch_size``; ``None``:
+            the patches.
+        features_in_step: features per group.
         n_max_percentage: the fraction of the features removed at the last point.
         baseline: replacement values (:func:`~concilium.metrics.perturb.make_baseline`).
         softmax: score probabilities instead of logits.
@@ -241,15 +263,22 @@ def sensitivity_n(
 
     Raises:
         ValueError: for a patch size larger than the image, a bad ``features_in_step`` or
-            ``n_max_percentage``, or fewer than 2 points.
+            ``n_max_percentage``, fewer than 2 points, a bad feature spec, or both ``features``
+            and a ``patch_size``.
     """
-    n_max = sensitivity_n_steps(
-        tuple(maps.shape[-2:]), patch_size=patch_size, features_in_step=features_in_step,
-        n_max_percentage=n_max_percentage,
-    )  # fmt: skip
+    spec = region_features(features, patch_size, default_patch_size=1)
+    if spec.fixed:  # fail before any model pass
+        sensitivity_n_steps(
+            spec.count_bound(tuple(maps.shape[-2:])), features_in_step=features_in_step,
+            n_max_percentage=n_max_percentage,
+        )  # fmt: skip
     removed, drops = _grouped_drops(
         "sensitivity_n", maps, images=images, labels=labels, model=model, generator=generator,
-        patch_size=patch_size, features_in_step=features_in_step, n_steps=n_max,
+        features=spec, features_in_step=features_in_step,
+        n_steps=partial(
+            sensitivity_n_steps, features_in_step=features_in_step,
+            n_max_percentage=n_max_percentage,
+        ),  # fmt: skip
         cumulative=True, baseline=baseline, softmax=softmax, abs=abs, normalise=normalise,
         batch_size=batch_size,
     )  # fmt: skip

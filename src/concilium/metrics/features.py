@@ -40,10 +40,15 @@ from concilium._registry import Registry
 Size = tuple[int, int]
 
 
-def _check_patch_size(patch_size: int, size: Size) -> int:
+def check_patch_size(patch_size: int, size: Size | None = None) -> int:
+    """``patch_size``, checked: a positive int, at most the shorter side of ``size`` if given.
+
+    Raises:
+        ValueError: otherwise.
+    """
     if isinstance(patch_size, bool) or not isinstance(patch_size, int) or patch_size < 1:
         raise ValueError(f"patch_size must be a positive int; got {patch_size!r}")
-    if patch_size > min(size):
+    if size is not None and patch_size > min(size):
         raise ValueError(
             f"patch_size {patch_size} is larger than the image {tuple(size)}; pass a smaller one"
         )
@@ -53,7 +58,7 @@ def _check_patch_size(patch_size: int, size: Size) -> int:
 def patch_grid(h: int, w: int, patch_size: int, device: torch.device | None = None) -> Tensor:
     """``(H, W)`` long: the patch of every pixel on Quantus's grid (the image padded by
     ``floor`` before and ``ceil`` after to a multiple of ``patch_size``; patches row by row)."""
-    _check_patch_size(patch_size, (h, w))
+    check_patch_size(patch_size, (h, w))
     pad_h = (-h) % patch_size // 2
     pad_w = (-w) % patch_size // 2
     cols = math.ceil(w / patch_size)
@@ -187,7 +192,7 @@ class Features:
         """
         params = dict(self.params)
         if self.kind == "patch":
-            _check_patch_size(params["size"], size)
+            check_patch_size(params["size"], size)
         return FEATURE_KINDS.get(self.kind).count_bound(size, params)
 
 

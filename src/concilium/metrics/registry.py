@@ -35,11 +35,22 @@ class PassCount(Protocol):
     an image given to the explainer counts as one pass (the explanation method's own cost is
     not the metric's to know). A call may add at most one pass in all (e.g. ``random_logit``
     reading the number of classes), which is not counted.
+
+    The count is exact (every image costs exactly that many passes) unless the metric's
+    :attr:`MetricSpec.passes_exact` says otherwise for these ``params``: then it is an upper
+    bound, because the cost depends on the image itself (``irof``, and the region metrics with
+    ``features="slic..."``: one pass per superpixel, and the number of superpixels is the
+    image's), and the count is the most any image of ``size`` can cost.
     """
 
     def __call__(
         self, params: Mapping[str, Any], *, size: tuple[int, int], layers: int
     ) -> int: ...
+
+
+ExactPasses = bool | Callable[[Mapping[str, Any]], bool]
+"""Whether a metric's :class:`PassCount` is exact: a constant, or a function of the resolved
+parameters (``False``: the count is an upper bound)."""
 
 
 def no_passes(params: Mapping[str, Any], *, size: tuple[int, int], layers: int) -> int:
@@ -78,6 +89,9 @@ class MetricSpec:
         batch_relative: an image's score depends on the other images of the batch it is
             computed with (``consistency``, ``focus``): evaluate a whole split in one call.
         passes: model passes per image as a function of the parameters (:class:`PassCount`).
+        passes_exact: whether ``passes`` is the exact count (``True``) or an upper bound
+            (``False``), a constant or a function of the resolved parameters; read it through
+            :meth:`model_passes_exact`.
         params: the valid parameters and their defaults.
         data_args: the data inputs the function accepts.
         curve: optional function returning the metric's curve.
@@ -93,6 +107,7 @@ class MetricSpec:
     stochastic: bool
     batch_relative: bool = False
     passes: PassCount = no_passes
+    passes_exact: ExactPasses = True
     params: dict[str, Any] = field(default_factory=dict)
     data_args: tuple[str, ...] = ()
     curve: Callable[..., Any] | None = None
@@ -109,10 +124,8 @@ class MetricSpec:
             out.append("explainer")
         return tuple(out)
 
-    def model_passes(
-        self, params: Mapping[str, Any] | None = None, *, size: tuple[int, int], layers: int = 0
-    ) -> int:
-        """Model passes per image with ``params`` (merged over the defaults) on ``size`` images.
+    def resolve(self, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """``params`` merged over the defaults.
 
         Raises:
             ValueError: for an unknown parameter.
@@ -124,7 +137,28 @@ class MetricSpec:
                 f"unknown parameter(s) {', '.join(unknown)} for metric {self.name!r}; valid: "
                 + ", ".join(self.params)
             )
-        return int(self.passes({**self.params, **given}, size=size, layers=layers))
+        return {**self.params, **given}
+
+    def model_passes(
+        self, params: Mapping[str, Any] | None = None, *, size: tuple[int, int], layers: int = 0
+    ) -> int:
+        """Model passes per image with ``params`` (merged over the defaults) on ``size`` images.
+
+        Raises:
+            ValueError: for an unknown parameter.
+        """
+        return int(self.passes(self.resolve(params), size=size, layers=layers))
+
+    def model_passes_exact(self, params: Mapping[str, Any] | None = None) -> bool:
+        """Whether :meth:`model_passes` with ``params`` is the exact number of passes of every
+        image (``True``) or an upper bound (``False``: the cost depends on the image).
+
+        Raises:
+            ValueError: for an unknown parameter.
+        """
+        if callable(self.passes_exact):
+            return bool(self.passes_exact(self.resolve(params)))
+        return bool(self.passes_exact)
 
 
 METRICS: Registry[MetricSpec] = Registry("metric")
@@ -140,6 +174,7 @@ def register_metric(
     stochastic: bool = False,
     batch_relative: bool = False,
     passes: PassCount | None = None,
+    passes_exact: ExactPasses = True,
     curve: Callable[..., Any] | None = None,
 ) -> Callable[[Callable[..., Tensor]], Callable[..., Tensor]]:
     """Decorator registering a metric function in :data:`METRICS` under its ``__name__``.
@@ -154,6 +189,8 @@ def register_metric(
         stochastic: the metric draws random numbers (it must take ``generator``).
         batch_relative: an image's score depends on the other images of its batch.
         passes: its cost (:class:`PassCount`); required when ``needs_model``.
+        passes_exact: ``False`` (or a function of the parameters returning ``False``) when
+            ``passes`` is only an upper bound, the cost depending on the image.
         curve: the function returning the metric's curve, if it has one.
 
     Raises:
@@ -184,6 +221,7 @@ def register_metric(
                 stochastic=stochastic,
                 batch_relative=batch_relative,
                 passes=passes if passes is not None else no_passes,
+                passes_exact=passes_exact,
                 params=params,
                 data_args=data_args,
                 curve=curve,
