@@ -360,6 +360,9 @@ def test_relative_threshold_on_an_all_negative_map_is_nan_with_a_warning(name, p
         ("deletion", {"abs": True}),
         ("aopc", {"abs": True}),
         ("road", {"abs": True}),
+        ("region_perturbation", {"abs": True, "patch_size": 2}),
+        ("selectivity", {"abs": True, "patch_size": 2}),
+        ("irof", {"abs": True}),
     ],
 )
 def test_constant_absolute_map_is_nan_with_a_warning(name, params):

@@ -196,8 +196,10 @@ def region_scores(
     return out
 
 
-def _nan_for_constant(metric: str, maps: Tensor, values: Tensor) -> Tensor:
-    constant = constant_rows(maps.flatten(1)).to(values.device)
+def _nan_for_constant(metric: str, maps: Tensor, values: Tensor, *, abs: bool) -> Tensor:
+    """NaN where the map *as ordered* (``|maps|`` when ``abs``) is constant: no order."""
+    ordered = prepare_maps(maps, abs=abs, normalise=False)
+    constant = constant_rows(ordered.flatten(1)).to(values.device)
     return nan_where(values, constant, metric, "their map is constant")
 
 
@@ -263,7 +265,7 @@ def region_perturbation(
         baseline=baseline, softmax=softmax, abs=abs, normalise=normalise, batch_size=batch_size,
     )  # fmt: skip
     area = row_trapezoid(curve, (~torch.isnan(curve)).sum(1))
-    return _nan_for_constant("region_perturbation", maps, area)
+    return _nan_for_constant("region_perturbation", maps, area, abs=abs)
 
 
 def region_perturbation_drops(
@@ -369,4 +371,4 @@ def selectivity(
         model, images, labels, features=feats, ranks=ranks, n_variants=counts, cumulative=True,
         baseline=baseline, softmax=softmax, batch_size=batch_size, generator=generator,
     )  # fmt: skip
-    return _nan_for_constant("selectivity", maps, row_trapezoid(ys, counts))
+    return _nan_for_constant("selectivity", maps, row_trapezoid(ys, counts), abs=abs)
