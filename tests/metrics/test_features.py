@@ -121,8 +121,20 @@ def test_superpixel_count_bound_holds_and_can_exceed_n_segments():
     assert not parse_features("slic").fixed and parse_features("patch:8").fixed
 
 
-def test_labels_follow_the_images_device_and_registry_lists_the_kinds():
-    assert FEATURE_KINDS.names() == ["patch", "pixels", "slic"]
+@pytest.mark.parametrize("kind", FEATURE_KINDS.names())
+def test_every_kind_parses_by_name_and_labels_within_its_bound(kind):
+    spec = parse_features(kind)
+    assert spec.kind == kind and parse_features(spec.spec) == spec
+    x = _images(n=2, c=3, h=16, w=18)
+    labels, counts = feature_labels(spec, x)
+    assert labels.shape == (2, 16, 18) and ((labels >= 0) & (labels < counts[:, None, None])).all()
+    assert int(counts.max()) <= spec.count_bound((16, 18))
+    if spec.fixed:
+        assert (counts == spec.count_bound((16, 18))).all()
+    assert torch.equal(feature_labels(spec, x)[0], labels)
+
+
+def test_labels_follow_the_images_device():
     labels, counts = feature_labels("slic:n_segments=4", _images(n=1))
     assert labels.device == counts.device == torch.device("cpu")
     with pytest.raises(ValueError, match=r"\(N, C, H, W\)"):

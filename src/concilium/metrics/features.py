@@ -84,6 +84,7 @@ class FeatureKind:
         count_bound: ``count_bound(size, params) -> int``: at least the number of features of
             any image of ``size`` (exact when ``fixed``).
         fixed: every image of a size has the same number of features.
+        description: one line for listings.
         positional: the parameter a bare value sets (``"patch:8"`` sets ``size``).
     """
 
@@ -92,6 +93,7 @@ class FeatureKind:
     label: Callable[[Tensor, Mapping[str, Any]], Tensor]
     count_bound: Callable[[Size, Mapping[str, Any]], int]
     fixed: bool
+    description: str
     positional: str | None = None
 
 
@@ -137,6 +139,7 @@ FEATURE_KINDS.add(
     FeatureKind(
         name="pixels", params={}, label=_pixel_labels,
         count_bound=lambda size, params: size[0] * size[1], fixed=True,
+        description="every pixel (all its channels) is a feature",
     ),  # fmt: skip
 )
 FEATURE_KINDS.add(
@@ -144,6 +147,7 @@ FEATURE_KINDS.add(
     FeatureKind(
         name="patch", params={"size": 8}, label=_patch_labels,
         count_bound=lambda size, params: n_patches(size, params["size"]), fixed=True,
+        description="size x size squares on Quantus's grid (padded half before, half after)",
         positional="size",
     ),  # fmt: skip
 )
@@ -153,6 +157,7 @@ FEATURE_KINDS.add(
         name="slic",
         params={"n_segments": 100, "compactness": 10.0, "sigma": 0.0, "max_num_iter": 10},
         label=_slic_labels, count_bound=_slic_bound, fixed=False,
+        description="SLIC superpixels of each image (scikit-image, as Quantus's IROF)",
     ),  # fmt: skip
 )
 
