@@ -44,8 +44,9 @@ def test_hand_values_on_patches():
 
 
 def test_features_are_ranked_by_their_mean_relevance():
-    # 3 x 4 in 2 x 2 patches: TL, TR 4 pixels, BL, BR 2; map TL 1 (sum 4), BL 1.5 (sum 3), 0
-    a = torch.tensor([[[1.0, 1, 0, 0], [1, 1, 0, 0], [1.5, 1.5, 0, 0]]])
+    # 3 x 4 in 2 x 2 patches: TL, TR 4 pixels, BL, BR 2; map TL 1 (sum 4), BL 1.5 (sum 3),
+    # TR 0.1, BR 0
+    a = torch.tensor([[[1.0, 1, 0.1, 0.1], [1, 1, 0.1, 0.1], [1.5, 1.5, 0, 0]]])
     x, w = torch.ones(1, 1, 3, 4), torch.ones(1, 3, 4)
     # by the mean: BL, TL, TR, BR -> f = 10, 6, 2, 0 of 12 -> area 26 / 24 (by the sum: 24 / 24)
     got = _linear(maps=a, images=x, weights=w, baseline="zero", **PATCHES)

@@ -9,8 +9,14 @@ import torch
 from metric_helpers import LinearNet, make_batch
 
 from concilium.metrics import MetricWarning, evaluate
+from concilium.metrics._streams import image_streams
 from concilium.metrics.features import feature_labels, n_patches, patch_grid
-from concilium.metrics.regions import feature_relevance, region_perturbation_drops
+from concilium.metrics.regions import (
+    feature_order,
+    feature_relevance,
+    ranked_features,
+    region_perturbation_drops,
+)
 
 # 4x4 weights = map; 2x2 patches TL, TR, BL, BR sum to 16, 4, 12, 8 (f(x) = 40 at x = 1)
 W = torch.tensor(
@@ -166,3 +172,20 @@ def test_superpixel_curve_is_nan_after_each_images_last_step():
     y0 = model(images).softmax(1).gather(1, labels[:, None]).squeeze(1)
     last = curve[torch.arange(3), counts - 1]
     torch.testing.assert_close(last, y0 - f_black, rtol=1e-5, atol=1e-6)
+
+
+def test_tied_features_come_in_a_seeded_random_order_not_by_index():
+    images = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    labels, counts = feature_labels("patch:2", images)
+    streams = image_streams(torch.Generator().manual_seed(0), images)
+    maps = torch.randn(2, 8, 8, generator=torch.Generator().manual_seed(1))
+    relevance, ranks = ranked_features(maps, labels, counts, reduce="sum", streams=streams)
+    assert torch.equal(ranks, feature_order(relevance))  # no ties: the plain order
+    tied = torch.zeros(2, 8, 8)
+    tied[:, 0, 0] = 1.0  # patch 0 first, the other 15 tied
+    _, ranks = ranked_features(tied, labels, counts, reduce="sum", streams=streams)
+    assert (ranks[:, 0] == 0).all() and (ranks.sort(1).values == torch.arange(16)).all()
+    assert not torch.equal(ranks[0], torch.arange(16))  # not index (raster) order
+    assert not torch.equal(ranks[0], ranks[1])  # each image its own stream
+    again = ranked_features(tied, labels, counts, reduce="sum", streams=streams)[1]
+    assert torch.equal(ranks, again)

@@ -311,15 +311,30 @@ def test_perturbation_order_of_tied_pixels_is_seeded_random_not_raster():
     assert (order.sort(1).values == torch.arange(36)).all()  # a permutation
 
 
-@pytest.mark.parametrize("name", ["deletion", "insertion", "pixel_flipping", "sufficiency"])
-def test_perturbation_metrics_order_ties_by_the_seed(name):
-    """A map that is zero except one pixel: the tied zeros are taken in a seeded random order,
-    so the score changes with the seed and not otherwise."""
+@pytest.mark.parametrize(
+    ("name", "params"),
+    [
+        ("deletion", {}),
+        ("insertion", {}),
+        ("pixel_flipping", {}),
+        ("sufficiency", {}),
+        ("region_perturbation", {"patch_size": 2}),
+        ("selectivity", {"patch_size": 2}),
+        ("sensitivity_n", {}),
+        ("irof", {}),
+        ("irof", {"features": "patch:2"}),
+    ],
+)
+def test_perturbation_metrics_order_ties_by_the_seed(name, params):
+    """A map that is zero except two pixels: the tied zeros (pixels, patches, superpixels) are
+    taken in a seeded random order, so the score changes with the seed and not otherwise."""
     model, images, labels, _, masks = make_batch()
     maps = torch.zeros(4, 10, 10)
     maps[:, 5, 5] = 1.0
+    maps[:, 1, 8] = 0.5  # sensitivity-n: the relevance removed is not constant over n
     batch = (model, images, labels, maps, masks)
-    scores = [_run(name, batch, generator=torch.Generator().manual_seed(s)) for s in (0, 0, 1)]
+    scores = [_run(name, batch, generator=torch.Generator().manual_seed(s), **params)
+              for s in (0, 0, 1)]  # fmt: skip
     assert torch.equal(scores[0], scores[1])
     assert not torch.equal(scores[0], scores[2])
 

@@ -1,6 +1,7 @@
 """Faithfulness estimates: does the output drop track the relevance of what is removed?
 
-Both metrics rank the features (square patches on Quantus's grid, pixels at ``patch_size=1``)
+Both metrics rank the features (square patches on Quantus's grid, pixels at ``patch_size=1``,
+or any spec of :mod:`concilium.metrics.features` given as ``features=``, e.g. superpixels)
 by the map, replace them by the baseline and correlate, per image (Pearson), the relevance
 removed with the drop ``f(x) - f(x')`` it causes:
 
@@ -12,7 +13,7 @@ metric                     what is removed at each point                        
 =========================  ============================================================  ====
 
 The copies are evaluated by :func:`concilium.metrics.regions.region_scores`, the features come
-from :func:`concilium.metrics.features.patch_grid`. A Quantus "feature" is one channel value, so
+from :func:`concilium.metrics.features.feature_labels`. A Quantus "feature" is one channel value, so
 with ``C`` channels Quantus's ``features_in_step = C * features_in_step`` at ``patch_size=1``.
 """
 
@@ -27,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from concilium.metrics._common import nan_where, pearson, prepare_maps
+from concilium.metrics._streams import image_streams
 from concilium.metrics.features import Features, feature_labels
 from concilium.metrics.perturb import Baseline, check_batch_size, model_inputs, target_scores
 from concilium.metrics.regions import (
@@ -84,7 +86,8 @@ def _grouped_drops(
     if n_steps is not None:
         groups = torch.tensor([n_steps(int(f)) for f in counts.tolist()], device=counts.device)
     a = prepare_maps(maps, abs=abs, normalise=normalise)
-    relevance, ranks = ranked_features(a, feats, counts, reduce="sum")
+    streams = image_streams(generator, images)
+    relevance, ranks = ranked_features(a, feats, counts, reduce="sum", streams=streams)
     width = max(int(groups.max()), math.ceil(relevance.shape[1] / features_in_step))
     removed = torch.zeros(a.shape[0], width, dtype=torch.float64, device=a.device)
     removed.scatter_add_(1, ranks // features_in_step, relevance)
@@ -94,7 +97,7 @@ def _grouped_drops(
     ys = region_scores(
         model, images, labels, features=feats, ranks=ranks, n_variants=groups,
         cumulative=cumulative, per_step=features_in_step, baseline=baseline, softmax=softmax,
-        batch_size=batch_size, generator=generator,
+        batch_size=batch_size, generator=generator, streams=streams,
     )  # fmt: skip
     return removed[:, : ys.shape[1]], (y0.unsqueeze(1) - ys).double()
 
@@ -148,7 +151,8 @@ def faithfulness_estimate(
 
     Args:
         maps, images, labels, model: the explanation, the explained images, classes and model.
-        generator: random source of a ``"uniform"`` baseline (one draw per image).
+        generator: random source of a ``"uniform"`` baseline (one draw per image) and of the
+            order of tied features (each image's ``"ties"`` stream).
         patch_size: side of the square patches
             (:func:`~concilium.metrics.features.patch_grid`).
         features: a feature spec (:mod:`concilium.metrics.features`: ``"slic"``,
@@ -244,7 +248,8 @@ def sensitivity_n(
 
     Args:
         maps, images, labels, model: the explanation, the explained images, classes and model.
-        generator: random source of a ``"uniform"`` baseline (one draw per image).
+        generator: random source of a ``"uniform"`` baseline (one draw per image) and of the
+            order of tied features (each image's ``"ties"`` stream).
         patch_size: side of the square patches
             (:func:`~concilium.metrics.features.patch_grid`); 1 (Quantus): pixels.
         features: a feature spec (:mod:`concilium.metrics.features`: ``"slic"``,

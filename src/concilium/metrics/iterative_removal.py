@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from concilium.metrics._common import constant_rows, nan_where, prepare_maps
+from concilium.metrics._streams import image_streams
 from concilium.metrics.features import feature_labels, parse_features
 from concilium.metrics.perturb import Baseline, check_batch_size, model_inputs, target_scores
 from concilium.metrics.regions import ranked_features, region_scores, row_trapezoid
@@ -73,7 +74,8 @@ def irof(
 
     Args:
         maps, images, labels, model: the explanation, the explained images, classes and model.
-        generator: random source of a ``"uniform"`` baseline (one draw per image).
+        generator: random source of a ``"uniform"`` baseline (one draw per image) and of the
+            order of tied features (each image's ``"ties"`` stream).
         features: the features removed (:mod:`concilium.metrics.features`): ``"slic"``
             (Quantus), ``"slic:n_segments=50"``, ``"patch:16"``, ...
         baseline: replacement values (:func:`~concilium.metrics.perturb.make_baseline`).
@@ -94,11 +96,13 @@ def irof(
     batch_size = check_batch_size(batch_size, device)
     feats, counts = feature_labels(spec, images)
     a = prepare_maps(maps, abs=abs, normalise=normalise)
-    _, ranks = ranked_features(a, feats, counts, reduce="mean")
+    streams = image_streams(generator, images)
+    _, ranks = ranked_features(a, feats, counts, reduce="mean", streams=streams)
     y0 = target_scores(model, images, labels, softmax=softmax, batch_size=batch_size)
     ys = region_scores(
         model, images, labels, features=feats, ranks=ranks, n_variants=counts, cumulative=True,
         baseline=baseline, softmax=softmax, batch_size=batch_size, generator=generator,
+        streams=streams,
     )  # fmt: skip
     curve = ys.double() / y0.double().unsqueeze(1)
     scores = counts.double() - row_trapezoid(curve, counts)

@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from concilium._util import derive_seed
 from concilium.metrics._common import constant_rows, nan_where, prepare_maps
-from concilium.metrics._streams import image_streams
+from concilium.metrics._streams import image_streams, tie_break_keys
 from concilium.metrics.features import (
     Features,
     check_patch_size,
@@ -116,15 +116,24 @@ def feature_order(relevance: Tensor) -> Tensor:
 
 
 def ranked_features(
-    a: Tensor, labels: Tensor, counts: Tensor, *, reduce: Reduce
+    a: Tensor, labels: Tensor, counts: Tensor, *, reduce: Reduce, streams: list[int]
 ) -> tuple[Tensor, Tensor]:
     """``(relevance (N, F), ranks (N, F))`` of the features ``labels (N, H, W)`` of each map,
-    ``F`` the largest of ``counts (N,)``; an image's missing features (``>= counts[i]``) have
-    relevance 0 and come last in its order (ranks ``>= counts[i]``)."""
+    most relevant first, ``F`` the largest of ``counts (N,)``; an image's missing features
+    (``>= counts[i]``) have relevance 0 and come last (ranks ``>= counts[i]``).
+
+    Tied features come in a random order drawn from each image's ``"ties"`` stream
+    (``streams``, :func:`~concilium.metrics._streams.image_streams`), never by index, which is
+    raster order for patches and pixels; without ties the order is the plain sort."""
     f = int(counts.max())
     relevance = feature_relevance(a, labels, f, reduce=reduce)
     absent = torch.arange(f, device=a.device) >= counts.to(a.device).unsqueeze(1)
-    return relevance, feature_order(relevance.masked_fill(absent, float("-inf")))
+    key = relevance.masked_fill(absent, float("-inf"))
+    perm = tie_break_keys(streams, f, a.device)
+    order = perm.gather(1, torch.sort(-key.gather(1, perm), dim=1, stable=True).indices)
+    ranks = torch.empty_like(order)
+    ranks.scatter_(1, order, torch.arange(f, device=order.device).expand_as(order))
+    return relevance, ranks
 
 
 def by_length(lengths: Tensor) -> Iterator[tuple[int, Tensor]]:
@@ -157,9 +166,12 @@ def region_scores(
     softmax: bool,
     batch_size: int,
     generator: torch.Generator | None,
+    streams: list[int] | None = None,
 ) -> Tensor:
     """``(N, V)``: the model's score of the copies of each image whose features are replaced by
-    the baseline in the order ``ranks (N, F)``.
+    the baseline in the order ``ranks (N, F)``; a random baseline is drawn from each image's
+    stream: ``streams`` when the caller has them (:func:`ranked_features` used them), else
+    ``image_streams(generator, images)``.
 
     Copy ``v`` replaces the features of rank ``< (v + 1) * per_step`` (``cumulative``) or of rank
     in ``[v * per_step, (v + 1) * per_step)`` (not cumulative). ``n_variants`` is one ``V`` for
@@ -168,7 +180,8 @@ def region_scores(
     """
     n, _, h, w = images.shape
     pixel_rank = ranks.gather(1, features.expand(n, h, w).flatten(1))  # (N, H*W)
-    streams = image_streams(generator, images)  # a draw depends on its image, not its position
+    if streams is None:  # a draw depends on its image, not its position
+        streams = image_streams(generator, images)
     base = row_baselines(images, labels, baseline, [derive_seed(s, "baseline") for s in streams])
 
     def replace_in(rows: Tensor):
@@ -239,7 +252,8 @@ def region_perturbation(
 
     Args:
         maps, images, labels, model: the explanation, the explained images, classes and model.
-        generator: random source of a ``"uniform"`` baseline (one draw per image).
+        generator: random source of a ``"uniform"`` baseline (one draw per image) and of the
+            order of tied features (each image's ``"ties"`` stream).
         patch_size: side of the square patches
             (Quantus's grid, :func:`~concilium.metrics.features.patch_grid`).
         features: a feature spec (:mod:`concilium.metrics.features`: ``"slic"``,
@@ -299,12 +313,13 @@ def region_perturbation_drops(
     batch_size = check_batch_size(batch_size, device)
     feats, counts = feature_labels(spec, images)
     a = prepare_maps(maps, abs=abs, normalise=normalise)
-    _, ranks = ranked_features(a, feats, counts, reduce="sum")
+    streams = image_streams(generator, images)
+    _, ranks = ranked_features(a, feats, counts, reduce="sum", streams=streams)
     y0 = target_scores(model, images, labels, softmax=softmax, batch_size=batch_size)
     ys = region_scores(
         model, images, labels, features=feats, ranks=ranks,
         n_variants=counts.clamp(max=regions_evaluation), cumulative=True, baseline=baseline,
-        softmax=softmax, batch_size=batch_size, generator=generator,
+        softmax=softmax, batch_size=batch_size, generator=generator, streams=streams,
     )  # fmt: skip
     return y0.unsqueeze(1) - ys
 
@@ -342,7 +357,8 @@ def selectivity(
 
     Args:
         maps, images, labels, model: the explanation, the explained images, classes and model.
-        generator: random source of a ``"uniform"`` baseline (one draw per image).
+        generator: random source of a ``"uniform"`` baseline (one draw per image) and of the
+            order of tied features (each image's ``"ties"`` stream).
         patch_size: side of the square patches
             (Quantus's grid, :func:`~concilium.metrics.features.patch_grid`).
         features: a feature spec (:mod:`concilium.metrics.features`: ``"slic"``,
@@ -366,9 +382,11 @@ def selectivity(
     batch_size = check_batch_size(batch_size, device)
     feats, counts = feature_labels(spec, images)
     a = prepare_maps(maps, abs=abs, normalise=normalise)
-    _, ranks = ranked_features(a, feats, counts, reduce="sum")
+    streams = image_streams(generator, images)
+    _, ranks = ranked_features(a, feats, counts, reduce="sum", streams=streams)
     ys = region_scores(
         model, images, labels, features=feats, ranks=ranks, n_variants=counts, cumulative=True,
         baseline=baseline, softmax=softmax, batch_size=batch_size, generator=generator,
+        streams=streams,
     )  # fmt: skip
     return _nan_for_constant("selectivity", maps, row_trapezoid(ys, counts), abs=abs)
