@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from skimage.segmentation import slic
+from skimage.segmentation import felzenszwalb, slic
 
 from concilium.metrics.features import (
     FEATURE_KINDS,
@@ -49,6 +49,7 @@ def test_parse_fills_defaults_and_gives_a_canonical_spec():
         ("slic:compactness=0", "compactness .* must be positive"),
         ("slic:sigma=-1", "sigma .* must be >= 0"),
         ("pixels:2", "'pixels' takes no parameters"),
+        ("felzenszwalb:min_size=0", "min_size .* must be positive"),
     ],
 )
 def test_bad_specs_raise_naming_the_valid_forms(spec, match):
@@ -89,7 +90,9 @@ def test_slic_labels_are_scikit_images_on_channels_last_like_quantus():
         assert int(count) == len(np.unique(ref)) > 1
 
 
-@pytest.mark.parametrize("spec", ["pixels", "patch:3", "patch:7", "slic:n_segments=15", "slic"])
+@pytest.mark.parametrize(
+    "spec", ["pixels", "patch:3", "patch:7", "slic:n_segments=15", "slic", "felzenszwalb:scale=50"]
+)
 @pytest.mark.parametrize("c", [1, 3])
 def test_labels_cover_every_pixel_consecutively_and_are_deterministic(spec, c):
     x = _images(c=c, h=17, w=21)
@@ -102,6 +105,20 @@ def test_labels_cover_every_pixel_consecutively_and_are_deterministic(spec, c):
     # an image gets the same labels alone as in the batch
     assert torch.equal(feature_labels(spec, x[1:2])[0][0], labels[1])
     assert int(counts.max()) <= parse_features(spec).count_bound((17, 21))
+
+
+def test_felzenszwalb_labels_are_scikit_images_and_within_the_bound():
+    g = torch.Generator().manual_seed(5)
+    for trial in range(20):
+        c, h, w, min_size = (1, 3)[trial % 2], 6 + 2 * trial, 30 - trial, 1 + 3 * trial
+        x = torch.rand(2, c, h, w, generator=g)
+        spec = parse_features(f"felzenszwalb:min_size={min_size},scale=20")
+        labels, counts = feature_labels(spec, x)
+        for img, lab in zip(x, labels, strict=True):
+            ref = felzenszwalb(np.moveaxis(img.double().numpy(), 0, -1), scale=20,
+                               min_size=min_size)  # fmt: skip
+            assert np.array_equal(lab.numpy(), np.unique(ref, return_inverse=True)[1].reshape(h, w))
+        assert int(counts.max()) <= spec.count_bound((h, w))
 
 
 def test_superpixel_count_bound_holds_and_can_exceed_n_segments():

@@ -200,6 +200,18 @@ def test_matches_quantus_at_both_defaults(monkeypatch, size):
     np.testing.assert_allclose(black_ours, black_theirs, rtol=1e-6)
 
 
+def test_felzenszwalb_segments_match_quantus(monkeypatch):
+    """Quantus's other ``segmentation_method``: the same scores with the same segments."""
+    monkeypatch.setattr(np, "trapz", np.trapezoid, raising=False)
+    model, images, labels, maps, _ = make_batch(n=4, c=1, size=16)
+    assert (feature_labels("felzenszwalb", images)[1] > 1).all()
+    theirs = _quantus_each(model, images, labels, maps, segmentation_method="felzenszwalb",
+                           perturb_baseline="black")  # fmt: skip
+    ours = evaluate("irof", maps, images=images, labels=labels, model=model,
+                    features="felzenszwalb", baseline="black").numpy()  # fmt: skip
+    np.testing.assert_allclose(ours, theirs, rtol=1e-6)
+
+
 def test_quantus_baselines_reduce_over_the_batch_and_rgb_fails(monkeypatch):
     """Item 30: Quantus passes the whole batch to ``baseline_replacement_by_mask``, whose
     ``"black"`` is the minimum over *all* images, so an image's score depends on the others;

@@ -8,13 +8,16 @@ spec                                               features
 ``"pixels"``                                       every pixel (all channels) is a feature
 ``"patch:8"`` (or ``"patch:size=8"``)              ``8 x 8`` squares on Quantus's grid (:func:`patch_grid`)
 ``"slic"``, ``"slic:n_segments=50,compactness=5"``  SLIC superpixels of each image (scikit-image)
+``"felzenszwalb"``, ``"felzenszwalb:scale=100"``    Felzenszwalb's segments of each image (scikit-image)
 =================================================  ==================================================
 
 ``slic`` takes ``n_segments`` (100), ``compactness`` (10.0), ``sigma`` (0.0) and ``max_num_iter``
 (10): scikit-image's defaults, which Quantus's ``IROF`` uses. Each image is segmented on the CPU
 as Quantus's ``get_superpixel_segments`` does it (channels moved last, ``float64``, the last axis
 the channel axis, ``start_label=0``, connectivity enforced; an RGB image is converted to Lab by
-scikit-image), so the same image gets the same segments as in Quantus.
+scikit-image), so the same image gets the same segments as in Quantus. ``felzenszwalb`` (Quantus's
+other ``segmentation_method``) takes ``scale`` (1.0), ``sigma`` (0.8) and ``min_size`` (20),
+scikit-image's defaults, on the same channels-last image.
 
 :func:`feature_labels` gives each pixel its feature, ``(N, H, W)`` long with values ``0 .. F_i - 1``
 (consecutive, every value used), and ``F_i`` per image. Pixels and patches have the same ``F`` for
@@ -31,7 +34,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from skimage.segmentation import slic
+from skimage.segmentation import felzenszwalb, slic
 from skimage.util import regular_grid
 from torch import Tensor
 
@@ -123,6 +126,24 @@ def _slic_labels(images: Tensor, params: Mapping[str, Any]) -> Tensor:
     return torch.from_numpy(np.stack(segs)).long()
 
 
+def _felzenszwalb_labels(images: Tensor, params: Mapping[str, Any]) -> Tensor:
+    arr = images.detach().to("cpu", torch.float64).numpy()
+    segs = [
+        felzenszwalb(
+            np.moveaxis(img, 0, -1), scale=params["scale"], sigma=params["sigma"],
+            min_size=params["min_size"],
+        )  # fmt: skip
+        for img in arr
+    ]
+    return torch.from_numpy(np.stack(segs)).long()
+
+
+def _felzenszwalb_bound(size: Size, params: Mapping[str, Any]) -> int:
+    """scikit-image merges every component smaller than ``min_size`` into a neighbour."""
+    pixels = size[0] * size[1]
+    return max(1, pixels // max(1, params["min_size"]))
+
+
 def _slic_bound(size: Size, params: Mapping[str, Any]) -> int:
     """scikit-image seeds SLIC on a regular grid of about ``n_segments`` points and merges every
     connected piece smaller than half the grid cell (``min_size_factor=0.5``) into a neighbour,
@@ -161,7 +182,19 @@ FEATURE_KINDS.add(
     ),  # fmt: skip
 )
 
-_FORMS = "'pixels', 'patch:<size>' (e.g. 'patch:8') or 'slic[:n_segments=..,compactness=..,sigma=..,max_num_iter=..]'"
+FEATURE_KINDS.add(
+    "felzenszwalb",
+    FeatureKind(
+        name="felzenszwalb", params={"scale": 1.0, "sigma": 0.8, "min_size": 20},
+        label=_felzenszwalb_labels, count_bound=_felzenszwalb_bound, fixed=False,
+        description="Felzenszwalb's graph segments of each image (scikit-image, as Quantus)",
+    ),  # fmt: skip
+)
+
+_FORMS = (
+    "'pixels', 'patch:<size>' (e.g. 'patch:8'), 'slic[:n_segments=..,compactness=..,sigma=..,"
+    "max_num_iter=..]' or 'felzenszwalb[:scale=..,sigma=..,min_size=..]'"
+)
 
 
 @dataclass(frozen=True)

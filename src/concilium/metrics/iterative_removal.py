@@ -77,7 +77,8 @@ def irof(
         generator: random source of a ``"uniform"`` baseline (one draw per image) and of the
             order of tied features (each image's ``"ties"`` stream).
         features: the features removed (:mod:`concilium.metrics.features`): ``"slic"``
-            (Quantus), ``"slic:n_segments=50"``, ``"patch:16"``, ...
+            (Quantus's default), ``"felzenszwalb"`` (Quantus's other segmentation),
+            ``"slic:n_segments=50"``, ``"patch:16"``, ...
         baseline: replacement values (:func:`~concilium.metrics.perturb.make_baseline`).
         softmax: score probabilities instead of logits.
         abs: take ``|maps|`` first.
