@@ -2,27 +2,28 @@
 
 A feature spec string names them, one definition for every metric that takes ``features=``:
 
-=================================================  ==================================================
-spec                                               features
-=================================================  ==================================================
-``"pixels"``                                       every pixel (all channels) is a feature
-``"patch:8"`` (or ``"patch:size=8"``)              ``8 x 8`` squares on Quantus's grid (:func:`patch_grid`)
-``"slic"``, ``"slic:n_segments=50,compactness=5"``  SLIC superpixels of each image (scikit-image)
-``"felzenszwalb"``, ``"felzenszwalb:scale=100"``    Felzenszwalb's segments of each image (scikit-image)
-=================================================  ==================================================
+==================================================  =========================================
+spec                                                features
+==================================================  =========================================
+``"pixels"``                                        every pixel (all channels)
+``"patch:8"`` (or ``"patch:size=8"``)               ``8 x 8`` squares on Quantus's grid
+``"slic"``, ``"slic:n_segments=50,compactness=5"``  SLIC superpixels of each image
+``"felzenszwalb"``, ``"felzenszwalb:scale=100"``    Felzenszwalb's segments of each image
+==================================================  =========================================
 
 ``slic`` takes ``n_segments`` (100), ``compactness`` (10.0), ``sigma`` (0.0) and ``max_num_iter``
 (10): scikit-image's defaults, which Quantus's ``IROF`` uses. Each image is segmented on the CPU
-as Quantus's ``get_superpixel_segments`` does it (channels moved last, ``float64``, the last axis
-the channel axis, ``start_label=0``, connectivity enforced; an RGB image is converted to Lab by
-scikit-image), so the same image gets the same segments as in Quantus. ``felzenszwalb`` (Quantus's
-other ``segmentation_method``) takes ``scale`` (1.0), ``sigma`` (0.8) and ``min_size`` (20),
-scikit-image's defaults, on the same channels-last image.
+as Quantus's ``get_superpixel_segments`` does it (channels moved last, ``float64``, the last
+axis the channel axis, ``start_label=0``, connectivity enforced; an RGB image is converted to Lab
+by scikit-image), so the same image gets the same segments as in Quantus. ``felzenszwalb``
+(Quantus's other ``segmentation_method``) takes ``scale`` (1.0), ``sigma`` (0.8) and
+``min_size`` (20), scikit-image's defaults, on the same channels-last image.
 
-:func:`feature_labels` gives each pixel its feature, ``(N, H, W)`` long with values ``0 .. F_i - 1``
-(consecutive, every value used), and ``F_i`` per image. Pixels and patches have the same ``F`` for
-every image of a size (:attr:`Features.fixed`); the number of superpixels depends on the image, and
-:meth:`Features.count_bound` is an upper bound of it computed from the size alone.
+:func:`feature_labels` gives each pixel its feature, ``(N, H, W)`` long with values
+``0 .. F_i - 1`` (consecutive, every value used), and ``F_i`` per image. Pixels and patches
+(:func:`patch_grid`) have the same ``F`` for every image of a size (:attr:`Features.fixed`); the
+number of superpixels depends on the image, and :meth:`Features.count_bound` is an upper bound
+of it computed from the size alone.
 """
 
 from __future__ import annotations
@@ -244,9 +245,8 @@ def _convert(kind: FeatureKind, key: str, value: str, spec: str) -> Any:
         ) from None
     low_ok = out >= 0 if key == "sigma" else (out > 0 if isinstance(out, float) else out >= 1)
     if not low_ok:
-        raise ValueError(
-            f"feature parameter {key} in {spec!r} must be {'>= 0' if key == 'sigma' else 'positive'}; got {value!r}"
-        )
+        bound = ">= 0" if key == "sigma" else "positive"
+        raise ValueError(f"feature parameter {key} in {spec!r} must be {bound}; got {value!r}")
     return out
 
 
@@ -297,8 +297,8 @@ def feature_labels(features: str | Features, images: Tensor) -> tuple[Tensor, Te
 
     Returns:
         ``(labels (N, H, W) long, counts (N,) long)`` on the images' device: ``labels[i]``
-        takes the values ``0 .. counts[i] - 1``, each on at least one pixel (superpixels keep scikit-image's numbering,
-        renumbered without gaps; patches and pixels are numbered row by row).
+        takes the values ``0 .. counts[i] - 1``, each on at least one pixel (superpixels keep
+        scikit-image's numbering, renumbered without gaps; patches and pixels row by row).
         Deterministic: the same images give the same labels.
 
     Raises:
