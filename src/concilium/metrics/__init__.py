@@ -43,7 +43,7 @@ from concilium.metrics.curves import (
     pixel_flipping_curve,
 )
 from concilium.metrics.estimates import faithfulness_estimate, sensitivity_n
-from concilium.metrics.evaluate import evaluate, evaluate_curve
+from concilium.metrics.evaluate import evaluate, evaluate_curve, evaluate_suite
 from concilium.metrics.faithfulness import (
     faithfulness_correlation,
     infidelity,
@@ -77,6 +77,7 @@ from concilium.metrics.registry import (
     register_metric,
 )
 from concilium.metrics.robustness import avg_sensitivity, local_lipschitz, max_sensitivity
+from concilium.metrics.shared import PassStats, SharedPasses, shared_passes
 from concilium.metrics.stability import (
     relative_input_stability,
     relative_output_stability,
@@ -91,6 +92,8 @@ __all__ = [
     "MetricSpec",
     "MetricWarning",
     "PassCount",
+    "PassStats",
+    "SharedPasses",
     "aopc",
     "aopc_curve",
     "aopc_lerf",
@@ -112,6 +115,7 @@ __all__ = [
     "efficient_mprt",
     "evaluate",
     "evaluate_curve",
+    "evaluate_suite",
     "f1_at_quarter_max",
     "faithfulness_correlation",
     "faithfulness_estimate",
@@ -149,6 +153,7 @@ __all__ = [
     "road",
     "road_curve",
     "selectivity",
+    "shared_passes",
     "sensitivity_n",
     "smooth_mprt",
     "smooth_mprt_curve",
