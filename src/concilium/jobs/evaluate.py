@@ -16,6 +16,7 @@ model-bound metrics.
 
 from __future__ import annotations
 
+import contextlib
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -124,6 +125,7 @@ def evaluate_run(
     batch_size: int | None = None,
     seed: int = 0,
     chunk: int = DEFAULT_CHUNK,
+    shared: bool = True,
     progress: Callable[[str], None] | None = None,
 ) -> EvaluateReport:
     """Compute ``metrics`` for every complete entry of ``RUN/explanations.zarr`` and append the
@@ -148,6 +150,11 @@ def evaluate_run(
         seed: base seed of the stochastic metrics (one generator per group, derived from it).
         chunk: samples per :func:`~concilium.metrics.evaluate` call of a model-bound metric
             (mask-only metrics take up to ``MASK_ONLY_CHUNK`` at once).
+        shared: evaluate the metrics of each explanation in one
+            :func:`~concilium.metrics.shared.shared_passes` scope (each distinct perturbed copy
+            and explanation computed once; memory: one output row per distinct copy of the
+            entry). ``False`` computes every metric on its own (same values; the reference of
+            ``benchmarks/shared_engine.py``).
         progress: called with one line per finished group.
 
     Returns:
@@ -200,7 +207,7 @@ def evaluate_run(
         # one seed for every metric of the entry: the metrics draw the same tie orders and noisy
         # copies, so the shared store computes each perturbed copy and explanation once
         metric_seed = entry_metric_seed(seed, row.source, row.method, row.params_hash)
-        with shared_passes():
+        with shared_passes() if shared else contextlib.nullcontext():
             for metric in metrics:
                 spec = METRICS.get(metric)
                 mparams = params.get(metric, {})
