@@ -18,17 +18,16 @@ import pandas as pd
 import pytest
 import torch
 
-from concilium._util import derive_seed
 from concilium.data.specs import SyntheticDataset
 from concilium.data.synthetic import SynthConfig, generate
 from concilium.ensemble import LogitEnsemble
 from concilium.explain import explain
 from concilium.jobs.ensemble import run_ensemble
-from concilium.jobs.evaluate import evaluate_run
+from concilium.jobs.evaluate import entry_metric_seed, evaluate_run
 from concilium.metrics import METRICS as METRIC_SPECS
 from concilium.metrics import evaluate
 from concilium.models import MemberCard, create_model, save_member
-from concilium.store import ExplanationStore, Run, metric_params_hash, read_metrics
+from concilium.store import ExplanationStore, Run, read_metrics
 from concilium.store.manifest import RunInfo
 
 HW = 32
@@ -91,9 +90,8 @@ def _direct(run: Run, source: str, metric: str, model, *, seed: int = 3) -> pd.S
     params = PARAMS.get(metric, {})
     gen = None
     if METRIC_SPECS.get(metric).stochastic:
-        phash, _ = metric_params_hash(metric, params, mask="masks")
         gen = torch.Generator().manual_seed(
-            derive_seed(seed, source, "saliency", entry.params_hash, metric, phash))
+            entry_metric_seed(seed, source, "saliency", entry.params_hash))
     values = evaluate(metric, maps, images=data.images, labels=data.labels,
                       masks=data.masks, model=model, generator=gen, explainer=_saliency, **params)
     return pd.Series(values.tolist(), index=data.ids)

@@ -51,3 +51,18 @@ def make_batch(n: int = 4, c: int = 1, size: int = 10, seed: int = 0):
     for i in range(n):
         masks[i, 1 + i % 3 : 6 + i % 3, 2 : 2 + 3 + i] = True
     return model, images, labels, maps, masks
+
+
+#: Parameters that keep each metric fast on the tiny batch of :func:`make_batch`.
+FAST = {
+    "top_k_intersection": {"k": 20},
+    "faithfulness_correlation": {"nr_runs": 10, "subset_size": 10},
+    "pixel_flipping": {"step": 10},
+    "monotonicity": {"step": 10},
+    "monotonicity_correlation": {"nr_samples": 3, "step": 10},
+    "road": {"percentages": (10, 50, 90)},
+    "max_sensitivity": {"nr_samples": 3},
+    "avg_sensitivity": {"nr_samples": 3},
+    "local_lipschitz": {"nr_samples": 3},
+    "consistency": {"discretise": "first_n_sign"},  # random maps share no top-5 key
+}

@@ -11,7 +11,7 @@ import warnings
 
 import pytest
 import torch
-from metric_helpers import input_x_gradient, make_batch
+from metric_helpers import FAST, input_x_gradient, make_batch
 from torch import nn
 
 import concilium.metrics as metrics
@@ -23,18 +23,6 @@ from concilium.metrics.registry import param_names, register_metric
 ALL = METRICS.names()
 MODEL_BOUND = [n for n in ALL if METRICS.get(n).needs_model]
 WITH_CURVE = [n for n in ALL if METRICS.get(n).curve is not None]
-FAST = {
-    "top_k_intersection": {"k": 20},
-    "faithfulness_correlation": {"nr_runs": 10, "subset_size": 10},
-    "pixel_flipping": {"step": 10},
-    "monotonicity": {"step": 10},
-    "monotonicity_correlation": {"nr_samples": 3, "step": 10},
-    "road": {"percentages": (10, 50, 90)},
-    "max_sensitivity": {"nr_samples": 3},
-    "avg_sensitivity": {"nr_samples": 3},
-    "local_lipschitz": {"nr_samples": 3},
-    "consistency": {"discretise": "first_n_sign"},  # random maps share no top-5 key
-}
 
 
 def _hooks(model: nn.Module) -> int:

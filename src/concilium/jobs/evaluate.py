@@ -16,6 +16,7 @@ model-bound metrics.
 
 from __future__ import annotations
 
+import contextlib
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ from concilium.explain.targets import resolve_target
 from concilium.metrics.evaluate import check_params, evaluate
 from concilium.metrics.perturb import model_device
 from concilium.metrics.registry import METRICS, metrics_in
+from concilium.metrics.shared import shared_passes
 from concilium.store import ResultsTable, Run, group_rows, metric_params_hash
 from concilium.vocabulary import SPLITS, Split
 
@@ -82,6 +84,12 @@ def load_metric_params(
     return out
 
 
+def entry_metric_seed(seed: int, source: str, method: str, entry_hash: str) -> int:
+    """The seed of every stochastic metric of one stored explanation: one per entry, not per
+    metric, so the metrics of the entry draw the same tie orders and noisy copies and the shared
+    store (:func:`~concilium.metrics.shared.shared_passes`) computes each of them once."""
+    return derive_seed(seed, source, method, entry_hash, "metrics")
+
 
 def _explainer(
     params: Mapping[str, Any], seed: int
@@ -117,6 +125,7 @@ def evaluate_run(
     batch_size: int | None = None,
     seed: int = 0,
     chunk: int = DEFAULT_CHUNK,
+    shared: bool = True,
     progress: Callable[[str], None] | None = None,
 ) -> EvaluateReport:
     """Compute ``metrics`` for every complete entry of ``RUN/explanations.zarr`` and append the
@@ -141,6 +150,11 @@ def evaluate_run(
         seed: base seed of the stochastic metrics (one generator per group, derived from it).
         chunk: samples per :func:`~concilium.metrics.evaluate` call of a model-bound metric
             (mask-only metrics take up to ``MASK_ONLY_CHUNK`` at once).
+        shared: evaluate the metrics of each explanation in one
+            :func:`~concilium.metrics.shared.shared_passes` scope (each distinct perturbed copy
+            and explanation computed once; memory: one output row per distinct copy of the
+            entry). ``False`` computes every metric on its own (same values; the reference of
+            ``benchmarks/shared_engine.py``).
         progress: called with one line per finished group.
 
     Returns:
@@ -190,76 +204,80 @@ def evaluate_run(
             else None
         )
         finished = []  # one table write per explanation: a write per metric is quadratic
-        for metric in metrics:
-            spec = METRICS.get(metric)
-            mparams = params.get(metric, {})
-            phash, pjson = metric_params_hash(metric, mparams, mask=mask)
-            key = (row.source, row.method, row.params_hash, metric, phash)
-            if key in done:
-                report.already_done.append(key)
-                continue
-            what = f"{row.source}/{row.method}/{metric}"
-            if spec.needs_model and (model is None or target_model is None):
-                report.notes.append(f"{what}: skipped ({why_not_model or why_not_target})")
-                continue
-            if spec.needs_explainer and explainer is None:
-                report.notes.append(
-                    f"{what}: skipped (the map of source {row.source!r} has no single explanation "
-                    "method to re-run)"
-                )
-                continue
-            if maps is None:
-                maps = entry.read(entry.rows_of(data.ids))
-            k = len(data)
-            if spec.needs_model and costly_limit is not None:
-                k = min(k, costly_limit)
-            step = chunk if spec.needs_model else max(chunk, MASK_ONLY_CHUNK)
-            gen = torch.Generator().manual_seed(derive_seed(seed, *key)) if spec.stochastic else None
-            values = []
-            try:
-                for start in range(0, k, step):
-                    sl = slice(start, min(k, start + step))
-                    values.append(
-                        evaluate(
-                            metric,
-                            maps[sl].to(dev),
-                            images=data.images[sl].to(dev) if spec.needs_model else None,
-                            labels=targets[sl] if spec.needs_model else None,
-                            masks=masks[sl].to(dev) if spec.needs_mask else None,
-                            model=target_model if spec.needs_model else None,
-                            explainer=explainer,
-                            generator=gen,
-                            **mparams,
-                        ).cpu()
+        # one seed for every metric of the entry: the metrics draw the same tie orders and noisy
+        # copies, so the shared store computes each perturbed copy and explanation once
+        metric_seed = entry_metric_seed(seed, row.source, row.method, row.params_hash)
+        with shared_passes() if shared else contextlib.nullcontext():
+            for metric in metrics:
+                spec = METRICS.get(metric)
+                mparams = params.get(metric, {})
+                phash, pjson = metric_params_hash(metric, mparams, mask=mask)
+                key = (row.source, row.method, row.params_hash, metric, phash)
+                if key in done:
+                    report.already_done.append(key)
+                    continue
+                what = f"{row.source}/{row.method}/{metric}"
+                if spec.needs_model and (model is None or target_model is None):
+                    report.notes.append(f"{what}: skipped ({why_not_model or why_not_target})")
+                    continue
+                if spec.needs_explainer and explainer is None:
+                    report.notes.append(
+                        f"{what}: skipped (the map of source {row.source!r} has no single explanation "
+                        "method to re-run)"
                     )
-            except (ValueError, TypeError, RuntimeError) as err:
-                if not spec.needs_explainer:
-                    raise
-                # the explanation method itself fails on this model (e.g. GradCAM of a wrapper)
-                note = f"{what}: not computed, the explainer failed: {err}"
-                report.notes.append(note)
-                report.not_computed.append(note)
-                continue
-            scores = torch.cat(values)
-            finished.append(
-                group_rows(
-                    samples=data.ids[:k],
-                    labels=data.labels[:k].tolist(),
-                    source=row.source,
-                    method=row.method,
-                    entry_hash=row.params_hash,
-                    metric=metric,
-                    mask=mask,
-                    values=scores.tolist(),
-                    params_hash=phash,
-                    params=pjson,
+                    continue
+                if maps is None:
+                    maps = entry.read(entry.rows_of(data.ids))
+                k = len(data)
+                if spec.needs_model and costly_limit is not None:
+                    k = min(k, costly_limit)
+                step = chunk if spec.needs_model else max(chunk, MASK_ONLY_CHUNK)
+                gen = torch.Generator().manual_seed(metric_seed) if spec.stochastic else None
+                values = []
+                try:
+                    for start in range(0, k, step):
+                        sl = slice(start, min(k, start + step))
+                        values.append(
+                            evaluate(
+                                metric,
+                                maps[sl].to(dev),
+                                images=data.images[sl].to(dev) if spec.needs_model else None,
+                                labels=targets[sl] if spec.needs_model else None,
+                                masks=masks[sl].to(dev) if spec.needs_mask else None,
+                                model=target_model if spec.needs_model else None,
+                                explainer=explainer,
+                                generator=gen,
+                                **mparams,
+                            ).cpu()
+                        )
+                except (ValueError, TypeError, RuntimeError) as err:
+                    if not spec.needs_explainer:
+                        raise
+                    # the explanation method itself fails on this model (e.g. GradCAM of a wrapper)
+                    note = f"{what}: not computed, the explainer failed: {err}"
+                    report.notes.append(note)
+                    report.not_computed.append(note)
+                    continue
+                scores = torch.cat(values)
+                finished.append(
+                    group_rows(
+                        samples=data.ids[:k],
+                        labels=data.labels[:k].tolist(),
+                        source=row.source,
+                        method=row.method,
+                        entry_hash=row.params_hash,
+                        metric=metric,
+                        mask=mask,
+                        values=scores.tolist(),
+                        params_hash=phash,
+                        params=pjson,
+                    )
                 )
-            )
-            report.computed.append(key)
-            if progress is not None:
-                finite = scores[torch.isfinite(scores)]
-                mean = f"{finite.mean().item():.4g}" if finite.numel() else "nan"
-                progress(f"{what}: mean {mean} over {finite.numel()}/{scores.numel()} samples")
+                report.computed.append(key)
+                if progress is not None:
+                    finite = scores[torch.isfinite(scores)]
+                    mean = f"{finite.mean().item():.4g}" if finite.numel() else "nan"
+                    progress(f"{what}: mean {mean} over {finite.numel()}/{scores.numel()} samples")
         if finished:
             table.append(pd.concat(finished, ignore_index=True))
     return report

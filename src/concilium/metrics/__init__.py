@@ -45,7 +45,7 @@ from concilium.metrics.curves import (
     pixel_flipping_curve,
 )
 from concilium.metrics.estimates import faithfulness_estimate, sensitivity_n
-from concilium.metrics.evaluate import evaluate, evaluate_curve
+from concilium.metrics.evaluate import evaluate, evaluate_curve, evaluate_suite
 from concilium.metrics.faithfulness import (
     faithfulness_correlation,
     infidelity,
@@ -80,6 +80,7 @@ from concilium.metrics.registry import (
     register_metric,
 )
 from concilium.metrics.robustness import avg_sensitivity, local_lipschitz, max_sensitivity
+from concilium.metrics.shared import PassStats, SharedPasses, shared_passes
 from concilium.metrics.stability import (
     relative_input_stability,
     relative_output_stability,
@@ -94,6 +95,8 @@ __all__ = [
     "MetricSpec",
     "MetricWarning",
     "PassCount",
+    "PassStats",
+    "SharedPasses",
     "aopc",
     "aopc_curve",
     "aopc_lerf",
@@ -115,6 +118,7 @@ __all__ = [
     "efficient_mprt",
     "evaluate",
     "evaluate_curve",
+    "evaluate_suite",
     "f1_at_quarter_max",
     "faithfulness_correlation",
     "faithfulness_estimate",
@@ -153,6 +157,7 @@ __all__ = [
     "road",
     "road_curve",
     "selectivity",
+    "shared_passes",
     "sensitivity_n",
     "smooth_mprt",
     "smooth_mprt_curve",

@@ -8,6 +8,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from concilium.metrics.shared import active
+
 Explainer = Callable[[nn.Module, Tensor, Tensor], Tensor]
 
 
@@ -28,13 +30,34 @@ def check_explainer(metric: str, explainer: object) -> Explainer:
 
 
 def explain_in_chunks(
-    explainer: Explainer, model: nn.Module, images: Tensor, targets: Tensor, *, batch_size: int
+    explainer: Explainer,
+    model: nn.Module,
+    images: Tensor,
+    targets: Tensor,
+    *,
+    batch_size: int,
+    shared: bool = False,
 ) -> Tensor:
     """Call ``explainer`` on ``batch_size`` images at a time; check and concatenate the maps.
+
+    Args:
+        explainer, model, images, targets: what to explain.
+        batch_size: images per explainer call.
+        shared: ``model`` is the caller's unmodified model, so inside a
+            :func:`~concilium.metrics.shared.shared_passes` scope each distinct (image, target)
+            is explained once for every metric of the scope. Never for a randomised copy.
 
     Raises:
         ValueError: if the explainer returns anything but maps ``(N, H, W)``.
     """
+    store = active() if shared else None
+    if store is not None:
+        return store.explain(
+            explainer, model, images, targets,
+            lambda rows: explain_in_chunks(
+                explainer, model, images[rows], targets[rows], batch_size=batch_size
+            ),
+        )
     out = []
     for start in range(0, images.shape[0], batch_size):
         x = images[start : start + batch_size]

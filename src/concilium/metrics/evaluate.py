@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -11,7 +11,8 @@ from torch import Tensor, nn
 from concilium._checks import check_maps, check_masks
 from concilium.metrics._explainer import Explainer
 from concilium.metrics.perturb import check_model_inputs
-from concilium.metrics.registry import METRICS, MetricSpec, param_names
+from concilium.metrics.registry import METRICS, MetricSpec, metrics_in, param_names
+from concilium.metrics.shared import shared_passes
 
 #: Seed of the generator used when a stochastic metric is evaluated without one.
 DEFAULT_SEED = 0
@@ -192,3 +193,62 @@ def evaluate_curve(
         params=params,
     )
     return spec.curve(maps, **kwargs)
+
+
+def evaluate_suite(
+    names: Sequence[str],
+    maps: Tensor,
+    *,
+    images: Tensor | None = None,
+    labels: Tensor | None = None,
+    masks: Tensor | None = None,
+    model: nn.Module | None = None,
+    explainer: Explainer | None = None,
+    seed: int = DEFAULT_SEED,
+    params: Mapping[str, Mapping[str, Any]] | None = None,
+) -> dict[str, Tensor]:
+    """Score ``maps`` with several metrics at once, sharing their passes: inside one
+    :func:`~concilium.metrics.shared.shared_passes` scope, every distinct perturbed copy is sent
+    through the model once and every distinct input through the explainer once, whichever
+    metrics ask for it (deletion, AOPC and monotonicity read the same copies; the sensitivities
+    the same noisy explanations).
+
+    Every metric that takes a generator gets a fresh ``torch.Generator().manual_seed(seed)``,
+    so each value equals ``evaluate(name, ..., generator=torch.Generator().manual_seed(seed))``
+    run alone (up to the float rounding of batching a copy with other neighbours).
+
+    Args:
+        names: metric names and/or families (``"faithfulness,deletion"``-style tokens, resolved
+            by :func:`~concilium.metrics.registry.metrics_in`).
+        maps, images, labels, masks, model, explainer: as :func:`evaluate`.
+        seed: the seed of every metric's generator.
+        params: per-metric parameters, ``{"deletion": {"step": 10}}``.
+
+    Returns:
+        ``{name: (N,) float64}``, in the order of :func:`~concilium.metrics.registry.metrics_in`.
+
+    Raises:
+        ValueError: an unknown metric or parameter, or a missing input.
+    """
+    resolved = metrics_in(",".join(names))
+    params = {k: dict(v) for k, v in (params or {}).items()}
+    unknown = sorted(set(params) - set(resolved))
+    if unknown:
+        raise ValueError(f"parameters given for metric(s) not selected: {', '.join(unknown)}")
+    for name in resolved:
+        check_params(METRICS.get(name), params.get(name, {}))
+    out: dict[str, Tensor] = {}
+    with shared_passes():
+        for name in resolved:
+            out[name] = evaluate(
+                name,
+                maps,
+                images=images,
+                labels=labels,
+                masks=masks,
+                model=model,
+                explainer=explainer,
+                generator=torch.Generator().manual_seed(seed),
+                **params.get(name, {}),
+            )
+    return out

@@ -150,7 +150,7 @@ def focus(
     fn = check_explainer("focus", explainer)
     batch_size = check_batch_size(batch_size, device)
     mosaics, target, valid = build_mosaics(images, labels, generator=generator, tile=tile)
-    a = explain_in_chunks(fn, model, mosaics, labels, batch_size=batch_size).double()
+    a = explain_in_chunks(fn, model, mosaics, labels, batch_size=batch_size, shared=True).double()
     a = a.abs() if abs else a.clamp_min(0)
     inside = quadrant_masks(target, tuple(a.shape[-2:]))
     total = a.flatten(1).sum(1)

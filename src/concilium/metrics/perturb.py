@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from concilium._checks import check_images, check_labels, check_maps
 from concilium.explain.baselines import BASELINES, is_stochastic, parse_baseline, resolve_baselines
 from concilium.metrics._streams import draw_rows, seeded, tie_break_keys
+from concilium.metrics.shared import ReplaceFn, active
 
 BaselineName = Literal["zero", "black", "blur", "uniform", "image_mean"]
 Baseline = BaselineName | str | float | Tensor | Callable[[Tensor, Tensor], Tensor]
@@ -128,7 +129,14 @@ def check_batch_size(batch_size: int | None, device: torch.device | None = None)
 def target_scores(
     model: nn.Module, images: Tensor, labels: Tensor, *, softmax: bool, batch_size: int
 ) -> Tensor:
-    """The model's output for ``labels`` (softmax probability or logit), ``(M,)``, in chunks."""
+    """The model's output for ``labels`` (softmax probability or logit), ``(M,)``, in chunks
+    (through the open :func:`~concilium.metrics.shared.shared_passes` store, if any)."""
+    store = active()
+    if store is not None:
+        logits = store.outputs(model, images, batch_size=batch_size)
+        if softmax:
+            logits = logits.softmax(dim=1)
+        return logits.gather(1, labels[:, None]).squeeze(1).to(images.device)
     out = []
     with torch.no_grad():
         for start in range(0, images.shape[0], batch_size):
@@ -140,16 +148,16 @@ def target_scores(
 
 
 def predicted_classes(model: nn.Module, images: Tensor, *, batch_size: int) -> Tensor:
-    """``argmax`` of the model's logits, ``(M,)``, in chunks."""
+    """``argmax`` of the model's logits, ``(M,)``, in chunks (through the open
+    :func:`~concilium.metrics.shared.shared_passes` store, if any)."""
+    store = active()
+    if store is not None:
+        return store.outputs(model, images, batch_size=batch_size).argmax(dim=1).to(images.device)
     out = []
     with torch.no_grad():
         for start in range(0, images.shape[0], batch_size):
             out.append(model(images[start : start + batch_size]).argmax(dim=1))
     return torch.cat(out)
-
-
-ReplaceFn = Callable[[Tensor, Tensor], Tensor]
-"""``replace(image_idx (B,), variant_idx (B,)) -> (B, H, W)`` bool: the pixels to replace."""
 
 
 def variant_scores(
@@ -180,7 +188,16 @@ def variant_scores(
         batch_size: copies per forward pass.
         baseline_fn: optional ``(image_idx, variant_idx) -> (B, C, H, W)`` baselines drawn per
             copy (stochastic baselines); overrides ``baselines``.
+
+    Inside a :func:`~concilium.metrics.shared.shared_passes` scope (and without
+    ``baseline_fn``), each distinct copy is forwarded once for all the metrics of the scope.
     """
+    store = active()
+    if store is not None and baseline_fn is None:
+        return store.variant_scores(
+            model, images, labels, baselines, replace, n_variants,
+            softmax=softmax, batch_size=batch_size,
+        )
     n = images.shape[0]
     total = n * n_variants
     out = torch.empty(total, device=images.device, dtype=torch.float32)
@@ -202,11 +219,14 @@ def pixel_order(maps: Tensor, *, descending: bool, streams: list[int]) -> Tensor
     """The perturbation order of the pixels, ``(N, H*W)`` long (pixel indices, first perturbed
     first). Tied pixels come in a random order drawn from each image's ``"ties"`` stream
     (:func:`~concilium.metrics._streams.tie_break_keys`), never in raster order, so a tie does
-    not favour the top of the image; without ties the order is the plain sort."""
+    not favour the top of the image; without ties the order is the plain sort. The ascending
+    order is the descending one reversed (ties included), so a LeRF sequence is exactly a MoRF
+    sequence read backwards and the two share their perturbed copies
+    (:mod:`concilium.metrics.shared`)."""
     flat = maps.flatten(1)
     perm = tie_break_keys(streams, flat.shape[1], flat.device)
-    key = (-flat if descending else flat).gather(1, perm)
-    return perm.gather(1, torch.sort(key, dim=1, stable=True).indices)
+    order = perm.gather(1, torch.sort(-flat.gather(1, perm), dim=1, stable=True).indices)
+    return order if descending else order.flip(1)
 
 
 def pixel_ranks(maps: Tensor, *, descending: bool, streams: list[int]) -> Tensor:

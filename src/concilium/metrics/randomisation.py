@@ -234,7 +234,7 @@ def random_logit(
     other = draw + (draw >= labels).long()  # uniform over the classes != label
     a = prepare_maps(maps, abs=abs, normalise=normalise)
     b = prepare_maps(
-        explain_in_chunks(fn, model, images, other, batch_size=batch_size),
+        explain_in_chunks(fn, model, images, other, batch_size=batch_size, shared=True),
         abs=abs,
         normalise=normalise,
     )

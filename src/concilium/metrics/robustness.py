@@ -103,7 +103,7 @@ def noisy_quotients(
     for i, s, x_noisy in noisy_copies(images, generator=generator, noise=noise,
                                       nr_samples=nr_samples, batch_size=batch_size):
         x = images[i]
-        a_noisy = explain_in_chunks(fn, model, x_noisy, labels[i], batch_size=batch_size)
+        a_noisy = explain_in_chunks(fn, model, x_noisy, labels[i], batch_size=batch_size, shared=True)
         a_noisy = prepare_maps(a_noisy, abs=abs, normalise=normalise).flatten(1).double()
         diff = torch.linalg.vector_norm(a[i] - a_noisy, dim=1)
         if per == "input":

@@ -151,7 +151,7 @@ def relative_stability(
     for i, s, x_noisy in noisy_copies(images, generator=generator, noise=noise,
                                       nr_samples=nr_samples, batch_size=batch_size):
         x = images[i]
-        a_noisy = explain_in_chunks(fn, model, x_noisy, labels[i], batch_size=batch_size)
+        a_noisy = explain_in_chunks(fn, model, x_noisy, labels[i], batch_size=batch_size, shared=True)
         a_noisy = _prepare(a_noisy, abs=abs, normalise=normalise)
         num = _norm(_relative(a_noisy, a[i], eps_min), 0.0)
         if forward:

@@ -106,7 +106,7 @@ def continuity(
         i, k = flat // steps, flat % steps
         x = images[i]
         moved = translate(x, shifts[k])
-        a_moved = explain_in_chunks(fn, model, moved, labels[i], batch_size=batch_size)
+        a_moved = explain_in_chunks(fn, model, moved, labels[i], batch_size=batch_size, shared=True)
         a_moved = prepare_maps(a_moved, abs=abs, normalise=normalise).flatten(1).double()
         l1 = (a[i] - a_moved).abs().sum(1)
         l2 = torch.linalg.vector_norm((x - moved).flatten(1).double(), dim=1)
