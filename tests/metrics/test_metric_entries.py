@@ -153,6 +153,9 @@ def test_passes_metadata_counts_the_model_forwards(name):
         ("selectivity", {"features": "patch:4"}),
         ("faithfulness_estimate", {"features": "patch:2", "features_in_step": 3}),
         ("sensitivity_n", {"features": "patch:2"}),
+        ("deletion", {"features": "patch:3"}),
+        ("insertion", {"features": "slic:n_segments=20", "step": 12.5}),
+        ("pixel_flipping", {"features": "patch:2", "step": 3}),
     ],
 )
 def test_passes_follow_the_parameters(name, params):

@@ -27,6 +27,7 @@ evaluated in chunks of ``batch_size`` on the model's device (:mod:`concilium.met
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
@@ -36,6 +37,7 @@ from torch import Tensor, nn
 from concilium._util import derive_seed
 from concilium.metrics._common import constant_rows, nan_where, prepare_maps
 from concilium.metrics._streams import image_streams
+from concilium.metrics.features import Features, feature_labels, parse_features
 from concilium.metrics.perturb import (
     Baseline,
     Unit,
@@ -46,6 +48,7 @@ from concilium.metrics.perturb import (
     step_counts,
     variant_scores,
 )
+from concilium.metrics.regions import ranked_features
 from concilium.metrics.registry import register_metric
 
 Mode = Literal["deletion", "insertion"]
@@ -69,6 +72,7 @@ def perturbation_curve(
     include_start: bool = True,
     abs: bool = False,
     normalise: bool = True,
+    features: str = "pixels",
     batch_size: int | None = None,
     generator: torch.Generator | None = None,
 ) -> tuple[Tensor, Tensor]:
@@ -90,6 +94,11 @@ def perturbation_curve(
         include_start: prepend the unperturbed point (0 pixels changed).
         abs: take ``|maps|`` first.
         normalise: divide each map by its max ``|.|`` (no effect on the order).
+        features: what one step removes (:mod:`concilium.metrics.features`): ``"pixels"``,
+            ``"patch:8"`` (squares), ``"slic"`` (superpixels)...; a feature is ranked by the sum
+            of the map over it, and ``step`` counts features (``unit="pixels"``: features per
+            step). Superpixels, whose number depends on the image, need ``unit="percent"``: the
+            curve is then read at the same fractions of each image's features.
         batch_size: perturbed copies per forward pass (default: 64 on CPU, 512 on GPU).
         generator: seeds each image's stream: the order of tied pixels and a ``"uniform"``
             baseline (one draw per image, kept for the whole curve).
@@ -107,25 +116,69 @@ def perturbation_curve(
         raise ValueError(f"order must be 'morf' or 'lerf'; got {order!r}")
     maps, images, labels, device = model_inputs(mode, maps, images, labels, model)
     batch_size = check_batch_size(batch_size, device)
+    feats = parse_features(features)
     a = prepare_maps(maps, abs=abs, normalise=normalise)
     h, w = a.shape[-2:]
-    p = h * w
-    counts = step_counts(p, step=step, unit=unit)
-    if include_start:
-        counts = torch.cat([torch.zeros(1, dtype=counts.dtype), counts])
-    counts = counts.to(device)
     streams = image_streams(generator, images)
-    ranks = pixel_ranks(a, descending=order == "morf", streams=streams)
+    if feats.kind == "pixels":
+        ranks = pixel_ranks(a, descending=order == "morf", streams=streams)
+        n_features = torch.full((a.shape[0],), h * w, dtype=torch.long, device=device)
+    else:
+        ranks, n_features = _feature_ranks(a, images, feats, order=order, streams=streams)
+    fractions, counts = _step_counts(n_features, step=step, unit=unit, fixed=feats.fixed)
+    if include_start:
+        fractions = torch.cat([torch.zeros(1, dtype=fractions.dtype), fractions])
+        counts = torch.cat([torch.zeros_like(counts[:, :1]), counts], dim=1)
     base = row_baselines(images, labels, baseline, [derive_seed(s, "baseline") for s in streams])
 
     def replace(i: Tensor, v: Tensor) -> Tensor:
-        changed = ranks[i] < counts[v].unsqueeze(1)
+        changed = ranks[i] < counts[i, v].unsqueeze(1)
         return (changed if mode == "deletion" else ~changed).view(-1, h, w)
 
     scores = variant_scores(
-        model, images, labels, base, replace, counts.numel(), softmax=softmax, batch_size=batch_size
+        model, images, labels, base, replace, counts.shape[1], softmax=softmax,
+        batch_size=batch_size,
     )
-    return counts.double().cpu() / p, scores
+    return fractions, scores
+
+
+def _feature_ranks(
+    a: Tensor, images: Tensor, feats: Features, *, order: Order, streams: list[int]
+) -> tuple[Tensor, Tensor]:
+    """``(ranks (N, H*W), F (N,))``: the position of every pixel's feature in the perturbation
+    order (LeRF = MoRF reversed, ties included) and each image's number of features."""
+    labels, n_features = feature_labels(feats, images)
+    _, franks = ranked_features(a, labels, n_features, reduce="sum", streams=streams)
+    if order == "lerf":
+        franks = n_features.unsqueeze(1) - 1 - franks  # absent features are never gathered
+    return franks.gather(1, labels.flatten(1)), n_features
+
+
+def _step_counts(
+    n_features: Tensor, *, step: float, unit: Unit, fixed: bool
+) -> tuple[Tensor, Tensor]:
+    """``(fractions (S,) float64 on the CPU, counts (N, S) long)``: after each step, the
+    fraction of the features changed and how many features of each image that is.
+
+    With the same number of features in every image (pixels, patches) the steps are
+    :func:`~concilium.metrics.perturb.step_counts`'s; superpixels (a number per image) need
+    ``unit="percent"`` and take ``round(F_i * min(1, s * step / 100))`` features at step ``s``.
+    """
+    if fixed:
+        total = int(n_features[0])
+        per_step = step_counts(total, step=step, unit=unit).to(n_features.device)
+        return per_step.double().cpu() / total, per_step.expand(n_features.shape[0], -1)
+    if unit != "percent":
+        raise ValueError(
+            "superpixels differ in number from image to image: pass unit='percent' (the curve "
+            f"is then read at the same fractions of every image's features); got unit={unit!r}"
+        )
+    if not 0 < step <= 100:
+        raise ValueError(f"step in percent must be in (0, 100]; got {step}")
+    steps = math.ceil(100 / step)
+    fractions = torch.clamp(torch.arange(1, steps + 1, dtype=torch.float64) * step / 100, max=1.0)
+    counts = torch.round(n_features.double().unsqueeze(1).cpu() * fractions).long()
+    return fractions, counts.to(n_features.device)
 
 
 def area(fractions: Tensor, scores: Tensor) -> Tensor:
@@ -161,6 +214,8 @@ _ARGS = """
         softmax: score probabilities instead of logits.
         abs: take ``|maps|`` first.
         normalise: divide each map by its max ``|.|`` (no effect on the order).
+        features: what one step removes: ``"pixels"``, ``"patch:8"``, ``"slic"``...
+            (:mod:`concilium.metrics.features`; superpixels need ``unit="percent"``).
         batch_size: perturbed copies per forward pass (default: 64 on CPU, 512 on GPU).
 """
 
@@ -209,6 +264,7 @@ def curve_metric(
         softmax: bool = True,
         abs: bool = abs_default,
         normalise: bool = True,
+        features: str = "pixels",
         batch_size: int | None = None,
     ) -> tuple[Tensor, Tensor]:
         return perturbation_curve(
@@ -225,6 +281,7 @@ def curve_metric(
             include_start=include_start,
             abs=abs,
             normalise=normalise,
+            features=features,
             batch_size=batch_size,
             generator=generator,
         )
@@ -242,6 +299,7 @@ def curve_metric(
         softmax: bool = True,
         abs: bool = abs_default,
         normalise: bool = True,
+        features: str = "pixels",
         batch_size: int | None = None,
     ) -> Tensor:
         fractions, scores = curve(
@@ -256,6 +314,7 @@ def curve_metric(
             softmax=softmax,
             abs=abs,
             normalise=normalise,
+            features=features,
             batch_size=batch_size,
         )
         values = score(fractions, scores)
@@ -264,8 +323,13 @@ def curve_metric(
         return nan_where(values, constant, name, "their map is constant")
 
     def passes(params: Mapping[str, Any], *, size: tuple[int, int], layers: int) -> int:
-        steps = step_counts(size[0] * size[1], step=params["step"], unit=params["unit"])
-        return steps.numel() + int(include_start)
+        feats = parse_features(params["features"])
+        if feats.fixed:
+            total = feats.count_bound(size)
+            steps = step_counts(total, step=params["step"], unit=params["unit"]).numel()
+        else:
+            steps = math.ceil(100 / params["step"])
+        return steps + int(include_start)
 
     metric.__name__ = metric.__qualname__ = name
     curve.__name__ = curve.__qualname__ = f"{name}_curve"
