@@ -156,6 +156,14 @@ def test_passes_metadata_counts_the_model_forwards(name):
         ("deletion", {"features": "patch:3"}),
         ("insertion", {"features": "slic:n_segments=20", "step": 12.5}),
         ("pixel_flipping", {"features": "patch:2", "step": 3}),
+        ("faithfulness_correlation", {"features": "slic:n_segments=20", "nr_runs": 5,
+                                      "subset_size": 3}),
+        ("monotonicity_correlation", {"features": "patch:3", "nr_samples": 2}),
+        ("monotonicity_correlation", {"features": "slic:n_segments=20", "unit": "percent",
+                                      "step": 30, "baseline": "black"}),
+        ("sufficiency", {"features": "slic:n_segments=20"}),
+        ("road", {"features": "patch:2", "percentages": (10, 50)}),
+        ("non_sensitivity", {"features": "patch:3", "step": 2}),
     ],
 )
 def test_passes_follow_the_parameters(name, params):
@@ -178,6 +186,7 @@ def test_passes_follow_the_parameters(name, params):
         ("selectivity", {"features": "slic:n_segments=10,compactness=1"}),
         ("faithfulness_estimate", {"features": "slic:n_segments=30"}),
         ("sensitivity_n", {"features": "slic:n_segments=30"}),
+        ("non_sensitivity", {"features": "slic:n_segments=30", "step": 2}),
     ],
 )
 def test_passes_of_superpixel_features_are_a_bound_met_by_the_segments(name, params):
@@ -194,6 +203,8 @@ def test_passes_of_superpixel_features_are_a_bound_met_by_the_segments(name, par
     assert seen[0] <= 3 * bound
     if name in ("irof", "selectivity"):  # one pass per segment (+ f(x) for IROF)
         assert seen[0] == int(counts.sum()) + (3 if name == "irof" else 0)
+    if name == "non_sensitivity":  # f(x), then one pass per group of `step` segments
+        assert seen[0] == 3 + int(((counts + 1) // 2).sum())
 
 
 def test_passes_reject_unknown_parameters():

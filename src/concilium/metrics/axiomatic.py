@@ -21,6 +21,7 @@ from concilium._util import derive_seed
 from concilium.metrics._common import prepare_maps
 from concilium.metrics._explainer import Explainer, check_explainer, explain_in_chunks
 from concilium.metrics._streams import image_streams
+from concilium.metrics.features import feature_labels, parse_features
 from concilium.metrics.perturb import (
     Baseline,
     check_batch_size,
@@ -29,6 +30,7 @@ from concilium.metrics.perturb import (
     target_scores,
     variant_scores,
 )
+from concilium.metrics.regions import by_length, feature_relevance
 from concilium.metrics.registry import register_metric
 
 
@@ -96,7 +98,12 @@ def completeness(
 def _non_sensitivity_passes(
     params: Mapping[str, Any], *, size: tuple[int, int], layers: int
 ) -> int:
-    return 1 + math.ceil(size[0] * size[1] / int(params["step"]))  # the image + one per group
+    n_features = parse_features(params["features"]).count_bound(size)
+    return 1 + math.ceil(n_features / int(params["step"]))  # the image + one per group
+
+
+def _non_sensitivity_passes_exact(params: Mapping[str, Any]) -> bool:
+    return parse_features(params["features"]).fixed  # superpixels: one group per segment
 
 
 @register_metric(
@@ -104,6 +111,7 @@ def _non_sensitivity_passes(
     higher_is_better=False,
     needs_model=True,
     passes=_non_sensitivity_passes,
+    passes_exact=_non_sensitivity_passes_exact,
 )
 def non_sensitivity(
     maps: Tensor,
@@ -118,12 +126,15 @@ def non_sensitivity(
     softmax: bool = True,
     abs: bool = True,
     normalise: bool = True,
+    features: str = "pixels",
     batch_size: int | None = None,
 ) -> Tensor:
-    """Non-sensitivity (Nguyen & Martinez 2020): the number of pixels where zero attribution and
-    the model's indifference disagree. Each group of ``step`` pixels (raster order) is set to
-    the baseline alone; a pixel is a violation when its attribution is below ``eps`` but its
-    group changes the target score by ``eps`` or more, or the other way round. Lower is better.
+    """Non-sensitivity (Nguyen & Martinez 2020): the number of features (pixels by default)
+    where zero attribution and the model's indifference disagree. Each group of ``step``
+    features (in the order of their numbers: raster order for pixels and patches) is set to the
+    baseline alone; a feature is a violation when its attribution (the sum of the map over it)
+    is below ``eps`` but its group changes the target score by ``eps`` or more, or the other way
+    round. Lower is better.
 
     A pixel is all its channels: Quantus replaces one channel value at a time and counts
     ``C * H * W`` features; with one channel the two agree. Quantus's ``features_in_step > 1``
@@ -134,39 +145,56 @@ def non_sensitivity(
         generator: random source of a ``"uniform"`` baseline.
         eps: the threshold of "zero" for both the attribution and the change of the score
             (Quantus default 1e-5).
-        step: pixels per perturbation (Quantus's ``features_in_step``, default 1): the cost is
-            ``1 + H * W / step`` model passes per image.
+        step: features per perturbation (Quantus's ``features_in_step``, default 1): the cost
+            is ``1 + F / step`` model passes per image with ``F`` features.
         baseline: replacement values (Quantus default ``"black"``, each image's minimum).
         softmax: score the softmax probability, not the logit (Quantus default True).
         abs: take ``|maps|`` (Quantus default True).
         normalise: divide each map by its max ``|.|`` (Quantus default True).
+        features: what one perturbation replaces (:mod:`concilium.metrics.features`):
+            ``"pixels"``, ``"patch:8"``, ``"slic"``...; superpixels make the cost depend on
+            the image (``passes`` is then a bound).
         batch_size: perturbed copies per forward pass (default: 64 on CPU, 512 on GPU).
 
     Returns:
-        ``(N,)`` violation counts in ``[0, H * W]``.
+        ``(N,)`` violation counts in ``[0, F]`` (``[0, H * W]`` for pixels).
     """
     if isinstance(step, bool) or not isinstance(step, int) or step < 1:
-        raise ValueError(f"step must be a positive int (pixels per perturbation); got {step!r}")
+        raise ValueError(f"step must be a positive int (features per perturbation); got {step!r}")
+    feats = parse_features(features)
     maps, images, labels, device = model_inputs("non_sensitivity", maps, images, labels, model)
     batch_size = check_batch_size(batch_size, device)
-    h, w = images.shape[-2:]
-    if step > h * w:
-        raise ValueError(f"step ({step} pixels) is larger than the image ({h * w} pixels)")
-    a = prepare_maps(maps, abs=abs, normalise=normalise).flatten(1)
-    group = torch.arange(h * w, device=device) // step
-    n_groups = int(group[-1]) + 1
-
-    def replace(i: Tensor, v: Tensor) -> Tensor:
-        return (group.unsqueeze(0) == v.unsqueeze(1)).view(-1, h, w)
+    n, _, h, w = images.shape
+    seg, n_features = feature_labels(feats, images)
+    if step > int(n_features.min()):
+        raise ValueError(
+            f"step ({step} features) is larger than an image's {int(n_features.min())} "
+            f"features ({feats.spec}); pass a smaller step"
+        )
+    a = prepare_maps(maps, abs=abs, normalise=normalise)
+    f_max = int(n_features.max())
+    relevance = feature_relevance(a, seg, f_max)  # (N, F) float64; pixels: the map itself
+    group = seg.flatten(1) // step  # (N, H*W): each pixel's group
+    n_groups = (n_features + step - 1) // step
 
     streams = image_streams(generator, images)  # a draw depends on its image, not its position
     base = row_baselines(images, labels, baseline, [derive_seed(t, "baseline") for t in streams])
     y0 = target_scores(model, images, labels, softmax=softmax, batch_size=batch_size)
-    ys = variant_scores(
-        model, images, labels, base, replace, n_groups, softmax=softmax, batch_size=batch_size
-    )
-    indifferent = ((ys - y0.unsqueeze(1)).abs() < eps)[:, group]  # (N, H*W), per pixel
-    return (indifferent ^ (a < eps)).sum(1).double()
+    ys = torch.full((n, int(n_groups.max())), float("nan"), device=device)
+    for count, rows in by_length(n_groups):  # superpixels: as many copies as groups, per image
+
+        def replace(i: Tensor, v: Tensor, rows: Tensor = rows) -> Tensor:
+            return (group[rows[i]] == v.unsqueeze(1)).view(-1, h, w)
+
+        ys[rows] = variant_scores(
+            model, images[rows], labels[rows], base[rows], replace, count, softmax=softmax,
+            batch_size=batch_size,
+        )  # fmt: skip
+    feature_group = torch.arange(f_max, device=device) // step
+    indifferent = ((ys - y0.unsqueeze(1)).abs() < eps)[:, feature_group]  # (N, F), per feature
+    present = torch.arange(f_max, device=device) < n_features.unsqueeze(1)
+    zero = relevance.to(a.dtype) < eps  # in the map's dtype, as the pixel test always was
+    return ((indifferent ^ zero) & present).sum(1).double()
 
 
 def first_layer(model: nn.Module, images: Tensor) -> tuple[str, Tensor]:

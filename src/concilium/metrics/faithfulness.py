@@ -11,6 +11,7 @@ The curve metrics (deletion, insertion, AOPC, pixel flipping, monotonicity) live
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,6 +21,8 @@ from torch import Tensor, nn
 from concilium._util import derive_seed
 from concilium.metrics._common import constant_rows, nan_where, pearson, prepare_maps, spearman
 from concilium.metrics._streams import draw_rows, image_streams
+from concilium.metrics.curves import _feature_ranks, _step_counts
+from concilium.metrics.features import Features, feature_labels, parse_features
 from concilium.metrics.perturb import (
     Baseline,
     ReplaceFn,
@@ -33,12 +36,28 @@ from concilium.metrics.perturb import (
     target_scores,
     variant_scores,
 )
+from concilium.metrics.regions import feature_relevance
 from concilium.metrics.registry import register_metric
 
 
 def _constant_nan(metric: str, a: Tensor, scores: Tensor) -> Tensor:
     constant = constant_rows(a.flatten(1)).to(scores.device)
     return nan_where(scores, constant, metric, "their map is constant")
+
+
+def _ranks(
+    a: Tensor, images: Tensor, feats: Features, *, descending: bool, streams: list[int]
+) -> tuple[Tensor, Tensor]:
+    """``(ranks (N, H*W), F (N,))``: the position of every pixel's feature in the order of
+    relevance (most relevant first when ``descending``; ties in each image's seeded order) and
+    each image's number of features. ``"pixels"`` takes the pixel path itself, so its values
+    and random draws are those of the metrics before they took ``features``."""
+    if feats.kind == "pixels":
+        n, h, w = a.shape
+        n_features = torch.full((n,), h * w, dtype=torch.long, device=a.device)
+        return pixel_ranks(a, descending=descending, streams=streams), n_features
+    order = "morf" if descending else "lerf"
+    return _feature_ranks(a, images, feats, order=order, streams=streams)
 
 
 def _scores_and_copies(
@@ -117,48 +136,62 @@ def faithfulness_correlation(
     softmax: bool = False,
     abs: bool = False,
     normalise: bool = True,
+    features: str = "pixels",
     batch_size: int | None = None,
 ) -> Tensor:
     """Faithfulness correlation (Bhatt et al. 2020): Pearson correlation, over ``nr_runs`` random
-    subsets of ``subset_size`` pixels, between the map's sum over the subset and the output drop
-    when the subset is set to the baseline.
+    subsets of ``subset_size`` features (pixels by default), between the map's sum over the
+    subset's pixels and the output drop when the subset is set to the baseline.
 
     Args:
         maps, images, labels, model: the explanation, the explained images, classes and model.
         generator: seeds each image's stream: its subsets and a ``"uniform"`` baseline (a
             fresh draw per subset).
         nr_runs: number of random subsets (Quantus default 100).
-        subset_size: pixels per subset (Quantus default 224; Quantus counts channel values).
+        subset_size: features per subset (Quantus default 224; Quantus counts channel values).
         baseline: replacement values (Quantus default ``"black"``, the image's minimum).
         softmax: score probabilities instead of logits (Quantus default False).
         abs: take ``|maps|`` first (Quantus default False).
         normalise: divide each map by its max ``|.|`` (no effect on the score).
+        features: what a subset is drawn from (:mod:`concilium.metrics.features`):
+            ``"pixels"``, ``"patch:8"``, ``"slic"``...; each image's subsets are drawn from its
+            own features, so ``subset_size`` must not exceed any image's number of superpixels.
         batch_size: perturbed copies per forward pass (default: 64 on CPU, 512 on GPU).
 
     Returns:
         ``(N,)`` in ``[-1, 1]``; NaN for a constant map or when no run changes the output.
+
+    Raises:
+        ValueError: for ``nr_runs < 2``, or a ``subset_size`` outside ``[1, F]`` for an image
+            with ``F`` features.
     """
     maps, images, labels, device = model_inputs(
         "faithfulness_correlation", maps, images, labels, model
     )
     batch_size = check_batch_size(batch_size, device)
+    feats = parse_features(features)
     a = prepare_maps(maps, abs=abs, normalise=normalise).flatten(1)
-    n, p = a.shape
-    if not 1 <= subset_size <= p:
-        raise ValueError(f"subset_size must be in [1, H*W = {p}]; got {subset_size}")
+    n = a.shape[0]
+    h, w = images.shape[-2:]
+    seg, n_features = feature_labels(feats, images)
+    seg = seg.flatten(1)
+    _check_subset_size(subset_size, n_features, feats)
     if nr_runs < 2:
         raise ValueError(f"nr_runs must be >= 2 for a correlation; got {nr_runs}")
     streams = image_streams(generator, images)
-    idx = draw_rows(
-        [derive_seed(s, "subsets") for s in streams],
-        lambda g: torch.rand(nr_runs, p, generator=g, device=g.device).topk(subset_size, 1).indices,
-        device,
-    )  # (N, R, subset)
-    h, w = images.shape[-2:]
+
+    def subsets(stream: int, f: int) -> Tensor:  # (R, subset) of the image's own F features
+        def draw(g: torch.Generator) -> Tensor:
+            return torch.rand(nr_runs, f, generator=g, device=g.device).topk(subset_size, 1).indices
+
+        return draw_rows([derive_seed(stream, "subsets")], draw, device)[0]
+
+    idx = torch.stack([subsets(s, f) for s, f in zip(streams, n_features.tolist(), strict=True)])
+    f_max = int(n_features.max())
 
     def replace(i: Tensor, v: Tensor) -> Tensor:
-        m = torch.zeros(i.shape[0], p, dtype=torch.bool, device=device)
-        return m.scatter_(1, idx[i, v], True).view(-1, h, w)
+        m = torch.zeros(i.shape[0], f_max, dtype=torch.bool, device=device)
+        return m.scatter_(1, idx[i, v], True).gather(1, seg[i]).view(-1, h, w)
 
     y0, ys = _scores_and_copies(
         model,
@@ -172,7 +205,8 @@ def faithfulness_correlation(
         batch_size=batch_size,
         draw_per_copy=True,
     )
-    att = torch.gather(a.unsqueeze(1).expand(n, nr_runs, p), 2, idx).double().sum(-1)
+    relevance = feature_relevance(a.view(n, h, w), seg.view(n, h, w), f_max)  # (N, F) float64
+    att = torch.gather(relevance.unsqueeze(1).expand(n, nr_runs, f_max), 2, idx).sum(-1)
     score = pearson(att, y0.unsqueeze(1) - ys)
     score = nan_where(
         score,
@@ -183,12 +217,43 @@ def faithfulness_correlation(
     return _constant_nan("faithfulness_correlation", a, score)
 
 
+def _check_subset_size(subset_size: int, n_features: Tensor, feats: Features) -> None:
+    """Raise unless ``1 <= subset_size <= F_i`` for every image's number of features ``F_i``."""
+    fewest = int(n_features.min())
+    if 1 <= subset_size <= fewest:
+        return
+    if feats.kind == "pixels":
+        raise ValueError(f"subset_size must be in [1, H*W = {fewest}]; got {subset_size}")
+    if feats.fixed or subset_size < 1:
+        raise ValueError(
+            f"subset_size must be in [1, {fewest}] (the fewest {feats.spec} features of an "
+            f"image); "
+            f"got {subset_size}"
+        )
+    image = int(torch.argmin(n_features))
+    raise ValueError(
+        f"subset_size {subset_size} is more than the {fewest} features ({feats.spec}) of image "
+        f"{image}: a subset is drawn from each image's own superpixels; pass subset_size <= "
+        f"{fewest} or ask for more segments"
+    )
+
+
 def _monotonicity_correlation_passes(
     params: Mapping[str, Any], *, size: tuple[int, int], layers: int
 ) -> int:
-    steps = step_counts(size[0] * size[1], step=params["step"], unit=params["unit"]).numel()
     draws = int(params["nr_samples"]) if is_stochastic_baseline(params["baseline"]) else 1
-    return 1 + steps * draws
+    return 1 + _feature_steps(params, size) * draws
+
+
+def _feature_steps(params: Mapping[str, Any], size: tuple[int, int]) -> int:
+    """The number of steps over the features of an image of ``size`` (``step``, ``unit`` and
+    ``features`` of ``params``): every image takes as many, superpixels included (their steps
+    are fractions of each image's features)."""
+    feats = parse_features(params["features"])
+    if feats.fixed:
+        total = feats.count_bound(size)
+        return step_counts(total, step=params["step"], unit=params["unit"]).numel()
+    return math.ceil(100 / params["step"])
 
 
 @register_metric(
@@ -212,11 +277,13 @@ def monotonicity_correlation(
     softmax: bool = True,
     abs: bool = True,
     normalise: bool = True,
+    features: str = "pixels",
     batch_size: int | None = None,
 ) -> Tensor:
     """Monotonicity correlation (Nguyen and Martinez 2020): Spearman correlation, over the steps
-    of pixels taken in increasing relevance, between the group's relevance and the mean squared
-    change of the output when only that group is replaced by the baseline (``nr_samples`` draws).
+    of features (pixels by default) taken in increasing relevance, between the group's relevance
+    and the mean squared change of the output when only that group is replaced by the baseline
+    (``nr_samples`` draws).
 
     Quantus also multiplies the variances by ``1 / f(x)^2``, a per-image constant that does not
     change a rank correlation, so it is omitted. With a deterministic baseline the draws are all
@@ -227,13 +294,17 @@ def monotonicity_correlation(
         generator: seeds each image's stream: the order of tied pixels and a ``"uniform"``
             baseline (a fresh draw per step and sample).
         nr_samples: draws per step (Quantus default 100).
-        step: pixels (or percent) per step (Quantus default one feature).
-        unit: ``"pixels"`` or ``"percent"``.
+        step: features (or percent of them) per step (Quantus default one feature).
+        unit: ``"pixels"`` (counts of features) or ``"percent"``.
         baseline: replacement values (Quantus default ``"uniform"``; here a fresh U(0, 1) value
             per channel value and draw, Quantus draws one value per image and draw).
         softmax: score probabilities (Quantus default True).
         abs: take ``|maps|`` first (Quantus default True).
         normalise: divide each map by its max ``|.|`` (no effect on the score).
+        features: what a step replaces (:mod:`concilium.metrics.features`): ``"pixels"``,
+            ``"patch:8"``, ``"slic"``...; a feature's relevance is the sum of the map over it.
+            Superpixels need ``unit="percent"`` (each image's steps are the same fractions of
+            its own features).
         batch_size: perturbed copies per forward pass (default: 64 on CPU, 512 on GPU).
 
     Returns:
@@ -245,20 +316,20 @@ def monotonicity_correlation(
     batch_size = check_batch_size(batch_size, device)
     if nr_samples < 1:
         raise ValueError(f"nr_samples must be >= 1; got {nr_samples}")
+    feats = parse_features(features)
     a = prepare_maps(maps, abs=abs, normalise=normalise)
     h, w = a.shape[-2:]
-    p = h * w
-    counts = step_counts(p, step=step, unit=unit).to(device)
-    starts = torch.cat([counts.new_zeros(1), counts[:-1]])
     streams = image_streams(generator, images)
-    ranks = pixel_ranks(a, descending=False, streams=streams)
+    ranks, n_features = _ranks(a, images, feats, descending=False, streams=streams)
+    _, counts = _step_counts(n_features, step=step, unit=unit, fixed=feats.fixed)  # (N, S)
+    starts = torch.cat([counts.new_zeros(counts.shape[0], 1), counts[:, :-1]], dim=1)
     draws = nr_samples if is_stochastic_baseline(baseline) else 1
-    n_steps = counts.numel()
+    n_steps = counts.shape[1]
 
     def replace(i: Tensor, v: Tensor) -> Tensor:
         s = v // draws
         r = ranks[i]
-        return ((r >= starts[s, None]) & (r < counts[s, None])).view(-1, h, w)
+        return ((r >= starts[i, s, None]) & (r < counts[i, s, None])).view(-1, h, w)
 
     y0, ys = _scores_and_copies(
         model,
@@ -274,9 +345,11 @@ def monotonicity_correlation(
     )
     ys = ys.view(-1, n_steps, draws)
     variances = ((ys.double() - y0.double()[:, None, None]) ** 2).mean(2)
-    sorted_a = torch.sort(a.flatten(1), dim=1, stable=True).values.double()
-    csum = torch.cat([sorted_a.new_zeros(a.shape[0], 1), sorted_a.cumsum(1)], dim=1)
-    atts = csum[:, counts] - csum[:, starts]
+    # the relevance of the features in their order (a pixel's rank is its feature's)
+    by_rank = torch.zeros(a.shape[0], int(n_features.max()), dtype=torch.float64, device=device)
+    by_rank.scatter_add_(1, ranks, a.flatten(1).double())
+    csum = torch.cat([by_rank.new_zeros(a.shape[0], 1), by_rank.cumsum(1)], dim=1)
+    atts = csum.gather(1, counts) - csum.gather(1, starts)
     score = spearman(atts, variances)
     return _constant_nan("monotonicity_correlation", a, score)
 
@@ -408,11 +481,12 @@ def sufficiency(
     softmax: bool = True,
     abs: bool = True,
     normalise: bool = True,
+    features: str = "pixels",
     batch_size: int | None = None,
 ) -> Tensor:
     """Sufficiency (DeYoung et al. 2020, ERASER), per image: ``f(x) - f(x_keep)`` where
-    ``x_keep`` keeps only the ``keep`` fraction of most relevant pixels and sets the rest to the
-    baseline. Lower is better (the kept pixels suffice).
+    ``x_keep`` keeps only the ``keep`` fraction of most relevant features (pixels by default)
+    and sets the rest to the baseline. Lower is better (the kept features suffice).
 
     Quantus's ``Sufficiency`` (Dasgupta et al. 2022) instead scores an image against the other
     images of its batch, so one image's score depends on the batch; that is not reproduced.
@@ -421,11 +495,14 @@ def sufficiency(
         maps, images, labels, model: the explanation, the explained images, classes and model.
         generator: seeds each image's stream: the order of tied pixels and a ``"uniform"``
             baseline (one draw per image).
-        keep: fraction of pixels kept, in ``(0, 1)`` (default 0.2).
+        keep: fraction of the features kept, in ``(0, 1)`` (default 0.2): the
+            ``max(1, round(keep * F))`` most relevant of an image's ``F`` features.
         baseline: replacement values (default ``"black"``).
         softmax: score probabilities (default True).
         abs: rank by ``|maps|`` (default True).
         normalise: divide each map by its max ``|.|`` (no effect on the order).
+        features: what is kept or replaced (:mod:`concilium.metrics.features`): ``"pixels"``,
+            ``"patch:8"``, ``"slic"``...; a feature's relevance is the sum of the map over it.
         batch_size: perturbed copies per forward pass (default: 64 on CPU, 512 on GPU).
 
     Returns:
@@ -435,14 +512,15 @@ def sufficiency(
         raise ValueError(f"keep must be in (0, 1); got {keep}")
     maps, images, labels, device = model_inputs("sufficiency", maps, images, labels, model)
     batch_size = check_batch_size(batch_size, device)
+    feats = parse_features(features)
     a = prepare_maps(maps, abs=abs, normalise=normalise)
     h, w = a.shape[-2:]
-    k = max(1, round(keep * h * w))
     streams = image_streams(generator, images)
-    ranks = pixel_ranks(a, descending=True, streams=streams)
+    ranks, n_features = _ranks(a, images, feats, descending=True, streams=streams)
+    k = torch.tensor([max(1, round(keep * f)) for f in n_features.tolist()], device=device)
 
     def replace(i: Tensor, v: Tensor) -> Tensor:
-        return (ranks[i] >= k).view(-1, h, w)
+        return (ranks[i] >= k[i, None]).view(-1, h, w)
 
     y0, ys = _scores_and_copies(
         model,

@@ -24,7 +24,9 @@ from torch import Tensor, nn
 from concilium._util import derive_seed
 from concilium.metrics._common import constant_rows, nan_where, prepare_maps
 from concilium.metrics._streams import image_streams
-from concilium.metrics.perturb import check_batch_size, model_inputs, pixel_order, predicted_classes
+from concilium.metrics.curves import _feature_ranks
+from concilium.metrics.features import parse_features
+from concilium.metrics.perturb import check_batch_size, model_inputs, pixel_ranks, predicted_classes
 from concilium.metrics.registry import register_metric
 
 _NEIGHBOURS = (
@@ -108,10 +110,15 @@ def road_curve(
     order: Literal["morf", "lerf"] = "morf",
     abs: bool = False,
     normalise: bool = True,
+    features: str = "pixels",
     batch_size: int | None = None,
 ) -> Tensor:
     """Whether the model still predicts ``labels`` after imputing the top ``p`` percent of pixels
     (``int(H*W*p/100)`` of them, as Quantus), for each ``p``: ``(N, len(percentages))`` in {0,1}.
+
+    With ``features`` other than pixels the top ``int(F*p/100)`` of an image's ``F`` features
+    are removed (a feature's relevance is the sum of the map over it); the imputation still
+    fills every pixel of them from its neighbours.
 
     Args:
         maps, images, labels, model: the explanation, the explained images, classes and model.
@@ -122,6 +129,8 @@ def road_curve(
         order: ``"morf"`` removes the most relevant pixels first, ``"lerf"`` the least.
         abs: take ``|maps|`` first (Quantus default False).
         normalise: divide each map by its max ``|.|`` (no effect on the order).
+        features: what is removed (:mod:`concilium.metrics.features`): ``"pixels"``,
+            ``"patch:8"``, ``"slic"``...; the percentages are of each image's features.
         batch_size: imputed copies per forward pass (default: 64 on CPU, 512 on GPU).
     """
     maps, images, labels, device = model_inputs("road", maps, images, labels, model)
@@ -131,12 +140,18 @@ def road_curve(
     pct = [float(p) for p in percentages]
     if not pct or any(not 0 <= p <= 100 for p in pct):
         raise ValueError(f"percentages must be a non-empty list of values in [0, 100]; got {pct}")
+    feats = parse_features(features)
     a = prepare_maps(maps, abs=abs, normalise=normalise)
     n, c, h, w = images.shape
     streams = image_streams(generator, images)
-    order_idx = pixel_order(a, descending=order == "morf", streams=streams).cpu().numpy()
+    if feats.kind == "pixels":
+        ranks = pixel_ranks(a, descending=order == "morf", streams=streams)
+        n_features = [h * w] * n
+    else:
+        ranks, f = _feature_ranks(a, images, feats, order=order, streams=streams)
+        n_features = f.tolist()
+    ranks = ranks.cpu().numpy()
     x_np = images.detach().cpu().double().numpy()
-    counts = [int(h * w * p / 100) for p in pct]
     pending: list[np.ndarray] = []
     preds: list[Tensor] = []
 
@@ -148,16 +163,15 @@ def road_curve(
 
     for i in range(n):
         rng = np.random.default_rng(derive_seed(streams[i], "imputation"))
-        for k in counts:
-            removed = np.zeros(h * w, dtype=bool)
-            removed[order_idx[i, :k]] = True
+        for p in pct:
+            removed = ranks[i] < int(n_features[i] * p / 100)
             pending.append(
                 noisy_linear_imputation(x_np[i], removed.reshape(h, w), noise=noise, rng=rng)
             )
             if len(pending) >= batch_size:
                 flush()
     flush()
-    predicted = torch.cat(preds).view(n, len(counts))
+    predicted = torch.cat(preds).view(n, len(pct))
     return (predicted == labels[:, None]).double()
 
 
@@ -184,6 +198,7 @@ def road(
     noise: float = 0.01,
     abs: bool = False,
     normalise: bool = True,
+    features: str = "pixels",
     batch_size: int | None = None,
 ) -> Tensor:
     """ROAD, MoRF order: the share of removal levels at which the model still predicts the label
@@ -200,6 +215,7 @@ def road(
         noise: std of the imputation noise (Quantus default 0.01).
         abs: take ``|maps|`` first (Quantus default False).
         normalise: divide each map by its max ``|.|`` (no effect on the order).
+        features: what is removed (:func:`road_curve`); the percentages are of the features.
         batch_size: imputed copies per forward pass (default: 64 on CPU, 512 on GPU).
 
     Returns:
@@ -216,6 +232,7 @@ def road(
         order="morf",
         abs=abs,
         normalise=normalise,
+        features=features,
         batch_size=batch_size,
     )
     return nan_where(
