@@ -3,8 +3,10 @@ output? Each perturbs the image in its own way (random subsets, groups, patches,
 fraction) rather than along a curve.
 
 Every function takes ``maps (N, H, W)``, ``images (N, C, H, W)``, ``labels (N,)`` and ``model``
-and perturbs whole pixels (all channels of a pixel at once). Perturbed copies are built and
-evaluated in chunks of ``batch_size`` on the model's device (:mod:`concilium.metrics.perturb`).
+and perturbs whole pixels (all channels of a pixel at once), or with ``features=`` whole
+patches or superpixels (:mod:`concilium.metrics.features`; ``infidelity`` has its patch sizes
+instead). Perturbed copies are built and evaluated in chunks of ``batch_size`` on the model's
+device (:mod:`concilium.metrics.perturb`).
 The curve metrics (deletion, insertion, AOPC, pixel flipping, monotonicity) live in
 :mod:`concilium.metrics.curves`, ROAD in :mod:`concilium.metrics.imputation`.
 """
@@ -22,7 +24,13 @@ from concilium._util import derive_seed
 from concilium.metrics._common import constant_rows, nan_where, pearson, prepare_maps, spearman
 from concilium.metrics._streams import draw_rows, image_streams
 from concilium.metrics.curves import _feature_ranks, _step_counts
-from concilium.metrics.features import Features, feature_labels, parse_features
+from concilium.metrics.features import (
+    Features,
+    feature_labels,
+    n_patches,
+    parse_features,
+    patch_grid,
+)
 from concilium.metrics.perturb import (
     Baseline,
     ReplaceFn,
@@ -354,17 +362,9 @@ def monotonicity_correlation(
     return _constant_nan("monotonicity_correlation", a, score)
 
 
-def _patch_blocks(h: int, w: int, size: int, device: torch.device | None = None) -> Tensor:
-    """``(H, W)``: the raster-order id of the ``size`` x ``size`` patch of each pixel, the grid
-    centred like Quantus's padding (border patches clipped)."""
-    rows = (torch.arange(h, device=device) + (-h % size) // 2) // size
-    cols = (torch.arange(w, device=device) + (-w % size) // 2) // size
-    return rows[:, None] * int(cols.max() + 1) + cols[None, :]
-
-
 def _infidelity_passes(params: Mapping[str, Any], *, size: tuple[int, int], layers: int) -> int:
     repeats = int(params["n_perturb_samples"]) if is_stochastic_baseline(params["baseline"]) else 1
-    blocks = sum(int(_patch_blocks(*size, int(s)).max()) + 1 for s in params["perturb_patch_sizes"])
+    blocks = sum(n_patches(size, int(s)) for s in params["perturb_patch_sizes"])
     return 1 + repeats * blocks  # the image, then one copy per patch (and draw)
 
 
@@ -396,7 +396,9 @@ def infidelity(
     ``n_perturb_samples`` draws when the baseline is random).
 
     When ``H`` is not a multiple of the patch size, the patch grid is centred like Quantus's
-    padding and the border patches are clipped (Quantus fails there).
+    padding and the border patches are clipped (Quantus fails there). The patches are the
+    features ``"patch:<size>"`` of the other perturbation metrics (the same grid); there is no
+    ``features`` parameter, since the order is raster order, not relevance (docs/metrics.md).
 
     Args:
         maps, images, labels, model: the explanation, the explained images, classes and model.
@@ -428,7 +430,7 @@ def infidelity(
         size = int(size)
         if size > min(h, w):
             raise ValueError(f"patch size {size} is larger than the image {h}x{w}")
-        block = _patch_blocks(h, w, size, device)  # raster-order block id
+        block = patch_grid(h, w, size, device)  # raster-order block id (Quantus's grid)
         n_blocks = int(block.max()) + 1
         losses = []
         for r in range(repeats):
