@@ -124,8 +124,8 @@ def perturbation_curve(
         ranks = pixel_ranks(a, descending=order == "morf", streams=streams)
         n_features = torch.full((a.shape[0],), h * w, dtype=torch.long, device=device)
     else:
-        ranks, n_features = _feature_ranks(a, images, feats, order=order, streams=streams)
-    fractions, counts = _step_counts(n_features, step=step, unit=unit, fixed=feats.fixed)
+        ranks, n_features = feature_ranks(a, images, feats, order=order, streams=streams)
+    fractions, counts = feature_step_counts(n_features, step=step, unit=unit, fixed=feats.fixed)
     if include_start:
         fractions = torch.cat([torch.zeros(1, dtype=fractions.dtype), fractions])
         counts = torch.cat([torch.zeros_like(counts[:, :1]), counts], dim=1)
@@ -142,7 +142,7 @@ def perturbation_curve(
     return fractions, scores
 
 
-def _feature_ranks(
+def feature_ranks(
     a: Tensor, images: Tensor, feats: Features, *, order: Order, streams: list[int]
 ) -> tuple[Tensor, Tensor]:
     """``(ranks (N, H*W), F (N,))``: the position of every pixel's feature in the perturbation
@@ -154,7 +154,7 @@ def _feature_ranks(
     return franks.gather(1, labels.flatten(1)), n_features
 
 
-def _step_counts(
+def feature_step_counts(
     n_features: Tensor, *, step: float, unit: Unit, fixed: bool
 ) -> tuple[Tensor, Tensor]:
     """``(fractions (S,) float64 on the CPU, counts (N, S) long)``: after each step, the

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from concilium._util import derive_seed
 from concilium.metrics._common import constant_rows, nan_where, pearson, prepare_maps, spearman
 from concilium.metrics._streams import draw_rows, image_streams
-from concilium.metrics.curves import _feature_ranks, _step_counts
+from concilium.metrics.curves import feature_ranks, feature_step_counts
 from concilium.metrics.features import (
     Features,
     feature_labels,
@@ -65,7 +65,7 @@ def _ranks(
         n_features = torch.full((n,), h * w, dtype=torch.long, device=a.device)
         return pixel_ranks(a, descending=descending, streams=streams), n_features
     order = "morf" if descending else "lerf"
-    return _feature_ranks(a, images, feats, order=order, streams=streams)
+    return feature_ranks(a, images, feats, order=order, streams=streams)
 
 
 def _scores_and_copies(
@@ -329,7 +329,7 @@ def monotonicity_correlation(
     h, w = a.shape[-2:]
     streams = image_streams(generator, images)
     ranks, n_features = _ranks(a, images, feats, descending=False, streams=streams)
-    _, counts = _step_counts(n_features, step=step, unit=unit, fixed=feats.fixed)  # (N, S)
+    _, counts = feature_step_counts(n_features, step=step, unit=unit, fixed=feats.fixed)  # (N, S)
     starts = torch.cat([counts.new_zeros(counts.shape[0], 1), counts[:, :-1]], dim=1)
     draws = nr_samples if is_stochastic_baseline(baseline) else 1
     n_steps = counts.shape[1]

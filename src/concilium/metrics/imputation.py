@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from concilium._util import derive_seed
 from concilium.metrics._common import constant_rows, nan_where, prepare_maps
 from concilium.metrics._streams import image_streams
-from concilium.metrics.curves import _feature_ranks
+from concilium.metrics.curves import feature_ranks
 from concilium.metrics.features import parse_features
 from concilium.metrics.perturb import check_batch_size, model_inputs, pixel_ranks, predicted_classes
 from concilium.metrics.registry import register_metric
@@ -148,7 +148,7 @@ def road_curve(
         ranks = pixel_ranks(a, descending=order == "morf", streams=streams)
         n_features = [h * w] * n
     else:
-        ranks, f = _feature_ranks(a, images, feats, order=order, streams=streams)
+        ranks, f = feature_ranks(a, images, feats, order=order, streams=streams)
         n_features = f.tolist()
     ranks = ranks.cpu().numpy()
     x_np = images.detach().cpu().double().numpy()
