@@ -56,3 +56,16 @@ def test_continuity_step_counts_the_image_itself_among_the_positions():
     default 28 steps (2W + 1 is odd): W = 10, 7 steps, dx = 21 // 7 = 3. (Quantus itself
     fails here: its last shift, W + 1, indexes outside the image.)"""
     assert translation_shifts(10, 7).tolist() == [-7, -4, -1, 2, 5, 8, 11]
+
+
+def test_monotonicity_correlation_hand_value_with_signed_relevance():
+    """Catches the cumulative relevance in place of each step's own (the same ranks as long as
+    the relevances are >= 0). Map = weights = [[-3, -1], [2, 4]], ``abs=False``: the steps in
+    increasing relevance -3, -1, 2, 4 change the output by their weight, variances 9, 1, 4, 16:
+    Spearman of ranks (1, 2, 3, 4) and (3, 1, 2, 4) = 1 - 6 * 6 / 60 = 0.4 (cumulative
+    relevance -3, -4, -2, 2 would give 0.8)."""
+    w = torch.tensor([[[-3.0, -1.0], [2.0, 4.0]]])
+    score = _linear(
+        "monotonicity_correlation", maps=w, weights=w, baseline="zero", softmax=False, abs=False
+    )
+    assert score == pytest.approx(0.4)
