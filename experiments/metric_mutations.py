@@ -44,14 +44,32 @@ SRC = ROOT / "src"
 ENV = "CONCILIUM_MUTATION"
 RESULTS = ROOT / "experiments" / "results" / "metric_mutations.md"
 
-#: What a mutation runs unless its entry says otherwise: the metric tests, without the
-#: statistics, claims and CLI tests (they never compute a metric).
-METRIC_TESTS: tuple[str, ...] = ("tests/metrics",)
-IGNORED: tuple[str, ...] = (
-    "tests/metrics/test_claims.py",
-    "tests/metrics/test_results_cli.py",
-    "tests/metrics/test_tables.py",
+#: The metric tests every mutation runs: hand values, registry-parametrised checks, the review's
+#: findings and the Quantus comparisons (not the statistics, claims and CLI tests, which never
+#: compute a metric).
+METRIC_TESTS: tuple[str, ...] = tuple(
+    f"tests/metrics/{name}.py"
+    for name in (
+        "test_hand_values",
+        "test_hand_values_extra",
+        "test_metric_entries",
+        "test_metric_registry",
+        "test_review_findings",
+        "test_vs_quantus",
+    )
 )
+#: The tests of one family's module, run first (``-x`` then stops at its first failure).
+MODULE_TESTS: dict[str, tuple[str, ...]] = {
+    "regions": ("tests/metrics/test_regions.py", "tests/metrics/test_regions_vs_quantus.py"),
+    "estimates": ("tests/metrics/test_regions.py", "tests/metrics/test_regions_vs_quantus.py"),
+    "stability": ("tests/metrics/test_stability.py",),
+    "translation": ("tests/metrics/test_continuity.py",),
+    "agreement": ("tests/metrics/test_consistency.py",),
+    "mosaic": ("tests/metrics/test_focus.py",),
+    "randomisation": ("tests/metrics/test_mprt_variants.py",),
+    "mprt_variants": ("tests/metrics/test_mprt_variants.py",),
+    "axiomatic": ("tests/metrics/test_axiomatic.py",),
+}
 PYTEST_ARGS: tuple[str, ...] = ("-x", "-q", "-p", "no:randomly", "-p", "no:cacheprovider")
 
 
@@ -86,7 +104,8 @@ class Mutation:
 
 
 def _m(metric: str, module: str, old: str, new: str, what: str) -> Mutation:
-    return Mutation(metric, f"concilium.metrics.{module}", old, new, what)
+    tests = MODULE_TESTS.get(module, ()) + METRIC_TESTS
+    return Mutation(metric, f"concilium.metrics.{module}", old, new, what, tests)
 
 
 MUTATIONS: tuple[Mutation, ...] = (
@@ -525,7 +544,7 @@ def run_one(label: str, mutation: Mutation, *, timeout: float = 900) -> Outcome:
     }
     cmd = [
         sys.executable, "-m", "pytest", *PYTEST_ARGS, "-p", Path(__file__).stem,
-        *mutation.tests, *(f"--ignore={p}" for p in IGNORED),
+        *mutation.tests,
     ]  # fmt: skip
     try:
         proc = subprocess.run(
@@ -567,7 +586,10 @@ def table(outcomes: Sequence[Outcome]) -> str:
         "|---|---|---|---|---|---|",
     ]
     for o in outcomes:
-        tests = ", ".join(o.mutation.tests)
+        tests = ", ".join(
+            Path(t).stem.removeprefix("test_") for t in o.mutation.tests if t not in METRIC_TESTS
+        )
+        tests = f"{tests} + common" if tests else "common"
         rows.append(
             f"| `{o.label}` | {o.mutation.what.replace('|', '&#124;')} "
             f"(`{o.mutation.module.rsplit('.', 1)[-1]}`) "
@@ -616,7 +638,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "# Metric mutations",
             "",
             f"Command: `{command.strip()}`, {elapsed / 60:.1f} min with {args.jobs} job(s); "
-            f"pytest {' '.join(PYTEST_ARGS)}, ignoring {', '.join(IGNORED)}.",
+            f"pytest {' '.join(PYTEST_ARGS)}; each mutation runs its family's tests (named "
+            f"in the table) and then the common ones: {', '.join(METRIC_TESTS)}.",
             "",
             f"{len(outcomes)} mutations: {counts['killed']} killed, {counts['survived']} survived, "
             f"{counts['error']} errors. Registered metrics without a mutation: "
