@@ -164,3 +164,24 @@ def test_the_split_selects_the_scored_rows(tmp_path):
         scored = set(pd.read_parquet(out / "results" / "metrics.parquet")["sample"])
         expected = {s for s, sp in splits.items() if split == "all" or sp == split}
         assert scored == expected
+
+
+def test_a_batch_relative_metric_is_scored_on_the_whole_split(tmp_path):
+    """``consistency`` compares an image with the other images of its call: chunking the split
+    would change it, so it is evaluated in one call whatever ``chunk`` says."""
+    run_dir = _make_run(tmp_path)
+    params = {"discretise": "first_n_sign", "n": 1}  # the sign of one pixel: many matches
+    evaluate_run(run_dir, ["consistency"], chunk=3, split="all", params={"consistency": params})
+    stored = torch.tensor(_stored(read_metrics(run_dir), "m0", "consistency").to_numpy())
+    run = Run.open(run_dir, load_models=True)
+    _, entry = run.read_maps("m0", "saliency")
+    maps, model = entry.read(entry.rows_of(run.data.ids)), run.models["m0"]
+
+    def scores(rows):
+        return evaluate("consistency", maps[rows], images=run.data.images[rows],
+                        labels=run.data.labels[rows], model=model, **params)
+
+    whole = scores(slice(None))
+    chunked = torch.cat([scores(slice(i, i + 3)) for i in range(0, len(maps), 3)])
+    assert not torch.allclose(whole, chunked, equal_nan=True), "chunking must matter here"
+    torch.testing.assert_close(stored, whole, equal_nan=True)

@@ -149,7 +149,8 @@ def evaluate_run(
         batch_size: perturbed copies per forward pass for metrics with a ``batch_size``.
         seed: base seed of the stochastic metrics (one generator per group, derived from it).
         chunk: samples per :func:`~concilium.metrics.evaluate` call of a model-bound metric
-            (mask-only metrics take up to ``MASK_ONLY_CHUNK`` at once).
+            (mask-only metrics take up to ``MASK_ONLY_CHUNK`` at once; a ``batch_relative``
+            metric, whose score depends on the other images of its call, takes all at once).
         shared: evaluate the metrics of each explanation in one
             :func:`~concilium.metrics.shared.shared_passes` scope (each distinct perturbed copy
             and explanation computed once; memory: one output row per distinct copy of the
@@ -232,6 +233,8 @@ def evaluate_run(
                 if spec.needs_model and costly_limit is not None:
                     k = min(k, costly_limit)
                 step = chunk if spec.needs_model else max(chunk, MASK_ONLY_CHUNK)
+                if spec.batch_relative:  # its score depends on the batch: the whole split at once
+                    step = max(k, 1)
                 gen = torch.Generator().manual_seed(metric_seed) if spec.stochastic else None
                 values = []
                 try:
