@@ -10,7 +10,7 @@ from test_metric_entries import count_images
 
 from concilium.metrics import METRICS, evaluate, evaluate_suite, shared_passes
 from concilium.metrics.perturb import pixel_order
-from concilium.metrics.shared import active
+from concilium.metrics.shared import active, device_digests, row_digests
 
 ALL = METRICS.names()
 
@@ -144,3 +144,16 @@ def test_lerf_is_morf_reversed_ties_included(seed):
     assert torch.equal(lerf, morf.flip(1))
     ordered = maps.flatten(1).gather(1, morf)
     assert (ordered.diff(dim=1) <= 0).all()
+
+
+@pytest.mark.parametrize("digest", [row_digests, device_digests])
+def test_row_digests_tell_rows_apart_by_one_ulp(digest):
+    """The GPU digest (computed on the device, tested here on the CPU) and the host digest:
+    equal rows get equal digests, a row changed in its last bit another one."""
+    x = torch.rand(3, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    y = x.clone()
+    y[1, 2, 7, 7] = torch.nextafter(y[1, 2, 7, 7], torch.tensor(2.0))
+    a, b = digest(x), digest(y)
+    assert a[0] == b[0] and a[2] == b[2] and a[1] != b[1]
+    assert len(set(a)) == 3
+    assert digest(x.double())[0] != a[0]  # the dtype is part of the digest

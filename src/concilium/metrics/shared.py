@@ -12,8 +12,10 @@ suite evaluated in one scope pays for the union of its passes.
 A copy is identified by what it is made of, not by which metric asks for it: a perturbed copy
 ``where(replace, baseline, image)`` by the digests of its image row, its baseline row and its
 replace mask (a copy that replaces nothing is its image, one that replaces everything is its
-baseline), any other input by the digest of its values. Image and baseline rows are digested with
-BLAKE2b over their bytes; a replace mask by four exact float64 dot products with fixed random
+baseline), any other input by the digest of its values. Rows are digested with BLAKE2b over their
+bytes on the CPU and, on a GPU, by exact float64 dot products of their 16-bit words with fixed
+random weights (:func:`device_digests`, collision probability below ``2**-64``), so no input
+is copied to the host; a replace mask by four exact float64 dot products with fixed random
 weights in ``[0, 2**20)`` (two distinct masks collide with probability below ``2**-80``), so a
 mask never leaves the device. The model's whole output row is stored (``classes`` float32 per
 distinct copy), so a softmax and a logit metric, or two targets, share a copy.
@@ -34,6 +36,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -233,7 +236,10 @@ def shared_passes() -> Iterator[SharedPasses]:
 
 
 def row_digests(x: Tensor) -> list[bytes]:
-    """BLAKE2b digest of each row of ``x`` (its dtype, shape and bytes)."""
+    """A digest of each row of ``x`` (its dtype, shape and bytes): BLAKE2b over the bytes on the
+    CPU; on a GPU, :func:`device_digests` (no copy of the rows to the host)."""
+    if x.device.type == "cuda":
+        return device_digests(x)
     rows = x.detach().contiguous().cpu()
     head = f"{rows.dtype}{tuple(rows.shape[1:])}".encode()
     flat = rows.reshape(rows.shape[0], -1)
@@ -241,3 +247,29 @@ def row_digests(x: Tensor) -> list[bytes]:
         flat = flat.view(torch.int16)
     arr = flat.numpy()
     return [hashlib.blake2b(head + r.tobytes(), digest_size=16).digest() for r in arr]
+
+
+_ROW_WEIGHTS: dict[tuple[int, str], Tensor] = {}
+
+
+def device_digests(x: Tensor) -> list[bytes]:
+    """A digest of each row of ``x`` computed where ``x`` lives: the row's bytes as 16-bit words
+    (values below 2**16), four exact float64 dot products with fixed random weights below
+    2**16 (a sum below 2**53 for rows up to 2**21 words, so every product and sum is exact).
+    Two different rows collide with probability below 2**-64."""
+    rows = x.detach().contiguous()
+    words = rows.reshape(rows.shape[0], -1).view(torch.int16).to(torch.int32) & 0xFFFF
+    n_words = words.shape[1]
+    if n_words >= 2**21:
+        return [
+            hashlib.blake2b(r.tobytes(), digest_size=16).digest()
+            for r in rows.reshape(rows.shape[0], -1).view(torch.int16).cpu().numpy()
+        ]
+    key = (n_words, str(words.device))
+    if key not in _ROW_WEIGHTS:
+        g = torch.Generator().manual_seed(_HASH_SEED ^ n_words)
+        w = torch.randint(0, 2**16, (n_words, _HASH_ROWS), generator=g, dtype=torch.float64)
+        _ROW_WEIGHTS[key] = w.to(words.device)
+    sums = (words.to(torch.float64) @ _ROW_WEIGHTS[key]).cpu().numpy().astype(np.int64)
+    head = f"{rows.dtype}{tuple(rows.shape[1:])}".encode()
+    return [head + r.tobytes() for r in sums]
