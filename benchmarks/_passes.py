@@ -63,6 +63,9 @@ class Counting(nn.Module):
         super().__init__()
         self.model = model
         self.tally = Tally(now=clock(device))
+        layer = getattr(model, "gradcam_layer", None)
+        if layer is not None:  # metrics that read it (a representation) see the same layer
+            self.gradcam_layer = f"model.{layer}"
 
     def forward(self, x: Tensor) -> Tensor:
         now = self.tally.now
