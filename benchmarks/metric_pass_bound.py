@@ -44,7 +44,7 @@ PARAMS: dict[str, dict[str, Any]] = {
     "relative_output_stability": {"nr_samples": 5},
     "relative_representation_stability": {"nr_samples": 5},
     "continuity": {"nr_steps": 10},
-    "smooth_mprt": {"nr_samples": 5},
+    "smooth_mprt": {"nr_samples": 2},
     "faithfulness_correlation": {"nr_runs": 20},
     "faithfulness_estimate": {"features_in_step": 128},
     "sensitivity_n": {"features_in_step": 128},
@@ -64,7 +64,6 @@ QUICK: dict[str, dict[str, Any]] = {
     "relative_output_stability": {"nr_samples": 2},
     "relative_representation_stability": {"nr_samples": 2},
     "continuity": {"nr_steps": 5},
-    "smooth_mprt": {"nr_samples": 2},
     "faithfulness_correlation": {"nr_runs": 10},
     "monotonicity_correlation": {"nr_samples": 2},
 }
