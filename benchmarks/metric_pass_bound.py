@@ -11,7 +11,7 @@ calls (the first included: the median discards a cold one). Goal (issue 11): our
 
     python benchmarks/metric_pass_bound.py                 # 64 images 3x64x64, small-cnn
     python benchmarks/metric_pass_bound.py --quick         # 16 images
-    python benchmarks/metric_pass_bound.py --n 8 --size 224 --quick
+    python benchmarks/metric_pass_bound.py --n 8 --size 224 --quick --skip road
     python benchmarks/metric_pass_bound.py --only deletion,max_sensitivity
 
 Parameters that set a metric's number of passes (samples, steps) are reduced from the defaults
@@ -96,6 +96,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=None, help="default: 64 on CPU, 512 on GPU")
     ap.add_argument("--quick", action="store_true", help="16 images (unless --n), fewer samples")
     ap.add_argument("--only", default="", help="comma-separated metrics (default: all)")
+    ap.add_argument("--skip", default="", help="comma-separated metrics to leave out")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     ap.add_argument("--reps", type=int, default=3, help="timed calls per metric, median")
     ap.add_argument("--limit", type=float, default=1.2, help="flag ratios above (default 1.2)")
@@ -106,7 +107,12 @@ def main() -> None:
     device = torch.device(args.device)
     bs = args.batch_size or (64 if device.type == "cpu" else 512)
     only = [s for s in args.only.split(",") if s]
-    names = [n for n, spec in METRICS.items() if spec.needs_model and (not only or n in only)]
+    skip = {s for s in args.skip.split(",") if s}
+    names = [
+        n
+        for n, spec in METRICS.items()
+        if spec.needs_model and (not only or n in only) and n not in skip
+    ]
 
     from concilium.models import create_model
 
