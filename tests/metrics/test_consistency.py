@@ -108,3 +108,16 @@ def test_quantus_default_ignores_the_explanation_ours_does_not():
     ours = evaluate("consistency", ties, images=images, labels=labels, model=model).numpy()
     expected = [float(pred[i] == pred[(i + 4) % 8]) for i in range(8)]
     np.testing.assert_allclose(ours, expected)
+
+
+@pytest.mark.parametrize("n", [1, 3, 7, 40])
+def test_top_n_keys_equal_a_full_stable_sort_with_ties(n):
+    # integer-valued maps tie often; the keys must be the first n places of a stable
+    # descending sort (ties in pixel order), as the slow definition says
+    g = torch.Generator().manual_seed(n)
+    maps = torch.randint(-2, 3, (12, 5, 6), generator=g).float()
+    maps[0] = 0.0
+    flat = maps.flatten(1)
+    order = torch.sort(flat, dim=1, descending=True, stable=True).indices[:, :n]
+    expected = torch.cat([order, torch.sign(flat.gather(1, order)).long()], dim=1)
+    assert torch.equal(discretise_maps(maps, how="top_n_sign", n=n), expected)

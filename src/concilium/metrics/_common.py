@@ -66,22 +66,28 @@ def nan_where(scores: Tensor, bad: Tensor, metric: str, reason: str) -> Tensor:
 
 def rankdata(x: Tensor) -> Tensor:
     """Average ranks (1-based, ties share their mean rank) along the last axis, like
-    ``scipy.stats.rankdata``; works on ``(..., P)``."""
+    ``scipy.stats.rankdata``; works on ``(..., P)``.
+
+    The tied values of a row are contiguous after any sort, so an unstable sort (NumPy's SIMD
+    argsort on CPU, about 2x faster than ``torch.sort``) gives the same ranks: a run of ties from
+    sorted position ``start`` to ``end`` shares ``(start + end) / 2 + 1``.
+    """
     shape = x.shape
-    flat = x.reshape(-1, shape[-1])
+    flat = x.detach().reshape(-1, shape[-1])
     rows, p = flat.shape
-    values, order = torch.sort(flat, dim=1, stable=True)
+    if flat.device.type == "cpu":
+        order = torch.from_numpy(np.argsort(flat.numpy(), axis=1))
+        values = flat.gather(1, order)
+    else:
+        values, order = torch.sort(flat, dim=1)
     new_group = torch.ones_like(values, dtype=torch.bool)
     new_group[:, 1:] = values[:, 1:] != values[:, :-1]
-    group = torch.cumsum(new_group.long(), dim=1) - 1  # (rows, P) group id within the row
-    offsets = (torch.arange(rows, device=x.device) * p).unsqueeze(1)
-    gid = (group + offsets).flatten()
-    positions = torch.arange(1, p + 1, device=x.device, dtype=torch.float64).repeat(rows)
-    sums = torch.zeros(rows * p, device=x.device, dtype=torch.float64).index_add_(0, gid, positions)
-    counts = torch.zeros(rows * p, device=x.device, dtype=torch.float64).index_add_(
-        0, gid, torch.ones_like(positions)
-    )
-    mean_rank = (sums / counts.clamp_min(1))[gid].view(rows, p)
+    last = torch.ones_like(new_group)
+    last[:, :-1] = new_group[:, 1:]
+    position = torch.arange(p, device=x.device).expand(rows, p)
+    start = torch.where(new_group, position, 0).cummax(1).values
+    end = torch.where(last, position, p - 1).flip(1).cummin(1).values.flip(1)
+    mean_rank = (start + end).double() / 2 + 1
     ranks = torch.empty_like(mean_rank).scatter_(1, order, mean_rank)
     return ranks.view(shape)
 

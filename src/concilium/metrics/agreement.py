@@ -42,11 +42,24 @@ def discretise_maps(maps: Tensor, *, how: Discretise, n: int) -> Tensor:
     flat = maps.flatten(1)
     if how == "first_n_sign":
         return torch.sign(flat[:, :n]).long()
-    order = torch.sort(flat, dim=1, descending=True, stable=True).indices
     if how == "rank":
-        return order
-    top = order[:, :n]
+        return torch.sort(flat, dim=1, descending=True, stable=True).indices
+    top = _top_n_positions(flat, n)
     return torch.cat([top, torch.sign(flat.gather(1, top)).long()], dim=1)
+
+
+def _top_n_positions(flat: Tensor, n: int) -> Tensor:
+    """``(N, n)``: the first ``n`` positions of a stable descending sort of each row (the ``n``
+    largest values, ties in pixel order), without sorting the whole row."""
+    n = min(n, flat.shape[1])
+    nth = torch.topk(flat, n, dim=1).values[:, -1:]  # the n-th largest value (exact)
+    above = flat > nth
+    tied = flat == nth
+    places = n - above.sum(1, keepdim=True)  # the first `places` ties in pixel order go in
+    chosen = above | (tied & (tied.cumsum(1) <= places))
+    idx = chosen.nonzero()[:, 1].view(flat.shape[0], n)  # ascending pixel order
+    order = torch.sort(flat.gather(1, idx), dim=1, descending=True, stable=True).indices
+    return idx.gather(1, order)
 
 
 def _one_pass(params: Mapping[str, Any], *, size: tuple[int, int], layers: int) -> int:

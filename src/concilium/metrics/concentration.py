@@ -14,7 +14,11 @@ from concilium.metrics._common import nan_where, prepare_maps, sort_values, warn
 from concilium.metrics.registry import register_metric
 
 
-def _zero_rows(a: Tensor) -> Tensor:
+def _zero_rows(a: Tensor, *, non_negative: bool) -> Tensor:
+    """``(N,)`` bool: the all-zero rows of ``a (N, P)``; a ``non_negative`` one (``|maps|``) is
+    all zero where its maximum is 0 (a NaN maximum is not 0, as a NaN is not 0)."""
+    if non_negative:
+        return a.amax(1) == 0
     return (a != 0).sum(1) == 0
 
 
@@ -33,13 +37,14 @@ def sparseness(maps: Tensor, *, abs: bool = True, normalise: bool = True) -> Ten
         values gets Quantus's value, which can leave ``[0, 1]``, and a ``MetricWarning``.
     """
     a = prepare_maps(maps, abs=abs, normalise=normalise).flatten(1)
-    zero = _zero_rows(a)
-    warn_rows(
-        "sparseness",
-        (a < 0).any(1),
-        "have negative values (abs=False): their Gini index, computed as Quantus does, is not "
-        "confined to [0, 1]; pass abs=True",
-    )
+    zero = _zero_rows(a, non_negative=abs)
+    if not abs:
+        warn_rows(
+            "sparseness",
+            (a < 0).any(1),
+            "have negative values (abs=False): their Gini index, computed as Quantus does, is "
+            "not confined to [0, 1]; pass abs=True",
+        )
     p = a.shape[1]
     a = sort_values(a).double() + 1e-7  # adding a constant keeps the order
     i = torch.arange(1, p + 1, device=a.device, dtype=torch.float64)
@@ -62,16 +67,18 @@ def complexity(maps: Tensor, *, abs: bool = True, normalise: bool = True) -> Ten
         log of a negative share is NaN) for a map with negative values at ``abs=False``.
     """
     a = prepare_maps(maps, abs=abs, normalise=normalise).flatten(1).double()
-    zero = _zero_rows(a)
-    share = a / a.abs().sum(1, keepdim=True).clamp_min(torch.finfo(torch.float64).tiny)
+    zero = _zero_rows(a, non_negative=abs)
+    total = (a if abs else a.abs()).sum(1, keepdim=True)  # |a| is a when abs
+    share = a / total.clamp_min(torch.finfo(torch.float64).tiny)
     score = -(share * torch.log(share + 1e-12)).sum(1)
-    score = nan_where(
-        score,
-        (a < 0).any(1),
-        "complexity",
-        "their map has negative values (abs=False): the entropy of signed shares is undefined; "
-        "pass abs=True",
-    )
+    if not abs:
+        score = nan_where(
+            score,
+            (a < 0).any(1),
+            "complexity",
+            "their map has negative values (abs=False): the entropy of signed shares is "
+            "undefined; pass abs=True",
+        )
     return nan_where(score, zero, "complexity", "their map is all zeros")
 
 

@@ -79,8 +79,9 @@ def relevance_mass(
         ``(N,)``; NaN for an empty mask, a constant map or a map summing to 0.
     """
     a, s = _flat(prepare_maps(maps, abs=abs, normalise=normalise), masks)
-    total = a.double().sum(1)
-    score = (a.double() * s).sum(1) / total
+    a64 = a.double()
+    total = a64.sum(1)
+    score = torch.where(s, a64, 0.0).sum(1) / total
     score = nan_where(score, total == 0, "relevance_mass", "their map sums to 0")
     return _degenerate("relevance_mass", a, s, score)
 

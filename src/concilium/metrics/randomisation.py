@@ -15,7 +15,14 @@ import torch
 from torch import Tensor, nn
 
 from concilium._util import derive_seed
-from concilium.metrics._common import nan_where, prepare_maps, spearman, ssim2d
+from concilium.metrics._common import (
+    nan_where,
+    pearson,
+    prepare_maps,
+    rankdata,
+    spearman,
+    ssim2d,
+)
 from concilium.metrics._explainer import Explainer, check_explainer, explain_in_chunks
 from concilium.metrics._streams import draw_rows, image_streams
 from concilium.metrics.perturb import check_batch_size, model_inputs
@@ -82,6 +89,8 @@ def mprt_curve(
     if similarity not in ("spearman", "ssim"):
         raise ValueError(f"similarity must be 'spearman' or 'ssim'; got {similarity!r}")
     a = prepare_maps(maps, abs=abs, normalise=normalise)
+    # spearman(a, b) is pearson(ranks(a), ranks(b)): rank the reference maps once
+    a_ranks = rankdata(a.flatten(1)) if similarity == "spearman" else None
     groups = layer_groups(model)
     if not groups:
         raise ValueError("the model has no layer with reset_parameters() to randomise")
@@ -101,7 +110,10 @@ def mprt_curve(
                 modules[name].reset_parameters()
         b = explain_in_chunks(fn, work, images, labels, batch_size=batch_size)
         b = prepare_maps(b, abs=abs, normalise=normalise)
-        scores.append(_similarity(similarity, a, b))
+        if a_ranks is not None:
+            scores.append(pearson(a_ranks, rankdata(b.flatten(1))))
+        else:
+            scores.append(_similarity(similarity, a, b))
     return [name for name, _ in groups], torch.stack(scores, dim=1)
 
 
