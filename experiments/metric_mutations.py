@@ -18,7 +18,8 @@ A mutation is *killed* when at least one test fails, *survived* when all pass an
 when its ``old`` text is not found once or pytest did not run (collection error, no tests).
 The markdown table goes to stdout and to ``experiments/results/metric_mutations.md``; the
 registered metrics that have no mutation are listed (and make the exit status 1), so a new
-metric gets its entry here. ``tests/metrics/test_mutation_table.py`` checks both invariants
+metric gets its entry here. Rows named in :data:`PSEUDO_METRICS` (``(shared engine)``) break code
+that every perturbation metric runs through (``metrics/shared.py``) rather than one metric. ``tests/metrics/test_mutation_table.py`` checks both invariants
 (every metric has an entry; every ``old`` text occurs exactly once) in the normal suite.
 """
 
@@ -69,7 +70,12 @@ MODULE_TESTS: dict[str, tuple[str, ...]] = {
     "randomisation": ("tests/metrics/test_mprt_variants.py",),
     "mprt_variants": ("tests/metrics/test_mprt_variants.py",),
     "axiomatic": ("tests/metrics/test_axiomatic.py",),
+    "iterative_removal": ("tests/metrics/test_irof.py",),
+    "shared": ("tests/metrics/test_shared_passes.py",),
 }
+#: Rows of the table that are not registered metrics: code every metric runs through.
+ENGINE = "(shared engine)"
+PSEUDO_METRICS: frozenset[str] = frozenset({ENGINE})
 PYTEST_ARGS: tuple[str, ...] = ("-x", "-q", "-p", "no:randomly", "-p", "no:cacheprovider")
 
 
@@ -169,16 +175,16 @@ MUTATIONS: tuple[Mutation, ...] = (
        "score = pearson(att, ys - y0.unsqueeze(1))",
        "sign flipped: correlates with the output rise, not the drop"),
     _m("monotonicity_correlation", "faithfulness",
-       "ranks = pixel_ranks(a, descending=False, streams=streams)",
-       "ranks = pixel_ranks(a, descending=True, streams=streams)",
+       "ranks, n_features = _ranks(a, images, feats, descending=False, streams=streams)",
+       "ranks, n_features = _ranks(a, images, feats, descending=True, streams=streams)",
        "steps taken in decreasing relevance (MoRF instead of LeRF)"),
     _m("infidelity", "faithfulness",
        "deltas = y0.double()[:, None] - ys.double()",
        "deltas = ys.double() - y0.double()[:, None]",
        "sign flipped: output rise compared with the predicted drop"),
     _m("sufficiency", "faithfulness",
-       "return (ranks[i] >= k).view(-1, h, w)",
-       "return (ranks[i] > k).view(-1, h, w)",
+       "return (ranks[i] >= k[i, None]).view(-1, h, w)",
+       "return (ranks[i] > k[i, None]).view(-1, h, w)",
        "off by one: keeps k + 1 pixels"),
     # curves
     _m("deletion", "curves",
@@ -219,8 +225,8 @@ MUTATIONS: tuple[Mutation, ...] = (
        "return ys - y0.unsqueeze(1)",
        "sign flipped: area of the output rise"),
     _m("selectivity", "regions",
-       "n_variants=f, cumulative=True,",
-       "n_variants=f - 1, cumulative=True,",
+       "n_variants=counts, cumulative=True,",
+       "n_variants=counts - 1, cumulative=True,",
        "off by one: stops before the last patch is removed"),
     _m("faithfulness_estimate", "estimates",
        "n_steps=None, cumulative=False,",
@@ -234,6 +240,27 @@ MUTATIONS: tuple[Mutation, ...] = (
        'order="morf",',
        'order="lerf",',
        "MoRF and LeRF swapped"),
+    _m("irof", "iterative_removal",
+       'reduce="mean", streams=streams)',
+       'reduce="sum", streams=streams)',
+       "superpixels ranked by their summed instead of their mean relevance"),
+    _m("irof", "iterative_removal",
+       "scores = counts.double() - row_trapezoid(curve, counts)",
+       "scores = (counts - 1).double() - row_trapezoid(curve, counts)",
+       "off by one in the area over the curve (n - 1 instead of n)"),
+    _m("irof", "iterative_removal",
+       "_, ranks = ranked_features(a, feats",
+       "_, ranks = ranked_features(-a, feats",
+       "MoRF and LeRF swapped (least relevant superpixel removed first)"),
+    # the shared perturbation engine (every perturbation metric's passes go through it)
+    _m(ENGINE, "shared",
+       'keys.append((mid, "p", img_d[ii], base_d[ii], digest))',
+       'keys.append((mid, "p", img_d[ii], digest))',
+       "cache key of a perturbed copy drops the baseline digest"),
+    _m(ENGINE, "shared",
+       'keys.append((mid, "x", base_d[ii]))',
+       'keys.append((mid, "x", img_d[ii]))',
+       "a copy that replaces every pixel is served as the image, not the baseline"),
     # robustness
     _m("max_sensitivity", "robustness",
        '"max_sensitivity",\n    how="max",',
@@ -294,8 +321,8 @@ MUTATIONS: tuple[Mutation, ...] = (
        "delta = both[images.shape[0] :] - both[: images.shape[0]]",
        "sign flipped: f(baseline) - f(x)"),
     _m("non_sensitivity", "axiomatic",
-       "indifferent = ((ys - y0.unsqueeze(1)).abs() < eps)[:, group]",
-       "indifferent = ((ys - y0.unsqueeze(1)) < eps)[:, group]",
+       "indifferent = ((ys - y0.unsqueeze(1)).abs() < eps)[:, feature_group]",
+       "indifferent = ((ys - y0.unsqueeze(1)) < eps)[:, feature_group]",
        "abs dropped: an output drop counts as no change"),
     _m("input_invariance", "axiomatic",
        "offset = (layer(probe + shift) - layer(probe)).detach()",
@@ -327,32 +354,32 @@ MUTATIONS: tuple[Mutation, ...] = (
        "score = -(share * torch.log2(share + 1e-12)).sum(1)",
        "entropy in bits instead of nats"),
     _m("monotonicity_correlation", "faithfulness",
-       "atts = csum[:, counts] - csum[:, starts]",
-       "atts = csum[:, counts]",
+       "atts = csum.gather(1, counts) - csum.gather(1, starts)",
+       "atts = csum.gather(1, counts)",
        "cumulative relevance instead of the step's own"),
     _m("infidelity", "faithfulness",
        "a_sums = per_block.cumsum(1)",
        "a_sums = per_block",
        "predicted drop of the last patch only, not of all patches removed so far"),
     _m("sufficiency", "faithfulness",
-       "ranks = pixel_ranks(a, descending=True, streams=streams)",
-       "ranks = pixel_ranks(a, descending=False, streams=streams)",
+       "ranks, n_features = _ranks(a, images, feats, descending=True, streams=streams)",
+       "ranks, n_features = _ranks(a, images, feats, descending=False, streams=streams)",
        "keeps the least relevant pixels (LeRF instead of MoRF)"),
     _m("region_perturbation", "regions",
-       "n_variants=min(regions_evaluation, f),",
-       "n_variants=min(regions_evaluation, f) - 1,",
+       "n_variants=counts.clamp(max=regions_evaluation),",
+       "n_variants=counts.clamp(max=regions_evaluation) - 1,",
        "off by one: one region fewer than regions_evaluation"),
     _m("selectivity", "regions",
-       'return _nan_for_constant("selectivity", maps, torch.trapezoid(ys.double(), dim=1))',
-       'return _nan_for_constant("selectivity", maps, ys.double().sum(1))',
+       'return _nan_for_constant("selectivity", maps, row_trapezoid(ys, counts), abs=abs)',
+       'return _nan_for_constant("selectivity", maps, ys.double().nansum(1), abs=abs)',
        "rectangle sum instead of the trapezoid"),
     _m("faithfulness_estimate", "estimates",
        "softmax: bool = False,",
        "softmax: bool = True,",
        "wrong default: probabilities instead of Quantus's logits"),
     _m("road", "imputation",
-       "removed[order_idx[i, :k]] = True",
-       "removed[order_idx[i, : k + 1]] = True",
+       "removed = ranks[i] < int(n_features[i] * p / 100)",
+       "removed = ranks[i] <= int(n_features[i] * p / 100)",
        "off by one: removes one pixel too many at every level"),
     _m("max_sensitivity", "robustness",
        "noise=uniform_noise(low=-lower_bound, high=lower_bound),",
@@ -411,8 +438,8 @@ MUTATIONS: tuple[Mutation, ...] = (
        "torch.cat([labels, labels]), softmax=True,",
        "probabilities instead of logits"),
     _m("non_sensitivity", "axiomatic",
-       "return (indifferent ^ (a < eps)).sum(1).double()",
-       "return (indifferent & (a < eps)).sum(1).double()",
+       "return ((indifferent ^ zero) & present).sum(1).double()",
+       "return ((indifferent & zero) & present).sum(1).double()",
        "counts agreements instead of violations"),
     _m("input_invariance", "axiomatic",
        "return close.flatten(1).all(1).double()",
@@ -435,7 +462,7 @@ def labels() -> dict[str, Mutation]:
 
 def unmutated(registered: Iterable[str]) -> list[str]:
     """The registered metric names that have no entry in :data:`MUTATIONS`."""
-    covered = {m.metric for m in MUTATIONS}
+    covered = {m.metric for m in MUTATIONS} - PSEUDO_METRICS
     return [name for name in registered if name not in covered]
 
 

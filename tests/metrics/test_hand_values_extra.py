@@ -69,3 +69,18 @@ def test_monotonicity_correlation_hand_value_with_signed_relevance():
         "monotonicity_correlation", maps=w, weights=w, baseline="zero", softmax=False, abs=False
     )
     assert score == pytest.approx(0.4)
+
+
+def test_monotonicity_correlation_steps_in_increasing_relevance():
+    """Catches the steps taken most relevant first: with a step that does not divide the pixels,
+    the groups differ. Map = weights = [-5, -2, 1, 2, 4] on a 1x5 all-ones image, ``abs=False``,
+    2 pixels a step: in increasing relevance the groups sum to -7, 3, 4 (variances 49, 9, 16),
+    Spearman of ranks (1, 2, 3) and (3, 1, 2) = 1 - 6 * 6 / 24 = -0.5; most relevant first they
+    would be 6, -1, -5 (variances 36, 1, 25), Spearman 0.5."""
+    w = torch.tensor([[[-5.0, -2.0, 1.0, 2.0, 4.0]]])
+    model = LinearNet(w.unsqueeze(0))
+    score = evaluate(
+        "monotonicity_correlation", w, images=torch.ones(1, 1, 1, 5), labels=Y, model=model,
+        step=2, baseline="zero", softmax=False, abs=False, nr_samples=1,
+    )  # fmt: skip
+    assert score.item() == pytest.approx(-0.5)
