@@ -12,7 +12,8 @@ Two measurements:
 * ``--run RUN``: the evaluate stage of a finished run (``make demo`` writes ``runs/demo``)
   with the run's own ``experiment.json`` evaluate settings, on a scratch copy of the run,
   with ``shared=False`` (every metric on its own) and ``shared=True``; prints both times,
-  the speed-up and the largest difference between the two metric tables.
+  each metric's CPU time (those over 0.5 s), the speed-up and the largest difference between
+  the two metric tables.
 
 Wall-clock and CPU time are both printed: on a shared machine the wall time includes waiting
 for the cores; CPU time / threads is what the work needs.
@@ -149,6 +150,7 @@ def suite(args: argparse.Namespace) -> None:
 def stage(args: argparse.Namespace) -> None:
     import pandas as pd
 
+    import concilium.jobs.evaluate as job
     from concilium.jobs.evaluate import evaluate_run
     from concilium.store import read_metrics
 
@@ -156,8 +158,21 @@ def stage(args: argparse.Namespace) -> None:
     settings = json.loads((run / "experiment.json").read_text())["evaluate"]
     timings: dict[bool, tuple[float, float]] = {}
     tables: dict[bool, pd.DataFrame] = {}
+    per_metric: dict[bool, dict[str, float]] = {False: {}, True: {}}
+    plain = job.evaluate
+    current = [False]
+
+    def timed(name: str, *a: object, **k: object) -> Tensor:  # CPU seconds per metric
+        t = time.process_time()
+        out = plain(name, *a, **k)
+        spent = per_metric[current[0]]
+        spent[name] = spent.get(name, 0.0) + (time.process_time() - t) / torch.get_num_threads()
+        return out
+
+    job.evaluate = timed  # type: ignore[assignment]
     with tempfile.TemporaryDirectory() as tmp:
         for shared in (False, True):
+            current[0] = shared
             work = Path(tmp) / f"run-{shared}"
             shutil.copytree(run, work, ignore=shutil.ignore_patterns("results", "report*"))
             wall, cpu, _ = clocked(
@@ -178,6 +193,11 @@ def stage(args: argparse.Namespace) -> None:
                 f"shared={shared!s:5s}: wall {wall:7.1f} s, cpu/threads {cpu:7.1f} s, "
                 f"{len(tables[shared])} values"
             )
+    job.evaluate = plain  # type: ignore[assignment]
+    print(f"{'metric (CPU s / thread)':32s} {'store off':>10s} {'store on':>10s}")
+    for name, off in sorted(per_metric[False].items(), key=lambda kv: -kv[1]):
+        if off >= 0.5:
+            print(f"{name:32s} {off:10.1f} {per_metric[True].get(name, 0.0):10.1f}")
     key = ["source", "method", "entry_hash", "metric", "sample"]
     a = tables[False].set_index(key)["value"].sort_index()
     b = tables[True].set_index(key)["value"].sort_index()
