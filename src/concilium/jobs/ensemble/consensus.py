@@ -46,18 +46,30 @@ class ConsensusOptions(EnsembleOptionsBase):
         "auc", description="metric of the members' and the consensus' localisation")
 
 
-def member_accuracy(run: Run, members: list[str], device: str) -> dict[str, float]:
-    """Each member's accuracy on the run's samples (models loaded), else its card's."""
-    if not all(m in run.models for m in members):
-        return {m: run.accuracies.get(m, float("nan")) for m in members}
+def member_accuracy(run: Run, members: list[str], device: str) -> tuple[dict[str, float], str]:
+    """Each member's held-out accuracy and where it was measured.
+
+    The run's ``test`` rows when it holds any (else its ``val`` rows), never its training rows:
+    a run that explained ``all`` holds mostly training images, on which every member is close
+    to perfect (review D13). Without held-out rows, or without the models, the members' card
+    accuracy (measured on the validation split at training) is used.
+
+    Returns:
+        ``({member: accuracy}, measured_on)`` with ``measured_on`` one of ``"test"``, ``"val"``
+        or ``"card"``.
+    """
+    split = next((s for s in ("test", "val") if s in run.data.splits), None)
+    if split is None or not all(m in run.models for m in members):
+        return {m: run.accuracies.get(m, float("nan")) for m in members}, "card"
+    data = run.data.subset(split)
     out = {}
     with torch.no_grad():
         for m in members:
             model = run.models[m].to(device).eval()
-            pred = torch.cat([model(run.data.images[s : s + 256].to(device)).argmax(1).cpu()
-                              for s in range(0, len(run.data), 256)])
-            out[m] = float((pred == run.data.labels).double().mean())
-    return out
+            pred = torch.cat([model(data.images[s : s + 256].to(device)).argmax(1).cpu()
+                              for s in range(0, len(data), 256)])
+            out[m] = float((pred == data.labels).double().mean())
+    return out, split
 
 
 @ensembler("consensus", options=ConsensusOptions, needs_models=True)
@@ -79,7 +91,7 @@ def run_consensus(run: Run, options: ConsensusOptions) -> EnsembleResult:
         if not keep.any():
             raise ValueError("no image is classified correctly by every member; use "
                              "correct_only=False (--no-correct-only)")
-    accuracy = member_accuracy(run, members, o.device)
+    accuracy, accuracy_on = member_accuracy(run, members, o.device)
     labels, masks = run.data.labels[keep], run.data.masks[keep]
     out, tables, corrs = EnsembleResult(), [], []
     for method in complete_methods(run, members, o.methods):
@@ -101,7 +113,7 @@ def run_consensus(run: Run, options: ConsensusOptions) -> EnsembleResult:
             o.localisation_metric, cons[keep], masks=masks, labels=labels).numpy()))
         for key, value in (("similarity", o.similarity), ("normalisation", o.normalisation),
                            ("vote", o.vote), ("localisation_metric", o.localisation_metric),
-                           ("n_images", int(keep.sum()))):
+                           ("n_images", int(keep.sum())), ("accuracy_on", accuracy_on)):
             table[key] = value
         tables.append(table)
         corr = consensus_correlations(table)
