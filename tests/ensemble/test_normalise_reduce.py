@@ -118,3 +118,15 @@ def test_stack_maps_rejects_different_image_sets():
         reduce(torch.zeros(3, 4, 4), "mean")
     with pytest.raises(ValueError, match="trim"):
         reduce(STACK, "trimmed_mean", trim=0.5)
+
+
+@pytest.mark.parametrize("side", [31, 32, 224])
+@pytest.mark.parametrize("lead", [(1,), (4,), (11, 2)])
+@pytest.mark.parametrize("value", [0.1, 1 / 3])
+def test_z_score_of_a_constant_float32_map_is_zero(side, lead, value):
+    """Review D16: a constant float32 map gave -1 everywhere where the float32 mean differs from
+    the value by a rounding error and the float32 std is not exactly 0 (e.g. one 32x32 map of
+    0.1 in torch 2.13); the statistics are now float64, exact for a constant map."""
+    out = normalise(torch.full((*lead, side, side), value, dtype=torch.float32), "z_score")
+    assert out.dtype == torch.float32
+    assert torch.equal(out, torch.zeros_like(out))

@@ -86,11 +86,15 @@ def l2(maps: Tensor) -> Tensor:
 
 @NORMALISATIONS.register("z_score")
 def z_score(maps: Tensor) -> Tensor:
-    """``(x - mean) / std`` over the map's pixels (population std); a constant map gives zeros."""
-    flat = _flat(maps)
+    """``(x - mean) / std`` over the map's pixels (population std); a constant map gives zeros.
+
+    The statistics are taken in float64, where the mean of a constant float32 map is exactly its
+    value (in float32 it is not, and the rounding error divided by a tiny std gave -1)."""
+    wide = maps.double()
+    flat = _flat(wide)
     mean = _per_map(flat.mean(-1))
     std = _per_map(flat.std(-1, correction=0))
-    return _safe_divide(maps - mean, std)
+    return _safe_divide(wide - mean, std).to(maps.dtype)
 
 
 @NORMALISATIONS.register("second_moment")
