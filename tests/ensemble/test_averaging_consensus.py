@@ -100,6 +100,20 @@ def test_consensus_score_of_member_identical_to_consensus_is_one(kind, vote):
     torch.testing.assert_close(scores, torch.ones(3, 3))
 
 
+@pytest.mark.parametrize("kind", SIMILARITIES.names())
+@pytest.mark.parametrize("normalisation", ["max_abs", "z_score", "rank"])
+def test_identical_members_score_one_under_the_rank_vote(kind, normalisation):
+    """Review D11: with ``vote="rank"`` and the default ``max_abs`` normalisation the rank
+    consensus was compared with the members' scaled maps (cosine 0.866 for identical
+    members); the members' ranks are compared now."""
+    m = _maps(7).abs()
+    stack = torch.stack([m, 2 * m, 0.5 * m])  # the same explanation at three scales
+    cons = consensus(stack, normalisation=normalisation, vote="rank")
+    scores = consensus_scores(stack, cons, similarity_kind=kind, normalisation=normalisation,
+                              vote="rank")
+    torch.testing.assert_close(scores, torch.ones(3, 3))
+
+
 def test_consensus_scores_rank_the_outlier_last():
     base = _maps(8).abs()
     members = [base + 0.1 * _maps(10 + i).abs() for i in range(4)] + [_maps(99).abs()]

@@ -24,7 +24,7 @@ import torch
 from scipy import stats
 from torch import Tensor, nn
 
-from concilium.ensemble.normalise import NormalisationName, normalise
+from concilium.ensemble.normalise import NormalisationName, normalise, rank
 from concilium.ensemble.reduce import reduce, stack_maps
 from concilium.ensemble.similarity import SimilarityName, similarity
 
@@ -92,13 +92,18 @@ def consensus_scores(
     similarity_kind: SimilarityName | str = "cosine",
     normalisation: NormalisationName | str = "max_abs",
     absolute: bool = True,
+    vote: Vote = "mean",
 ) -> Tensor:
     """Per-member, per-image similarity to the consensus: ``(M, N)``.
 
-    The member maps get the same preprocessing (``absolute``, ``normalisation``) as in
-    :func:`consensus`; a member whose processed map equals the consensus scores exactly 1.
+    The member maps get the same preprocessing (``absolute``, ``normalisation``, and with
+    ``vote="rank"`` the per-image pixel quantiles the rank vote averages) as in
+    :func:`consensus`, so a member whose processed map equals the consensus scores exactly 1:
+    a rank consensus is compared with the members' ranks, not with their scaled maps.
     The consensus score of member ``m`` is ``scores[m].mean()``.
     """
+    if vote not in ("mean", "rank"):
+        raise ValueError(f"vote must be 'mean' or 'rank'; got {vote!r}")
     stack = stack_maps(member_maps)
     if consensus_map.shape != stack.shape[1:]:
         raise ValueError(f"consensus_map must be (N, H, W) = {tuple(stack.shape[1:])} like the members' "
@@ -106,6 +111,8 @@ def consensus_scores(
     if absolute:
         stack = stack.abs()
     stack = normalise(stack, normalisation)
+    if vote == "rank":
+        stack = rank(stack)
     return similarity(stack, consensus_map.expand_as(stack), similarity_kind)
 
 

@@ -102,7 +102,8 @@ def run_consensus(run: Run, options: ConsensusOptions) -> EnsembleResult:
         out.entries.append(write_entry(run, "consensus", method, cons, source=o.source,
                                        params=params))
         scores = consensus_scores(stack[:, keep], cons[keep], similarity_kind=o.similarity,
-                                  normalisation=o.normalisation, absolute=o.absolute)
+                                  normalisation=o.normalisation, absolute=o.absolute,
+                                  vote=o.vote)
         loc = [float(np.nanmean(evaluate(o.localisation_metric, stack[i, keep], masks=masks,
                                          labels=labels).numpy()))
                for i in range(len(members))]
