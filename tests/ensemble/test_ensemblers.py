@@ -23,7 +23,8 @@ from concilium.jobs.ensemble import (
     ensembler,
     run_ensemble,
 )
-from concilium.store import ExplanationStore
+from concilium.metrics import evaluate
+from concilium.store import ExplanationStore, Run
 
 KINDS = ENSEMBLERS.names()
 # settings that keep a kind fast on the tiny run (and consensus: its untrained members agree on
@@ -174,3 +175,20 @@ def test_audit_options_are_checked(tiny_run):
     bias = pd.read_parquet(tiny_run / "results" / "bias.parquet")
     assert set(bias.source) == {"m0"} and set(bias.region) == {"outside"}
     assert AuditOptions.model_config["extra"] == "forbid"
+
+
+@pytest.mark.parametrize("absolute", [True, False])
+def test_member_localisation_is_on_the_maps_the_vote_saw(tiny_run, absolute):
+    """Review D14: with ``absolute=True`` the consensus is built from |maps| but the members'
+    localisation was measured on their signed maps; both now use the same maps."""
+    result = run_ensemble(tiny_run, "consensus", {"methods": ["saliency"],
+                                                  "correct_only": False, "absolute": absolute})
+    table = result.tables["consensus"].set_index("member")
+    stack, masks = _members(tiny_run, "saliency"), Run.open(tiny_run).data.masks
+    for i, m in enumerate(("m0", "m1")):
+        signed = float(evaluate("auc", stack[i], masks=masks).nanmean())
+        voted = float(evaluate("auc", stack[i].abs() if absolute else stack[i],
+                               masks=masks).nanmean())
+        assert table.loc[m, "localisation"] == pytest.approx(voted)
+        if absolute:
+            assert voted != pytest.approx(signed)  # the maps are signed: the choice matters

@@ -104,7 +104,10 @@ def run_consensus(run: Run, options: ConsensusOptions) -> EnsembleResult:
         scores = consensus_scores(stack[:, keep], cons[keep], similarity_kind=o.similarity,
                                   normalisation=o.normalisation, absolute=o.absolute,
                                   vote=o.vote)
-        loc = [float(np.nanmean(evaluate(o.localisation_metric, stack[i, keep], masks=masks,
+        # the members' localisation on the maps the vote saw (|map| when absolute), like the
+        # consensus' own (review ensembling D14: signed member maps against an |map| consensus)
+        voted = stack.abs() if o.absolute else stack
+        loc = [float(np.nanmean(evaluate(o.localisation_metric, voted[i, keep], masks=masks,
                                          labels=labels).numpy()))
                for i in range(len(members))]
         table = consensus_table(members, scores, accuracy=[accuracy[m] for m in members],
