@@ -174,7 +174,8 @@ def test_matches_quantus_at_both_defaults(monkeypatch, size):
     mean of the image *as perturbed so far*, ours the original image's (item 30); the slow loop
     reproduces both to 1e-5; the recomputed mean drifts, and the scores differ by up to 0.06
     here (one-pixel superpixels on these 12 x 12 images). With the ``"black"``
-    baseline (the image's minimum, which replacing by it never changes) both agree to 1e-6."""
+    baseline (the image's minimum, which replacing by it never changes) both agree to float32
+    rounding (1e-4 relative)."""
     monkeypatch.setattr(np, "trapz", np.trapezoid, raising=False)  # NumPy 2.4 shim
     model, images, labels, maps, _ = make_batch(n=4, c=1, size=size)
     theirs = _quantus_each(model, images, labels, maps)
@@ -197,7 +198,8 @@ def test_matches_quantus_at_both_defaults(monkeypatch, size):
     black_theirs = _quantus_each(model, images, labels, maps, perturb_baseline="black")
     black_ours = evaluate("irof", maps, images=images, labels=labels, model=model,
                           baseline="black").numpy()  # fmt: skip
-    np.testing.assert_allclose(black_ours, black_theirs, rtol=1e-6)
+    # float32 model outputs on batches of different composition: 6e-6 relative on an AMD EPYC
+    np.testing.assert_allclose(black_ours, black_theirs, rtol=1e-4)
 
 
 def test_felzenszwalb_segments_match_quantus(monkeypatch):

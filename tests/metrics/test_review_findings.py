@@ -241,17 +241,21 @@ def test_score_of_an_image_is_the_same_alone_and_in_a_batch(name, baseline):
     gen = lambda: torch.Generator().manual_seed(5)  # noqa: E731
     rng = torch.get_rng_state()
     together = _run(name, (model, images, labels, maps, masks), generator=gen(), **extra)
+    # relative_representation_stability divides by the difference of two float32 representations
+    # of nearly equal inputs, which amplifies the batch-dependent rounding of float32 matrix
+    # products on some CPUs (3e-4 relative on an AMD EPYC): it gets a float32-sized tolerance.
+    rel = 1e-3 if name == "relative_representation_stability" else 1e-5
     for i in (0, 2):
         one = slice(i, i + 1)
         alone = _run(
             name, (model, images[one], labels[one], maps[one], masks[one]), generator=gen(), **extra
         )
-        assert alone[0].item() == pytest.approx(together[i].item(), rel=1e-5, abs=1e-6)
+        assert alone[0].item() == pytest.approx(together[i].item(), rel=rel, abs=1e-6)
     reordered = _run(
         name, (model, images.flip(0), labels.flip(0), maps.flip(0), masks.flip(0)),
         generator=gen(), batch_size=3, **extra,
     )
-    assert torch.allclose(reordered.flip(0), together, rtol=1e-5, atol=1e-6, equal_nan=True)
+    assert torch.allclose(reordered.flip(0), together, rtol=rel, atol=1e-6, equal_nan=True)
     assert torch.equal(rng, torch.get_rng_state())
 
 

@@ -128,7 +128,10 @@ def test_seeded_and_independent_of_batch_size(name):
         )  # fmt: skip
         for b in (1, 5, 64)
     ]
-    assert torch.allclose(runs[0], runs[1]) and torch.allclose(runs[0], runs[2])
+    # relative_representation_stability's denominator is a difference of nearly equal float32
+    # representations: batch-dependent float32 rounding (seen on an AMD EPYC) is amplified
+    rtol = 1e-3 if name == "relative_representation_stability" else 1e-5
+    assert torch.allclose(runs[0], runs[1], rtol=rtol) and torch.allclose(runs[0], runs[2], rtol=rtol)
 
 
 def test_unknown_layer_names_candidates():
