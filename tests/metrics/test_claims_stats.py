@@ -5,7 +5,10 @@ intersection-union p of a claim of several comparisons, and claims decided over 
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -13,6 +16,7 @@ import pytest
 
 from concilium.metrics import _paired as P
 from concilium.metrics import claims as C
+from concilium.report.summary import findings
 
 
 def _rng() -> np.random.Generator:
@@ -121,3 +125,36 @@ def test_finding_keys_are_the_issues():
     assert set(C.FINDING_KEYS) == {"claim", "metric", "estimate", "ci_low", "ci_high", "n",
                                    "seeds", "test", "p_value", "verdict", "rule", "threshold",
                                    "detail"}
+
+
+# -- experiments/claims.py decides once over the stacked seeds, like the report -----------------
+
+
+def _experiment():
+    root = Path(__file__).resolve().parents[2]
+    spec = importlib.util.spec_from_file_location("claims_experiment_seeds",
+                                                  root / "experiments" / "claims.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_experiment_decides_each_claim_once_over_all_seeds():
+    experiment = _experiment()
+    runs = {}
+    for seed, margin in ((0, 0.1), (1, 0.3)):
+        committee = _alignment_table({m: np.full(8, margin) + np.tile([0.01, -0.01], 4)
+                                      for m in ("auc", "average_precision", "mask_correlation")})
+        members = pd.DataFrame({"member": ["a", "b", "c", "d", "e"],
+                                "accuracy": [0.5, 0.6, 0.7, 0.8, 0.9 - seed / 10],
+                                "consensus_score": [0.1, 0.2, 0.3, 0.4, 0.5]})
+        runs[seed] = {"committee": committee, "members": members}
+    found = dict(experiment.decide(runs, seed=0))
+    assert set(found) == {"2a", "2b"}
+    stacked = pd.concat([r["committee"].assign(seed=s) for s, r in runs.items()],
+                        ignore_index=True)
+    report = findings(None, {"committee_metrics": stacked})[1]
+    assert json.dumps(found["2a"].as_dict()) == json.dumps(report.as_dict())
+    assert found["2a"].seeds == 2 and found["2a"].n == 16
+    assert "per seed: 0 +0.100, 1 +0.300" in found["2a"].detail
+    assert found["2b"].n == 10  # the members of both seeds, named apart
