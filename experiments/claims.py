@@ -34,7 +34,6 @@ and a claim that fails is reported as failing.
 from __future__ import annotations
 
 import argparse
-import math
 import tempfile
 import time
 import warnings
@@ -142,12 +141,9 @@ def sign(metric: str) -> float:
 
 
 def show(label: str, finding: Finding) -> None:
-    p = "n/a" if math.isnan(finding.p_value) else f"{finding.p_value:.3g}"
     print(f"CLAIM {label}: {finding.verdict.upper()} -- {finding.claim}\n"
-          f"  {finding.metric} = {finding.estimate:.3f} (95% CI {finding.ci_low:.3f} to "
-          f"{finding.ci_high:.3f}, n = {finding.n}, seeds = {finding.seeds}, p = {p}; "
-          f"threshold {finding.threshold:g})\n"
-          f"  {finding.detail}" + (f"\n  test: {finding.test}" if finding.test else ""))
+          f"  {finding.numbers()}\n  {finding.detail}"
+          + (f"\n  test: {finding.test}" if finding.test else ""))
 
 
 def stacked(per_seed: dict[int, pd.DataFrame]) -> pd.DataFrame:

@@ -40,7 +40,7 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Literal
 
@@ -112,6 +112,26 @@ class Finding:
         ``summary.json``)."""
         d = asdict(self)
         return {k: d[k] for k in FINDING_KEYS}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, object]) -> Finding:
+        """The finding of :meth:`as_dict` or of a ``summary.json`` entry (``None`` numbers, as
+        strict JSON writes NaN, read back as NaN)."""
+        nan = {"estimate", "ci_low", "ci_high", "threshold", "p_value"}
+        return cls(**{k: math.nan if k in nan and d.get(k) is None else d[k]
+                      for k in FINDING_KEYS if k in d})
+
+    def numbers(self) -> str:
+        """The estimate, interval, n, seeds, p-value and threshold in one line, as the report,
+        ``concilium demo`` and ``experiments/claims.py`` print them ("" when not measured)."""
+        if self.verdict == "not measured":
+            return ""
+        def f(x: float) -> str:
+            return "n/a" if not math.isfinite(x) else f"{x:.3f}"
+        p = "n/a" if not math.isfinite(self.p_value) else f"{self.p_value:.2g}"
+        return (f"{self.metric} = {f(self.estimate)} ({LEVEL:.0%} CI {f(self.ci_low)} to "
+                f"{f(self.ci_high)}, n = {self.n}, seeds = {self.seeds}, p = {p}; threshold "
+                f"{self.threshold:g})")
 
 
 FINDING_KEYS = ("claim", "metric", "estimate", "ci_low", "ci_high", "n", "seeds", "test",

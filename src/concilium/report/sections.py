@@ -100,10 +100,6 @@ def _no_metrics(data: ReportData) -> str:
 # ----------------------------------------------------------------------------- sections
 
 
-def _p(p: float) -> str:
-    return "n/a" if not math.isfinite(p) else f"{p:.2g}"
-
-
 def section_findings(data: ReportData, found: list[Finding]) -> Section:
     """The claims of the ensembling papers: each verdict (held, not held, inconclusive, not
     measured) with its estimate, interval, n, seeds, p-value, threshold, rule and test, the
@@ -113,10 +109,7 @@ def section_findings(data: ReportData, found: list[Finding]) -> Section:
                  missing="No findings: the run has no metrics or audit tables yet.")
     for f in found:
         css = {"held": "held", "not held": "failed"}.get(f.verdict, "")
-        number = "" if f.verdict == "not measured" else (
-            f"{f.metric} = {fmt(f.estimate)} (95% CI {fmt(f.ci_low)} to {fmt(f.ci_high)}, "
-            f"n = {f.n}, seeds = {f.seeds}, p = {_p(f.p_value)}; threshold "
-            f"{fmt(f.threshold)}). ")
+        number = f"{f.numbers()}. " if f.numbers() else ""
         test = f" Test: {f.test}." if f.test else ""
         s.items.append((f"{f.claim}: {f.verdict}.",
                         f"{number}{f.detail}. Rule: {f.rule}.{test}", css))
