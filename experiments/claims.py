@@ -141,9 +141,9 @@ def sign(metric: str) -> float:
 
 
 def show(label: str, finding: Finding) -> None:
-    print(f"CLAIM {label}: {finding.verdict.upper()} -- {finding.claim}\n"
-          f"  {finding.numbers()}\n  {finding.detail}"
-          + (f"\n  test: {finding.test}" if finding.test else ""))
+    lines = [f"CLAIM {label}: {finding.verdict.upper()} -- {finding.claim}", finding.numbers(),
+             finding.detail, f"test: {finding.test}" if finding.test else ""]
+    print("\n  ".join(line for line in lines if line))
 
 
 def stacked(per_seed: dict[int, pd.DataFrame]) -> pd.DataFrame:
