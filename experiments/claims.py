@@ -2,12 +2,17 @@
 
 Usage::
 
-    .venv/bin/python experiments/claims.py --quick          # minutes on a laptop CPU
+    .venv/bin/python experiments/claims.py --quick          # minutes per seed on a laptop CPU
     .venv/bin/python experiments/claims.py --n 3000 --size 64 --test-images 256
+    .venv/bin/python experiments/claims.py --quick --seeds 0   # one seed, a smoke run
 
-Each claim is printed with its numbers and its verdict. The verdicts are decided by
-:mod:`concilium.metrics.claims` (the functions the report and ``RUN/summary.json`` use; the rules
-are in ``docs/metrics.md``): this script computes the numbers and has no verdict logic of its own.
+Every seed (``--seeds``, default 0 1 2) regenerates the benchmark and retrains every model with
+that seed; the per-seed tables are stacked with a ``seed`` column and each claim is decided ONCE
+over all seeds: images are paired and bootstrapped within their seed, and each verdict is printed
+with its interval, n, the number of seeds, the test, its p-value and the per-seed estimates. The
+verdicts are decided by :mod:`concilium.metrics.claims` (the functions the report and
+``RUN/summary.json`` use; the rules are in ``docs/metrics.md``): this script computes the numbers
+and has no verdict logic of its own.
 Nothing here is tuned to make a claim hold: the settings below were fixed before the first run,
 and a claim that fails is reported as failing.
 
@@ -136,10 +141,14 @@ def sign(metric: str) -> float:
 
 
 def show(label: str, finding: Finding) -> None:
-    print(f"CLAIM {label}: {finding.verdict.upper()} -- {finding.claim}\n"
-          f"  {finding.metric} = {finding.estimate:.3f} (95% CI {finding.ci_low:.3f} to "
-          f"{finding.ci_high:.3f}, n = {finding.n}; threshold {finding.threshold:g})\n"
-          f"  {finding.detail}")
+    lines = [f"CLAIM {label}: {finding.verdict.upper()} -- {finding.claim}", finding.numbers(),
+             finding.detail, f"test: {finding.test}" if finding.test else ""]
+    print("\n  ".join(line for line in lines if line))
+
+
+def stacked(per_seed: dict[int, pd.DataFrame]) -> pd.DataFrame:
+    """The per-seed tables as one, with a ``seed`` column."""
+    return pd.concat([t.assign(seed=s) for s, t in per_seed.items()], ignore_index=True)
 
 
 # -- verdicts: the same functions as the report (concilium.metrics.claims) ---------------------
@@ -174,7 +183,8 @@ def verdicts_audit(quality: pd.DataFrame, bias: pd.DataFrame, control: pd.DataFr
 # -- claim 1 ---------------------------------------------------------------------------------
 
 
-def claim_averaging(data: ImageDataset, test: ImageDataset, args, workdir: Path) -> list[Finding]:
+def claim_averaging(data: ImageDataset, test: ImageDataset, args,
+                    workdir: Path) -> dict[str, pd.DataFrame]:
     metrics = ("mask_correlation", "relevance_mass", "com_distance", f"relevance_mass{ABS}")
     params = method_params(args.quick)
     setups = {
@@ -240,17 +250,16 @@ def claim_averaging(data: ImageDataset, test: ImageDataset, args, workdir: Path)
     r = correlation(1 - div.spearman, div.gain)
     print(f"  gain in mask correlation vs diversity (1 - Spearman) over the 4 sources: Spearman "
           f"rho = {r['spearman_rho']:.2f} (n = 4)")
-    found = []
-    for diversity in setups:
-        found.append(verdict_averaging(tables[diversity], seed=args.seed))
-        show(f"1 [{diversity}]", found[-1])
-    return found
+    return tables
 
 
 # -- claim 2 ---------------------------------------------------------------------------------
 
 
-def claim_consensus(data: ImageDataset, test: ImageDataset, args) -> list[Finding]:
+def claim_consensus(data: ImageDataset, test: ImageDataset,
+                    args) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One seed of claim 2: the committee's tidy table (``consensus`` and member sources) and
+    the members' table (``member``, ``accuracy``, ``consensus_score``, ``auc``)."""
     committee = [("small-cnn", 1), ("small-cnn", 3), ("small-cnn", args.epochs),
                  ("vgg11-small", 2), ("vgg11-small", args.epochs), ("resnet18-small", 3)]
     params = method_params(args.quick)
@@ -296,11 +305,7 @@ def claim_consensus(data: ImageDataset, test: ImageDataset, args) -> list[Findin
           f"(p = {r_acc['spearman_p']:.2f}), n = {r_acc['n']}")
     print(f"  consensus score vs localisation (AUC): Pearson r = {r_loc['pearson_r']:.2f}, "
           f"Spearman rho = {r_loc['spearman_rho']:.2f}")
-    found = verdicts_consensus(pd.concat(tidy_tables, ignore_index=True), members,
-                               seed=args.seed)
-    for label, f in zip(("2a", "2b"), found, strict=True):
-        show(label, f)
-    return found
+    return pd.concat(tidy_tables, ignore_index=True), members
 
 
 # -- claims 3 and 4 --------------------------------------------------------------------------
@@ -311,7 +316,11 @@ def limit_split(data: ImageDataset, split: str, n: int) -> ImageDataset:
     return data.subset(rows)
 
 
-def claim_cnn_and_audit(clean: ImageDataset, biased: ImageDataset, args) -> list[Finding]:
+def claim_cnn_and_audit(clean: ImageDataset, biased: ImageDataset,
+                        args) -> dict[str, pd.DataFrame | torch.Tensor]:
+    """One seed of claims 3 and 4: the tidy table of E* and the single methods (``cnn``), E*
+    with the test masks and labels (``estar``, ``masks``, ``labels``) and the bias audits of the
+    watermarked (``bias``) and the clean model (``control``), one source per seed."""
     params = method_params(args.quick)
     with torch.random.fork_rng():
         torch.manual_seed(args.seed)
@@ -355,11 +364,8 @@ def claim_cnn_and_audit(clean: ImageDataset, biased: ImageDataset, args) -> list
         [tidy({("cnn", "cnn"): per_image[("E* (cnn)", m)],
                **{("m0", method): per_image[(method, m)] for method in PAPER_METHODS}}, m)
          for m in metrics if not m.endswith(ABS)], ignore_index=True)
-    found = [verdict_cnn(verdict_table, seed=args.seed)]
-    show("3", found[-1])
-
     quality = per_class_quality(estar, test.masks, test.labels, class_names=test.class_names)
-    print("\nClaim 4a: per-class quality of E* (test split)")
+    print(f"\nClaim 4a: per-class quality of E* (test split, seed {args.seed})")
     print(quality.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
 
     with torch.random.fork_rng():
@@ -374,7 +380,7 @@ def claim_cnn_and_audit(clean: ImageDataset, biased: ImageDataset, args) -> list
             x = explain_maps(m, btest, method, params, seed=args.seed)
             t = bias_table(x, btest.parts["watermark"], btest.labels,
                            class_names=btest.class_names)
-            audits[name].append(t.assign(source="model", method=method))
+            audits[name].append(t.assign(source=f"model-seed{args.seed}", method=method))
             w = t[t.label == WATERMARK_CLASS]
             rows.append({"model": name, "accuracy": acc, "method": method,
                          "share": float(w.share.iloc[0]), "area": float(w.area.iloc[0]),
@@ -386,18 +392,68 @@ def claim_cnn_and_audit(clean: ImageDataset, biased: ImageDataset, args) -> list
           f"{biased.class_names[WATERMARK_CLASS]!r} (watermarked test images; the clean model "
           "is the control)")
     print(bias.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-    found += verdicts_audit(quality, pd.concat(audits["biased"], ignore_index=True),
-                            pd.concat(audits["clean"], ignore_index=True),
-                            rare=clean.class_names[RARE_CLASS],
-                            watermark=biased.class_names[WATERMARK_CLASS], seed=args.seed)
-    show("4a", found[-2])
-    show("4b", found[-1])
+    return {"cnn": verdict_table, "estar": estar, "masks": test.masks, "labels": test.labels,
+            "bias": pd.concat(audits["biased"], ignore_index=True),
+            "control": pd.concat(audits["clean"], ignore_index=True)}
+
+
+def run_seed(args, seed: int, wanted: set[str], workdir: Path) -> dict[str, object]:
+    """Every wanted claim's tables for one seed: the benchmark regenerated and every model
+    retrained with ``seed``."""
+    args = argparse.Namespace(**{**vars(args), "seed": seed})
+    base = dict(n=args.n, size=args.size, num_classes=args.classes, seed=seed,
+                rare_class=RARE_CLASS, rare_fraction=0.04)
+    clean = generate(SynthConfig(**base))
+    test = limit_split(clean, "test", args.test_images)
+    print(f"\n=== seed {seed}: {len(test)} test images explained")
+    out: dict[str, object] = {"class_names": clean.class_names}
+    if "1" in wanted:
+        out["averaging"] = claim_averaging(clean, test, args, workdir / f"seed{seed}")
+    if "2" in wanted:
+        out["committee"], out["members"] = claim_consensus(clean, test, args)
+    if "3" in wanted:
+        biased = generate(SynthConfig(**base, watermark_class=WATERMARK_CLASS,
+                                      watermark_rate=0.9))
+        out.update(claim_cnn_and_audit(clean, biased, args))
+    return out
+
+
+def decide(runs: dict[int, dict[str, object]], *, seed: int) -> list[tuple[str, Finding]]:
+    """Each claim decided once over all seeds' tables (stacked with a ``seed`` column);
+    ``seed`` seeds the bootstraps."""
+    first = next(iter(runs.values()))
+    found: list[tuple[str, Finding]] = []
+    if "averaging" in first:
+        for diversity in first["averaging"]:
+            table = stacked({s: r["averaging"][diversity] for s, r in runs.items()})
+            found.append((f"1 [{diversity}]", verdict_averaging(table, seed=seed)))
+    if "committee" in first:
+        committee = stacked({s: r["committee"] for s, r in runs.items()})
+        members = stacked({s: r["members"].assign(member=[f"seed{s}:{m}" for m in
+                                                          r["members"]["member"]])
+                           for s, r in runs.items()})
+        found += list(zip(("2a", "2b"), verdicts_consensus(committee, members, seed=seed),
+                          strict=True))
+    if "cnn" in first:
+        found.append(("3", verdict_cnn(stacked({s: r["cnn"] for s, r in runs.items()}),
+                                       seed=seed)))
+        names = first["class_names"]
+        quality = per_class_quality(torch.cat([r["estar"] for r in runs.values()]),
+                                    torch.cat([r["masks"] for r in runs.values()]),
+                                    torch.cat([r["labels"] for r in runs.values()]),
+                                    class_names=names)
+        print(f"\nClaim 4a: per-class quality of E* over the test images of seeds {list(runs)}")
+        print(quality.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+        found += list(zip(("4a", "4b"), verdicts_audit(
+            quality, pd.concat([r["bias"] for r in runs.values()], ignore_index=True),
+            pd.concat([r["control"] for r in runs.values()], ignore_index=True),
+            rare=names[RARE_CLASS], watermark=names[WATERMARK_CLASS], seed=seed), strict=True))
     return found
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes (a few minutes)")
+    parser.add_argument("--quick", action="store_true", help="small sizes (minutes per seed)")
     parser.add_argument("--n", type=int, default=None, help="benchmark images")
     parser.add_argument("--size", type=int, default=32, help="image size")
     parser.add_argument("--classes", type=int, default=6)
@@ -407,9 +463,12 @@ def main() -> None:
     parser.add_argument("--cnn-train-images", type=int, default=None)
     parser.add_argument("--cnn-epochs", type=int, default=None)
     parser.add_argument("--claims", default="1,2,3", help="which of 1,2,3 to run (3 includes 4)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                        help="seeds; each regenerates the data and retrains every model")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     args = parser.parse_args()
+    if len(set(args.seeds)) != len(args.seeds):
+        parser.error(f"--seeds must be distinct; got {args.seeds}")
     q = args.quick
     args.n = args.n or (1200 if q else 3000)
     args.epochs = args.epochs or (8 if q else 15)
@@ -418,27 +477,16 @@ def main() -> None:
     args.cnn_train_images = args.cnn_train_images or (300 if q else 1200)
     args.cnn_epochs = args.cnn_epochs or (30 if q else 60)
     torch.set_num_threads(args.threads)
-    base = dict(n=args.n, size=args.size, num_classes=args.classes, seed=args.seed,
-                rare_class=RARE_CLASS, rare_fraction=0.04)
-    clean = generate(SynthConfig(**base))
-    test = limit_split(clean, "test", args.test_images)
     print(f"benchmark: {args.n} images {args.size}px, {args.classes} classes (rare class "
-          f"{RARE_CLASS} at 4%), members trained {args.epochs} epochs; {len(test)} test images "
-          f"explained; settings fixed before the first run")
+          f"{RARE_CLASS} at 4%), members trained {args.epochs} epochs; seeds {args.seeds}; "
+          "settings fixed before the first run")
     wanted = {c.strip() for c in args.claims.split(",")}
-    found: list[tuple[str, Finding]] = []
     with tempfile.TemporaryDirectory() as tmp:
-        if "1" in wanted:
-            found += [(f"1 [{d}]", f) for d, f in zip(
-                ("head", "seed", "bootstrap", "arch"), claim_averaging(clean, test, args, Path(tmp)),
-                strict=True)]
-        if "2" in wanted:
-            found += list(zip(("2a", "2b"), claim_consensus(clean, test, args), strict=True))
-        if "3" in wanted:
-            biased = generate(SynthConfig(**base, watermark_class=WATERMARK_CLASS,
-                                          watermark_rate=0.9))
-            found += list(zip(("3", "4a", "4b"), claim_cnn_and_audit(clean, biased, args),
-                              strict=True))
+        runs = {seed: run_seed(args, seed, wanted, Path(tmp)) for seed in args.seeds}
+    print(f"\n=== verdicts, each decided once over seeds {args.seeds}")
+    found = decide(runs, seed=args.seeds[0])
+    for label, finding in found:
+        show(label, finding)
     print("\nSummary: " + ", ".join(f"claim {k}: {f.verdict}" for k, f in found))
 
 

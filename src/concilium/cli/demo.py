@@ -25,7 +25,9 @@ def demo_command(
     mixed-architecture committee, seven methods, every ensemble, every metric family, audits,
     report; prints the headline findings."""
     from rich.console import Console
+    from rich.markup import escape
 
+    from concilium.metrics.claims import Finding
     from concilium.pipeline import demo_config, format_plan, plan, run
 
     config = demo_config(quick=quick)
@@ -37,7 +39,9 @@ def demo_command(
     summary = json.loads((out / "summary.json").read_text())
     console.print(f"\n[bold]report:[/] {out / 'report.html'}")
     console.print("[bold]headline findings[/]")
-    for f in summary["findings"]:
+    for f in map(Finding.from_dict, summary["findings"]):
         verdict = {"held": "[green]held[/]", "not held": "[red]not held[/]"}.get(
-            f["verdict"], f"[dim]{f['verdict']}[/]")
-        console.print(f"- {f['claim']}: {verdict}\n    {f['detail']}", highlight=False)
+            f.verdict, f"[dim]{f.verdict}[/]")
+        numbers = f"\n    {escape(f.numbers())}" if f.numbers() else ""
+        console.print(f"- {escape(f.claim)}: {verdict}{numbers}\n    {escape(f.detail)}",
+                      highlight=False)

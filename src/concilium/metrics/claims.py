@@ -3,7 +3,8 @@
 The HTML report, ``RUN/summary.json`` and ``experiments/claims.py`` decide each claim by calling
 these functions on tidy tables; none of them has verdict logic of its own. Every function returns
 a :class:`Finding`: the claim, the number it is decided on (``estimate``), its 95% interval, the
-number of units behind it (``n``), the decision threshold, the verdict and the rule in words.
+number of units behind it (``n``) and of seeds (``seeds``), the decision threshold, the verdict,
+the rule in words, the statistical test in words (``test``) and its p-value (``p_value``).
 
 **Verdicts.** ``"held"`` when the whole interval lies on the claim's side of the threshold,
 ``"not held"`` when it lies on the other side, ``"inconclusive"`` when it includes the threshold
@@ -17,6 +18,16 @@ interval is a percentile bootstrap over those images, drawn from the ``rng`` arg
 global random state); a claim over several metrics resamples each metric's images independently
 and, like its estimate, takes the smallest margin: the weakest part decides.
 
+**p-values.** A paired claim's p-value is a one-sided sign-flip permutation test of the per-image
+margins (positive favours the claim) against 0: exact over all ``2**n`` flips up to 16 images,
+else 9999 random flips from ``rng`` with the ``(b + 1) / (m + 1)`` correction. A claim of several
+comparisons is an intersection-union test: its p-value is the largest of theirs (1 when a
+comparison has no paired image). The verdict is the interval's; the p-value is reported beside it.
+
+**Seeds.** A table with a ``seed`` column (several repetitions of the experiment) is decided once
+over all seeds: the unit is ``(seed, sample)``, images are paired and resampled within their seed,
+``seeds`` counts the seeds and ``detail`` gives each seed's estimate and their spread.
+
 Example:
     >>> import numpy as np, pandas as pd
     >>> rows = [(f"s{i}", src, "saliency", "mask_correlation", v)
@@ -29,7 +40,7 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Literal
 
@@ -37,7 +48,18 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from concilium.metrics._paired import Block, paired_interval, paired_rows, wide_table
+from concilium.metrics._paired import (
+    EXACT_UP_TO,
+    N_FLIPS,
+    Block,
+    paired_block,
+    paired_interval,
+    paired_p,
+    paired_rows,
+    per_seed_estimates,
+    seeds_of,
+    wide_table,
+)
 from concilium.metrics.tables import higher_is_better_of
 from concilium.vocabulary import EXP_AVG, is_member
 
@@ -65,7 +87,10 @@ class Finding:
         threshold: the decision threshold the interval is compared with.
         verdict: ``"held"``, ``"not held"``, ``"inconclusive"`` or ``"not measured"``.
         rule: the verdict rule in words.
-        detail: the numbers behind the estimate, or what is missing.
+        detail: the numbers behind the estimate, or what is missing (per seed, with seeds).
+        seeds: repetitions of the experiment behind the estimate (distinct ``seed`` values).
+        test: the interval and the test behind ``p_value``, in words ("" when there is none).
+        p_value: one-sided p-value of the claim against its threshold (NaN when not tested).
     """
 
     claim: str
@@ -78,9 +103,40 @@ class Finding:
     verdict: Verdict
     rule: str
     detail: str
+    seeds: int = 1
+    test: str = ""
+    p_value: float = math.nan
 
     def as_dict(self) -> dict[str, object]:
-        return asdict(self)
+        """The fields in the order of :data:`FINDING_KEYS` (the keys of a finding in
+        ``summary.json``)."""
+        d = asdict(self)
+        return {k: d[k] for k in FINDING_KEYS}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, object]) -> Finding:
+        """The finding of :meth:`as_dict` or of a ``summary.json`` entry (``None`` numbers, as
+        strict JSON writes NaN, read back as NaN)."""
+        nan = {"estimate", "ci_low", "ci_high", "threshold", "p_value"}
+        return cls(**{k: math.nan if k in nan and d.get(k) is None else d[k]
+                      for k in FINDING_KEYS if k in d})
+
+    def numbers(self) -> str:
+        """The estimate, interval, n, seeds, p-value and threshold in one line, as the report,
+        ``concilium demo`` and ``experiments/claims.py`` print them ("" when not measured)."""
+        if self.verdict == "not measured":
+            return ""
+        def f(x: float) -> str:
+            return "n/a" if not math.isfinite(x) else f"{x:.3f}"
+        p = "n/a" if not math.isfinite(self.p_value) else f"{self.p_value:.2g}"
+        return (f"{self.metric} = {f(self.estimate)} ({LEVEL:.0%} CI {f(self.ci_low)} to "
+                f"{f(self.ci_high)}, n = {self.n}, seeds = {self.seeds}, p = {p}; threshold "
+                f"{self.threshold:g})")
+
+
+FINDING_KEYS = ("claim", "metric", "estimate", "ci_low", "ci_high", "n", "seeds", "test",
+                "p_value", "verdict", "rule", "threshold", "detail")
+"""The keys of a finding in ``RUN/summary.json`` and :meth:`Finding.as_dict`, in order."""
 
 
 def verdict_of(
@@ -117,6 +173,14 @@ _PARTS = ("; a comparison of the claim with no paired image makes a 'held' verdi
           "inconclusive")
 
 
+def paired_test(level: float = LEVEL) -> str:
+    """The interval and test of every paired claim, in words."""
+    return (f"paired percentile bootstrap {level:.0%} interval (images resampled within each "
+            f"seed); one-sided sign-flip permutation p of the per-image margins (exact up to "
+            f"{EXACT_UP_TO} images, else {N_FLIPS} random flips, (b+1)/(m+1)); several "
+            "comparisons: the largest p (intersection-union)")
+
+
 def _decided(
     claim: str, metric: str, rule: str, parts: Sequence[str], blocks: Sequence[Block],
     missing: Sequence[str], *, rng: np.random.Generator, n_boot: int, level: float,
@@ -127,10 +191,17 @@ def _decided(
     if not blocks:
         return _not_measured(claim, metric, rule, detail or "nothing to compare")
     estimate, low, high, n = paired_interval(blocks, rng=rng, n_boot=n_boot, level=level)
+    p_value = 1.0 if missing else paired_p(blocks, rng=rng)
+    seeds = seeds_of(blocks)
+    if seeds:
+        each = per_seed_estimates(blocks)
+        detail += ("; per seed: " + ", ".join(f"{s} {v:+.3f}" for s, v in each.items())
+                   + f" (spread {min(each.values()):+.3f}..{max(each.values()):+.3f})")
     verdict = verdict_of(low, high, 0.0)
     if missing and verdict == "held":
         verdict = "inconclusive"
-    return Finding(claim, metric, estimate, low, high, n, 0.0, verdict, rule, detail)
+    return Finding(claim, metric, estimate, low, high, n, 0.0, verdict, rule, detail,
+                   seeds=max(len(seeds), 1), test=paired_test(level), p_value=p_value)
 
 
 def averaging_claim(
@@ -214,12 +285,15 @@ def consensus_alignment_claim(
             missing.append(metric)
         for method in methods:
             members = sorted(s for s, m in wide.columns if m == method and is_member(str(s)))
-            x = paired_rows(wide, [(source, method), *((s, method) for s in members)])
-            if not members or not len(x):
+            block = paired_block(f"{metric}/{method}", wide,
+                                 [(source, method), *((s, method) for s in members)],
+                                 lambda mu, s=sign: s * (mu[..., 0] - np.median(mu[..., 1:],
+                                                                                axis=-1)))
+            if not members or not len(block.x):
                 missing.append(f"{metric}/{method}")
                 continue
-            blocks.append(Block(f"{metric}/{method}", x, lambda mu, s=sign: s * (
-                mu[..., 0] - np.median(mu[..., 1:], axis=-1))))
+            blocks.append(block)
+            x = block.x
             means = x.mean(axis=0)
             parts.append(f"{metric}/{method} {means[0]:.3f} vs {np.median(means[1:]):.3f} "
                          f"({len(x)} images)")
@@ -275,15 +349,15 @@ def cnn_claim(
         singles = sorted(m for s, m in wide.columns if s == EXP_AVG and m != method)
         pairs = ([[(source, method), (EXP_AVG, m)] for m in singles] if metric in beat_best
                  else [[(source, method), *((EXP_AVG, m) for m in singles)]] if singles else [])
-        found = [(cols, paired_rows(wide, cols)) for cols in pairs]
-        found = [(cols, x) for cols, x in found if len(x)]
+        found = [(cols, paired_block(metric, wide, cols, lambda mu, s=sign: s * mu[..., 0]
+                                     - np.median(s * mu[..., 1:], axis=-1))) for cols in pairs]
+        found = [(cols, b) for cols, b in found if len(b.x)]
         if not found or len(found) < len(pairs):
             missing.append(metric)
         if not found:
             continue
-        for _, x in found:
-            blocks.append(Block(metric, x, lambda mu, s=sign: s * mu[..., 0] - np.median(
-                s * mu[..., 1:], axis=-1)))
+        blocks += [b for _, b in found]
+        found = [(cols, b.x) for cols, b in found]
         gaps = [(f"hardest method {cols[1][1]}" if len(cols) == 2 else "median method",
                  float(x[:, 0].mean()), float(np.median(x[:, 1:].mean(axis=0))), len(x))
                 for cols, x in found]

@@ -102,16 +102,17 @@ def _no_metrics(data: ReportData) -> str:
 
 def section_findings(data: ReportData, found: list[Finding]) -> Section:
     """The claims of the ensembling papers: each verdict (held, not held, inconclusive, not
-    measured) with its estimate, interval, threshold and rule."""
+    measured) with its estimate, interval, n, seeds, p-value, threshold, rule and test, the
+    same fields as the findings of ``summary.json``."""
     s = _section(data, "findings", "The claims of the ensembling papers, checked on this run.",
                  present=bool(found),
                  missing="No findings: the run has no metrics or audit tables yet.")
     for f in found:
         css = {"held": "held", "not held": "failed"}.get(f.verdict, "")
-        number = "" if f.verdict == "not measured" else (
-            f"{f.metric} = {fmt(f.estimate)} (95% CI {fmt(f.ci_low)} to {fmt(f.ci_high)}, "
-            f"n = {f.n}; threshold {fmt(f.threshold)}). ")
-        s.items.append((f"{f.claim}: {f.verdict}.", f"{number}{f.detail}. Rule: {f.rule}.", css))
+        number = f"{f.numbers()}. " if f.numbers() else ""
+        test = f" Test: {f.test}." if f.test else ""
+        s.items.append((f"{f.claim}: {f.verdict}.",
+                        f"{number}{f.detail}. Rule: {f.rule}.{test}", css))
     return s
 
 
