@@ -124,3 +124,19 @@ def test_ensemble_size_claim_compares_at_the_common_k():
     lower = pd.DataFrame(_curve("head", [0.5, 0.2], 0.01))
     assert C.ensemble_size_claim(lower).verdict == "not held"
     assert C.ensemble_size_claim(None).verdict == "not measured"
+
+
+def test_deciding_claim_takes_the_weakest_of_best_member_and_exp_avg():
+    base = np.linspace(0.2, 0.5, 20)
+    t = _tidy({("m0", "sal", "iou"): base, ("m1", "sal", "iou"): base + 0.1,
+               ("ens-avg", "sal", "iou"): base + 0.15 + WAVE,
+               ("m0", "sal", "mask_correlation"): base, ("m1", "sal", "mask_correlation"): base,
+               ("ens-avg", "sal", "mask_correlation"): base - 0.02 + WAVE})
+    f = C.averaging_deciding_claim(t, rng=_rng())
+    # iou: vs best +0.05, vs Exp-Avg +0.10; mask_correlation vs best -0.02 decides
+    assert f.estimate == pytest.approx(-0.02) and f.verdict == "not held"
+    assert "cannot fail" in f.rule and "no paired image: com_distance" in f.detail
+    g = C.averaging_deciding_claim(t, rng=_rng(), best_metrics=("iou",), exp_avg_metrics=("iou",))
+    assert g.estimate == pytest.approx(0.05) and g.verdict == "held"
+    with pytest.raises(ValueError, match="cannot decide claim 1"):
+        C.averaging_deciding_claim(t, rng=_rng(), exp_avg_metrics=("relevance_mass",))
