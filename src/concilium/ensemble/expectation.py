@@ -140,9 +140,15 @@ def member_subsets(
     return sorted(drawn)
 
 
+def _numpy(v: Tensor | np.ndarray) -> np.ndarray:
+    if isinstance(v, Tensor):
+        v = v.detach().cpu().numpy()
+    return np.asarray(v, dtype=np.float64)
+
+
 def ensemble_size_curve(
     member_maps: Tensor | Sequence[Tensor],
-    score: Callable[[Tensor], Tensor],
+    score: Callable[[Tensor], Tensor | np.ndarray],
     *,
     rng: np.random.Generator,
     sizes: Sequence[int] | None = None,
@@ -159,7 +165,8 @@ def ensemble_size_curve(
 
     Args:
         member_maps: ``(M, N, H, W)`` maps of one method.
-        score: maps ``(N, H, W)`` to per-image scores ``(N,)`` (e.g. a metric with its masks).
+        score: maps ``(N, H, W)`` to per-image scores ``(N,)``, a tensor or array (e.g. a
+            metric with its masks).
         rng: draws the subsets.
         sizes: the ensemble sizes (each in ``1..M``).
         subsets: subsets per size.
@@ -175,9 +182,8 @@ def ensemble_size_curve(
     m = stack.shape[0]
     sizes = list(range(1, m + 1)) if sizes is None else list(sizes)
     drawn = {k: member_subsets(m, k, subsets=subsets, rng=rng) for k in sizes}
-    scores = {k: np.stack([np.asarray(score(ens_avg(stack[list(sub)],
-                                                    normalisation=normalisation)).detach()
-                                      .cpu(), dtype=np.float64) for sub in subs])
+    scores = {k: np.stack([_numpy(score(ens_avg(stack[list(sub)], normalisation=normalisation)))
+                           for sub in subs])
               for k, subs in drawn.items()}
     keep = np.logical_and.reduce([np.isfinite(v).all(0) for v in scores.values()])
     rows = []
