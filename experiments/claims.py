@@ -58,15 +58,19 @@ from concilium.ensemble import (
     train_cnn_ensembler,
 )
 from concilium.ensemble.audit import bias_table, per_class_quality
+from concilium.ensemble.expectation import averaging_expectation, ensemble_size_curve
 from concilium.explain import explain
 from concilium.metrics import MetricWarning, evaluate
 from concilium.metrics.claims import (
     Finding,
     averaging_claim,
+    averaging_deciding_claim,
     cnn_claim,
     consensus_accuracy_claim,
     consensus_alignment_claim,
+    ensemble_size_claim,
     rare_class_claim,
+    same_compute_claim,
     watermark_claim,
 )
 from concilium.metrics.tables import higher_is_better_of
@@ -154,9 +158,13 @@ def stacked(per_seed: dict[int, pd.DataFrame]) -> pd.DataFrame:
 # -- verdicts: the same functions as the report (concilium.metrics.claims) ---------------------
 
 
-def verdict_averaging(table: pd.DataFrame, *, seed: int) -> Finding:
-    """Claim 1 on one diversity source's tidy table (``ens-avg`` and member sources)."""
-    return averaging_claim(table, metric="mask_correlation", rng=np.random.default_rng(seed))
+def verdicts_averaging(table: pd.DataFrame, *, seed: int,
+                       expectation: pd.DataFrame | None = None) -> list[Finding]:
+    """Claim 1 on one diversity source's tidy table (``ens-avg`` and member sources): the
+    paper's comparison (algebraic on mask correlation, with what algebra expects) and the
+    deciding one (best member; Exp-Avg on iou and com_distance), as in the report."""
+    return [averaging_claim(table, rng=np.random.default_rng(seed), expectation=expectation),
+            averaging_deciding_claim(table, rng=np.random.default_rng(seed))]
 
 
 def verdicts_consensus(committee: pd.DataFrame, members: pd.DataFrame, *,
@@ -184,8 +192,15 @@ def verdicts_audit(quality: pd.DataFrame, bias: pd.DataFrame, control: pd.DataFr
 
 
 def claim_averaging(data: ImageDataset, test: ImageDataset, args,
-                    workdir: Path) -> dict[str, pd.DataFrame]:
-    metrics = ("mask_correlation", "relevance_mass", "com_distance", f"relevance_mass{ABS}")
+                    workdir: Path) -> dict[str, object]:
+    """One seed of claim 1: per diversity source, the tidy table of Ens-Avg and the members
+    (``tables``), the algebraic expectation of mask correlation per image (``expectation``,
+    review ensembling D10), the ensemble-size curves (``curves``) and the same-compute tables
+    (``same_compute``, :func:`averaging_questions`). The verdicts are decided over all seeds in
+    :func:`decide`: by the comparisons that can fail (Ens-Avg vs the best member and vs Exp-Avg
+    on iou and com_distance, :func:`averaging_deciding_claim`), with Ens-Avg vs Exp-Avg on mask
+    correlation printed beside what algebra expects (labelled algebraic)."""
+    metrics = ("mask_correlation", "relevance_mass", "iou", "com_distance", f"relevance_mass{ABS}")
     params = method_params(args.quick)
     setups = {
         "head": {"members": 11, "arch": "small-cnn"},
@@ -193,26 +208,30 @@ def claim_averaging(data: ImageDataset, test: ImageDataset, args,
         "bootstrap": {"members": args.members, "arch": "small-cnn"},
         "arch": {"members": 3, "archs": ["small-cnn", "vgg11-small", "resnet18-small"]},
     }
-    rows, tables = [], {}
+    rows, tables, stacks, trained, expectations = [], {}, {}, {}, []
     for diversity, setup in setups.items():
         t0 = time.time()
         out = workdir / f"members-{diversity}"
         train_ensemble(data, out=out, diversity=diversity, epochs=args.epochs, seed=args.seed,
                        progress=False, **setup)
         members = [m for m, _ in load_members(out)]
+        trained[diversity] = members
         accs = [evaluate_accuracy(m, test.images, test.labels)[0] for m in members]
         log(f"claim 1: {diversity}: {len(members)} members trained, test accuracy "
             f"{np.mean(accs):.3f} ({time.time() - t0:.0f}s)")
-        per_image = {}
+        per_image: dict[str, dict[tuple[str, str], np.ndarray]] = {m: {} for m in metrics}
         for method in PAPER_METHODS:
             stack = torch.stack([explain_maps(m, test, method, params, seed=args.seed)
                                  for m in members])
+            stacks[(diversity, method)] = stack
             ens = ens_avg(stack, normalisation="max_abs")
             logit = ens_logit_maps(members, test.images, "label", method=method,
                                    params={"labels": test.labels, "batch_size": 64,
                                            "generator": torch.Generator().manual_seed(args.seed),
                                            **params.get(method, {})},
                                    explainer=explain)
+            expectations.append(averaging_expectation(stack, test.masks).assign(
+                diversity=diversity, method=method))
             row = {"diversity": diversity, "method": method, "members": len(members),
                    "accuracy": float(np.mean(accs)),
                    "map_spearman": mean_pairwise_similarity(stack, "spearman")}
@@ -222,13 +241,14 @@ def claim_averaging(data: ImageDataset, test: ImageDataset, args,
                 row[f"{metric}:ens_avg"] = mean(ens_v)
                 row[f"{metric}:exp_avg"] = float(np.mean([mean(v) for v in member_v]))
                 row[f"{metric}:ens_logit"] = score(metric, logit.detach(), test)
-                if metric == "mask_correlation":
-                    per_image[("ens-avg", method)] = ens_v
-                    per_image.update({(f"m{i}", method): v for i, v in enumerate(member_v)})
+                per_image[metric][("ens-avg", method)] = ens_v
+                per_image[metric].update({(f"m{i}", method): v for i, v in enumerate(member_v)})
             rows.append(row)
-        tables[diversity] = tidy(per_image, "mask_correlation")
+        tables[diversity] = pd.concat([tidy(per_image[m], m) for m in metrics], ignore_index=True)
     table = pd.DataFrame(rows)
-    print("\nClaim 1: Ens-Avg vs Exp-Avg (mean over members) and Ens-Logit, test split")
+    expectation = pd.concat(expectations, ignore_index=True)
+    print("\nClaim 1: Ens-Avg vs Exp-Avg (mean over members) and Ens-Logit, test split "
+          "(means over each source's finite images; the verdicts pair images)")
     show_table = table[["diversity", "method", "members", "accuracy", "map_spearman"]].copy()
     for metric in metrics:
         for k in ("ens_avg", "exp_avg", "ens_logit"):
@@ -250,7 +270,57 @@ def claim_averaging(data: ImageDataset, test: ImageDataset, args,
     r = correlation(1 - div.spearman, div.gain)
     print(f"  gain in mask correlation vs diversity (1 - Spearman) over the 4 sources: Spearman "
           f"rho = {r['spearman_rho']:.2f} (n = 4)")
-    return tables
+    print("\n  mask correlation, algebraic expectation per source and method (review D10: "
+          "Ens-Avg >= the sigma-weighted Exp-Avg by algebra; 'beyond' = observed - expected "
+          "from rho_bar):")
+    summary = expectation.groupby(["diversity", "method"], sort=False)[
+        ["ens_avg", "exp_avg", "exp_avg_sigma", "rho_bar", "expected", "beyond"]].mean()
+    print(summary.to_string(float_format=lambda v: f"{v:.3f}"))
+    curves, same = averaging_questions(stacks, trained, test, args)
+    return {"tables": tables, "expectation": expectation, "curves": curves, "same_compute": same}
+
+
+def averaging_questions(stacks: dict[tuple[str, str], torch.Tensor], trained: dict[str, list],
+                        test: ImageDataset, args) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
+    """The practitioner's questions of claim 1 for one seed: the ensemble-size curves (seeded
+    member subsets; ``source, method, metric, k, mean, low, high``) and, per diversity source,
+    the tidy table of Ens-Avg of K members and member m0 explained with K x the samples
+    (SmoothGrad) or steps (IG), source ``m0-xK``."""
+    rng = np.random.default_rng(args.seed)
+    curves = []
+    for (diversity, method), stack in stacks.items():
+        for metric in ("iou", "mask_correlation"):
+            curve = ensemble_size_curve(stack, lambda m, mt=metric: values(mt, m, test), rng=rng,
+                                        subsets=10)
+            curves.append(curve.assign(source=diversity, method=method, metric=metric))
+    curves = pd.concat(curves, ignore_index=True)
+    k_common = int(curves.groupby("source")["k"].max().min())
+    print(f"\n  ensemble-size curve (mean over up to 10 member subsets per K; 95% range over "
+          f"subsets), at K = 1 and at K = {k_common}, the largest K every source has:")
+    at = curves[curves.k.isin([1, k_common])].pivot_table(
+        index=["metric", "method", "source"], columns="k", values="mean")
+    print(at.to_string(float_format=lambda v: f"{v:.3f}"))
+    params = method_params(args.quick)
+    budget = {"smoothgrad": "n_samples", "integrated_gradients": "n_steps"}
+    same = {}
+    for diversity, members in trained.items():
+        k = len(members)
+        per_image: dict[str, dict[tuple[str, str], np.ndarray]] = {}
+        for method, key in budget.items():
+            stack = stacks.get((diversity, method))
+            if stack is None:
+                stack = torch.stack([explain_maps(m, test, method, params, seed=args.seed)
+                                     for m in members])
+            more = {method: {**params.get(method, {}), key: k * params[method][key]}}
+            single = explain_maps(members[0], test, method, more, seed=args.seed)
+            for metric in ("mask_correlation", "iou", "com_distance"):
+                per_image.setdefault(metric, {})
+                per_image[metric][("ens-avg", method)] = values(
+                    metric, ens_avg(stack, normalisation="max_abs"), test)
+                per_image[metric][("m0-xK", method)] = values(metric, single, test)
+        same[diversity] = pd.concat([tidy(v, m) for m, v in per_image.items()],
+                                    ignore_index=True)
+    return curves, same
 
 
 # -- claim 2 ---------------------------------------------------------------------------------
@@ -424,9 +494,23 @@ def decide(runs: dict[int, dict[str, object]], *, seed: int) -> list[tuple[str, 
     first = next(iter(runs.values()))
     found: list[tuple[str, Finding]] = []
     if "averaging" in first:
-        for diversity in first["averaging"]:
-            table = stacked({s: r["averaging"][diversity] for s, r in runs.items()})
-            found.append((f"1 [{diversity}]", verdict_averaging(table, seed=seed)))
+        for diversity in first["averaging"]["tables"]:
+            table = stacked({s: r["averaging"]["tables"][diversity] for s, r in runs.items()})
+            expected = stacked({s: r["averaging"]["expectation"] for s, r in runs.items()})
+            algebraic, deciding = verdicts_averaging(
+                table, seed=seed, expectation=expected[expected.diversity == diversity])
+            found += [(f"1 [{diversity}] algebraic", algebraic), (f"1 [{diversity}]", deciding)]
+        curves = pd.concat([r["averaging"]["curves"].assign(
+            source=lambda c, s=s: c.source + f"@seed{s}") for s, r in runs.items()],
+            ignore_index=True)
+        for metric in ("iou", "mask_correlation"):
+            found.append((f"1 size [{metric}]",
+                          ensemble_size_claim(curves[curves.metric == metric])))
+        for diversity in first["averaging"]["same_compute"]:
+            table = stacked({s: r["averaging"]["same_compute"][diversity]
+                             for s, r in runs.items()})
+            found.append((f"1 same compute [{diversity}]", same_compute_claim(
+                table, single_source="m0-xK", rng=np.random.default_rng(seed))))
     if "committee" in first:
         committee = stacked({s: r["committee"] for s, r in runs.items()})
         members = stacked({s: r["members"].assign(member=[f"seed{s}:{m}" for m in

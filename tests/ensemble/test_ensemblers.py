@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from concilium.cli.main import app
 from concilium.cli.options import flag, has_flag
 from concilium.ensemble.consensus import consensus
+from concilium.ensemble.expectation import averaging_expectation
 from concilium.ensemble.reduce import aggregate
 from concilium.ensemble.weighted import weighted_ensemble
 from concilium.jobs.audit import AuditOptions, run_audit
@@ -192,3 +193,19 @@ def test_member_localisation_is_on_the_maps_the_vote_saw(tiny_run, absolute):
         assert table.loc[m, "localisation"] == pytest.approx(voted)
         if absolute:
             assert voted != pytest.approx(signed)  # the maps are signed: the choice matters
+
+
+def test_ens_avg_writes_the_claim_1_tables_from_the_tensor_level_functions(tiny_run):
+    run = Run.open(tiny_run)
+    out = run_ensemble(tiny_run, "ens-avg", {"methods": ["saliency"], "seed": 3})
+    expectation, size = out.tables["averaging_expectation"], out.tables["ensemble_size"]
+    stack = _members(tiny_run, "saliency")
+    want = averaging_expectation(stack, run.data.masks)
+    assert expectation["sample"].tolist() == list(run.data.ids)
+    assert expectation["ens_avg"].to_numpy() == pytest.approx(want["ens_avg"].to_numpy())
+    assert sorted(size["metric"].unique()) == ["iou", "mask_correlation"]
+    assert size["k"].tolist() == [1, 2, 1, 2] and (size["method"] == "saliency").all()
+    assert (tiny_run / "results" / "averaging_expectation.parquet").exists()
+    # the identity holds only for the mean of signed maps: other settings write no claim tables
+    other = run_ensemble(tiny_run, "ens-avg", {"methods": ["saliency"], "reducer": "median"})
+    assert other.tables == {}

@@ -209,14 +209,22 @@ FLIP_POINTS = pd.DataFrame({"member": [f"m{i}" for i in range(6)],
 the report's old rule (r > 0) said held, the experiment's (r > 0 and rho > 0) said not held."""
 
 
+def _claim(found, start: str):
+    """The one finding whose claim starts with ``start`` (positions shift as claims are added)."""
+    hits = [f for f in found if f.claim.startswith(start)]
+    assert len(hits) == 1, [f.claim for f in found]
+    return hits[0]
+
+
 def test_the_consensus_accuracy_verdict_no_longer_flips(experiment):
     committee = _consensus_table(SHIFTS["held"])
     report = findings(None, {"committee_metrics": committee, "consensus": FLIP_POINTS})
     ours = experiment.verdicts_consensus(committee, FLIP_POINTS, seed=0)
-    assert _same(report[1], ours[0]) and _same(report[2], ours[1])
-    assert report[2].estimate == pytest.approx(0.3004, abs=1e-4)
-    assert "Spearman rho = -0.143" in report[2].detail
-    assert report[2].verdict == "inconclusive"  # r > 0, but its interval includes 0
+    align, accuracy = _claim(report, "The consensus aligns"), _claim(report, "Consensus score")
+    assert _same(align, ours[0]) and _same(accuracy, ours[1])
+    assert accuracy.estimate == pytest.approx(0.3004, abs=1e-4)
+    assert "Spearman rho = -0.143" in accuracy.detail
+    assert accuracy.verdict == "inconclusive"  # r > 0, but its interval includes 0
 
 
 @pytest.mark.parametrize("verdict", ["held", "not held", "inconclusive"])
@@ -227,12 +235,15 @@ def test_report_and_experiment_give_the_same_findings(experiment, verdict):
                               "dice": [0.8, 0.5], "flag_threshold": 0.72,
                               "flagged": [False, True]})
     report = findings(metrics, {"per_class": per_class}, card={"rare_class_name": "rare"})
-    assert _same(report[0], experiment.verdict_averaging(_averaging_table(shift), seed=0))
-    assert _same(report[3], experiment.verdict_cnn(_cnn_table(shift), seed=0))
+    ours = experiment.verdicts_averaging(metrics, seed=0)
+    paper, deciding = _claim(report, "Ens-Avg beats Exp-Avg"), _claim(report, "Ens-Avg beats the")
+    assert _same(paper, ours[0]) and _same(deciding, ours[1])
+    cnn = _claim(report, "The CNN ensembler")
+    assert _same(cnn, experiment.verdict_cnn(_cnn_table(shift), seed=0))
     audit = experiment.verdicts_audit(per_class, _bias([True] * 4), _bias([False] * 4),
                                       rare="rare", watermark="striped", seed=0)
-    assert _same(report[4], audit[0])
-    assert report[0].verdict == report[3].verdict == verdict
+    assert _same(_claim(report, "The rare class"), audit[0])
+    assert paper.verdict == cnn.verdict == verdict
     assert experiment.watermark_claim is C.watermark_claim
 
 

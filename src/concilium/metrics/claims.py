@@ -210,16 +210,25 @@ def averaging_claim(
     rng: np.random.Generator,
     metric: str | None = None,
     ens_source: str = "ens-avg",
+    expectation: pd.DataFrame | None = None,
     n_boot: int = N_BOOT,
     level: float = LEVEL,
 ) -> Finding:
-    """Claim 1: Ens-Avg beats Exp-Avg (the members' mean score per image) for every method.
+    """Claim 1 as the paper states it: Ens-Avg beats Exp-Avg (the members' mean score per image)
+    for every method.
+
+    On :data:`ALGEBRAIC_METRICS` (the paper's mask correlation, relevance mass) this comparison
+    cannot fail (review ensembling D10): the claim and rule say so, and with ``expectation`` the
+    detail reports the observed Ens-Avg beside the value algebra predicts. The deciding
+    comparisons are :func:`averaging_best_member_claim` and :func:`averaging_localisation_claim`.
 
     Args:
         metrics: the tidy metrics table (``sample, source, method, metric, value``).
         rng: draws the bootstrap resamples.
         metric: the metric (default ``mask_correlation``, the paper's, else ``relevance_mass``).
         ens_source: the Ens-Avg source.
+        expectation: optional rows ``method, ens_avg, exp_avg_sigma, expected`` per image (from
+            :func:`concilium.ensemble.expectation.averaging_expectation`, mask correlation).
         n_boot: bootstrap resamples.
         level: interval coverage.
     """
@@ -239,14 +248,330 @@ def averaging_claim(
     methods = sorted(m for s, m in wide.columns if s == ens_source and (EXP_AVG, m) in wide)
     blocks, parts, missing = [], [], []
     for method in methods:
-        x = paired_rows(wide, [(ens_source, method), (EXP_AVG, method)])
+        block = paired_block(method, wide, [(ens_source, method), (EXP_AVG, method)],
+                             lambda mu, s=sign: s * (mu[..., 0] - mu[..., 1]))
+        x = block.x
         if not len(x):
             missing.append(method)
             continue
-        blocks.append(Block(method, x, lambda mu, s=sign: s * (mu[..., 0] - mu[..., 1])))
+        blocks.append(block)
         parts.append(f"{method} {sign * (x[:, 0] - x[:, 1]).mean():+.3f} ({len(x)} images)")
-    return _decided(f"{claim} ({metric})", f"{metric}: {name}", rule, parts, blocks, missing,
+    if metric in ALGEBRAIC_METRICS:
+        claim, rule = f"{claim} ({metric}; algebraic)", rule + _ALGEBRAIC.format(m=metric)
+        if expectation is not None and not expectation.empty and metric == "mask_correlation":
+            for method, grp in expectation.groupby("method", sort=True):
+                ok = grp[["ens_avg", "exp_avg_sigma", "expected"]].notna().all(axis=1)
+                g = grp[ok]
+                parts.append(f"{method}: observed Ens-Avg {g['ens_avg'].mean():.3f}, algebra "
+                             f"expects {g['expected'].mean():.3f} (sigma-weighted Exp-Avg "
+                             f"{g['exp_avg_sigma'].mean():.3f}; {len(g)} images)")
+    else:
+        claim = f"{claim} ({metric})"
+    return _decided(claim, f"{metric}: {name}", rule, parts, blocks, missing,
                     rng=rng, n_boot=n_boot, level=level)
+
+
+ALGEBRAIC_METRICS = ("mask_correlation", "relevance_mass")
+"""Metrics on which Ens-Avg beats (or ties) Exp-Avg by algebra (review ensembling D10): the mask
+correlation of the mean of maps is at least the sigma-weighted mean of the members'
+(:mod:`concilium.ensemble.expectation`), and the relevance mass of the mean equals the
+mass-weighted mean of the members'. A comparison with Exp-Avg on them cannot fail."""
+
+_ALGEBRAIC = (" ALGEBRAIC: on {m} Ens-Avg >= the weighted Exp-Avg holds for any maps (review "
+              "ensembling D10), so this comparison cannot fail and decides nothing; it reports "
+              "the observed gain beside the one algebra predicts. The deciding comparisons are "
+              "Ens-Avg vs the best member and vs Exp-Avg on iou and com_distance.")
+
+
+def _oriented_means(x: np.ndarray, sign: float) -> np.ndarray:
+    return sign * x.mean(axis=0)
+
+
+def _best_member_blocks(
+    metrics: pd.DataFrame, metric_names: Sequence[str], best: Mapping[str, str] | None,
+    ens_source: str,
+) -> tuple[list[Block], list[str], list[str]]:
+    """Ens-Avg vs the best member per metric and method (rule in averaging_best_member_claim)."""
+    blocks, parts, missing = [], [], []
+    for metric in metric_names:
+        if not (metrics["metric"] == metric).any():
+            continue
+        wide, sign = wide_table(metrics, metric), _sign(metric)
+        for method in sorted(m for s, m in wide.columns if s == ens_source):
+            members = sorted(s for s, m in wide.columns if m == method and is_member(str(s)))
+            if best is not None and method in best:
+                if best[method] not in members:
+                    raise ValueError(f"best member {best[method]!r} of {method!r} has no "
+                                     f"{metric} rows; pick one of {members}")
+                index = members.index(best[method])
+            else:
+                index = None
+            columns = [(ens_source, method), *((s, method) for s in members)]
+            x = paired_rows(wide, columns)
+            if not members or not len(x):
+                missing.append(f"{metric}/{method}")
+                continue
+            if index is None:
+                def margin(mu, s=sign):
+                    return s * mu[..., 0] - np.max(s * mu[..., 1:], axis=-1)
+                top = int(np.argmax(_oriented_means(x[:, 1:], sign)))
+            else:
+                def margin(mu, s=sign, j=index + 1):
+                    return s * (mu[..., 0] - mu[..., j])
+                top = index
+            blocks.append(paired_block(f"{metric}/{method}", wide, columns, margin))
+            means = x.mean(axis=0)
+            parts.append(f"{metric}/{method} {means[0]:.3f} vs {members[top]} "
+                         f"{means[top + 1]:.3f} ({len(x)} images)")
+    return blocks, parts, missing
+
+
+def _exp_avg_blocks(
+    metrics: pd.DataFrame, metric_names: Sequence[str], ens_source: str,
+) -> tuple[list[Block], list[str], list[str]]:
+    """Ens-Avg vs Exp-Avg per metric and method, on the images where Ens-Avg and every member
+    are finite."""
+    blocks, parts, missing = [], [], []
+    for metric in metric_names:
+        if not (metrics["metric"] == metric).any():
+            missing.append(metric)
+            continue
+        wide, sign = wide_table(metrics, metric), _sign(metric)
+        for method in sorted(m for s, m in wide.columns if s == ens_source):
+            block = paired_block(f"{metric}/{method}", wide,
+                                 [(ens_source, method), (EXP_AVG, method)],
+                                 lambda mu, s=sign: s * (mu[..., 0] - mu[..., 1]))
+            x = block.x
+            if not len(x):
+                missing.append(f"{metric}/{method}")
+                continue
+            blocks.append(block)
+            parts.append(f"{metric}/{method} {x[:, 0].mean():.3f} vs {x[:, 1].mean():.3f} "
+                         f"({len(x)} images)")
+    return blocks, parts, missing
+
+
+def averaging_best_member_claim(
+    metrics: pd.DataFrame | None,
+    *,
+    rng: np.random.Generator,
+    metric_names: Sequence[str] = ("mask_correlation", "relevance_mass", "iou", "com_distance"),
+    best: Mapping[str, str] | None = None,
+    ens_source: str = "ens-avg",
+    n_boot: int = N_BOOT,
+    level: float = LEVEL,
+) -> Finding:
+    """Claim 1, deciding part (can fail): Ens-Avg beats the best member, per method and metric.
+
+    Per metric and method, the images where Ens-Avg and every member are finite (a NaN drops the
+    image for all). The best member is ``best[method]`` when given (chosen on other data), else
+    the member with the best mean on those images, re-chosen in every bootstrap replicate (so the
+    selection's optimism counts against the ensemble).
+
+    Args:
+        metrics: the tidy metrics table (``sample, source, method, metric, value``).
+        rng: draws the bootstrap resamples.
+        metric_names: the metrics compared (those missing from the table are skipped).
+        best: optional ``method -> member source`` chosen on other data.
+        ens_source: the Ens-Avg source.
+        n_boot: bootstrap resamples.
+        level: interval coverage.
+    """
+    claim = "Ens-Avg beats the best member for every method"
+    chosen = ("the member given per method (chosen on other data)" if best else
+              "the member with the best mean on the paired images, re-chosen in every bootstrap "
+              "replicate")
+    rule = ("per metric and method, Ens-Avg's mean minus the best member's mean over the images "
+            "where Ens-Avg and every member are finite (oriented so that positive means Ens-Avg "
+            f"is better); best member = {chosen}; estimate = the smallest over "
+            + ", ".join(metric_names) + " and the methods; " + _INTERVAL.format(t=0) + _PARTS)
+    name = "Ens-Avg - best member, worst metric and method"
+    if metrics is None or metrics.empty or not (metrics["source"] == ens_source).any():
+        return _not_measured(claim, name, rule, f"no {ens_source} rows in the metrics table")
+    blocks, parts, missing = _best_member_blocks(metrics, metric_names, best, ens_source)
+    return _decided(claim, name, rule, parts, blocks, missing, rng=rng, n_boot=n_boot,
+                    level=level)
+
+
+def averaging_localisation_claim(
+    metrics: pd.DataFrame | None,
+    *,
+    rng: np.random.Generator,
+    metric_names: Sequence[str] = ("iou", "com_distance"),
+    ens_source: str = "ens-avg",
+    n_boot: int = N_BOOT,
+    level: float = LEVEL,
+) -> Finding:
+    """Claim 1, deciding part (can fail): Ens-Avg beats Exp-Avg on the metrics where that is not
+    fixed by algebra (IoU of the thresholded map; centre-of-mass distance against the plain
+    mean of the members), per method.
+
+    Args:
+        metrics: the tidy metrics table.
+        rng: draws the bootstrap resamples.
+        metric_names: the metrics compared (those missing from the table are skipped).
+        ens_source: the Ens-Avg source.
+        n_boot: bootstrap resamples.
+        level: interval coverage.
+    """
+    algebraic = [m for m in metric_names if m in ALGEBRAIC_METRICS]
+    if algebraic:
+        raise ValueError(f"{algebraic} cannot decide claim 1 (Ens-Avg >= Exp-Avg by algebra); "
+                         "use averaging_claim for them, which labels the comparison algebraic")
+    claim = "Ens-Avg beats Exp-Avg on " + " and ".join(metric_names) + " for every method"
+    rule = ("per metric and method, Ens-Avg minus Exp-Avg over the images where Ens-Avg and every "
+            "member are finite (oriented so that positive means Ens-Avg is better); estimate = "
+            "the smallest over the metrics and methods; " + _INTERVAL.format(t=0) + _PARTS)
+    name = "Ens-Avg - Exp-Avg, worst metric and method"
+    if metrics is None or metrics.empty or not (metrics["source"] == ens_source).any():
+        return _not_measured(claim, name, rule, f"no {ens_source} rows in the metrics table")
+    blocks, parts, missing = _exp_avg_blocks(metrics, metric_names, ens_source)
+    return _decided(claim, name, rule, parts, blocks, missing, rng=rng, n_boot=n_boot,
+                    level=level)
+
+
+def averaging_deciding_claim(
+    metrics: pd.DataFrame | None,
+    *,
+    rng: np.random.Generator,
+    best_metrics: Sequence[str] = ("mask_correlation", "iou", "com_distance"),
+    exp_avg_metrics: Sequence[str] = ("iou", "com_distance"),
+    best: Mapping[str, str] | None = None,
+    ens_source: str = "ens-avg",
+    n_boot: int = N_BOOT,
+    level: float = LEVEL,
+) -> Finding:
+    """Claim 1 restated so that algebra does not fix it: Ens-Avg beats the best member (on
+    ``best_metrics``, rule of :func:`averaging_best_member_claim`) and Exp-Avg on
+    ``exp_avg_metrics`` (rule of :func:`averaging_localisation_claim`), for every method; the
+    weakest comparison decides.
+
+    Args:
+        metrics: the tidy metrics table.
+        rng: draws the bootstrap resamples.
+        best_metrics: metrics compared with the best member (by default not the signed
+            relevance mass: ``sum(a * s) / sum(a)`` is unbounded when a signed map sums to about
+            0, so it cannot rank signed methods).
+        exp_avg_metrics: metrics compared with Exp-Avg (none of :data:`ALGEBRAIC_METRICS`).
+        best: optional ``method -> member source`` chosen on other data.
+        ens_source: the Ens-Avg source.
+        n_boot: bootstrap resamples.
+        level: interval coverage.
+    """
+    algebraic = [m for m in exp_avg_metrics if m in ALGEBRAIC_METRICS]
+    if algebraic:
+        raise ValueError(f"{algebraic} cannot decide claim 1 (Ens-Avg >= Exp-Avg by algebra); "
+                         "leave them out of exp_avg_metrics")
+    claim = ("Ens-Avg beats the best member and, on " + " and ".join(exp_avg_metrics)
+             + ", Exp-Avg for every method")
+    chosen = ("given per method (chosen on other data)" if best else "the member with the best "
+              "mean on the paired images, re-chosen in every bootstrap replicate")
+    rule = ("per metric and method, over the images where Ens-Avg and every member are finite, "
+            "Ens-Avg's mean minus the best member's on " + ", ".join(best_metrics)
+            + f" (best member = {chosen}) and minus Exp-Avg's on " + ", ".join(exp_avg_metrics)
+            + " (oriented so that positive means Ens-Avg is better); estimate = the smallest; "
+            + _INTERVAL.format(t=0) + _PARTS + ". Ens-Avg vs Exp-Avg on mask_correlation and "
+            "relevance_mass is left out: it cannot fail (review ensembling D10)")
+    name = "Ens-Avg - best member or Exp-Avg, worst comparison"
+    if metrics is None or metrics.empty or not (metrics["source"] == ens_source).any():
+        return _not_measured(claim, name, rule, f"no {ens_source} rows in the metrics table")
+    b1, p1, m1 = _best_member_blocks(metrics, best_metrics, best, ens_source)
+    b2, p2, m2 = _exp_avg_blocks(metrics, exp_avg_metrics, ens_source)
+    parts = [f"vs best member: {p}" for p in p1] + [f"vs Exp-Avg: {p}" for p in p2]
+    return _decided(claim, name, rule, parts, b1 + b2, m1 + m2, rng=rng, n_boot=n_boot,
+                    level=level)
+
+
+def same_compute_claim(
+    metrics: pd.DataFrame | None,
+    *,
+    rng: np.random.Generator,
+    single_source: str,
+    metric_names: Sequence[str] = ("mask_correlation", "relevance_mass", "iou", "com_distance"),
+    ens_source: str = "ens-avg",
+    n_boot: int = N_BOOT,
+    level: float = LEVEL,
+) -> Finding:
+    """Claim 1, practitioner's question: is Ens-Avg of K members better than one member explained
+    with the same compute (``single_source``: SmoothGrad with K x the samples, IG with K x the
+    steps), per method both have, on the images where both are finite?
+
+    Args:
+        metrics: the tidy metrics table with ``ens_source`` and ``single_source`` rows.
+        rng: draws the bootstrap resamples.
+        single_source: the source of the one member explained with K x the compute.
+        metric_names: the metrics compared (those missing from the table are skipped).
+        ens_source: the Ens-Avg source.
+        n_boot: bootstrap resamples.
+        level: interval coverage.
+    """
+    claim = f"Ens-Avg beats one member explained with the same compute ({single_source})"
+    rule = ("per metric and method both sources have, Ens-Avg's mean minus the single member's "
+            "over the images where both are finite (oriented so that positive means Ens-Avg is "
+            "better); estimate = the smallest over the metrics and methods; "
+            + _INTERVAL.format(t=0) + _PARTS)
+    name = f"Ens-Avg - {single_source}, worst metric and method"
+    if metrics is None or metrics.empty or not (metrics["source"] == single_source).any():
+        return _not_measured(claim, name, rule, f"no {single_source} rows in the metrics table")
+    blocks, parts, missing = [], [], []
+    for metric in metric_names:
+        if not (metrics["metric"] == metric).any():
+            continue
+        wide, sign = wide_table(metrics, metric), _sign(metric)
+        for method in sorted(m for s, m in wide.columns if s == single_source):
+            if (ens_source, method) not in wide:
+                missing.append(f"{metric}/{method}")
+                continue
+            block = paired_block(f"{metric}/{method}", wide,
+                                 [(ens_source, method), (single_source, method)],
+                                 lambda mu, s=sign: s * (mu[..., 0] - mu[..., 1]))
+            x = block.x
+            if not len(x):
+                missing.append(f"{metric}/{method}")
+                continue
+            blocks.append(block)
+            parts.append(f"{metric}/{method} {x[:, 0].mean():.3f} vs {x[:, 1].mean():.3f} "
+                         f"({len(x)} images)")
+    return _decided(claim, name, rule, parts, blocks, missing, rng=rng, n_boot=n_boot,
+                    level=level)
+
+
+def ensemble_size_claim(curves: pd.DataFrame | None, *, level: float = LEVEL) -> Finding:
+    """Claim 1, size: does Ens-Avg keep improving with K? Compares the score at the largest K
+    every diversity source has with K = 1 (a random single member), per source and method.
+
+    Args:
+        curves: rows ``source, method, k, mean, low, high`` (from
+            :func:`concilium.ensemble.expectation.ensemble_size_curve`, oriented so that higher
+            is better, with a ``metric`` column naming the metric).
+        level: the coverage of the curves' intervals (said in the rule).
+    """
+    claim = "Ens-Avg at the largest common K beats a single random member (K = 1)"
+    rule = ("per diversity source and method, the mean over member subsets at the largest K all "
+            "sources have minus the mean at K = 1 (oriented so that positive means the larger "
+            "ensemble is better); estimate = the smallest; held when the subsets' "
+            f"{level:.0%} interval at that K lies wholly above K = 1's, not held when wholly "
+            "below, inconclusive otherwise")
+    name = "score(K common) - score(K = 1), worst source and method"
+    if curves is None or curves.empty:
+        return _not_measured(claim, name, rule, "no ensemble-size curves")
+    k_common = int(curves.groupby("source")["k"].max().min())
+    worst, parts, verdicts = math.inf, [], []
+    for (source, method), grp in curves.groupby(["source", "method"], sort=True):
+        sign = _sign(str(grp["metric"].iloc[0])) if "metric" in grp else 1.0
+        one, top = grp.set_index("k").loc[1], grp.set_index("k").loc[k_common]
+        gain = sign * (top["mean"] - one["mean"])
+        lo_top, hi_top = sorted((sign * top["low"], sign * top["high"]))
+        lo_one, hi_one = sorted((sign * one["low"], sign * one["high"]))
+        verdicts.append("held" if lo_top > hi_one else "not held" if hi_top < lo_one
+                        else "inconclusive")
+        worst = min(worst, gain)
+        parts.append(f"{source}/{method} K={k_common} {top['mean']:.3f} vs K=1 "
+                     f"{one['mean']:.3f}")
+    verdict: Verdict = ("not held" if "not held" in verdicts else
+                        "held" if all(v == "held" for v in verdicts) else "inconclusive")
+    return Finding(claim, name, float(worst), math.nan, math.nan, k_common, 0.0, verdict, rule,
+                   "; ".join(parts))
 
 
 def consensus_alignment_claim(

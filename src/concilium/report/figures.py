@@ -221,3 +221,38 @@ def attribute_card_figure(
         ax.set_yticks([])
         ax.set_title(name, fontsize=7)
     return to_data_uri(fig)
+
+
+def ensemble_size_figure(curves: pd.DataFrame, *, title: str = "Ens-Avg vs ensemble size") -> str:
+    """Ens-Avg's score against the number of members K, one panel per metric, one line per method
+    (and source, when the table has a ``source`` column), with the range over member subsets.
+
+    Args:
+        curves: rows ``metric, method, k, mean, low, high`` (the ``ensemble_size`` table written
+            by ``concilium ensemble --kind ens-avg``), optionally ``source``.
+        title: the figure title.
+
+    Raises:
+        ValueError: if a column is missing (names it).
+    """
+    need = {"metric", "method", "k", "mean", "low", "high"}
+    if not need <= set(curves.columns):
+        raise ValueError(f"ensemble_size table lacks columns {sorted(need - set(curves.columns))}"
+                         "; write it with `concilium ensemble --kind ens-avg`")
+    metrics = sorted(curves["metric"].unique())
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.6 * len(metrics), 3.0), squeeze=False)
+    keys = ["source", "method"] if "source" in curves.columns else ["method"]
+    for ax, metric in zip(axes[0], metrics, strict=True):
+        for key, grp in curves[curves["metric"] == metric].groupby(keys, sort=True):
+            g = grp.sort_values("k")
+            label = "/".join(map(str, key)) if isinstance(key, tuple) else str(key)
+            line, = ax.plot(g["k"], g["mean"], marker="o", markersize=3, linewidth=1,
+                            label=label)
+            ax.fill_between(g["k"], g["low"], g["high"], color=line.get_color(), alpha=0.15)
+        ax.set_xlabel("members K", fontsize=8)
+        ax.set_ylabel(metric, fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=6)
+    fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    return to_data_uri(fig)

@@ -260,7 +260,19 @@ def section_paper(data: ReportData) -> Section:
                      Cell(str(r.n_members))])
     s.tables.append(Table(["method", "metric", "Ens-Avg", "Exp-Avg", "Ens-Logit", "members"],
                           rows))
+    _ensemble_size_part(data, s)
     return s
+
+
+def _ensemble_size_part(data: ReportData, s: Section) -> None:
+    """Claim 1's ensemble-size curve under the paper table, when ``ens-avg`` wrote one."""
+    curves = data.tables.get("ensemble_size")
+    if curves is None or curves.empty:
+        return
+    s.figures.append(Figure(F.ensemble_size_figure(curves), (
+        "Ens-Avg against the number of members K (mean over random member subsets; band: the "
+        "range of 95% of the subsets). On mask correlation part of any gain over K = 1 is "
+        "algebraic (review ensembling D10): compare with the averaging_expectation table.")))
 
 
 def section_consensus(data: ReportData) -> Section:

@@ -18,6 +18,7 @@ import pandas as pd
 from concilium.metrics.claims import (
     Finding,
     averaging_claim,
+    averaging_deciding_claim,
     cnn_claim,
     consensus_accuracy_claim,
     consensus_alignment_claim,
@@ -159,7 +160,9 @@ def findings(
     """The claims of the ensembling issue, decided on this run's tables by
     :mod:`concilium.metrics.claims` (the one definition of each verdict rule).
 
-    1. Ens-Avg beats Exp-Avg for every method (mask correlation, the paper's metric).
+    1. Ens-Avg beats Exp-Avg for every method (mask correlation, the paper's metric; algebraic:
+       it cannot fail, so it is shown with what algebra expects), and the deciding form: Ens-Avg
+       beats the best member, and Exp-Avg on IoU and centre-of-mass distance.
     2. The consensus aligns with the masks better than the median member (from the committee's
        ``committee_metrics`` table when there is one), and the consensus score correlates
        positively with accuracy.
@@ -178,7 +181,9 @@ def findings(
     card = card or {}
     committee = tables.get("committee_metrics")
     return [
-        averaging_claim(metrics, rng=np.random.default_rng(seed)),
+        averaging_claim(metrics, rng=np.random.default_rng(seed),
+                        expectation=tables.get("averaging_expectation")),
+        averaging_deciding_claim(metrics, rng=np.random.default_rng(seed)),
         consensus_alignment_claim(committee if committee is not None else metrics,
                                   rng=np.random.default_rng(seed)),
         consensus_accuracy_claim(consensus_points(tables.get("consensus"))),
