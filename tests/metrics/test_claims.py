@@ -228,11 +228,11 @@ def test_report_and_experiment_give_the_same_findings(experiment, verdict):
                               "flagged": [False, True]})
     report = findings(metrics, {"per_class": per_class}, card={"rare_class_name": "rare"})
     assert _same(report[0], experiment.verdict_averaging(_averaging_table(shift), seed=0))
-    assert _same(report[3], experiment.verdict_cnn(_cnn_table(shift), seed=0))
+    assert _same(report[4], experiment.verdict_cnn(_cnn_table(shift), seed=0))
     audit = experiment.verdicts_audit(per_class, _bias([True] * 4), _bias([False] * 4),
                                       rare="rare", watermark="striped", seed=0)
-    assert _same(report[4], audit[0])
-    assert report[0].verdict == report[3].verdict == verdict
+    assert _same(report[5], audit[0])
+    assert report[0].verdict == report[4].verdict == verdict
     assert experiment.watermark_claim is C.watermark_claim
 
 

@@ -40,7 +40,7 @@ def test_quick_demo_end_to_end(tmp_path):
     for title in SECTIONS.values():
         assert f"<h2>{title}</h2>" in html
     summary = json.loads((out / "summary.json").read_text())
-    assert len(summary["findings"]) == 6 and summary["explanations"]
+    assert len(summary["findings"]) == 7 and summary["explanations"]
     assert any(f["verdict"] != "not measured" for f in summary["findings"])
     # the audit stage wrote the attribute cards (multitask members); the report only read them
     assert (out / "results" / "attributes.npz").is_file()

@@ -82,7 +82,7 @@ def test_findings_report_numbers_and_verdicts(report_data):
 
 def test_findings_not_measured_without_inputs():
     found = findings(None, {}, card={})
-    assert len(found) == 6 and all(f.verdict == "not measured" for f in found)
+    assert len(found) == 7 and all(f.verdict == "not measured" for f in found)
 
 
 def test_averaging_claim_fails_when_members_better():

@@ -39,7 +39,11 @@ class ConsensusOptions(EnsembleOptionsBase):
     absolute: Absolute = True
     vote: Vote = Field("mean", description="how the members vote: mean maps or mean ranks")
     similarity: SimilarityName = Field(
-        "cosine", description="similarity of each member's map to the consensus")
+        "spearman", description="similarity of each member's map to the consensus (spearman: "
+                                "centred and blind to a map's density; cosine rewards dense "
+                                "maps)")
+    leave_one_out: bool = Field(
+        True, description="score each member against the vote of the other members")
     correct_only: bool = Field(
         True, description="score only the images every member classifies correctly")
     localisation_metric: str = Field(
@@ -76,6 +80,10 @@ def member_accuracy(run: Run, members: list[str], device: str) -> tuple[dict[str
 def run_consensus(run: Run, options: ConsensusOptions) -> EnsembleResult:
     """Committee vote per method; consensus scores and their correlations as tables.
 
+    The consensus table records how each score was computed (``similarity``,
+    ``leave_one_out``, ``normalisation``, ``vote``) and where accuracy was measured
+    (``accuracy_on``).
+
     The consensus source covers every row (so it is evaluated like the members); with
     ``correct_only`` the scores and correlations use only the images every member gets right.
     """
@@ -103,7 +111,7 @@ def run_consensus(run: Run, options: ConsensusOptions) -> EnsembleResult:
                                        params=params))
         scores = consensus_scores(stack[:, keep], cons[keep], similarity_kind=o.similarity,
                                   normalisation=o.normalisation, absolute=o.absolute,
-                                  vote=o.vote)
+                                  vote=o.vote, leave_one_out=o.leave_one_out)
         # the members' localisation on the maps the vote saw (|map| when absolute), like the
         # consensus' own (review ensembling D14: signed member maps against an |map| consensus)
         voted = stack.abs() if o.absolute else stack
@@ -115,7 +123,8 @@ def run_consensus(run: Run, options: ConsensusOptions) -> EnsembleResult:
         table.insert(1, "method", method)
         table["consensus_localisation"] = float(np.nanmean(evaluate(
             o.localisation_metric, cons[keep], masks=masks, labels=labels).numpy()))
-        for key, value in (("similarity", o.similarity), ("normalisation", o.normalisation),
+        for key, value in (("similarity", o.similarity), ("leave_one_out", o.leave_one_out),
+                           ("normalisation", o.normalisation),
                            ("vote", o.vote), ("localisation_metric", o.localisation_metric),
                            ("n_images", int(keep.sum())), ("accuracy_on", accuracy_on)):
             table[key] = value
