@@ -152,8 +152,10 @@ def consensus_scores(
         if m < 2:
             raise ValueError("a leave-one-out score needs at least 2 members (a member of a "
                              "committee of one has no others); pass leave_one_out=False")
-        total = voters.double().sum(0)
-        reference = ((total - voters.double()) / (m - 1)).to(voters.dtype)
+        # the others' vote computed as consensus() computes it (not the whole vote minus the
+        # member's share: its rounding would break the ties of a rank vote one way or another)
+        reference = torch.stack([torch.cat([voters[:i], voters[i + 1:]]).mean(0)
+                                 for i in range(m)])
     else:
         reference = (voters.mean(0) if consensus_map is None
                      else consensus_map.to(voters)).expand_as(voters)

@@ -7,6 +7,7 @@ import pandas as pd
 import torch
 from pydantic import Field
 
+from concilium.data.dataset import ImageDataset
 from concilium.ensemble.consensus import (
     Vote,
     consensus,
@@ -50,22 +51,27 @@ class ConsensusOptions(EnsembleOptionsBase):
         "auc", description="metric of the members' and the consensus' localisation")
 
 
-def member_accuracy(run: Run, members: list[str], device: str) -> tuple[dict[str, float], str]:
+def member_accuracy(
+    run: Run, members: list[str], device: str, *, data: ImageDataset | None = None,
+) -> tuple[dict[str, float], str]:
     """Each member's held-out accuracy and where it was measured.
 
-    The run's ``test`` rows when it holds any (else its ``val`` rows), never its training rows:
-    a run that explained ``all`` holds mostly training images, on which every member is close
-    to perfect (review D13). Without held-out rows, or without the models, the members' card
+    The ``test`` rows of ``data`` (default: the run's rows) when it holds any (else its ``val``
+    rows), never its training rows: a run that explained ``all`` holds mostly training images,
+    on which every member is close to perfect (review D13). The consensus job passes the run's
+    whole dataset, so the accuracy covers the whole test split, not only the few test rows
+    among the explained ones. Without held-out rows, or without the models, the members' card
     accuracy (measured on the validation split at training) is used.
 
     Returns:
         ``({member: accuracy}, measured_on)`` with ``measured_on`` one of ``"test"``, ``"val"``
         or ``"card"``.
     """
-    split = next((s for s in ("test", "val") if s in run.data.splits), None)
+    data = run.data if data is None else data
+    split = next((s for s in ("test", "val") if s in data.splits), None)
     if split is None or not all(m in run.models for m in members):
         return {m: run.accuracies.get(m, float("nan")) for m in members}, "card"
-    data = run.data.subset(split)
+    data = data.subset(split)
     out = {}
     with torch.no_grad():
         for m in members:
@@ -99,7 +105,10 @@ def run_consensus(run: Run, options: ConsensusOptions) -> EnsembleResult:
         if not keep.any():
             raise ValueError("no image is classified correctly by every member; use "
                              "correct_only=False (--no-correct-only)")
-    accuracy, accuracy_on = member_accuracy(run, members, o.device)
+    everything = run.info.dataset.load()  # the whole test split, not the explained rows'
+    accuracy, accuracy_on = member_accuracy(run, members, o.device, data=everything)
+    accuracy_images = (sum(s == accuracy_on for s in everything.splits)
+                       if accuracy_on != "card" else 0)
     labels, masks = run.data.labels[keep], run.data.masks[keep]
     out, tables, corrs = EnsembleResult(), [], []
     for method in complete_methods(run, members, o.methods):
@@ -126,7 +135,8 @@ def run_consensus(run: Run, options: ConsensusOptions) -> EnsembleResult:
         for key, value in (("similarity", o.similarity), ("leave_one_out", o.leave_one_out),
                            ("normalisation", o.normalisation),
                            ("vote", o.vote), ("localisation_metric", o.localisation_metric),
-                           ("n_images", int(keep.sum())), ("accuracy_on", accuracy_on)):
+                           ("n_images", int(keep.sum())), ("accuracy_on", accuracy_on),
+                           ("accuracy_images", accuracy_images)):
             table[key] = value
         tables.append(table)
         corr = consensus_correlations(table)
