@@ -45,3 +45,14 @@ def test_the_card_accuracy_without_held_out_rows_or_models():
     assert member_accuracy(_run(["train"] * 4), ["m0"], "cpu") == ({"m0": 0.75}, "card")
     assert member_accuracy(_run(["test"] * 4, models=False), ["m0"], "cpu") == (
         {"m0": 0.75}, "card")
+
+
+def test_measured_on_the_whole_test_split_when_given_the_dataset():
+    """The consensus job passes the run's whole dataset: the explained rows hold only a few
+    test images (2 here), the dataset's test split all of them (8)."""
+    run = _run(["train"] * 6 + ["val"] * 2 + ["test"] * 2)
+    everything = _run(["train"] * 6 + ["val"] * 2 + ["test"] * 2 + ["train"] * 6
+                      + ["test"] * 6).data
+    everything.images[-6:, 0, 0, 0] = everything.labels[-6:].float()  # right on the new ones
+    acc, on = member_accuracy(run, ["m0"], "cpu", data=everything)
+    assert on == "test" and acc == {"m0": 0.75}  # 0.0 on the run's 2 test rows

@@ -150,7 +150,7 @@ def test_experiment_decides_each_claim_once_over_all_seeds():
                                 "consensus_score": [0.1, 0.2, 0.3, 0.4, 0.5]})
         runs[seed] = {"committee": committee, "members": members}
     found = dict(experiment.decide(runs, seed=0))
-    assert set(found) == {"2a", "2b"}
+    assert set(found) == {"2a", "2b accuracy", "2b localisation"}
     stacked = pd.concat([r["committee"].assign(seed=s) for s, r in runs.items()],
                         ignore_index=True)
     report = next(f for f in findings(None, {"committee_metrics": stacked})
@@ -158,7 +158,8 @@ def test_experiment_decides_each_claim_once_over_all_seeds():
     assert json.dumps(found["2a"].as_dict()) == json.dumps(report.as_dict())
     assert found["2a"].seeds == 2 and found["2a"].n == 16
     assert "per seed: 0 +0.100, 1 +0.300" in found["2a"].detail
-    assert found["2b"].n == 10  # the members of both seeds, named apart
+    assert found["2b accuracy"].n == 10  # the members of both seeds, named apart
+    assert found["2b localisation"].verdict == "not measured"  # no localisation column
 
 
 def _seeded(table: pd.DataFrame) -> pd.DataFrame:

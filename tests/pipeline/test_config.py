@@ -40,7 +40,8 @@ from concilium.pipeline import load_config, parse_config
         # an option of another kind (krr's folds) is an error naming the consensus keys
         ({"ensemble": {"kinds": ["consensus"], "options": {"consensus": {"folds": 3}}}},
          r"\[ensemble.options.consensus\] unknown key 'folds'; valid keys: absolute, "
-         r"correct_only, localisation_metric, members, methods, normalisation, similarity, "
+         r"correct_only, leave_one_out, localisation_metric, members, methods, normalisation, "
+         r"similarity, "
          r"source, vote$"),
         ({"committee": {"consensus": {"folds": 3}}}, r"unknown key 'folds'; valid keys: absolute"),
         ({"ensemble": {"kinds": ["cnn"], "options": {"cnn": {"cnn": {"epochs": 3}}}}},

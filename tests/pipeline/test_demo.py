@@ -26,6 +26,14 @@ def test_demo_values_validate_quick_and_full():
     assert demo_values()["models"]["members"] == 11
 
 
+def test_full_demo_committee_is_large_and_mixed():
+    """Claim 2b correlates over the committee's members: at least 15 of them, of several
+    architectures (issue 12)."""
+    committee = demo_config().committee.models
+    assert committee.option("members") >= 15
+    assert len(set(committee.option("archs"))) >= 3
+
+
 @pytest.mark.slow
 def test_quick_demo_end_to_end(tmp_path):
     from typer.testing import CliRunner

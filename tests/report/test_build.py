@@ -76,7 +76,8 @@ def test_other_sections_show_their_inputs(saved_report):
     part = section_html(html, "consensus")
     assert table_rows(part) == [formatted(consensus)]
     r = sps.pearsonr(consensus["consensus_score"], consensus["accuracy"])[0]
-    assert f"Pearson r = {r:+.3f}" in part
+    assert f"(r = {fmt(r)}, 95% interval" in part  # claim 2b, decided by metrics.claims
+    assert part.count("<img") == 1  # the scatter plots
     assert table_rows(section_html(html, "models")) == [formatted(
         data.members[[c for c in MEMBER_COLUMNS if c in data.members.columns]])]
     counts = table_rows(section_html(html, "dataset"))[1]

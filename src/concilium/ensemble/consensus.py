@@ -7,6 +7,15 @@ A member's **consensus score** is the mean over images of the similarity between
 consensus (:func:`consensus_scores`); the paper finds it correlates positively with the member's
 accuracy and with its own localisation score (:func:`consensus_correlations`).
 
+Two defaults keep the score a measure of agreement (review ensembling D12):
+
+- **leave-one-out**: each member is compared with the vote of the *other* members, so it does
+  not agree with its own contribution to the consensus;
+- **Spearman** similarity: centred, and invariant to any increasing transform of a member's map,
+  so a dense map (many strong pixels) does not score higher than a sparse map with the same
+  pixel order. Cosine on ``|maps|`` (the former default) rewards density: independent maps of
+  increasing density score in the order of their density.
+
 The paper's exact normalisation and similarity are not public, so both are options and recorded
 in the tables this module produces.
 """
@@ -25,7 +34,7 @@ from scipy import stats
 from torch import Tensor, nn
 
 from concilium.ensemble.normalise import NormalisationName, normalise, rank
-from concilium.ensemble.reduce import reduce, stack_maps
+from concilium.ensemble.reduce import stack_maps
 from concilium.ensemble.similarity import SimilarityName, similarity
 
 Vote = Literal["mean", "rank"]
@@ -77,22 +86,30 @@ def consensus(
             pixel quantiles, i.e. rank voting).
         absolute: use ``|map|`` (the paper reduces SmoothGrad by absolute value; default True).
     """
+    return _voters(stack_maps(member_maps), normalisation=normalisation, vote=vote,
+                   absolute=absolute).mean(0)
+
+
+def _voters(stack: Tensor, *, normalisation: str, vote: str, absolute: bool) -> Tensor:
+    """The maps the committee averages, ``(M, N, H, W)``: ``|map|`` when ``absolute``,
+    normalised per image, and under the rank vote each map's per-image pixel quantiles."""
     if vote not in ("mean", "rank"):
         raise ValueError(f"vote must be 'mean' or 'rank'; got {vote!r}")
-    stack = stack_maps(member_maps)
     if absolute:
         stack = stack.abs()
-    return reduce(normalise(stack, normalisation), "mean" if vote == "mean" else "rank_mean")
+    stack = normalise(stack, normalisation)
+    return rank(stack) if vote == "rank" else stack
 
 
 def consensus_scores(
     member_maps: Tensor | Sequence[Tensor] | Mapping[str, Tensor],
-    consensus_map: Tensor,
+    consensus_map: Tensor | None = None,
     *,
-    similarity_kind: SimilarityName | str = "cosine",
+    similarity_kind: SimilarityName | str = "spearman",
     normalisation: NormalisationName | str = "max_abs",
     absolute: bool = True,
     vote: Vote = "mean",
+    leave_one_out: bool = True,
 ) -> Tensor:
     """Per-member, per-image similarity to the consensus: ``(M, N)``.
 
@@ -101,19 +118,48 @@ def consensus_scores(
     :func:`consensus`, so a member whose processed map equals the consensus scores exactly 1:
     a rank consensus is compared with the members' ranks, not with their scaled maps.
     The consensus score of member ``m`` is ``scores[m].mean()``.
+
+    Args:
+        member_maps: the ``M`` members' maps (as for :func:`consensus`).
+        consensus_map: the committee's vote ``(N, H, W)``. ``None``: computed here. With
+            ``leave_one_out`` it must be :func:`consensus` of these maps with these settings
+            (checked), since each member's own vote is taken out of it.
+        similarity_kind: ``"spearman"`` (default: centred and blind to a member's density),
+            ``"pearson"`` (centred) or ``"cosine"`` (rewards dense maps on ``|maps|``; D12).
+        normalisation: per-image normalisation, as in :func:`consensus`.
+        absolute: use ``|map|``, as in :func:`consensus`.
+        vote: ``"mean"`` or ``"rank"``, as in :func:`consensus`.
+        leave_one_out: compare member ``m`` with the vote of the other ``M - 1`` members
+            (default), not with the whole committee's vote that includes its own map.
+
+    Raises:
+        ValueError: a consensus map of another shape; a leave-one-out score of a committee of
+            one, or against a map that is not this committee's vote.
     """
-    if vote not in ("mean", "rank"):
-        raise ValueError(f"vote must be 'mean' or 'rank'; got {vote!r}")
-    stack = stack_maps(member_maps)
-    if consensus_map.shape != stack.shape[1:]:
-        raise ValueError(f"consensus_map must be (N, H, W) = {tuple(stack.shape[1:])} like the members' "
-                         f"maps; got {tuple(consensus_map.shape)}")
-    if absolute:
-        stack = stack.abs()
-    stack = normalise(stack, normalisation)
-    if vote == "rank":
-        stack = rank(stack)
-    return similarity(stack, consensus_map.expand_as(stack), similarity_kind)
+    voters = _voters(stack_maps(member_maps), normalisation=normalisation, vote=vote,
+                     absolute=absolute)
+    m = voters.shape[0]
+    if consensus_map is not None:
+        if consensus_map.shape != voters.shape[1:]:
+            raise ValueError(f"consensus_map must be (N, H, W) = {tuple(voters.shape[1:])} like "
+                             f"the members' maps; got {tuple(consensus_map.shape)}")
+        if leave_one_out and not torch.allclose(consensus_map.to(voters), voters.mean(0),
+                                                rtol=1e-4, atol=1e-6):
+            raise ValueError("consensus_map is not the vote of these members with these "
+                             "settings, so a member's own vote cannot be taken out of it; pass "
+                             "consensus_map=None (computed here) or leave_one_out=False")
+    if leave_one_out:
+        if m < 2:
+            raise ValueError("a leave-one-out score needs at least 2 members (a member of a "
+                             "committee of one has no others); pass leave_one_out=False")
+        # the others' vote computed as consensus() computes it (not the whole vote minus the
+        # member's share: its rounding would break the ties of a rank vote one way or another)
+        reference = torch.stack([torch.cat([voters[:i], voters[i + 1:]]).mean(0)
+                                 for i in range(m)])
+    else:
+        reference = (voters.mean(0) if consensus_map is None
+                     else consensus_map.to(voters)).expand_as(voters)
+    return similarity(voters, reference, similarity_kind)
 
 
 #: Up to this many points the p-values are exact (every pairing of x and y, ``n!``).

@@ -695,37 +695,112 @@ def cnn_claim(
 # -- claims on per-member and audit tables ---------------------------------------------------
 
 
-def consensus_accuracy_claim(points: pd.DataFrame | None, *, level: float = LEVEL) -> Finding:
-    """Claim 2b: the consensus score correlates positively with member accuracy.
+#: Permutations of the members' pairings in the p-value of claims 2b; up to 8 members
+#: (8! = 40320 pairings) every pairing is enumerated and the p-value is exact.
+N_PERMUTATIONS = 40320
 
-    The interval is Fisher's z interval of Pearson's r over the members, not a bootstrap: with
-    the 3 to 6 members of a committee, a resample with two distinct members has r = +-1.
 
-    Args:
-        points: one row per member with ``consensus_score`` and ``accuracy``.
-        level: interval coverage.
-    """
-    claim = "Consensus score correlates positively with member accuracy"
-    rule = ("Pearson r between the members' consensus score and accuracy, with Fisher's z "
+def _pearson(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
+    xc = x - x.mean(axis=axis, keepdims=True)
+    yc = y - y.mean(axis=axis, keepdims=True)
+    return (xc * yc).sum(axis=axis) / np.sqrt((xc**2).sum(axis=axis) * (yc**2).sum(axis=axis))
+
+
+def _score_correlation_claim(
+    points: pd.DataFrame | None, against: str, claim: str, *,
+    rng: np.random.Generator | None, level: float, n_permutations: int,
+) -> Finding:
+    """Claim 2b on one column: Pearson r of ``consensus_score`` with ``against`` over the
+    members, Fisher's z interval, and a two-sided permutation p-value over the pairings."""
+    rule = (f"Pearson r between the members' consensus score and {against}, with Fisher's z "
             "interval (none below 4 members); " + _INTERVAL.format(t=0))
-    if points is None or not {"consensus_score", "accuracy"} <= set(points.columns):
+    exact_up_to = max(k for k in range(1, 21) if math.factorial(k) <= max(n_permutations, 1))
+    test = (f"permutation test of Pearson r over the members' pairings, two-sided: share with "
+            f"|r| at least the observed (exact up to "
+            f"{exact_up_to} members: all n! pairings; beyond, {n_permutations} random pairings)")
+    if points is None or not {"consensus_score", against} <= set(points.columns):
         return _not_measured(claim, "Pearson r", rule,
-                             "no consensus table with consensus score and accuracy")
-    p = points[["consensus_score", "accuracy"]].astype(float)
+                             f"no consensus table with consensus score and {against}")
+    p = points[["consensus_score", against]].astype(float)
     p = p[np.isfinite(p).all(axis=1)]
-    x, y = p["consensus_score"].to_numpy(), p["accuracy"].to_numpy()
+    x, y = p["consensus_score"].to_numpy(), p[against].to_numpy()
     n = len(x)
     if n < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
         return _not_measured(claim, "Pearson r", rule, f"too few or constant values ({n} members)")
-    r = float(sps.pearsonr(x, y)[0])
+    r = float(_pearson(x, y))
     rho = float(sps.spearmanr(x, y)[0])
     low = high = math.nan
     if n > 3:
         z = math.atanh(min(max(r, -1 + 1e-12), 1 - 1e-12))
         half = float(sps.norm.ppf(0.5 + level / 2)) / math.sqrt(n - 3)
         low, high = math.tanh(z - half), math.tanh(z + half)
+    exact = math.factorial(n) <= n_permutations
+    # two-sided as the share of pairings with |r| at least the observed |r| (like
+    # concilium.ensemble.consensus.exact_p, so the consensus_correlations table agrees)
+    # (permuting y alone: its n! orders are all the pairings, so scipy enumerates them exactly
+    # while n! <= n_permutations)
+    result = sps.permutation_test((y,), lambda b, axis: np.abs(_pearson(x, b, axis)),
+                                  permutation_type="pairings", vectorized=True,
+                                  n_resamples=n_permutations, alternative="greater",
+                                  rng=np.random.default_rng(0) if rng is None else rng)
+    how = "exact over all" if exact else "over"
     return Finding(claim, "Pearson r", r, low, high, n, 0.0, verdict_of(low, high, 0.0), rule,
-                   f"Pearson r = {r:+.3f}, Spearman rho = {rho:+.3f} over {n} members")
+                   f"Pearson r = {r:+.3f}, Spearman rho = {rho:+.3f} over {n} members; "
+                   f"permutation p = {float(result.pvalue):.3g} ({how} "
+                   f"{min(math.factorial(n), n_permutations)} pairings)",
+                   test=test, p_value=float(result.pvalue))
+
+
+def consensus_accuracy_claim(
+    points: pd.DataFrame | None,
+    *,
+    rng: np.random.Generator | None = None,
+    level: float = LEVEL,
+    n_permutations: int = N_PERMUTATIONS,
+) -> Finding:
+    """Claim 2b: the consensus score correlates positively with member accuracy.
+
+    The interval is Fisher's z interval of Pearson's r over the members, not a bootstrap: over
+    a handful of members, a resample with two distinct members has r = +-1. The p-value is a
+    two-sided permutation test of r over the pairings of scores and accuracies: exact (all
+    ``n!`` pairings) up to 8 members, else ``n_permutations`` random pairings drawn from
+    ``rng``. Accuracy should be held-out accuracy (the consensus table's ``accuracy``,
+    measured where its ``accuracy_on`` says).
+
+    Args:
+        points: one row per member with ``consensus_score`` and ``accuracy``.
+        rng: draws the random pairings beyond 8 members (``None``: a generator seeded 0).
+        level: interval coverage.
+        n_permutations: random pairings when the members have more than that many orders.
+    """
+    return _score_correlation_claim(
+        points, "accuracy", "Consensus score correlates positively with member accuracy",
+        rng=rng, level=level, n_permutations=n_permutations)
+
+
+def consensus_localisation_claim(
+    points: pd.DataFrame | None,
+    *,
+    rng: np.random.Generator | None = None,
+    level: float = LEVEL,
+    n_permutations: int = N_PERMUTATIONS,
+) -> Finding:
+    """Claim 2b (second half): the consensus score correlates positively with the member's own
+    localisation (its maps' localisation score against the masks).
+
+    Decided like :func:`consensus_accuracy_claim` (Fisher's z interval of Pearson's r over the
+    members, permutation p-value).
+
+    Args:
+        points: one row per member with ``consensus_score`` and ``localisation``.
+        rng: draws the random pairings beyond 8 members (``None``: a generator seeded 0).
+        level: interval coverage.
+        n_permutations: random pairings when the members have more than that many orders.
+    """
+    return _score_correlation_claim(
+        points, "localisation",
+        "Consensus score correlates positively with the member's own localisation",
+        rng=rng, level=level, n_permutations=n_permutations)
 
 
 def _first_column(table: pd.DataFrame, names: Sequence[str]) -> str | None:

@@ -2,10 +2,11 @@
 
 The benchmark has a rare class and a watermark class; an 11-member head ensemble (the ensembles
 paper) with attribute heads is explained with the paper's five methods plus SmoothGrad and
-Occlusion; a 5-member mixed-architecture committee (small-cnn / vgg11-small / resnet18-small)
-gives the consensus study; every ensemble kind that fits a CPU is built, every metric family is
-evaluated, the audits run and the report is written. ``quick`` shrinks every count to a smoke
-test (same stages, same code paths). ``examples/benchmark.toml`` spells out the full demo.
+Occlusion; a 15-member mixed-architecture committee (small-cnn / vgg11-small / resnet18-small,
+one epoch each) gives the consensus study; every ensemble kind that fits a CPU is built, every
+metric family is evaluated, the audits run and the report is written. ``quick`` shrinks every
+count to a smoke test (same stages, same code paths). ``examples/benchmark.toml`` spells out
+the full demo.
 """
 
 from __future__ import annotations
@@ -41,13 +42,13 @@ def demo_values(*, quick: bool = False) -> dict[str, Any]:
         "models": {"arch": "small-cnn", "members": 3 if q else 11, "diversity": "head",
                    "epochs": 2 if q else 8, "attributes": True, "batch_size": 16 if q else 64},
         "committee": {
-            "models": {"diversity": "arch", "members": 3 if q else 5,
+            "models": {"diversity": "arch", "members": 3 if q else 15,
                        "archs": (["small-cnn", "vgg11-small"] if q
                                  else ["small-cnn", "vgg11-small", "resnet18-small"]),
-                       "epochs": 1 if q else 3, "batch_size": 16 if q else 64},
+                       "epochs": 1, "batch_size": 16 if q else 64},
             "methods": ["smoothgrad"],
-            "params": {"smoothgrad": {"n_samples": 4 if q else 16}},
-            "limit": 16 if q else 120,
+            "params": {"smoothgrad": {"n_samples": 4 if q else 8}},
+            "limit": 16 if q else 80,
         },
         "explain": {
             "methods": DEMO_METHODS, "split": "all", "limit": 40 if q else 240,

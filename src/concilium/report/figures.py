@@ -256,3 +256,84 @@ def ensemble_size_figure(curves: pd.DataFrame, *, title: str = "Ens-Avg vs ensem
     fig.suptitle(title, fontsize=8)
     fig.tight_layout()
     return to_data_uri(fig)
+
+
+def line_band(
+    x: np.ndarray, y: np.ndarray, grid: np.ndarray, *, rng: np.random.Generator,
+    n_boot: int = 1000, level: float = 0.95,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Least-squares line of ``y`` on ``x`` on ``grid`` and its percentile bootstrap band.
+
+    The points are resampled with replacement (``n_boot`` times, from ``rng``) and the line is
+    refitted; a resample whose ``x`` is constant has no line and is skipped.
+
+    Returns:
+        ``(fit, low, high)`` on ``grid`` (the band NaN when no resample has a line).
+
+    Raises:
+        ValueError: fewer than 2 points, or a constant ``x``.
+    """
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if x.size < 2 or np.ptp(x) == 0:
+        raise ValueError(f"a line needs at least 2 points with distinct x; got {x.size} points")
+    slope, intercept = np.polyfit(x, y, 1)
+    idx = rng.integers(0, x.size, size=(n_boot, x.size))
+    xb, yb = x[idx], y[idx]
+    xc = xb - xb.mean(1, keepdims=True)
+    sxx = (xc**2).sum(1)
+    ok = sxx > 0
+    slopes = (xc * (yb - yb.mean(1, keepdims=True))).sum(1)[ok] / sxx[ok]
+    intercepts = yb.mean(1)[ok] - slopes * xb.mean(1)[ok]
+    if not ok.any():
+        nan = np.full_like(grid, np.nan, dtype=float)
+        return slope * grid + intercept, nan, nan
+    lines = slopes[:, None] * grid[None, :] + intercepts[:, None]
+    tail = 100 * (1 - level) / 2
+    low, high = np.percentile(lines, [tail, 100 - tail], axis=0)
+    return slope * grid + intercept, low, high
+
+
+def consensus_scatter_figure(
+    points: pd.DataFrame, *, panels: Sequence[tuple[str, str]] = (
+        ("accuracy", "held-out accuracy"), ("localisation", "own localisation")),
+    seed: int = 0, n_boot: int = 1000, level: float = 0.95,
+) -> str:
+    """Consensus score against each of ``panels``' columns, one panel each: the members as
+    labelled points, the least-squares line and its percentile bootstrap band over the members
+    (:func:`line_band`, seeded by ``seed``). A column that is missing or has fewer than 2
+    finite points with distinct scores is drawn without a line.
+
+    Args:
+        points: one row per member: ``member``, ``consensus_score`` and the panels' columns.
+        panels: ``(column, axis label)`` per panel.
+        seed: seeds the bootstrap.
+        n_boot: bootstrap resamples.
+        level: band coverage.
+    """
+    shown = [(c, label) for c, label in panels if c in points.columns]
+    fig, axes = plt.subplots(1, max(len(shown), 1), figsize=(4.4 * max(len(shown), 1), 3.4),
+                             squeeze=False)
+    for ax, (column, label) in zip(axes[0], shown, strict=False):
+        x = points["consensus_score"].to_numpy(float)
+        y = points[column].to_numpy(float)
+        finite = np.isfinite(x) & np.isfinite(y)
+        ax.scatter(x[finite], y[finite], color="tab:blue", s=22, zorder=3)
+        names = points["member"].to_numpy()[finite]
+        for xi, yi, name in zip(x[finite], y[finite], names, strict=True):
+            ax.annotate(str(name), (xi, yi), fontsize=6, xytext=(3, 3),
+                        textcoords="offset points")
+        if finite.sum() >= 2 and np.ptp(x[finite]) > 0:
+            grid = np.linspace(x[finite].min(), x[finite].max(), 50)
+            fit, low, high = line_band(x[finite], y[finite], grid,
+                                       rng=np.random.default_rng(seed), n_boot=n_boot,
+                                       level=level)
+            ax.fill_between(grid, low, high, color="tab:red", alpha=0.15, linewidth=0,
+                            label=f"{level:.0%} bootstrap band")
+            ax.plot(grid, fit, color="tab:red", linewidth=1, label="least squares")
+            ax.legend(fontsize=6, loc="best")
+        ax.set_xlabel("consensus score", fontsize=8)
+        ax.set_ylabel(label, fontsize=8)
+        ax.set_title(f"consensus score vs {label}", fontsize=8)
+        ax.tick_params(labelsize=7)
+    fig.tight_layout()
+    return to_data_uri(fig)

@@ -15,9 +15,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy import stats as sps
 
-from concilium.metrics.claims import Finding
+from concilium.metrics.claims import (
+    Finding,
+    consensus_accuracy_claim,
+    consensus_localisation_claim,
+)
 from concilium.metrics.tables import paper_table
 from concilium.report import figures as F
 from concilium.report.data import ReportData
@@ -276,11 +279,14 @@ def _ensemble_size_part(data: ReportData, s: Section) -> None:
 
 
 def section_consensus(data: ReportData) -> Section:
-    """Consensus score vs accuracy per member (``RUN/results/consensus.parquet``)."""
+    """Consensus score vs held-out accuracy and vs the member's own localisation, per member
+    (``RUN/results/consensus.parquet``): one scatter plot each with the least-squares line and
+    a bootstrap band, and the two claim-2b findings (:mod:`concilium.metrics.claims`)."""
     table = data.tables.get("consensus")
     s = _section(data, "consensus",
-                 "Each committee member's consensus score (similarity of its maps to the "
-                 "committee's vote) against its accuracy.",
+                 "Each committee member's consensus score (similarity of its maps to the vote "
+                 "of the other members) against its held-out accuracy and its own "
+                 "localisation.",
                  present=table is not None and not table.empty,
                  missing=f"No consensus table: run `concilium ensemble {data.run_dir} --kind "
                          "consensus`.")
@@ -290,19 +296,20 @@ def section_consensus(data: ReportData) -> Section:
     if points is None:
         s.paragraphs.append(_lacks(table, ["member", "consensus_score", "accuracy"],
                                    "`concilium ensemble --kind consensus`") or "")
-    elif len(points.dropna()) >= 2:
-        p = points.dropna()
-        x, y = p["consensus_score"].to_numpy(float), p["accuracy"].to_numpy(float)
-        corr = ""
-        if len(p) >= 3 and np.ptp(x) > 0 and np.ptp(y) > 0:
-            pr, pp = sps.pearsonr(x, y)
-            sr, sp = sps.spearmanr(x, y)
-            corr = (f"Pearson r = {pr:+.3f} (p = {pp:.3g}), Spearman rho = {sr:+.3f} "
-                    f"(p = {sp:.3g}) over {len(p)} members.")
-            s.paragraphs.append(corr)
-        s.figures.append(Figure(
-            F.scatter_figure(x, y, [str(m) for m in p["member"]], xlabel="consensus score",
-                             ylabel="accuracy", title="consensus score vs accuracy"), corr))
+    else:
+        how = [f"{c} = {', '.join(str(v) for v in table[c].unique())}"
+               for c in ("similarity", "leave_one_out", "accuracy_on") if c in table.columns]
+        if how:
+            s.paragraphs.append("Scores: " + "; ".join(how) + ".")
+        found = [f(points) for f in (consensus_accuracy_claim, consensus_localisation_claim)]
+        text = " ".join(f"{f.claim}: {f.verdict} (r = {fmt(f.estimate)}, 95% interval "
+                        f"[{fmt(f.ci_low)}, {fmt(f.ci_high)}], permutation p = "
+                        f"{fmt(f.p_value)}, {f.n} members)." for f in found
+                        if f.verdict != "not measured")
+        if text:
+            s.paragraphs.append(text)
+        if len(points.dropna(subset=["consensus_score"])) >= 2:
+            s.figures.append(Figure(F.consensus_scatter_figure(points), text))
     s.tables.append(frame_table(table))
     return s
 

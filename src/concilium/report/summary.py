@@ -22,6 +22,7 @@ from concilium.metrics.claims import (
     cnn_claim,
     consensus_accuracy_claim,
     consensus_alignment_claim,
+    consensus_localisation_claim,
     rare_class_claim,
     watermark_claim,
 )
@@ -187,6 +188,7 @@ def findings(
         consensus_alignment_claim(committee if committee is not None else metrics,
                                   rng=np.random.default_rng(seed)),
         consensus_accuracy_claim(consensus_points(tables.get("consensus"))),
+        consensus_localisation_claim(consensus_points(tables.get("consensus"))),
         cnn_claim(metrics, rng=np.random.default_rng(seed)),
         rare_class_claim(tables.get("per_class"), target=_special_class(card, "rare")),
         watermark_claim(tables.get("bias"), target=_special_class(card, "watermark"),
@@ -195,18 +197,23 @@ def findings(
 
 
 def consensus_points(consensus: pd.DataFrame | None) -> pd.DataFrame | None:
-    """Per member: consensus score and accuracy (averaged over methods/similarities if several
-    rows per member), or ``None`` if the table lacks those columns."""
+    """Per member: ``consensus_score`` and, where the table has them, ``accuracy`` and the
+    member's own ``localisation`` (each averaged over the member's rows when there are several,
+    e.g. one per method), or ``None`` if the table lacks a member, a score, or both of the
+    others."""
     if consensus is None or consensus.empty:
         return None
-    score = _first_column(consensus, ("consensus_score", "score"))
-    acc = _first_column(consensus, ("accuracy", "val_accuracy", "test_accuracy"))
     member = _first_column(consensus, ("member", "source", "member_id"))
-    if score is None or acc is None or member is None:
+    columns = {name: _first_column(consensus, names) for name, names in (
+        ("consensus_score", ("consensus_score", "score")),
+        ("accuracy", ("accuracy", "val_accuracy", "test_accuracy")),
+        ("localisation", ("localisation",)))}
+    found = {name: col for name, col in columns.items() if col is not None}
+    if member is None or "consensus_score" not in found or len(found) < 2:
         return None
     return (
-        consensus.groupby(member)[[score, acc]].mean()
-        .rename(columns={score: "consensus_score", acc: "accuracy"})
+        consensus.groupby(member)[list(found.values())].mean()
+        .rename(columns={col: name for name, col in found.items()})
         .reset_index().rename(columns={member: "member"})
     )
 

@@ -7,6 +7,7 @@ import pandas as pd
 import torch
 from pydantic import Field
 
+from concilium.data.dataset import ImageDataset
 from concilium.ensemble.consensus import (
     Vote,
     consensus,
@@ -39,29 +40,38 @@ class ConsensusOptions(EnsembleOptionsBase):
     absolute: Absolute = True
     vote: Vote = Field("mean", description="how the members vote: mean maps or mean ranks")
     similarity: SimilarityName = Field(
-        "cosine", description="similarity of each member's map to the consensus")
+        "spearman", description="similarity of each member's map to the consensus (spearman: "
+                                "centred and blind to a map's density; cosine rewards dense "
+                                "maps)")
+    leave_one_out: bool = Field(
+        True, description="score each member against the vote of the other members")
     correct_only: bool = Field(
         True, description="score only the images every member classifies correctly")
     localisation_metric: str = Field(
         "auc", description="metric of the members' and the consensus' localisation")
 
 
-def member_accuracy(run: Run, members: list[str], device: str) -> tuple[dict[str, float], str]:
+def member_accuracy(
+    run: Run, members: list[str], device: str, *, data: ImageDataset | None = None,
+) -> tuple[dict[str, float], str]:
     """Each member's held-out accuracy and where it was measured.
 
-    The run's ``test`` rows when it holds any (else its ``val`` rows), never its training rows:
-    a run that explained ``all`` holds mostly training images, on which every member is close
-    to perfect (review D13). Without held-out rows, or without the models, the members' card
+    The ``test`` rows of ``data`` (default: the run's rows) when it holds any (else its ``val``
+    rows), never its training rows: a run that explained ``all`` holds mostly training images,
+    on which every member is close to perfect (review D13). The consensus job passes the run's
+    whole dataset, so the accuracy covers the whole test split, not only the few test rows
+    among the explained ones. Without held-out rows, or without the models, the members' card
     accuracy (measured on the validation split at training) is used.
 
     Returns:
         ``({member: accuracy}, measured_on)`` with ``measured_on`` one of ``"test"``, ``"val"``
         or ``"card"``.
     """
-    split = next((s for s in ("test", "val") if s in run.data.splits), None)
+    data = run.data if data is None else data
+    split = next((s for s in ("test", "val") if s in data.splits), None)
     if split is None or not all(m in run.models for m in members):
         return {m: run.accuracies.get(m, float("nan")) for m in members}, "card"
-    data = run.data.subset(split)
+    data = data.subset(split)
     out = {}
     with torch.no_grad():
         for m in members:
@@ -75,6 +85,10 @@ def member_accuracy(run: Run, members: list[str], device: str) -> tuple[dict[str
 @ensembler("consensus", options=ConsensusOptions, needs_models=True)
 def run_consensus(run: Run, options: ConsensusOptions) -> EnsembleResult:
     """Committee vote per method; consensus scores and their correlations as tables.
+
+    The consensus table records how each score was computed (``similarity``,
+    ``leave_one_out``, ``normalisation``, ``vote``) and where accuracy was measured
+    (``accuracy_on``).
 
     The consensus source covers every row (so it is evaluated like the members); with
     ``correct_only`` the scores and correlations use only the images every member gets right.
@@ -91,7 +105,10 @@ def run_consensus(run: Run, options: ConsensusOptions) -> EnsembleResult:
         if not keep.any():
             raise ValueError("no image is classified correctly by every member; use "
                              "correct_only=False (--no-correct-only)")
-    accuracy, accuracy_on = member_accuracy(run, members, o.device)
+    everything = run.info.dataset.load()  # the whole test split, not the explained rows'
+    accuracy, accuracy_on = member_accuracy(run, members, o.device, data=everything)
+    accuracy_images = (sum(s == accuracy_on for s in everything.splits)
+                       if accuracy_on != "card" else 0)
     labels, masks = run.data.labels[keep], run.data.masks[keep]
     out, tables, corrs = EnsembleResult(), [], []
     for method in complete_methods(run, members, o.methods):
@@ -103,7 +120,7 @@ def run_consensus(run: Run, options: ConsensusOptions) -> EnsembleResult:
                                        params=params))
         scores = consensus_scores(stack[:, keep], cons[keep], similarity_kind=o.similarity,
                                   normalisation=o.normalisation, absolute=o.absolute,
-                                  vote=o.vote)
+                                  vote=o.vote, leave_one_out=o.leave_one_out)
         # the members' localisation on the maps the vote saw (|map| when absolute), like the
         # consensus' own (review ensembling D14: signed member maps against an |map| consensus)
         voted = stack.abs() if o.absolute else stack
@@ -115,9 +132,11 @@ def run_consensus(run: Run, options: ConsensusOptions) -> EnsembleResult:
         table.insert(1, "method", method)
         table["consensus_localisation"] = float(np.nanmean(evaluate(
             o.localisation_metric, cons[keep], masks=masks, labels=labels).numpy()))
-        for key, value in (("similarity", o.similarity), ("normalisation", o.normalisation),
+        for key, value in (("similarity", o.similarity), ("leave_one_out", o.leave_one_out),
+                           ("normalisation", o.normalisation),
                            ("vote", o.vote), ("localisation_metric", o.localisation_metric),
-                           ("n_images", int(keep.sum())), ("accuracy_on", accuracy_on)):
+                           ("n_images", int(keep.sum())), ("accuracy_on", accuracy_on),
+                           ("accuracy_images", accuracy_images)):
             table[key] = value
         tables.append(table)
         corr = consensus_correlations(table)
