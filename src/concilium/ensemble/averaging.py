@@ -12,10 +12,16 @@ GradCAM of a logit ensemble:
     An ensemble has no single last convolutional layer. Take member ``j``'s GradCAM layer ``A_j``:
     the gradient of the ensemble logit ``(1/n) sum_i f_i`` with respect to ``A_j`` is ``(1/n)``
     times the gradient of ``f_j``, and ReLU and bilinear up-sampling are positively homogeneous,
-    so GradCAM of the ensemble at ``A_j`` is ``GradCAM_j / n``. Summing the ensemble's GradCAM over
-    all members' layers therefore gives **the mean of the members' GradCAMs** (unnormalised).
-    :func:`ens_logit_maps` computes exactly that for ``method="gradcam"`` and explains the wrapper
-    for every other method.
+    so GradCAM of the ensemble at ``A_j`` is ``GradCAM_j / n``. :func:`ens_logit_maps` sums the
+    ensemble's GradCAM over all members' layers, each computed on the averaged-logit model, so
+    the target is the ensemble's (``"pred"`` is the argmax of the averaged logits, not each
+    member's own prediction); for a class target this is the mean of the members' GradCAMs of
+    that class. The identity needs member-specific layers: members that share a layer (one
+    backbone, e.g. ``head`` diversity with ``finetune="head"``) have one activation ``A`` whose
+    averaged-logit GradCAM is ``ReLU(mean of pre-ReLU CAMs)``, which is not this sum (it is at
+    most it); that case is not computed here. Other layer methods (``guided_gradcam``) have no
+    single layer of the ensemble and are refused with a ``ValueError`` naming the method.
+    Every other method explains the wrapper.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from torch import Tensor, nn
 
 from concilium.ensemble.normalise import NormalisationName
 from concilium.ensemble.reduce import ReducerName, aggregate
-from concilium.explain import explain
+from concilium.explain import METHODS, explain
 
 Explainer = Callable[..., Tensor]
 
@@ -107,7 +113,7 @@ class LogitEnsemble(nn.Module):
 def ens_logit_maps(
     models: Sequence[nn.Module],
     images: Tensor,
-    targets: Tensor,
+    targets: Tensor | str | int,
     *,
     method: str,
     params: Mapping[str, object] | None = None,
@@ -118,21 +124,38 @@ def ens_logit_maps(
     Args:
         models: member models.
         images: ``(N, C, H, W)``.
-        targets: ``(N,)`` class indices.
+        targets: ``(N,)`` class indices or a target spec (``"pred"``: the ensemble's
+            prediction), resolved on the averaged-logit model.
         method: explanation method name (``concilium.explain.METHODS``).
         params: extra method parameters, passed to the explainer by name.
         explainer: ``explainer(model, images, targets, method=..., **params) -> (N, H, W)``;
             defaults to :func:`concilium.explain.explain`.
 
     Returns:
-        ``(N, H, W)``. For ``"gradcam"`` the mean of the members' GradCAMs (identical to the
-        ensemble's GradCAM summed over the members' layers, see the module docstring).
+        ``(N, H, W)``. For ``"gradcam"`` the ensemble's GradCAM summed over the members'
+        layers, for the ensemble's target (see the module docstring).
+
+    Raises:
+        ValueError: a layer method other than ``"gradcam"`` (no single layer), or a member
+            without ``gradcam_layer``.
     """
     explainer = explain if explainer is None else explainer
     params = dict(params or {})
-    if method == "gradcam":
-        maps = [explainer(m, images, targets, method=method, **params) for m in models]
-        return torch.stack(maps).mean(0)
     wrapper = LogitEnsemble(models).to(images.device).eval()
-    return explainer(wrapper, images, targets, method=method, **params)
-
+    spec = METHODS.get(method) if method in METHODS else None
+    if spec is None or not spec.needs_layer:
+        return explainer(wrapper, images, targets, method=method, **params)
+    if method != "gradcam":
+        raise ValueError(
+            f"method {method!r} attributes through one layer, and the averaged-logit ensemble has "
+            "none (each member has its own); of the layer methods only 'gradcam' is defined for "
+            "a logit ensemble (summed over the members' layers); leave it out of ens-logit"
+        )
+    layers = [getattr(m, "gradcam_layer", None) for m in models]
+    if not all(isinstance(name, str) for name in layers):
+        raise ValueError("gradcam of a logit ensemble needs every member's gradcam_layer; "
+                         f"got {layers}")
+    # GradCAM of the averaged-logit model at member j's layer, for the ensemble's target
+    maps = [explainer(wrapper, images, targets, method=method, layer=f"members.{j}.{name}", **params)
+            for j, name in enumerate(layers)]
+    return torch.stack(maps).sum(0)
