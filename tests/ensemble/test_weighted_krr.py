@@ -27,6 +27,18 @@ def test_metric_weights_zero_variance_gives_uniform():
         metric_weights(scores, methods=["a", "z"], higher_is_better={"m": True, "n": True})
 
 
+def test_metric_missing_from_metric_weights_is_an_error_naming_it():
+    """Review D17: a metric left out of ``metric_weights`` silently got weight 0."""
+    scores = {"relevance_mass": {"a": 1.0, "b": 2.0}, "deletion": {"a": 0.1, "b": 0.3}}
+    hib = {"relevance_mass": True, "deletion": False}
+    with pytest.raises(ValueError, match="deletion"):
+        metric_weights(scores, methods=["a", "b"], higher_is_better=hib,
+                       metric_weights={"relevance_mass": 1.0})
+    w = metric_weights(scores, methods=["a", "b"], higher_is_better=hib,
+                       metric_weights={"relevance_mass": 1.0, "deletion": 0.0})
+    torch.testing.assert_close(w, torch.tensor([0.0, 1.0]))
+
+
 def test_weighted_ensemble_hand_value():
     a, b = torch.rand(2, 3, 3), torch.rand(2, 3, 3)
     out = weighted_ensemble({"a": a, "b": b}, [0.25, 0.75], normalisation="none")
