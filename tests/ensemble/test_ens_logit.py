@@ -2,10 +2,12 @@
 (review ensembling D7), the averaged model's map rather than a mean of maps (section 3), and
 layer methods other than GradCAM refused by name (D18)."""
 
+import copy
+
 import pytest
 import torch
 
-from concilium.ensemble.averaging import LogitEnsemble, ens_logit_maps
+from concilium.ensemble.averaging import LogitEnsemble, ens_logit_maps, shared_layer
 from concilium.explain import explain
 from concilium.jobs.ensemble import run_ensemble
 from concilium.models import create_model
@@ -73,3 +75,59 @@ def test_ens_logit_kind_skips_guided_gradcam_with_a_warning_and_runs_gradcam(tin
                               params={"labels": labels})
     torch.testing.assert_close(result.entries[0].read([0, 1, 2, 3]), expected, atol=1e-6,
                                rtol=1e-4)
+
+
+def _head_members(n=3):
+    """Members sharing one backbone (weights equal, modules distinct) with their own heads: head
+    diversity with ``finetune="head"``."""
+    torch.manual_seed(0)
+    base = create_model("small-cnn", num_classes=4).eval()
+    ms = []
+    for s in range(n):
+        m = copy.deepcopy(base)
+        m.reset_heads(torch.Generator().manual_seed(10 + s))
+        with torch.no_grad():
+            m.head.weight.mul_(20)
+        ms.append(m.eval())
+    return ms
+
+
+def test_gradcam_at_a_shared_layer_is_the_averaged_models_gradcam():
+    """Review D8: with a shared backbone the averaged-logit GradCAM is ReLU of the activation
+    weighted by the mean gradient, computed here directly; it differs from the mean of the
+    members' GradCAMs (which the library returned before)."""
+    ms = _head_members()
+    x = torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    layer = ms[0].gradcam_layer
+    assert shared_layer(ms, x, [layer] * 3) == layer
+    with torch.no_grad():
+        t = LogitEnsemble(ms)(x).argmax(1)
+    grads, act = [], None
+    for m in ms:
+        store = {}
+        handle = dict(m.named_modules())[layer].register_forward_hook(
+            lambda _m, _i, out, store=store: store.setdefault("a", out))
+        try:
+            score = m(x).gather(1, t[:, None]).sum()
+            grads.append(torch.autograd.grad(score, store["a"])[0])
+        finally:
+            handle.remove()
+        act = store["a"].detach()
+    g = torch.stack(grads).mean(0)
+    cam = torch.relu((g.mean((2, 3), keepdim=True) * act).sum(1, keepdim=True))
+    direct = torch.nn.functional.interpolate(cam, size=(32, 32), mode="bilinear",
+                                             align_corners=False)[:, 0]
+    lib = ens_logit_maps(ms, x, "pred", method="gradcam")
+    torch.testing.assert_close(lib, direct, atol=1e-6, rtol=1e-4)
+    mean_of_maps = torch.stack([explain(m, x, t, method="gradcam") for m in ms]).mean(0)
+    assert (mean_of_maps - lib).abs().amax() > 1e-3 * mean_of_maps.abs().amax()
+    # and guided_gradcam works at the shared layer
+    assert ens_logit_maps(ms, x, "pred", method="guided_gradcam").shape == (6, 32, 32)
+
+
+def test_a_layer_that_is_not_shared_is_refused():
+    ms = _members(2)
+    x = torch.rand(2, 3, 16, 16)
+    assert shared_layer(ms, x, [ms[0].gradcam_layer] * 2) is None
+    with pytest.raises(ValueError, match="not shared"):
+        LogitEnsemble(ms, shared_layer=ms[0].gradcam_layer)(x)
