@@ -146,3 +146,42 @@ def test_cnn_with_image_input_is_deterministic():
     torch.testing.assert_close(a.predict(maps, images=images)[0], b.predict(maps, images=images)[0])
     with pytest.raises(ValueError, match="pass images="):
         a.predict(maps)
+
+
+def test_every_convolution_that_runs_is_a_registered_parameter():
+    """Review section 3: ``parameters()`` and ``state_dict()`` both skip layers kept in a plain
+    list, so comparing them could not fail. Record every convolution that runs in a forward
+    pass (a global forward hook, removed afterwards) and require each weight to be registered,
+    and the count to be the architecture's: two per block, ``depth + 1`` down and ``depth`` up
+    blocks, plus the output convolution."""
+    depth = 2
+    net = UNet(3, base=4, depth=depth)
+    ran: list[torch.nn.Conv2d] = []
+
+    def hook(module, _inp, _out):
+        if isinstance(module, torch.nn.Conv2d):
+            ran.append(module)
+
+    handle = torch.nn.modules.module.register_module_forward_hook(hook)
+    try:
+        net(torch.rand(2, 3, 16, 16))
+    finally:
+        handle.remove()
+    registered = {id(p) for p in net.parameters()}
+    assert len(ran) == 2 * (2 * depth + 1) + 1
+    assert all(id(conv.weight) in registered for conv in ran)
+    assert len({id(c) for c in ran}) == sum(isinstance(m, torch.nn.Conv2d) for m in net.modules())
+
+
+def test_the_trainer_minimises_soft_dice():
+    """Review section 3: nothing tied the trainer to soft Dice (a BCE trainer passed). The
+    recorded validation loss of a one-epoch run equals 1 - soft Dice of the returned network's
+    validation logits, computed here independently (per image, smoothing 1)."""
+    maps, masks = _tiny()
+    cfg = CNNTrainConfig(base_channels=4, depth=1, epochs=1, patience=1, batch_size=4, lr=1e-2,
+                         augment=False)
+    ens, history = train_cnn_ensembler(maps, masks, val_maps=maps, val_masks=masks, config=cfg)
+    logits, _ = ens.predict(maps)
+    p, m = torch.sigmoid(logits.double()).flatten(1), masks.double().flatten(1)
+    dice = (2 * (p * m).sum(1) + 1) / (p.sum(1) + m.sum(1) + 1)
+    assert history.val_loss.iloc[0] == pytest.approx(float(1 - dice.mean()), abs=1e-5)

@@ -38,7 +38,9 @@ FAST = {"cnn": {"base_channels": 4, "depth": 1, "epochs": 2, "patience": 2, "bat
 def scored_run(tiny_run):
     """The tiny run plus a metrics table (the weighted kind reads relevance_mass from it)."""
     (tiny_run / "results").mkdir(exist_ok=True)
-    pd.DataFrame({"sample": 0, "label": 0, "source": "m0", "method": ["saliency", "gradcam"],
+    data = Run.open(tiny_run).data  # the weights come from a held-out val row (review D17)
+    val = next(i for i, s in zip(data.ids, data.splits, strict=True) if s == "val")
+    pd.DataFrame({"sample": val, "label": 0, "source": "m0", "method": ["saliency", "gradcam"],
                   "metric": "relevance_mass", "value": [0.2, 0.6], "params_hash": "x"}
                  ).to_parquet(tiny_run / "results" / "metrics.parquet")
     return tiny_run

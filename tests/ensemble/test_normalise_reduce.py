@@ -130,3 +130,21 @@ def test_z_score_of_a_constant_float32_map_is_zero(side, lead, value):
     out = normalise(torch.full((*lead, side, side), value, dtype=torch.float32), "z_score")
     assert out.dtype == torch.float32
     assert torch.equal(out, torch.zeros_like(out))
+
+
+def test_rank_mean_hand_values_on_maps_with_several_pixels():
+    """Review section 3: the 1x1 hand value hit the ``p == 1`` branch (0.5 whatever the ranks).
+    Two voters over 2x2 maps, pixel quantiles (rank - 1) / 3, ties at their mean rank."""
+    a = torch.tensor([[1.0, 2.0], [3.0, 4.0]])      # quantiles 0, 1/3, 2/3, 1
+    b = torch.tensor([[40.0, 30.0], [10.0, 10.0]])  # 1, 2/3, (0 + 1/3)/2 twice
+    out = reduce(torch.stack([a, b])[:, None], "rank_mean")[0]
+    expected = torch.tensor([[(0 + 1) / 2, (1 / 3 + 2 / 3) / 2], [(2 / 3 + 1 / 6) / 2, (1 + 1 / 6) / 2]])
+    torch.testing.assert_close(out, expected)
+
+
+def test_z_score_of_a_constant_map_is_the_documented_zero():
+    """Review D16 / section 3: the constant-map test checked finiteness only; a float32 map of
+    0.1 gave -1 everywhere."""
+    for size in (4, 32, 224):
+        torch.testing.assert_close(normalise(torch.full((1, size, size), 0.1), "z_score"),
+                                   torch.zeros(1, size, size))

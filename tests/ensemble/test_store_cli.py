@@ -35,12 +35,21 @@ def test_method_ensembles_write_combined_sources(tiny_run):
     run_ensemble(tiny_run, "aggregate", {"reducer": "max"})
     run_ensemble(tiny_run, "krr", {"folds": 2, "pixels_per_image": 8})
     (tiny_run / "results").mkdir(exist_ok=True)
-    pd.DataFrame({"sample": 0, "label": 0, "source": "m0", "method": ["saliency", "gradcam"],
-                  "metric": "relevance_mass", "value": [0.2, 0.6], "params_hash": "x"}
+    data = Run.open(tiny_run).data
+    val = [i for i, s in zip(data.ids, data.splits, strict=True) if s == "val"][0]
+    test = [i for i, s in zip(data.ids, data.splits, strict=True) if s == "test"][0]
+    # review D17: the weights come from the held-out val rows; the test rows (where the
+    # ensemble is scored) rank the methods the other way and must not count
+    pd.DataFrame({"sample": [val, val, test, test], "label": 0, "source": "m0",
+                  "method": ["saliency", "gradcam"] * 2, "metric": "relevance_mass",
+                  "value": [0.2, 0.6, 0.9, 0.0], "params_hash": "x"}
                  ).to_parquet(tiny_run / "results" / "metrics.parquet")
     w = run_ensemble(tiny_run, "weighted")
     assert w.tables["weights"].set_index("method").weight.to_dict() == {"gradcam": 1.0,
                                                                          "saliency": 0.0}
+    assert w.entries[0].params["weight_split"] == "val"
+    with pytest.raises(ValueError, match="'train' rows"):
+        run_ensemble(tiny_run, "weighted", {"weight_split": "train", "source": "w2"})
     store = ExplanationStore(tiny_run, mode="r")
     for source in ("aggregate", "krr", "weighted"):
         maps = store.get(source, "gradcam+saliency").read()

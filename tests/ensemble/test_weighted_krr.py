@@ -27,6 +27,18 @@ def test_metric_weights_zero_variance_gives_uniform():
         metric_weights(scores, methods=["a", "z"], higher_is_better={"m": True, "n": True})
 
 
+def test_metric_missing_from_metric_weights_is_an_error_naming_it():
+    """Review D17: a metric left out of ``metric_weights`` silently got weight 0."""
+    scores = {"relevance_mass": {"a": 1.0, "b": 2.0}, "deletion": {"a": 0.1, "b": 0.3}}
+    hib = {"relevance_mass": True, "deletion": False}
+    with pytest.raises(ValueError, match="deletion"):
+        metric_weights(scores, methods=["a", "b"], higher_is_better=hib,
+                       metric_weights={"relevance_mass": 1.0})
+    w = metric_weights(scores, methods=["a", "b"], higher_is_better=hib,
+                       metric_weights={"relevance_mass": 1.0, "deletion": 0.0})
+    torch.testing.assert_close(w, torch.tensor([0.0, 1.0]))
+
+
 def test_weighted_ensemble_hand_value():
     a, b = torch.rand(2, 3, 3), torch.rand(2, 3, 3)
     out = weighted_ensemble({"a": a, "b": b}, [0.25, 0.75], normalisation="none")
@@ -60,3 +72,22 @@ def test_krr_bad_inputs():
         krr_ensemble(maps, torch.zeros(3, 5, 5, dtype=torch.bool))
     with pytest.raises(ValueError, match="folds"):
         krr_ensemble(maps, torch.zeros(4, 5, 5, dtype=torch.bool), folds=9)
+
+
+def test_krr_prediction_of_an_image_ignores_its_own_mask():
+    """Review section 3: the out-of-fold test asserted contrast and determinism only. Changing
+    image i's own mask must leave its prediction unchanged (it is not in the fold's training
+    rows) and move the predictions of images in other folds."""
+    gen = torch.Generator().manual_seed(0)
+    masks = torch.zeros(12, 8, 8, dtype=torch.bool)
+    for i in range(12):
+        r, c = torch.randint(0, 4, (2,), generator=gen).tolist()
+        masks[i, r : r + 4, c : c + 4] = True
+    maps = {"good": masks.float() + 0.1 * torch.randn(12, 8, 8, generator=gen),
+            "noise": torch.randn(12, 8, 8, generator=gen)}
+    before = krr_ensemble(maps, masks, folds=3, seed=0)
+    changed = masks.clone()
+    changed[0] = ~changed[0]
+    after = krr_ensemble(maps, changed, folds=3, seed=0)
+    torch.testing.assert_close(after[0], before[0], rtol=0, atol=0)
+    assert (after[1:] - before[1:]).abs().amax() > 1e-3

@@ -2,7 +2,8 @@
 
 Each similarity takes ``a, b`` of shape ``(..., H, W)`` and returns ``(...)``: one value per image,
 computed over that image's pixels. A constant map has no direction or correlation; its similarity
-with anything is defined as 0 (not NaN), except that two identical maps always score 1.
+with anything is defined as 0 (not NaN), except that two identical constant maps score 1. Every
+other value, identical maps included, is computed (nothing else is hard-coded).
 """
 
 from __future__ import annotations
@@ -26,9 +27,10 @@ def _cosine_flat(a: Tensor, b: Tensor) -> Tensor:
     a64, b64 = a.double(), b.double()
     num = (a64 * b64).sum(-1)
     den = a64.norm(dim=-1) * b64.norm(dim=-1)
-    out = torch.where(den > 0, num / torch.where(den > 0, den, torch.ones_like(den)), 0.0)
-    same = (a == b).all(-1)
-    return torch.where(same, torch.ones_like(out), out).to(a.dtype)
+    # only where the value is undefined (a zero vector): identical -> 1, else 0
+    same = (a == b).all(-1).double()
+    out = torch.where(den > 0, num / torch.where(den > 0, den, torch.ones_like(den)), same)
+    return out.to(a.dtype)
 
 
 @SIMILARITIES.register("cosine")
@@ -42,17 +44,13 @@ def pearson(a: Tensor, b: Tensor) -> Tensor:
     """Pearson correlation of the pixels (cosine similarity of the centred maps)."""
     fa, fb = a.flatten(-2), b.flatten(-2)
     ca, cb = fa - fa.mean(-1, keepdim=True), fb - fb.mean(-1, keepdim=True)
-    out = _cosine_flat(ca, cb)
-    same = (fa == fb).all(-1)
-    return torch.where(same, torch.ones_like(out), out)
+    return _cosine_flat(ca, cb)
 
 
 @SIMILARITIES.register("spearman")
 def spearman(a: Tensor, b: Tensor) -> Tensor:
     """Spearman rank correlation of the pixels (Pearson of mean-tie ranks)."""
-    out = pearson(rank(a), rank(b))
-    same = (a.flatten(-2) == b.flatten(-2)).all(-1)
-    return torch.where(same, torch.ones_like(out), out)
+    return pearson(rank(a), rank(b))
 
 
 def similarity(a: Tensor, b: Tensor, kind: SimilarityName | str = "cosine") -> Tensor:

@@ -37,16 +37,22 @@ def metric_weights(
         scores: ``scores[metric][method]`` = the method's mean score on that metric.
         methods: the method order of the returned weights.
         higher_is_better: per metric in ``scores``.
-        metric_weights: importance of each metric (default: 1 each).
+        metric_weights: importance of each metric (default: 1 each); every metric of
+            ``scores`` must have one.
         clip_negative: zero negative weights and renormalise to sum 1 (see module docstring).
 
     Raises:
-        ValueError: no metrics, a method missing from a metric's scores, or a metric with no
-            direction in ``higher_is_better``.
+        ValueError: no metrics, a method missing from a metric's scores, a metric with no
+            direction in ``higher_is_better``, or one with no weight in ``metric_weights``.
     """
     if not scores:
         raise ValueError("give the scores of at least one metric")
     methods = list(methods)
+    if metric_weights is not None:
+        missing = [m for m in scores if m not in metric_weights]
+        if missing:
+            raise ValueError(f"metric_weights has no weight for metrics {missing}; give every "
+                             "metric a weight (0 to leave one out) or drop it from the scores")
     combined = torch.zeros(len(methods), dtype=torch.float64)
     for metric, per_method in scores.items():
         missing = [m for m in methods if m not in per_method]
@@ -61,7 +67,7 @@ def metric_weights(
             x = -x
         std = x.std(correction=0)
         z = (x - x.mean()) / std if std > 0 else torch.zeros_like(x)
-        alpha = 1.0 if metric_weights is None else float(metric_weights.get(metric, 0.0))
+        alpha = 1.0 if metric_weights is None else float(metric_weights[metric])
         combined += alpha * z
     if not clip_negative:
         return combined.float()

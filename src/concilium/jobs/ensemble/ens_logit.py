@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from concilium._util import derive_seed
-from concilium.ensemble.averaging import ens_logit_maps
-from concilium.explain import explain
+from concilium.ensemble.averaging import ens_logit_maps, shared_layer
+from concilium.explain import METHODS, explain
 from concilium.jobs.ensemble.base import (
     EnsembleOptionsBase,
     EnsembleResult,
@@ -36,6 +38,13 @@ def run_ens_logit(run: Run, options: EnsLogitOptions) -> EnsembleResult:
     models = [run.models[m].to(device).eval() for m in members]
     out = EnsembleResult()
     for method in complete_methods(run, members, options.methods):
+        if method in METHODS and METHODS.get(method).needs_layer and method != "gradcam":
+            layers = [getattr(m, "gradcam_layer", None) for m in models]
+            if shared_layer(models, run.data.images[:8].to(device), layers) is None:
+                warnings.warn(f"ens-logit skips {method!r}: a layer method other than gradcam "
+                              "needs a layer the members share, and these members have none",
+                              stacklevel=2)
+                continue
         ref = run.store.get(members[0], method)
         p = ref.params
         maps = []
