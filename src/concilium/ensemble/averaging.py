@@ -208,10 +208,36 @@ def ens_logit_maps(
             "these members has none (each member has its own); of the layer methods only "
             "'gradcam' is defined then (summed over the members' layers); leave it out"
         )
-    # member-specific layers: the averaged-logit model's GradCAM at member j's layer, summed
+    classes = _class_targets(wrapper, images, targets, params)
+    if classes is not None:
+        # the ensemble's GradCAM at member j's layer is member j's GradCAM of the ensemble's
+        # class over n (module docstring): one pass per member, not one ensemble pass per member
+        own = {k: v for k, v in params.items() if k != "labels"}
+        maps = [explainer(m, images, classes, method=method, layer=name, **own)
+                for m, name in zip(models, layers, strict=True)]
+        return torch.stack(maps).sum(0) / len(models)
+    # other targets (contrasts, attributes): the averaged-logit model at member j's layer, summed
     maps = [explainer(wrapper, images, targets, method=method, layer=f"members.{j}.{name}", **params)
             for j, name in enumerate(layers)]
     return torch.stack(maps).sum(0)
+
+
+@torch.no_grad()
+def _class_targets(wrapper: nn.Module, images: Tensor, targets: Tensor | str | int,
+                   params: Mapping[str, object]) -> Tensor | None:
+    """The class per image of a plain class target resolved on the averaged-logit model
+    (``"pred"``: its argmax), or ``None`` for another kind of target."""
+    n = images.shape[0]
+    if isinstance(targets, Tensor):
+        return targets.to(torch.long).expand(n) if targets.dim() == 0 else targets.to(torch.long)
+    if isinstance(targets, int) or (isinstance(targets, str) and targets.isdigit()):
+        return torch.full((n,), int(targets), dtype=torch.long)
+    if targets == "label" and isinstance(params.get("labels"), Tensor):
+        return params["labels"].to(torch.long)
+    if targets == "pred":
+        return torch.cat([wrapper(images[i:i + 64]).argmax(1)
+                          for i in range(0, n, 64)]).cpu()
+    return None
 
 
 @torch.no_grad()
