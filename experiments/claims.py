@@ -205,7 +205,8 @@ def claim_averaging(data: ImageDataset, test: ImageDataset, args,
     metrics = ("mask_correlation", "relevance_mass", "iou", "com_distance", f"relevance_mass{ABS}")
     params = method_params(args.quick)
     setups = {
-        "head": {"members": 11, "arch": "small-cnn"},
+        # the paper's head diversity: one backbone, frozen, 11 heads (review ensembling S5)
+        "head": {"members": 11, "arch": "small-cnn", "finetune": "head"},
         "seed": {"members": args.members, "arch": "small-cnn"},
         "bootstrap": {"members": args.members, "arch": "small-cnn"},
         "arch": {"members": 3, "archs": ["small-cnn", "vgg11-small", "resnet18-small"]},

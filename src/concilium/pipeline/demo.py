@@ -40,6 +40,7 @@ def demo_values(*, quick: bool = False) -> dict[str, Any]:
                  "watermark_class": 1, "watermark_rate": 0.9,
                  "split_fractions": [0.6, 0.1, 0.3] if q else [0.7, 0.1, 0.2]},
         "models": {"arch": "small-cnn", "members": 3 if q else 11, "diversity": "head",
+                   "finetune": "head",
                    "epochs": 2 if q else 8, "attributes": True, "batch_size": 16 if q else 64},
         "committee": {
             "models": {"diversity": "arch", "members": 3 if q else 15,
