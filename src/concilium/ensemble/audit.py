@@ -19,11 +19,13 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Literal
 
+import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor
 
 from concilium._checks import check_labels, check_maps, check_masks
+from concilium._util import mean_interval
 from concilium.data.dataset import ImageDataset
 from concilium.ensemble.cnn import dice_score, iou_score
 from concilium.models import create_model
@@ -42,8 +44,17 @@ def per_class_quality(
     threshold: float = 0.5,
     flag_below: float | None = None,
     relative: float = 0.9,
+    min_count: int = 10,
+    n_boot: int = 2000,
+    level: float = 0.95,
+    seed: int = 0,
 ) -> pd.DataFrame:
-    """Per-class Dice and IoU of E* binarised at ``threshold``.
+    """Per-class Dice and IoU of E* binarised at ``threshold``, with a bootstrap interval.
+
+    A class is flagged only when the whole bootstrap interval of its mean Dice lies below the
+    flag threshold, and only when it has at least ``min_count`` images: a class below the count
+    is reported, never flagged (``reason`` says so). Works for any number of classes, 2 included.
+    Pass held-out rows only (the test split): E* scored on its own training rows is in-sample.
 
     Args:
         probabilities: E* ``(N, H, W)`` in ``[0, 1]`` (the CNN ensembler's sigmoid output).
@@ -51,30 +62,42 @@ def per_class_quality(
         labels: ``(N,)`` class indices.
         class_names: the class names (``labels`` index into them).
         threshold: binarisation threshold of E*.
-        flag_below: flag classes whose mean Dice is below this absolute value; ``None`` (default)
-            flags classes below ``relative`` times the median of the class means.
+        flag_below: flag classes whose Dice interval lies below this absolute value; ``None``
+            (default) uses ``relative`` times the median of the class means.
         relative: see ``flag_below`` (default 0.9).
+        min_count: fewest images a class needs to be flagged (default 10).
+        n_boot, level: bootstrap resamples and interval level.
+        seed: seeds the bootstrap (``np.random.default_rng(seed)``).
 
     Returns:
-        One row per class present: ``label, class, n, dice, iou, flagged``, and the threshold
-        used in ``flag_threshold``.
+        One row per class present: ``label, class, n, dice, dice_low, dice_high, iou,
+        flag_threshold, flagged, reason``.
     """
+    if min_count < 2:
+        raise ValueError(f"min_count must be >= 2 (an interval needs 2 images); got {min_count}")
     probabilities = check_maps(probabilities, "probabilities")
     masks = check_masks(masks, like=probabilities)
     labels = check_labels(labels, probabilities.shape[0], len(class_names))
     pred = probabilities > threshold
     dice, iou = dice_score(pred, masks), iou_score(pred, masks)
+    rng = np.random.default_rng(seed)
     rows = []
     for c in sorted(set(labels.tolist())):
         sel = labels == c
-        rows.append({"label": c, "class": class_names[c], "n": int(sel.sum()),
-                     "dice": float(dice[sel].mean()), "iou": float(iou[sel].mean())})
+        mean, low, high = mean_interval(dice[sel].double().numpy(), rng=rng, n_boot=n_boot,
+                                        level=level)
+        rows.append({"label": c, "class": class_names[c], "n": int(sel.sum()), "dice": mean,
+                     "dice_low": low, "dice_high": high, "iou": float(iou[sel].mean())})
     table = pd.DataFrame(rows)
     limit = flag_below if flag_below is not None else relative * float(table["dice"].median())
     table["flag_threshold"] = limit
-    table["flagged"] = table["dice"] < limit
+    enough = table["n"] >= min_count
+    table["flagged"] = enough & (table["dice_high"] < limit)
+    table["reason"] = np.where(
+        ~enough, f"fewer than {min_count} images: not flagged",
+        np.where(table["flagged"], "interval below the threshold",
+                 "interval reaches the threshold"))
     return table
-
 
 
 def attribution_share(maps: Tensor, region: Tensor, *, mass: Literal["abs", "positive"] = "abs") -> Tensor:
