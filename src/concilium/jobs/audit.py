@@ -59,7 +59,10 @@ class AuditOptions(BaseModel):
                              "member with an attribute head; loads the members; 0: none)")
     attribute_method: str = Field(
         "gradcam", description="explanation method of the attribute cards")
-    seed: int = Field(0, description="seeds every training")
+    rows: Literal["test", "all"] = Field(
+        "test", description="rows the per-class and bias audits read: 'test' (held-out: the "
+                            "test split when the run holds several splits) or 'all'")
+    seed: int = Field(0, description="seeds every training and bootstrap")
     device: str = Field("cpu", description="where to train: cpu, cuda or cuda:<k>")
 
 
@@ -88,16 +91,21 @@ def run_audit(run_dir: str | Path, options: AuditOptions | Mapping[str, Any] | N
     entries = store.entries()
     entries = entries[entries.complete]
     tables: dict[str, pd.DataFrame] = {}
+    held, rows_name = audited_rows(data.splits, o.rows)
+    held_ids = [data.ids[i] for i in held.tolist()]
     estar_rows = entries[entries.source == estar_source]
     estar = None
     if len(estar_rows):
         estar, _ = read_maps(store, estar_source, estar_rows.method.iloc[0], data.ids,
                              params_hash=estar_rows.params_hash.iloc[0])
-        tables["per_class"] = per_class_quality(estar, data.masks, data.labels,
-                                                class_names=data.class_names)
+        tables["per_class"] = per_class_quality(estar[held], data.masks[held], data.labels[held],
+                                                class_names=data.class_names,
+                                                seed=o.seed).assign(rows=rows_name)
     metrics = read_table(run_dir, "metrics")
     if metrics is not None:
-        tables["per_class_metrics"] = per_class_metric_means(metrics, class_names=data.class_names)
+        audited = metrics[metrics["sample"].isin(held_ids)] if "sample" in metrics else metrics
+        tables["per_class_metrics"] = per_class_metric_means(
+            audited, class_names=data.class_names, seed=o.seed).assign(rows=rows_name)
         scored = set(metrics.source)
         members = [m for m in ctx.member_ids if m in scored]
         if "ens-avg" in scored and members:
@@ -114,10 +122,12 @@ def run_audit(run_dir: str | Path, options: AuditOptions | Mapping[str, Any] | N
     bias = []
     for row in entries[entries.source.isin(sources)].itertuples():
         maps, _ = read_maps(store, row.source, row.method, data.ids, params_hash=row.params_hash)
-        t = bias_table(maps, mask, data.labels, class_names=data.class_names, factor=fac)
+        t = bias_table(maps[held], mask[held], data.labels[held], class_names=data.class_names,
+                       factor=fac)
         t.insert(0, "method", row.method)
         t.insert(0, "source", row.source)
         t["region"] = region
+        t["rows"] = rows_name
         bias.append(t)
     if bias:
         tables["bias"] = pd.concat(bias, ignore_index=True)
@@ -138,6 +148,20 @@ def run_audit(run_dir: str | Path, options: AuditOptions | Mapping[str, Any] | N
         if cards is not None:
             tables[ATTRIBUTES_TABLE] = cards
     return tables
+
+
+def audited_rows(splits: list[str], rows: Literal["test", "all"]) -> tuple[torch.Tensor, str]:
+    """The row indices the audits read and their name (the tables' ``rows`` column).
+
+    ``rows="test"`` keeps the held-out test rows when the run holds several splits (E*, the
+    members and the metric weights are fitted on train/val rows, so those rows are in-sample);
+    a run of one split has no held-out rows: all are read and the name says which split.
+    """
+    present = sorted(set(splits))
+    if rows == "test" and "test" in present and len(present) > 1:
+        return torch.tensor([i for i, s in enumerate(splits) if s == "test"],
+                            dtype=torch.long), "test"
+    return torch.arange(len(splits)), "all (" + "+".join(present) + ")"
 
 
 def _subset_study(ctx: Run, estar_source: str, mode: SubsetMode,
