@@ -1,11 +1,14 @@
 """The rare-class claim decided on the per-class audit's bootstrap interval (review D5)."""
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 
 from concilium.ensemble.audit import per_class_quality
-from concilium.metrics.claims import rare_class_claim
+from concilium.jobs.audit import run_audit
+from concilium.metrics.claims import rare_class_claim, watermark_claim
+from concilium.store import ExplanationStore, Run
 
 
 def _table(low, high, n=20, reason="interval"):
@@ -40,3 +43,26 @@ def test_rare_class_claim_on_the_audit_table():
     table = per_class_quality(probs, masks, labels, class_names=["plain", "rare"])
     assert rare_class_claim(table, target="rare").verdict == "held"
     assert rare_class_claim(table, target="plain").verdict == "not held"
+
+
+def test_watermark_claim_skips_logit_sources():
+    """Review D6(b): cnn:logit's |logit| mass sits on confident background; its flags must not
+    count for or against the watermark claim."""
+    rows = [{"source": f"m{i}", "method": "saliency", "label": 1, "class": "striped",
+             "flagged": True} for i in range(8)]
+    rows += [{"source": "cnn:logit", "method": m, "label": 1, "class": "striped",
+              "flagged": False} for m in ("a", "b", "c", "d", "e", "f", "g", "h", "i")]
+    f = watermark_claim(pd.DataFrame(rows), target="striped", rng=np.random.default_rng(0))
+    assert f.verdict == "held" and f.n == 8, f
+
+
+def test_bias_audit_skips_logit_sources_by_default(tiny_run):
+    data = Run.open(tiny_run).data
+    store = ExplanationStore(tiny_run)
+    entry = store.entry("cnn:logit", "saliency", {"output": "logit"}, data.ids, shape=(32, 32),
+                        chunk_size=16, meta={"dataset_fingerprint": data.fingerprint()})
+    entry.write(0, torch.randn(len(data.ids), 32, 32))
+    bias = run_audit(tiny_run, {"region": "outside"})["bias"]
+    assert "cnn:logit" not in set(bias.source) and {"m0", "m1"} <= set(bias.source)
+    bias = run_audit(tiny_run, {"region": "outside", "bias_sources": ["cnn:logit"]})["bias"]
+    assert set(bias.source) == {"cnn:logit"}

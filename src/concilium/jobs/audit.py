@@ -24,6 +24,7 @@ from concilium.ensemble.subsets import SubsetMode, method_subset_study
 from concilium.jobs.attributes import run_attribute_cards
 from concilium.metrics.tables import paper_table, per_class_metric_means
 from concilium.store import ATTRIBUTES_TABLE, Run, read_maps, read_table, write_table
+from concilium.vocabulary import is_logit_source
 
 SubsetModeOption = Literal["none", "leave_one_out", "all"]
 
@@ -39,10 +40,12 @@ class AuditOptions(BaseModel):
         "watermark", description="non-evidence region of the bias audit: the watermark mask "
                                  "set, or everything outside the object")
     factor: float | None = Field(
-        None, description="enrichment (share / area) that flags a class (default 2 for the "
-                          "watermark, 1 outside)")
+        None, description="smallest enrichment (share / area) that may flag a class, besides "
+                          "the permutation null's p < 0.05 (default 2 for the watermark, 1 "
+                          "outside)")
     bias_sources: list[str] | None = Field(
-        None, description="sources audited for bias (default: every complete source)")
+        None, description="sources audited for bias (default: every complete source but signed "
+                          "logit maps such as cnn:logit)")
     anonymisation: bool = Field(
         False, description="run the anonymisation study (trains classifiers on image x E* and "
                            "E* alone; needs all splits)")
@@ -118,12 +121,13 @@ def run_audit(run_dir: str | Path, options: AuditOptions | Mapping[str, Any] | N
     else:  # "outside" (the options model admits no other region)
         mask = ~data.masks
     fac = o.factor if o.factor is not None else (2.0 if region == "watermark" else 1.0)
-    sources = list(o.bias_sources) if o.bias_sources else sorted(set(entries.source))
+    sources = (list(o.bias_sources) if o.bias_sources else
+               sorted(s for s in set(entries.source) if not is_logit_source(s)))
     bias = []
     for row in entries[entries.source.isin(sources)].itertuples():
         maps, _ = read_maps(store, row.source, row.method, data.ids, params_hash=row.params_hash)
         t = bias_table(maps[held], mask[held], data.labels[held], class_names=data.class_names,
-                       factor=fac)
+                       factor=fac, seed=o.seed)
         t.insert(0, "method", row.method)
         t.insert(0, "source", row.source)
         t["region"] = region

@@ -39,7 +39,7 @@ from scipy import stats as sps
 
 from concilium.metrics._paired import Block, paired_interval, paired_rows, wide_table
 from concilium.metrics.tables import higher_is_better_of
-from concilium.vocabulary import EXP_AVG, is_member
+from concilium.vocabulary import EXP_AVG, is_logit_source, is_member
 
 Verdict = Literal["held", "not held", "inconclusive", "not measured"]
 LEVEL = 0.95
@@ -429,13 +429,16 @@ def watermark_claim(
     claim = "The watermark class is flagged by the bias audit"
     name = "share of explanations flagging it" + (" minus the control's" if control is not None
                                                   else "")
-    rule = ("per explanation, 1 if the bias audit flags the watermark class (minus the same for "
-            "the clean-data control, when given, paired by source and method); estimate = the "
-            "mean over the explanations, bootstrap interval; " + _INTERVAL.format(t=0.5))
+    rule = ("per explanation (signed logit sources excluded), 1 if the bias audit flags the "
+            "watermark class against its permutation null (minus the same for the clean-data "
+            "control, when given, paired by source and method); estimate = the mean over the "
+            "explanations, bootstrap interval; " + _INTERVAL.format(t=0.5))
     if target is None:
         return _not_measured(claim, name, rule, "the dataset has no watermark class")
     if bias is None or bias.empty or "flagged" not in bias.columns:
         return _not_measured(claim, name, rule, "no bias table with a flagged column")
+    if "source" in bias.columns:
+        bias = bias[~bias["source"].astype(str).map(is_logit_source)]
     rows = _class_rows(bias, target)
     if rows is None:
         return _not_measured(claim, name, rule, f"the bias table has no row for class {target!s}")
@@ -456,4 +459,4 @@ def watermark_claim(
     estimate, low, high, n = paired_interval([Block("flagged", x, lambda mu: mu[..., 0])],
                                               rng=rng, n_boot=n_boot, level=level)
     return Finding(claim, name, estimate, low, high, n, 0.5, verdict_of(low, high, 0.5), rule,
-                   detail)
+                   detail, test="permutation null per explanation; bootstrap over explanations")
