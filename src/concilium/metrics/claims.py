@@ -393,7 +393,7 @@ def rare_class_claim(per_class: pd.DataFrame | None, *, target: str | None) -> F
     test = "percentile bootstrap of the class mean" if has_interval else ""
     return Finding(claim, score, value, low if has_interval else math.nan,
                    high if has_interval else math.nan, n, threshold, verdict, rule,
-                   f"rare class {target!s}: {score} {value:.3f} [{low:.3f}, {high:.3f}] vs "
+                   f"rare class {target!s}: {score} {value:.3f} (interval {low:.3f} to {high:.3f}) vs "
                    f"threshold {threshold:.3f}; flagged: {flagged or 'none'}"
                    + (f"; {reason}" if reason else ""), test=test)
 
