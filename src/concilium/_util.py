@@ -11,12 +11,14 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+import numpy as np
 import torch
 from pydantic import BaseModel
 from torch import nn
@@ -104,3 +106,22 @@ def shape_fingerprint(model: nn.Module) -> str:
 def short_hash(text: str, n: int = 16) -> str:
     """The first ``n`` hex digits of the SHA-256 of ``text``."""
     return hashlib.sha256(text.encode()).hexdigest()[:n]
+
+
+def mean_interval(
+    x: np.ndarray, *, rng: np.random.Generator, n_boot: int = 2000, level: float = 0.95
+) -> tuple[float, float, float]:
+    """``(mean, low, high)``: the mean of ``x`` (NaNs dropped) and its percentile bootstrap
+    interval at ``level`` (``rng`` seeds the resampling); fewer than 2 values give no interval
+    (NaN bounds)."""
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1); got {level}")
+    x = np.asarray(x, dtype=np.float64)
+    x = x[np.isfinite(x)]
+    if x.size == 0:
+        return math.nan, math.nan, math.nan
+    if x.size < 2:
+        return float(x.mean()), math.nan, math.nan
+    counts = rng.multinomial(x.size, np.full(x.size, 1.0 / x.size), size=n_boot)
+    low, high = np.quantile(counts @ x / x.size, [(1 - level) / 2, (1 + level) / 2])
+    return float(x.mean()), float(low), float(high)

@@ -37,6 +37,15 @@ def is_member(source: str) -> bool:
     return bool(MEMBER_ID.match(source))
 
 
+LOGIT_SUFFIX = ":logit"
+"""Suffix of a source whose maps are signed logits (the CNN ensembler's ``cnn:logit``)."""
+
+
+def is_logit_source(source: str) -> bool:
+    """Whether ``source`` holds signed logit maps (not relevance; the bias audit skips them)."""
+    return source.endswith(LOGIT_SUFFIX)
+
+
 def member_id(index: int) -> str:
     """The id of member number ``index``."""
     if index < 0:

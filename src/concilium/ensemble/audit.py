@@ -19,11 +19,13 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Literal
 
+import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor
 
 from concilium._checks import check_labels, check_maps, check_masks
+from concilium._util import mean_interval
 from concilium.data.dataset import ImageDataset
 from concilium.ensemble.cnn import dice_score, iou_score
 from concilium.models import create_model
@@ -42,8 +44,17 @@ def per_class_quality(
     threshold: float = 0.5,
     flag_below: float | None = None,
     relative: float = 0.9,
+    min_count: int = 10,
+    n_boot: int = 2000,
+    level: float = 0.95,
+    seed: int = 0,
 ) -> pd.DataFrame:
-    """Per-class Dice and IoU of E* binarised at ``threshold``.
+    """Per-class Dice and IoU of E* binarised at ``threshold``, with a bootstrap interval.
+
+    A class is flagged only when the whole bootstrap interval of its mean Dice lies below the
+    flag threshold, and only when it has at least ``min_count`` images: a class below the count
+    is reported, never flagged (``reason`` says so). Works for any number of classes, 2 included.
+    Pass held-out rows only (the test split): E* scored on its own training rows is in-sample.
 
     Args:
         probabilities: E* ``(N, H, W)`` in ``[0, 1]`` (the CNN ensembler's sigmoid output).
@@ -51,30 +62,42 @@ def per_class_quality(
         labels: ``(N,)`` class indices.
         class_names: the class names (``labels`` index into them).
         threshold: binarisation threshold of E*.
-        flag_below: flag classes whose mean Dice is below this absolute value; ``None`` (default)
-            flags classes below ``relative`` times the median of the class means.
+        flag_below: flag classes whose Dice interval lies below this absolute value; ``None``
+            (default) uses ``relative`` times the median of the class means.
         relative: see ``flag_below`` (default 0.9).
+        min_count: fewest images a class needs to be flagged (default 10).
+        n_boot, level: bootstrap resamples and interval level.
+        seed: seeds the bootstrap (``np.random.default_rng(seed)``).
 
     Returns:
-        One row per class present: ``label, class, n, dice, iou, flagged``, and the threshold
-        used in ``flag_threshold``.
+        One row per class present: ``label, class, n, dice, dice_low, dice_high, iou,
+        flag_threshold, flagged, reason``.
     """
+    if min_count < 2:
+        raise ValueError(f"min_count must be >= 2 (an interval needs 2 images); got {min_count}")
     probabilities = check_maps(probabilities, "probabilities")
     masks = check_masks(masks, like=probabilities)
     labels = check_labels(labels, probabilities.shape[0], len(class_names))
     pred = probabilities > threshold
     dice, iou = dice_score(pred, masks), iou_score(pred, masks)
+    rng = np.random.default_rng(seed)
     rows = []
     for c in sorted(set(labels.tolist())):
         sel = labels == c
-        rows.append({"label": c, "class": class_names[c], "n": int(sel.sum()),
-                     "dice": float(dice[sel].mean()), "iou": float(iou[sel].mean())})
+        mean, low, high = mean_interval(dice[sel].double().numpy(), rng=rng, n_boot=n_boot,
+                                        level=level)
+        rows.append({"label": c, "class": class_names[c], "n": int(sel.sum()), "dice": mean,
+                     "dice_low": low, "dice_high": high, "iou": float(iou[sel].mean())})
     table = pd.DataFrame(rows)
     limit = flag_below if flag_below is not None else relative * float(table["dice"].median())
     table["flag_threshold"] = limit
-    table["flagged"] = table["dice"] < limit
+    enough = table["n"] >= min_count
+    table["flagged"] = enough & (table["dice_high"] < limit)
+    table["reason"] = np.where(
+        ~enough, f"fewer than {min_count} images: not flagged",
+        np.where(table["flagged"], "interval below the threshold",
+                 "interval reaches the threshold"))
     return table
-
 
 
 def attribution_share(maps: Tensor, region: Tensor, *, mass: Literal["abs", "positive"] = "abs") -> Tensor:
@@ -97,41 +120,70 @@ def bias_table(
     labels: Tensor,
     *,
     class_names: Sequence[str],
-    factor: float = 2.0,
+    factor: float = 1.0,
     mass: Literal["abs", "positive"] = "abs",
+    n_perm: int = 500,
+    alpha: float = 0.05,
+    seed: int = 0,
 ) -> pd.DataFrame:
-    """Per-class attribution share on a non-evidence region, and flags.
+    """Per-class attribution share on a non-evidence region against a permutation null.
 
     Only images whose region is non-empty count (a watermark drawn on a few classes only).
-    ``enrichment = share / area`` compares the share with the region's area fraction, the share
-    a uniform map would give; a class is flagged when ``enrichment >= factor``.
+    ``excess = share - area`` is bounded in ``[-1, 1]``: 0 is what a uniform map gives.
+    The null: the class's regions laid on maps of images of the *other* classes (drawn at random,
+    seeded, ``n_perm`` times); ``p_value`` is the share of null draws whose mean share reaches
+    the class's (with the +1 correction), ``null_low``/``null_high`` the null's 2.5/97.5 %
+    quantiles. A class is flagged when ``p_value < alpha`` and ``enrichment = share / area``
+    is at least ``factor``; with no other class there is no null (NaN, not flagged).
 
     Args:
-        maps: ``(N, H, W)`` explanation maps.
+        maps: ``(N, H, W)`` explanation maps (non-negative or signed relevance; signed logit
+            maps put |logit| mass on confident background and should not be audited).
         region: ``(N, H, W)`` bool: the watermark mask, or ``~object_mask``.
         labels: ``(N,)``.
         class_names: class names.
-        factor: enrichment that flags a class (default 2: twice the uniform density). For the
-            large "outside the object" region the largest possible enrichment is ``1 / area``,
-            so a factor near 1 is the meaningful choice there.
+        factor: smallest enrichment that may flag (default 1: any significant excess).
         mass: ``"abs"`` or ``"positive"`` attribution mass.
+        n_perm: null draws.
+        alpha: significance level of the flag.
+        seed: seeds the null draws.
 
     Returns:
-        ``label, class, n, share, area, enrichment, flagged`` for each class with region pixels.
+        ``label, class, n, share, area, excess, enrichment, null_low, null_high, p_value,
+        flagged`` for each class with region pixels.
     """
     if factor <= 0:
         raise ValueError(f"factor must be > 0; got {factor}")
+    if n_perm < 1 or not 0 < alpha < 1:
+        raise ValueError(f"n_perm must be >= 1 and alpha in (0, 1); got {n_perm}, {alpha}")
     labels = check_labels(labels, maps.shape[0], len(class_names))
+    maps = check_maps(maps)
+    region = check_masks(region, like=maps, name="region")
     share = attribution_share(maps, region, mass=mass)
     area = region.flatten(1).double().mean(1)
     has = region.flatten(1).any(1) & ~share.isnan()
+    a = (maps.abs() if mass == "abs" else maps.clamp(min=0)).flatten(1).double()
+    total = a.sum(1)
+    gen = torch.Generator().manual_seed(seed)
     rows = []
     for c in sorted(set(labels[has].tolist())):
         sel = has & (labels == c)
-        s, a = float(share[sel].mean()), float(area[sel].mean())
+        s, ar = float(share[sel].mean()), float(area[sel].mean())
+        others = torch.nonzero((labels != c) & (total > 0)).flatten()
+        low = high = p = float("nan")
+        if len(others):
+            reg = region[sel].flatten(1).double()  # (n_c, P)
+            draws = others[torch.randint(len(others), (n_perm, reg.shape[0]), generator=gen)]
+            null = ((a[draws] * reg).sum(-1) / total[draws]).mean(1)  # (n_perm,)
+            low, high = (float(v) for v in torch.quantile(null, torch.tensor(
+                [0.025, 0.975], dtype=null.dtype)))
+            p = float(((null >= s).sum() + 1) / (n_perm + 1))
         rows.append({"label": c, "class": class_names[c], "n": int(sel.sum()), "share": s,
-                     "area": a, "enrichment": s / a, "flagged": s / a >= factor})
-    return pd.DataFrame(rows, columns=["label", "class", "n", "share", "area", "enrichment",
+                     "area": ar, "excess": s - ar, "enrichment": s / ar, "null_low": low,
+                     "null_high": high, "p_value": p,
+                     "flagged": bool(p < alpha and s / ar >= factor)})
+    return pd.DataFrame(rows, columns=["label", "class", "n", "share", "area", "excess",
+                                       "enrichment", "null_low", "null_high", "p_value",
                                        "flagged"])
 
 

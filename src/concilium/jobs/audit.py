@@ -24,6 +24,7 @@ from concilium.ensemble.subsets import SubsetMode, method_subset_study
 from concilium.jobs.attributes import run_attribute_cards
 from concilium.metrics.tables import paper_table, per_class_metric_means
 from concilium.store import ATTRIBUTES_TABLE, Run, read_maps, read_table, write_table
+from concilium.vocabulary import is_logit_source
 
 SubsetModeOption = Literal["none", "leave_one_out", "all"]
 
@@ -39,10 +40,12 @@ class AuditOptions(BaseModel):
         "watermark", description="non-evidence region of the bias audit: the watermark mask "
                                  "set, or everything outside the object")
     factor: float | None = Field(
-        None, description="enrichment (share / area) that flags a class (default 2 for the "
-                          "watermark, 1 outside)")
+        None, description="smallest enrichment (share / area) that may flag a class, besides "
+                          "the permutation null's p < 0.05 (default 2 for the watermark, 1 "
+                          "outside)")
     bias_sources: list[str] | None = Field(
-        None, description="sources audited for bias (default: every complete source)")
+        None, description="sources audited for bias (default: every complete source but signed "
+                          "logit maps such as cnn:logit)")
     anonymisation: bool = Field(
         False, description="run the anonymisation study (trains classifiers on image x E* and "
                            "E* alone; needs all splits)")
@@ -59,7 +62,10 @@ class AuditOptions(BaseModel):
                              "member with an attribute head; loads the members; 0: none)")
     attribute_method: str = Field(
         "gradcam", description="explanation method of the attribute cards")
-    seed: int = Field(0, description="seeds every training")
+    rows: Literal["test", "all"] = Field(
+        "test", description="rows the per-class and bias audits read: 'test' (held-out: the "
+                            "test split when the run holds several splits) or 'all'")
+    seed: int = Field(0, description="seeds every training and bootstrap")
     device: str = Field("cpu", description="where to train: cpu, cuda or cuda:<k>")
 
 
@@ -88,16 +94,21 @@ def run_audit(run_dir: str | Path, options: AuditOptions | Mapping[str, Any] | N
     entries = store.entries()
     entries = entries[entries.complete]
     tables: dict[str, pd.DataFrame] = {}
+    held, rows_name = audited_rows(data.splits, o.rows)
+    held_ids = [data.ids[i] for i in held.tolist()]
     estar_rows = entries[entries.source == estar_source]
     estar = None
     if len(estar_rows):
         estar, _ = read_maps(store, estar_source, estar_rows.method.iloc[0], data.ids,
                              params_hash=estar_rows.params_hash.iloc[0])
-        tables["per_class"] = per_class_quality(estar, data.masks, data.labels,
-                                                class_names=data.class_names)
+        tables["per_class"] = per_class_quality(estar[held], data.masks[held], data.labels[held],
+                                                class_names=data.class_names,
+                                                seed=o.seed).assign(rows=rows_name)
     metrics = read_table(run_dir, "metrics")
     if metrics is not None:
-        tables["per_class_metrics"] = per_class_metric_means(metrics, class_names=data.class_names)
+        audited = metrics[metrics["sample"].isin(held_ids)] if "sample" in metrics else metrics
+        tables["per_class_metrics"] = per_class_metric_means(
+            audited, class_names=data.class_names, seed=o.seed).assign(rows=rows_name)
         scored = set(metrics.source)
         members = [m for m in ctx.member_ids if m in scored]
         if "ens-avg" in scored and members:
@@ -110,14 +121,17 @@ def run_audit(run_dir: str | Path, options: AuditOptions | Mapping[str, Any] | N
     else:  # "outside" (the options model admits no other region)
         mask = ~data.masks
     fac = o.factor if o.factor is not None else (2.0 if region == "watermark" else 1.0)
-    sources = list(o.bias_sources) if o.bias_sources else sorted(set(entries.source))
+    sources = (list(o.bias_sources) if o.bias_sources else
+               sorted(s for s in set(entries.source) if not is_logit_source(s)))
     bias = []
     for row in entries[entries.source.isin(sources)].itertuples():
         maps, _ = read_maps(store, row.source, row.method, data.ids, params_hash=row.params_hash)
-        t = bias_table(maps, mask, data.labels, class_names=data.class_names, factor=fac)
+        t = bias_table(maps[held], mask[held], data.labels[held], class_names=data.class_names,
+                       factor=fac, seed=o.seed)
         t.insert(0, "method", row.method)
         t.insert(0, "source", row.source)
         t["region"] = region
+        t["rows"] = rows_name
         bias.append(t)
     if bias:
         tables["bias"] = pd.concat(bias, ignore_index=True)
@@ -138,6 +152,20 @@ def run_audit(run_dir: str | Path, options: AuditOptions | Mapping[str, Any] | N
         if cards is not None:
             tables[ATTRIBUTES_TABLE] = cards
     return tables
+
+
+def audited_rows(splits: list[str], rows: Literal["test", "all"]) -> tuple[torch.Tensor, str]:
+    """The row indices the audits read and their name (the tables' ``rows`` column).
+
+    ``rows="test"`` keeps the held-out test rows when the run holds several splits (E*, the
+    members and the metric weights are fitted on train/val rows, so those rows are in-sample);
+    a run of one split has no held-out rows: all are read and the name says which split.
+    """
+    present = sorted(set(splits))
+    if rows == "test" and "test" in present and len(present) > 1:
+        return torch.tensor([i for i, s in enumerate(splits) if s == "test"],
+                            dtype=torch.long), "test"
+    return torch.arange(len(splits)), "all (" + "+".join(present) + ")"
 
 
 def _subset_study(ctx: Run, estar_source: str, mode: SubsetMode,

@@ -61,7 +61,7 @@ from concilium.metrics._paired import (
     wide_table,
 )
 from concilium.metrics.tables import higher_is_better_of
-from concilium.vocabulary import EXP_AVG, is_member
+from concilium.vocabulary import EXP_AVG, is_logit_source, is_member
 
 Verdict = Literal["held", "not held", "inconclusive", "not measured"]
 LEVEL = 0.95
@@ -817,18 +817,23 @@ def _class_rows(table: pd.DataFrame, target: str) -> pd.DataFrame | None:
 def rare_class_claim(per_class: pd.DataFrame | None, *, target: str | None) -> Finding:
     """Claim 4a: the per-class quality audit flags the rare class.
 
-    The audit table holds one mean Dice per class, so there is no interval: the class's Dice is
-    compared with the audit's flag threshold (``flag_threshold``); a table without the threshold
-    is decided by its ``flagged`` column.
+    The audit table holds the class's mean Dice and its bootstrap interval (``dice_low``,
+    ``dice_high``): held when the whole interval lies below the audit's flag threshold
+    (``flag_threshold``), not held when it lies above, inconclusive when it straddles it or when
+    the class has fewer images than the audit's minimum count (its ``reason`` says so). An older
+    table without the interval is decided on the point value (no interval); one without the
+    threshold by its ``flagged`` column.
 
     Args:
-        per_class: the per-class audit (``class`` or ``label``, ``dice``, ``flag_threshold``,
-            ``flagged``), as written by ``concilium audit``.
+        per_class: the per-class audit (``class`` or ``label``, ``dice``, ``dice_low``,
+            ``dice_high``, ``flag_threshold``, ``flagged``, ``reason``), as written by
+            ``concilium audit``.
         target: the rare class's name or label (``None``: the dataset has none).
     """
     claim = "The rare class is flagged by the per-class quality audit"
-    rule = ("the rare class's mean E* Dice against the audit's flag threshold (no interval: one "
-            "number per class); held when below, not held when above, inconclusive when equal")
+    rule = ("the bootstrap interval of the rare class's mean E* Dice (held-out images) against "
+            "the audit's flag threshold: held when the interval lies below, not held when above, "
+            "inconclusive when it straddles it or the class has too few images to be flagged")
     if target is None:
         return _not_measured(claim, "Dice", rule, "the dataset has no rare class")
     if per_class is None or per_class.empty:
@@ -841,18 +846,27 @@ def rare_class_claim(per_class: pd.DataFrame | None, *, target: str | None) -> F
                              f"the per_class table has no {score or 'dice'}/flagged row for "
                              f"class {target!s}")
     value = float(rows[score].iloc[0])
+    has_interval = {"dice_low", "dice_high"} <= set(rows.columns) and score == "dice"
+    low = float(rows["dice_low"].iloc[0]) if has_interval else value
+    high = float(rows["dice_high"].iloc[0]) if has_interval else value
     limit = _first_column(per_class, ("flag_threshold", "threshold"))
     threshold = float(rows[limit].iloc[0]) if limit else math.nan
     name = _first_column(per_class, ("class_name", "class", "label"))
     flagged = sorted({str(c) for c in per_class.loc[per_class[flag].astype(bool), name]})
-    if math.isfinite(threshold):
-        verdict = verdict_of(value, value, threshold, held_when="below")
+    reason = str(rows["reason"].iloc[0]) if "reason" in rows.columns else ""
+    if reason.startswith("fewer than"):
+        verdict: Verdict = "inconclusive"
+    elif math.isfinite(threshold):
+        verdict = verdict_of(low, high, threshold, held_when="below")
     else:
         verdict = "held" if bool(rows[flag].iloc[0]) else "not held"
     n = int(rows["n"].iloc[0]) if "n" in rows.columns else 1
-    return Finding(claim, score, value, math.nan, math.nan, n, threshold, verdict, rule,
-                   f"rare class {target!s}: {score} {value:.3f} vs threshold {threshold:.3f}; "
-                   f"flagged: {flagged or 'none'}")
+    test = "percentile bootstrap of the class mean" if has_interval else ""
+    return Finding(claim, score, value, low if has_interval else math.nan,
+                   high if has_interval else math.nan, n, threshold, verdict, rule,
+                   f"rare class {target!s}: {score} {value:.3f} (interval {low:.3f} to {high:.3f}) vs "
+                   f"threshold {threshold:.3f}; flagged: {flagged or 'none'}"
+                   + (f"; {reason}" if reason else ""), test=test)
 
 
 def _flags(rows: pd.DataFrame, keys: Sequence[str]) -> pd.Series:
@@ -886,13 +900,16 @@ def watermark_claim(
     claim = "The watermark class is flagged by the bias audit"
     name = "share of explanations flagging it" + (" minus the control's" if control is not None
                                                   else "")
-    rule = ("per explanation, 1 if the bias audit flags the watermark class (minus the same for "
-            "the clean-data control, when given, paired by source and method); estimate = the "
-            "mean over the explanations, bootstrap interval; " + _INTERVAL.format(t=0.5))
+    rule = ("per explanation (signed logit sources excluded), 1 if the bias audit flags the "
+            "watermark class against its permutation null (minus the same for the clean-data "
+            "control, when given, paired by source and method); estimate = the mean over the "
+            "explanations, bootstrap interval; " + _INTERVAL.format(t=0.5))
     if target is None:
         return _not_measured(claim, name, rule, "the dataset has no watermark class")
     if bias is None or bias.empty or "flagged" not in bias.columns:
         return _not_measured(claim, name, rule, "no bias table with a flagged column")
+    if "source" in bias.columns:
+        bias = bias[~bias["source"].astype(str).map(is_logit_source)]
     rows = _class_rows(bias, target)
     if rows is None:
         return _not_measured(claim, name, rule, f"the bias table has no row for class {target!s}")
@@ -913,4 +930,4 @@ def watermark_claim(
     estimate, low, high, n = paired_interval([Block("flagged", x, lambda mu: mu[..., 0])],
                                               rng=rng, n_boot=n_boot, level=level)
     return Finding(claim, name, estimate, low, high, n, 0.5, verdict_of(low, high, 0.5), rule,
-                   detail)
+                   detail, test="permutation null per explanation; bootstrap over explanations")

@@ -190,38 +190,68 @@ def per_class_metric_means(
     *,
     class_names: Sequence[str] | None = None,
     higher_is_better: Mapping[str, bool] | None = None,
-    z_flag: float = 1.5,
+    min_count: int = 10,
+    margin: float = 0.0,
+    n_boot: int = 2000,
+    level: float = 0.95,
+    seed: int = 0,
 ) -> pd.DataFrame:
     """Per-class means of every ``(source, method, metric)`` of the metrics table.
 
-    A class is flagged when its mean is worse than the mean over classes by more than ``z_flag``
-    standard deviations (over the class means), direction-aware.
+    ``gap`` is the class's mean minus the mean over the images of the other classes, signed so
+    that negative is worse (direction-aware). A class is flagged only when the whole bootstrap
+    interval of its gap lies below ``-margin`` (both groups resampled, seeded by ``seed``) and it
+    has at least ``min_count`` images; a class below the count is reported, never flagged
+    (``reason`` says so). Unlike a z-score over class means, this can flag with 2 or 3 classes.
+    Pass held-out rows only (the test split).
 
     Args:
         metrics: the metrics table (``sample, label, source, method, metric, value``).
         class_names: to name the labels (optional).
         higher_is_better: per metric (default: the metric registry's metadata).
-        z_flag: how many standard deviations below the class average flags a class.
+        min_count: fewest images a class needs to be flagged (default 10).
+        margin: how much worse than the rest (in the metric's units) the interval must lie.
+        n_boot, level: bootstrap resamples and interval level.
+        seed: seeds the bootstrap.
 
     Returns:
-        ``source, method, metric, label, class, n, mean, z, flagged``.
+        ``source, method, metric, label, class, n, mean, gap, gap_low, gap_high, flagged,
+        reason``.
     """
     need = {"label", "source", "method", "metric", "value"}
     if not need <= set(metrics.columns):
         raise ValueError(f"metrics table needs columns {sorted(need)}; got {list(metrics.columns)}")
-
-    g = (metrics.groupby(["source", "method", "metric", "label"])["value"]
-         .agg(n="count", mean="mean").reset_index())
-    out = []
-    for (_, _, metric), part in g.groupby(["source", "method", "metric"]):
-        part = part.copy()
+    if min_count < 2:
+        raise ValueError(f"min_count must be >= 2 (an interval needs 2 images); got {min_count}")
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1); got {level}")
+    rng = np.random.default_rng(seed)
+    q = [(1 - level) / 2, (1 + level) / 2]
+    rows = []
+    for (source, method, metric), part in metrics.groupby(["source", "method", "metric"]):
         hib = (higher_is_better or {}).get(metric)
         sign = 1.0 if (higher_is_better_of(metric) if hib is None else hib) else -1.0
-        v = sign * part["mean"].to_numpy(dtype=float)
-        std = np.nanstd(v)
-        part["z"] = (v - np.nanmean(v)) / std if std > 0 else 0.0
-        part["flagged"] = part["z"] < -z_flag
-        out.append(part)
-    table = pd.concat(out, ignore_index=True) if out else g.assign(z=[], flagged=[])
-    table["class"] = [class_names[int(c)] if class_names else str(c) for c in table["label"]]
-    return table[["source", "method", "metric", "label", "class", "n", "mean", "z", "flagged"]]
+        values = sign * part["value"].to_numpy(dtype=np.float64)
+        labels = part["label"].to_numpy()
+        ok = np.isfinite(values)
+        for label in sorted(set(labels.tolist())):
+            own, rest = values[ok & (labels == label)], values[ok & (labels != label)]
+            n = int((labels == label).sum())
+            mean = sign * float(own.mean()) if own.size else math.nan
+            gap = low = high = math.nan
+            if own.size and rest.size:
+                gap = float(own.mean() - rest.mean())
+            if own.size >= 2 and rest.size >= 2:
+                a = rng.multinomial(own.size, np.full(own.size, 1 / own.size), n_boot) @ own
+                b = rng.multinomial(rest.size, np.full(rest.size, 1 / rest.size), n_boot) @ rest
+                low, high = (float(v) for v in np.quantile(a / own.size - b / rest.size, q))
+            enough = n >= min_count
+            flagged = bool(enough and high < -margin)
+            reason = (f"fewer than {min_count} images: not flagged" if not enough else
+                      "interval below the rest" if flagged else "interval reaches the rest")
+            rows.append({"source": source, "method": method, "metric": metric, "label": label,
+                         "class": class_names[int(label)] if class_names else str(label),
+                         "n": n, "mean": mean, "gap": gap, "gap_low": low, "gap_high": high,
+                         "flagged": flagged, "reason": reason})
+    return pd.DataFrame(rows, columns=["source", "method", "metric", "label", "class", "n", "mean",
+                                       "gap", "gap_low", "gap_high", "flagged", "reason"])
