@@ -456,12 +456,13 @@ def claim_cnn_and_audit(clean: ImageDataset, biased: ImageDataset,
         for method in PAPER_METHODS:
             x = explain_maps(m, btest, method, params, seed=args.seed)
             t = bias_table(x, btest.parts["watermark"], btest.labels,
-                           class_names=btest.class_names)
+                           class_names=btest.class_names, seed=args.seed)
             audits[name].append(t.assign(source=f"model-seed{args.seed}", method=method))
             w = t[t.label == WATERMARK_CLASS]
             rows.append({"model": name, "accuracy": acc, "method": method,
                          "share": float(w.share.iloc[0]), "area": float(w.area.iloc[0]),
                          "enrichment": float(w.enrichment.iloc[0]),
+                         "p_value": float(w.p_value.iloc[0]),
                          "flagged": bool(w.flagged.iloc[0]),
                          "other_classes_flagged": int(t[t.label != WATERMARK_CLASS].flagged.sum())})
     bias = pd.DataFrame(rows)
