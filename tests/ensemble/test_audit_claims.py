@@ -66,3 +66,15 @@ def test_bias_audit_skips_logit_sources_by_default(tiny_run):
     assert "cnn:logit" not in set(bias.source) and {"m0", "m1"} <= set(bias.source)
     bias = run_audit(tiny_run, {"region": "outside", "bias_sources": ["cnn:logit"]})["bias"]
     assert set(bias.source) == {"cnn:logit"}
+
+
+def test_watermark_claim_p_value_is_the_exact_binomial_tail():
+    import numpy as np
+    import pandas as pd
+
+    from concilium.metrics.claims import watermark_claim
+
+    bias = pd.DataFrame({"source": ["m0"] * 6, "method": list("abcdef"), "label": 1,
+                         "class": "striped", "flagged": [True] * 5 + [False]})
+    f = watermark_claim(bias, target="striped", rng=np.random.default_rng(0))
+    assert f.n == 6 and f.p_value == (1 + 6) / 2**6  # P(X >= 5), X ~ Binomial(6, 1/2)

@@ -929,5 +929,10 @@ def watermark_claim(
     x = flags.to_numpy(np.float64)[:, None]
     estimate, low, high, n = paired_interval([Block("flagged", x, lambda mu: mu[..., 0])],
                                               rng=rng, n_boot=n_boot, level=level)
+    test = "permutation null per explanation; bootstrap over explanations"
+    p_value = math.nan
+    if control is None and n:  # flags are 0/1: exact one-sided binomial test of share > 1/2
+        p_value = float(sps.binomtest(int(flags.sum()), n, 0.5, alternative="greater").pvalue)
+        test += "; exact binomial p of share > 1/2"
     return Finding(claim, name, estimate, low, high, n, 0.5, verdict_of(low, high, 0.5), rule,
-                   detail, test="permutation null per explanation; bootstrap over explanations")
+                   detail, test=test, p_value=p_value)
