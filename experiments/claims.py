@@ -272,7 +272,8 @@ def claim_averaging(data: ImageDataset, test: ImageDataset, args,
                    ).groupby(table.diversity).mean()
     r = correlation(1 - div.spearman, div.gain)
     print(f"  gain in mask correlation vs diversity (1 - Spearman) over the 4 sources: Spearman "
-          f"rho = {r['spearman_rho']:.2f} (n = 4)")
+          f"rho = {r['spearman_rho']:.2f} (n = 4; algebraic, not a claim: for unit-norm centred "
+          "maps Ens/Exp = 1/sqrt(1/K + (1 - 1/K) rho_bar), and K differs between the sources)")
     print("\n  mask correlation, algebraic expectation per source and method (review D10: "
           "Ens-Avg >= the sigma-weighted Exp-Avg by algebra; 'beyond' = observed - expected "
           "from rho_bar):")
