@@ -21,7 +21,7 @@ from concilium.explain import explain
 from concilium.jobs.anonymisation import study_estar
 from concilium.jobs.audit import run_audit
 from concilium.jobs.ensemble import run_ensemble
-from concilium.store import Run
+from concilium.store import Run, write_source
 
 TINY_CNN = {"base_channels": 4, "depth": 1, "epochs": 2, "patience": 2, "batch_size": 8}
 
@@ -135,3 +135,30 @@ def test_estar_is_rederived_for_the_predicted_class(cnn_run):
     assert len(runs) == 6 and set(runs.seed) == {0, 1}
     assert set(summary.target) == {"pred (re-derived)"} and summary.in_sample.all()
     assert {"ssim", "psnr", "test_accuracy_sd"} <= set(summary.columns)
+
+
+def test_cross_fitted_estar_goes_through_each_rows_own_ensembler(cnn_run):
+    # the crossfit contract: fit_ids empty, folds name the ensembler that produced each row
+    run_ensemble(cnn_run, "cnn", {**TINY_CNN, "seed": 1, "source": "cnn2"})
+    run = Run.open(cnn_run, load_models=True)
+    entry = run.store.get("cnn", "gradcam+saliency")
+    ids = list(run.data.ids)
+    folds = [{"dir": "ensemblers/cnn", "ids": ids[::2]}, {"dir": "ensemblers/cnn2", "ids": ids[1::2]}]
+    write_source(run.store, "cnn:cf", entry.method, entry.read(), sample_ids=ids,
+                 params={**entry.params, "fit_ids": [], "crossfit": 2, "folds": folds},
+                 meta=entry.meta)
+    got = study_estar(cnn_run, "cnn:cf")
+    assert got.in_sample_ids == [] and got.target == "pred (re-derived)"
+    model, data = run.models["m0"], run.data
+    expected = torch.empty(len(ids), 32, 32)
+    for k, fold in enumerate(folds):
+        ens = CNNEnsembler.load(cnn_run / fold["dir"])
+        rows = torch.arange(k, len(ids), 2)
+        maps = {m: explain(model, data.images[rows], "pred", method=m, labels=data.labels[rows])
+                for m in ens.card.methods}
+        expected[rows] = ens.predict(maps)[1]
+    torch.testing.assert_close(got.maps, expected, atol=1e-5, rtol=1e-4)
+    tables = run_audit(cnn_run, {"anonymisation": True, "estar_source": "cnn:cf",
+                                 "anonymisation_seeds": 1, "anonymisation_epochs": 1,
+                                 "attribute_cards": 0, "region": "outside"})
+    assert not tables["anonymisation"].in_sample.any()
