@@ -168,7 +168,7 @@ def test_ensembler_needs_an_options_model():
 
 def test_audit_options_are_checked(tiny_run):
     with pytest.raises(ValueError, match=r"the audit has no option 'folds'; its options: "
-                                         r"anonymisation, anonymisation_epochs, arch"):
+                                         r"anonymisation, anonymisation_baseline, anonymisation_epochs"):
         run_audit(tiny_run, {"folds": 3})
     with pytest.raises(ValueError, match=r"region: Input should be 'watermark' or 'outside'"):
         run_audit(tiny_run, {"region": "sky"})

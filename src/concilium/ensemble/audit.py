@@ -6,7 +6,9 @@
   watermark, or everything outside the object), per class, next to the share a uniform map would
   put there; a class whose maps concentrate on the region is flagged.
 * :func:`anonymisation_study`: images replaced by ``image * E*`` (or E* alone); a classifier
-  trained on them, its accuracy next to one trained on the original images with the same budget.
+  trained on them, its accuracy next to one trained on the original images with the same budget,
+  over several seeds, beside the information removed (:func:`information_removed`: SSIM and PSNR
+  to the original); E* must be out of sample (cross-fitted) and explain the predicted class.
 
 All thresholds are fixed a priori and documented; tables report the raw numbers next to the flags.
 Any metric's per-class means from the metrics table are
@@ -16,12 +18,14 @@ from a run is :mod:`concilium.jobs.audit`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import math
+from collections.abc import Callable, Collection, Sequence
 from typing import Literal
 
 import numpy as np
 import pandas as pd
 import torch
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from torch import Tensor
 
 from concilium._checks import check_labels, check_maps, check_masks
@@ -203,6 +207,42 @@ def anonymise(images: Tensor, emaps: Tensor, mode: AnonymisationMode) -> Tensor:
     raise ValueError(f"mode must be 'original', 'product' or 'map'; got {mode!r}")
 
 
+def information_removed(original: Tensor, anonymised: Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """How much of each image an anonymisation keeps: per image, the SSIM and the PSNR (dB) of
+    ``anonymised`` to ``original`` (scikit-image, ``data_range=1``: images in ``[0, 1]``; the
+    colour channels as ``channel_axis``). Lower means more removed.
+
+    An unchanged image has SSIM 1 and an infinite PSNR, written ``NaN`` (no finite value says
+    "nothing removed"). The SSIM window is 7 px, or the largest odd size the image allows.
+
+    Args:
+        original: ``(N, C, H, W)`` images in ``[0, 1]``.
+        anonymised: the same shape.
+
+    Returns:
+        ``(ssim, psnr)``, each ``(N,)``.
+
+    Raises:
+        ValueError: the shapes differ or are not ``(N, C, H, W)``.
+    """
+    if original.ndim != 4 or original.shape != anonymised.shape:
+        raise ValueError(f"original and anonymised images must both be (N, C, H, W); got "
+                         f"{tuple(original.shape)} and {tuple(anonymised.shape)}")
+    a = original.detach().to("cpu", torch.float64).numpy()
+    b = anonymised.detach().to("cpu", torch.float64).numpy()
+    side = min(a.shape[-2:])
+    win = min(7, side if side % 2 else side - 1)
+    ssim, psnr = np.empty(len(a)), np.empty(len(a))
+    for i, (x, y) in enumerate(zip(a, b, strict=True)):
+        if x.shape[0] == 1:
+            ssim[i] = structural_similarity(x[0], y[0], data_range=1.0, win_size=win)
+        else:
+            ssim[i] = structural_similarity(x, y, data_range=1.0, win_size=win, channel_axis=0)
+        mse = float(np.mean((x - y) ** 2))
+        psnr[i] = math.nan if mse == 0 else peak_signal_noise_ratio(x, y, data_range=1.0)
+    return ssim, psnr
+
+
 def anonymisation_study(
     dataset: ImageDataset,
     emaps: Tensor,
@@ -212,47 +252,104 @@ def anonymisation_study(
     epochs: int = 5,
     lr: float = 3e-3,
     batch_size: int = 64,
-    seed: int = 0,
+    seeds: Sequence[int] = (0, 1, 2),
+    in_sample_ids: Collection[str] = (),
+    allow_in_sample: bool = False,
+    target: str = "",
     device: str | torch.device = "cpu",
     model_factory: Callable[[], ConciliumNet] | None = None,
 ) -> pd.DataFrame:
-    """Train one classifier per mode on the train split, report its val and test accuracy.
+    """Train one classifier per mode and seed on the train split, report its val and test
+    accuracy beside the information the mode removed (SSIM, PSNR to the original test images).
+
+    E* must be out of sample on every row the study reads: an E* map fitted on its own row is
+    close to the mask there, so a classifier trained on train rows of in-sample E* and tested on
+    held-out E* compares unlike inputs with ``original`` (review D3). Cross-fit the ensembler
+    (``concilium ensemble RUN --kind cnn --crossfit 5``) so that every row's E* is out of fold.
+    E* should come from maps of each image's predicted class (``target="pred"``): maps of the
+    label put the answer into the anonymised input (review S1); ``target`` is recorded.
 
     Args:
-        dataset: rows of all three splits (train, val, test).
+        dataset: rows of all three splits (train, val, test), images in ``[0, 1]``.
         emaps: E* ``(N, H, W)`` in ``[0, 1]`` for every row of ``dataset``.
         modes: which inputs to compare; ``"original"`` is the reference.
         arch: architecture for :func:`concilium.models.create_model`.
         epochs, lr, batch_size: the same training budget for every mode.
-        seed: seeds initialisation and batch order (the same for every mode).
+        seeds: one classifier per mode and seed (initialisation and batch order).
+        in_sample_ids: sample ids whose E* came from an ensembler fitted on that row.
+        allow_in_sample: read such rows anyway (the table's ``in_sample`` column says so).
+        target: the explanation target E* was derived from (``"pred (re-derived)"``, ...),
+            written in the ``target`` column.
         device: where to train.
         model_factory: builds the classifier instead of ``create_model(arch, ...)``.
 
     Returns:
-        ``mode, val_accuracy, test_accuracy, n_train, n_test``.
+        One row per mode and seed: ``mode, seed, target, in_sample, val_accuracy,
+        test_accuracy, ssim, psnr, n_train, n_test`` (``ssim``/``psnr``: means over the test
+        rows, see :func:`information_removed`); :func:`anonymisation_summary` gives the mean and
+        spread over the seeds.
 
     Raises:
-        ValueError: a split is empty, or ``emaps`` does not match the dataset.
+        ValueError: a split is empty, ``emaps`` does not match the dataset, no seeds, or E* is
+            in-sample on rows the study reads and ``allow_in_sample`` is False.
     """
     counts = {s: dataset.splits.count(s) for s in ("train", "val", "test")}
     empty = [s for s, n in counts.items() if n == 0]
     if empty:
         raise ValueError(f"the anonymisation study trains on 'train', stops on 'val' and tests on "
                          f"'test'; splits {empty} are empty (explain the run with --split all)")
+    if not len(seeds):
+        raise ValueError("pass at least one seed (seeds=[0, 1, 2])")
+    fitted = set(in_sample_ids)
+    in_sample = [i for i in dataset.ids if i in fitted]
+    if in_sample and not allow_in_sample:
+        raise ValueError(
+            f"E* of {len(in_sample)} of the study's {len(dataset.ids)} rows (e.g. "
+            f"{in_sample[:3]}) comes from an ensembler fitted on those rows, so the classifier "
+            "would train on in-sample E* and test on held-out E*; cross-fit the ensembler "
+            "(`concilium ensemble RUN --kind cnn --crossfit 5`, option crossfit) or pass "
+            "allow_in_sample=True (audit option anonymisation_in_sample) to mark it in the table")
+    test_rows = torch.tensor([i for i, s in enumerate(dataset.splits) if s == "test"],
+                             dtype=torch.long)
     rows = []
     for mode in modes:
         images = anonymise(dataset.images, emaps, mode)
+        ssim, psnr = information_removed(dataset.images[test_rows], images[test_rows])
+        finite = psnr[np.isfinite(psnr)]
         data = ImageDataset(images=images, labels=dataset.labels, masks=dataset.masks,
                             ids=dataset.ids, splits=dataset.splits, class_names=dataset.class_names)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model = model_factory() if model_factory else create_model(
-                arch, num_classes=dataset.num_classes)
-        result = train_member(model, data, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
-                              device=device)
         test = data.subset("test")
-        acc, _ = evaluate_accuracy(model, test.images, test.labels, device=device)
-        rows.append({"mode": mode, "val_accuracy": float(result.val_accuracy),
-                     "test_accuracy": float(acc), "n_train": counts["train"],
-                     "n_test": counts["test"]})
+        for seed in seeds:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(int(seed))
+                model = model_factory() if model_factory else create_model(
+                    arch, num_classes=dataset.num_classes)
+            result = train_member(model, data, epochs=epochs, lr=lr, batch_size=batch_size,
+                                  seed=int(seed), device=device)
+            acc, _ = evaluate_accuracy(model, test.images, test.labels, device=device)
+            rows.append({"mode": mode, "seed": int(seed), "target": target,
+                         "in_sample": bool(in_sample), "val_accuracy": float(result.val_accuracy),
+                         "test_accuracy": float(acc), "ssim": float(ssim.mean()),
+                         "psnr": float(finite.mean()) if len(finite) else math.nan,
+                         "n_train": counts["train"], "n_test": counts["test"]})
     return pd.DataFrame(rows)
+
+
+def anonymisation_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """The mean and spread over the seeds of an :func:`anonymisation_study` table, one row per
+    mode (in the table's order): ``mode, target, in_sample, seeds, test_accuracy`` (mean),
+    ``test_accuracy_sd`` (sample standard deviation; NaN for one seed), ``test_accuracy_min``,
+    ``test_accuracy_max``, ``val_accuracy`` (mean), ``ssim``, ``psnr``, ``n_train``, ``n_test``.
+    """
+    out = []
+    for mode, g in table.groupby("mode", sort=False):
+        acc = g["test_accuracy"].to_numpy(float)
+        out.append({"mode": mode, "target": g["target"].iloc[0],
+                    "in_sample": bool(g["in_sample"].any()), "seeds": len(g),
+                    "test_accuracy": float(acc.mean()),
+                    "test_accuracy_sd": float(acc.std(ddof=1)) if len(acc) > 1 else math.nan,
+                    "test_accuracy_min": float(acc.min()), "test_accuracy_max": float(acc.max()),
+                    "val_accuracy": float(g["val_accuracy"].mean()),
+                    "ssim": float(g["ssim"].iloc[0]), "psnr": float(g["psnr"].iloc[0]),
+                    "n_train": int(g["n_train"].iloc[0]), "n_test": int(g["n_test"].iloc[0])})
+    return pd.DataFrame(out)

@@ -5,6 +5,7 @@ attribute cards), written as tables under ``RUN/results/``. The measures themsel
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -16,11 +17,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from concilium._options import validate_options
 from concilium.ensemble.audit import (
     anonymisation_study,
+    anonymisation_summary,
     bias_table,
     per_class_quality,
 )
 from concilium.ensemble.cnn import CNNTrainConfig
 from concilium.ensemble.subsets import SubsetMode, method_subset_study
+from concilium.jobs.anonymisation import estar_entry, in_sample_ids, study_estar
 from concilium.jobs.attributes import run_attribute_cards
 from concilium.metrics.tables import paper_table, per_class_metric_means
 from concilium.store import ATTRIBUTES_TABLE, Run, read_maps, read_table, write_table
@@ -52,6 +55,21 @@ class AuditOptions(BaseModel):
     anonymisation_epochs: int = Field(
         5, ge=1, description="training epochs of each anonymisation classifier")
     arch: str = Field("small-cnn", description="architecture of the anonymisation classifiers")
+    anonymisation_seeds: int = Field(
+        3, ge=1, description="anonymisation classifiers per mode, seeded seed, seed+1, ... "
+                             "(initialisation and batch order); the table gives mean and spread")
+    anonymisation_in_sample: bool = Field(
+        False, description="let the anonymisation study read E* fitted on its own rows "
+                           "(marked in_sample in the table); by default such E* skips the "
+                           "study with a warning: cross-fit it (--kind cnn --crossfit 5)")
+    anonymisation_rederive: bool = Field(
+        True, description="when the ensembler's input maps explain another target than "
+                          "'pred', explain the input member again for the predicted class and "
+                          "apply the saved ensemblers (loads the member); false: read the "
+                          "stored E* (marked in the target column)")
+    anonymisation_baseline: str = Field(
+        "zero", description="baseline spec the input maps were explained with (checked; used "
+                            "when re-deriving E* for the predicted class)")
     subsets: SubsetModeOption = Field(
         "none", description="the CNN ensembler's method-subset study (trains one ensembler per "
                             "subset on the run's train rows)")
@@ -81,7 +99,8 @@ def run_audit(run_dir: str | Path, options: AuditOptions | Mapping[str, Any] | N
     Returns:
         ``name -> table`` for every table written (``per_class``, ``per_class_metrics``,
         ``paper_table`` (Ens-Avg vs Exp-Avg vs Ens-Logit, when the metrics table scores
-        ``ens-avg``), ``bias``, ``anonymisation``, ``subsets``, ``attributes``).
+        ``ens-avg``), ``bias``, ``anonymisation`` (mean and spread per mode),
+        ``anonymisation_seeds`` (one row per mode and seed), ``subsets``, ``attributes``).
 
     Raises:
         ValueError: an unknown option (naming the valid ones), the region has no masks, or an
@@ -136,12 +155,7 @@ def run_audit(run_dir: str | Path, options: AuditOptions | Mapping[str, Any] | N
     if bias:
         tables["bias"] = pd.concat(bias, ignore_index=True)
     if o.anonymisation:
-        if estar is None:
-            raise ValueError(f"the anonymisation study needs E* (source {estar_source!r}); run "
-                             f"`concilium ensemble {run_dir} --kind cnn` first")
-        tables["anonymisation"] = anonymisation_study(data, estar, arch=o.arch,
-                                                      epochs=o.anonymisation_epochs, seed=o.seed,
-                                                      device=device)
+        tables.update(_anonymisation(ctx, o))
     if o.subsets != "none":
         tables["subsets"] = _subset_study(ctx, estar_source, o.subsets, o.subset_config, device)
     for name, table in tables.items():
@@ -152,6 +166,29 @@ def run_audit(run_dir: str | Path, options: AuditOptions | Mapping[str, Any] | N
         if cards is not None:
             tables[ATTRIBUTES_TABLE] = cards
     return tables
+
+
+def _anonymisation(ctx: Run, o: AuditOptions) -> dict[str, pd.DataFrame]:
+    """The anonymisation tables (``anonymisation``: mean and spread per mode;
+    ``anonymisation_seeds``: one row per mode and seed), or none, with a warning, when E* is
+    in-sample on the study's rows and ``anonymisation_in_sample`` is off (the pure study raises;
+    the audit's other tables are still written)."""
+    fitted = set(in_sample_ids(ctx, estar_entry(ctx, o.estar_source)))
+    if fitted & set(ctx.data.ids) and not o.anonymisation_in_sample:
+        warnings.warn(
+            f"anonymisation study skipped: E* of {o.estar_source!r} was fitted on "
+            f"{len(fitted & set(ctx.data.ids))} of the study's rows; cross-fit it "
+            f"(`concilium ensemble {ctx.run_dir} --kind cnn --crossfit 5`, option crossfit) or "
+            "set anonymisation_in_sample to mark it in the table", UserWarning, stacklevel=3)
+        return {}
+    estar = study_estar(ctx.run_dir, o.estar_source, baseline=o.anonymisation_baseline,
+                        rederive=o.anonymisation_rederive, device=o.device)
+    runs = anonymisation_study(
+        ctx.data, estar.maps, arch=o.arch, epochs=o.anonymisation_epochs,
+        seeds=[o.seed + k for k in range(o.anonymisation_seeds)],
+        in_sample_ids=estar.in_sample_ids, allow_in_sample=o.anonymisation_in_sample,
+        target=estar.target, device=o.device)
+    return {"anonymisation": anonymisation_summary(runs), "anonymisation_seeds": runs}
 
 
 def audited_rows(splits: list[str], rows: Literal["test", "all"]) -> tuple[torch.Tensor, str]:
