@@ -4,6 +4,7 @@ is marked ``in_sample`` in the metrics table, the summary and the report's label
 import shutil
 import warnings
 
+import numpy as np
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
@@ -11,8 +12,9 @@ from typer.testing import CliRunner
 from concilium.cli.main import app
 from concilium.jobs.ensemble import run_ensemble
 from concilium.jobs.evaluate import evaluate_run
+from concilium.metrics.claims import cnn_claim
 from concilium.metrics.tables import summarise
-from concilium.report.summary import explanation_stats
+from concilium.report.summary import explanation_stats, findings
 from concilium.store import ExplanationStore, ResultsTable, Run
 from concilium.vocabulary import IN_SAMPLE_MARK
 
@@ -75,3 +77,26 @@ def test_cli_evaluate_scores_the_test_split_by_default(tiny_run):
     assert out.exit_code == 0, out.output
     scored = set(ResultsTable(tiny_run).load()["sample"])
     assert scored == {i for i, s in zip(data.ids, data.splits, strict=True) if s == "test"}
+
+
+def test_claims_leave_out_in_sample_rows():
+    """Claim 3 is decided on the held-out E* rows only: in-sample rows scored perfectly do not
+    move its estimate."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for s in range(12):
+        fit = s < 6
+        for src in ("m0", "m1", "cnn"):
+            for method in (("saliency", "gradcam") if src != "cnn" else ("a+b",)):
+                for metric in ("relevance_mass", "iou", "pointing_game", "deletion"):
+                    good = src == "cnn" and fit
+                    value = (0.0 if metric == "deletion" else 1.0) if good else rng.random()
+                    rows.append({"sample": f"s{s}", "label": s % 2, "source": src,
+                                 "method": method, "metric": metric, "value": value,
+                                 "in_sample": src == "cnn" and fit})
+    table = pd.DataFrame(rows)
+    got = next(f for f in findings(table, {}) if f.claim.startswith("The CNN ensembler"))
+    held = cnn_claim(table[~table["in_sample"]], rng=np.random.default_rng(0))
+    every = cnn_claim(table, rng=np.random.default_rng(0))
+    assert got.estimate == held.estimate and got.n == held.n
+    assert every.estimate != held.estimate

@@ -179,7 +179,8 @@ def findings(
        game, and the median method on deletion.
     4. The rare class and the watermark class are flagged by the audits.
 
-    A claim whose inputs are missing is ``"not measured"`` and says what is missing.
+    A claim whose inputs are missing is ``"not measured"`` and says what is missing. Rows marked
+    ``in_sample`` (an ensembler's E* of its own fit rows) are left out of every claim.
 
     Args:
         metrics: the tidy metrics table (``None``: not evaluated).
@@ -189,6 +190,9 @@ def findings(
     """
     card = card or {}
     committee = tables.get("committee_metrics")
+    if metrics is not None and "in_sample" in metrics.columns:
+        # a verdict never rests on E* scored on the rows its ensembler was fitted on
+        metrics = metrics[~metrics["in_sample"].fillna(False).astype(bool)]
     return [
         averaging_claim(metrics, rng=np.random.default_rng(seed),
                         expectation=tables.get("averaging_expectation")),
