@@ -100,3 +100,15 @@ def test_claims_leave_out_in_sample_rows():
     every = cnn_claim(table, rng=np.random.default_rng(0))
     assert got.estimate == held.estimate and got.n == held.n
     assert every.estimate != held.estimate
+
+
+def test_cli_evaluate_prints_the_warning_and_marks_the_source(tiny_run):
+    run_ensemble(tiny_run, "cnn", TINY_CNN)
+    with pytest.warns(UserWarning, match="in-sample"):
+        out = CliRunner().invoke(app, ["evaluate", str(tiny_run), "--metrics", "relevance_mass",
+                                       "--split", "all"], env={"COLUMNS": "200"})
+    assert out.exit_code == 0, out.output
+    assert "warning:" in out.output and "--split test" in out.output
+    rows = [line for line in out.output.splitlines() if "relevance_mass ↑" in line]
+    marked = {line.split("│")[3].strip() for line in rows if IN_SAMPLE_MARK.strip() in line}
+    assert marked == {"cnn" + IN_SAMPLE_MARK, "cnn:logit" + IN_SAMPLE_MARK}, rows
