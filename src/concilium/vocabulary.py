@@ -30,6 +30,9 @@ EXP_AVG = "exp-avg"
 """The pseudo-source of the mean of the members' scores (the paper's Exp-Avg)."""
 MEMBERS = "members"
 """The pseudo-source of the members' scores, one row per member (tables and report)."""
+IN_SAMPLE_MARK = " †in-sample"
+"""Appended to a source or explanation in the tables when its scores include rows its
+ensembler was fitted on (the metrics table's ``in_sample`` column)."""
 
 
 def is_member(source: str) -> bool:

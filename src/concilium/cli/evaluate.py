@@ -16,7 +16,7 @@ from rich.table import Table
 
 from concilium.cli.app import app
 from concilium.cli.options import check_device
-from concilium.vocabulary import EXP_AVG, FAMILIES
+from concilium.vocabulary import EXP_AVG, FAMILIES, IN_SAMPLE_MARK
 
 DEFAULT_METRICS = "localisation,complexity"
 
@@ -73,6 +73,8 @@ def evaluate(
     )
     for note in report.notes:
         console.print(f"[yellow]note:[/] {note}")
+    for warning in report.in_sample:
+        console.print(f"[bold red]warning:[/] {warning}")
     console.print(
         f"{len(report.computed)} groups computed, {len(report.already_done)} already in the table"
     )
@@ -84,7 +86,8 @@ def evaluate(
 
 def render_summary(summary: pd.DataFrame) -> Any:
     """A ``rich.table.Table`` of the summary: one row per (metric, method, source), the best
-    per metric in bold green, Exp-Avg rows in italics, arrows for the metric direction."""
+    per metric in bold green, Exp-Avg rows in italics, arrows for the metric direction; a source
+    scored on rows its ensembler was fitted on is marked ``†in-sample``."""
     table = Table(title="metrics: mean [95% CI] per source and method")
     for col in ("metric", "method", "source", "mean", "95% CI", "n", "NaN"):
         table.add_column(col, justify="right" if col in ("mean", "n", "NaN") else "left")
@@ -94,7 +97,7 @@ def render_summary(summary: pd.DataFrame) -> Any:
         table.add_row(
             f"{r['metric']} {arrow}",
             str(r["method"]),
-            str(r["source"]),
+            f"{r['source']}{IN_SAMPLE_MARK if r.get('in_sample', False) else ''}",
             f"{r['mean']:.4g}",
             f"[{r['ci_low']:.4g}, {r['ci_high']:.4g}]",
             str(r["n"]),

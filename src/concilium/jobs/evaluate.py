@@ -17,7 +17,9 @@ model-bound metrics.
 from __future__ import annotations
 
 import contextlib
+import logging
 import tomllib
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +40,8 @@ from concilium.metrics.shared import shared_passes
 from concilium.store import ResultsTable, Run, group_rows, metric_params_hash
 from concilium.vocabulary import SPLITS, Split
 
+log = logging.getLogger(__name__)
+
 DEFAULT_CHUNK = 64
 MASK_ONLY_CHUNK = 512  # mask-only metrics are cheap per image: fewer, larger calls
 
@@ -51,12 +55,30 @@ class EvaluateReport:
         already_done: the groups found in the table.
         notes: every group skipped, with why (incomplete entries, no model, ...).
         not_computed: the groups whose explainer failed on the model (also in ``notes``).
+        in_sample: one warning per entry scored on rows its ensembler was fitted on (also
+            emitted with :func:`warnings.warn` and logged).
     """
 
     computed: list[tuple[str, ...]] = field(default_factory=list)
     already_done: list[tuple[str, ...]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     not_computed: list[str] = field(default_factory=list)
+    in_sample: list[str] = field(default_factory=list)
+
+
+def in_sample_rows(params: Mapping[str, Any], sample_ids: Sequence[str]) -> list[bool]:
+    """Per sample: whether the entry's map of it came from an ensembler fitted on it (the
+    entry's ``fit_ids``, recorded by the CNN ensembler; other entries have none)."""
+    fit = set(params.get("fit_ids", ()))
+    return [s in fit for s in sample_ids]
+
+
+def in_sample_warning(source: str, method: str, count: int, total: int) -> str:
+    """The warning for an entry scored on ``count`` of ``total`` rows it was fitted on."""
+    return (f"{source}/{method} is scored on {count} of {total} rows its ensembler was trained "
+            "or early-stopped on (in-sample; marked in_sample in the metrics table): its scores "
+            "there are optimistic. Score held-out rows (--split test) or cross-fit the ensembler "
+            "(crossfit = k)")
 
 
 def load_metric_params(
@@ -190,6 +212,7 @@ def evaluate_run(
     table = ResultsTable(run_dir)
     done = table.done_groups()
     by_id = {card.member_id: model for model, card in members}
+    warned: set[str] = set()  # entries warned about being scored in-sample
     for _, row in entries.iterrows():
         entry = store.get(row.source, row.method, row.params_hash)
         maps = None
@@ -232,6 +255,13 @@ def evaluate_run(
                 k = len(data)
                 if spec.needs_model and costly_limit is not None:
                     k = min(k, costly_limit)
+                in_sample = in_sample_rows(entry.params, data.ids[:k])
+                if any(in_sample) and row.params_hash not in warned:
+                    warned.add(row.params_hash)
+                    message = in_sample_warning(row.source, row.method, sum(in_sample), k)
+                    warnings.warn(message, stacklevel=2)
+                    log.warning(message)
+                    report.in_sample.append(message)
                 step = chunk if spec.needs_model else max(chunk, MASK_ONLY_CHUNK)
                 if spec.batch_relative:  # its score depends on the batch: the whole split at once
                     step = max(k, 1)
@@ -274,6 +304,7 @@ def evaluate_run(
                         values=scores.tolist(),
                         params_hash=phash,
                         params=pjson,
+                        in_sample=in_sample,
                     )
                 )
                 report.computed.append(key)

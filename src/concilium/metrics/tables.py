@@ -33,7 +33,7 @@ from concilium.vocabulary import EXP_AVG, is_member
 
 SUMMARY_COLUMNS: tuple[str, ...] = (
     "source", "method", "metric", "category", "higher_is_better", "mean", "ci_low", "ci_high",
-    "n", "n_nan", "best",
+    "n", "n_nan", "best", "in_sample",
 )
 PAPER_COLUMNS: tuple[str, ...] = (
     "method", "metric", "ens_avg", "exp_avg", "ens_logit", "member_min", "member_max",
@@ -114,7 +114,9 @@ def with_exp_avg(table: pd.DataFrame) -> pd.DataFrame:
 def summarise(table: pd.DataFrame, *, level: float = 0.95) -> pd.DataFrame:
     """Mean and confidence interval per (source, method, metric), Exp-Avg rows included.
 
-    ``best`` marks, per metric, the row with the best mean in the metric's direction.
+    ``best`` marks, per metric, the row with the best mean in the metric's direction;
+    ``in_sample``, the rows whose mean includes samples the source's ensembler was fitted on
+    (the table's ``in_sample`` column, when it has one).
 
     Returns:
         Columns :data:`SUMMARY_COLUMNS`.
@@ -130,7 +132,9 @@ def summarise(table: pd.DataFrame, *, level: float = 0.95) -> pd.DataFrame:
         rows.append({"source": source, "method": method, "metric": metric,
                      "category": spec.category, "higher_is_better": spec.higher_is_better,
                      "mean": mean, "ci_low": low, "ci_high": high, "n": n,
-                     "n_nan": int(np.sum(~np.isfinite(values))), "best": False})
+                     "n_nan": int(np.sum(~np.isfinite(values))), "best": False,
+                     "in_sample": bool(grp["in_sample"].fillna(False).astype(bool).any())
+                     if "in_sample" in grp else False})
     out = pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
     for metric, grp in out.groupby("metric"):
         means = grp["mean"]

@@ -174,6 +174,8 @@ def evaluate_into(ctx: Context, run_dir: Path, *, metrics: list[str], options: A
         )
     for note in report.not_computed:  # the method fails on this model (e.g. a wrapper)
         ctx.console.print(f"  {note}")
+    for warning in report.in_sample:  # the warnings above are silenced; these must be seen
+        ctx.console.print(f"  [bold red]warning:[/] {warning}")
     return ResultsTable(run_dir).load()
 
 

@@ -28,7 +28,7 @@ from concilium.metrics.claims import (
 )
 from concilium.metrics.tables import exp_avg_per_sample, mean_ci
 from concilium.report.options import MembersView
-from concilium.vocabulary import EXP_AVG, FAMILIES, is_member
+from concilium.vocabulary import EXP_AVG, FAMILIES, IN_SAMPLE_MARK, is_member
 
 METRIC_COLUMNS = ("sample", "label", "source", "method", "metric", "value")
 
@@ -68,7 +68,9 @@ def explanation_stats(
             NaN for an image where any member's score is NaN); ``"each"`` keeps one row per member; ``"both"`` both.
 
     Returns:
-        Columns ``explanation, source, method, metric, mean, ci_low, ci_high, n``.
+        Columns ``explanation, source, method, metric, mean, ci_low, ci_high, n, in_sample``;
+        an explanation scored on rows its ensembler was fitted on (the metrics table's
+        ``in_sample``) is named with :data:`~concilium.vocabulary.IN_SAMPLE_MARK`.
     """
     check_metrics_table(metrics)
     frames = []
@@ -82,19 +84,25 @@ def explanation_stats(
         pooled["source"] = EXP_AVG
         frames.append(pooled)
     rows = []
+    fitted_pairs = set()  # one label per explanation, whichever of its metrics had fit rows
+    if "in_sample" in metrics.columns:
+        flagged = metrics[metrics["in_sample"].fillna(False).astype(bool)]
+        fitted_pairs = set(zip(flagged["source"], flagged["method"], strict=True))
     for (source, method, metric), group in pd.concat(frames, ignore_index=True).groupby(
         ["source", "method", "metric"], sort=False
     ):
         mean, low, high, n = mean_ci(group["value"].to_numpy())
+        fitted = (source, method) in fitted_pairs
         rows.append(
             {
-                "explanation": explanation_label(source, method),
+                "explanation": explanation_label(source, method) + (IN_SAMPLE_MARK if fitted else ""),
                 "source": source, "method": method, "metric": metric,
-                "mean": mean, "ci_low": low, "ci_high": high, "n": n,
+                "mean": mean, "ci_low": low, "ci_high": high, "n": n, "in_sample": fitted,
             }
         )
     out = pd.DataFrame(
-        rows, columns=["explanation", "source", "method", "metric", "mean", "ci_low", "ci_high", "n"]
+        rows, columns=["explanation", "source", "method", "metric", "mean", "ci_low", "ci_high", "n",
+                       "in_sample"]
     )
     order = {s: (0 if s == EXP_AVG else 1 if not is_member(s) else 2) for s in out["source"]}
     return out.sort_values(
@@ -171,7 +179,8 @@ def findings(
        game, and the median method on deletion.
     4. The rare class and the watermark class are flagged by the audits.
 
-    A claim whose inputs are missing is ``"not measured"`` and says what is missing.
+    A claim whose inputs are missing is ``"not measured"`` and says what is missing. Rows marked
+    ``in_sample`` (an ensembler's E* of its own fit rows) are left out of every claim.
 
     Args:
         metrics: the tidy metrics table (``None``: not evaluated).
@@ -181,6 +190,9 @@ def findings(
     """
     card = card or {}
     committee = tables.get("committee_metrics")
+    if metrics is not None and "in_sample" in metrics.columns:
+        # a verdict never rests on E* scored on the rows its ensembler was fitted on
+        metrics = metrics[~metrics["in_sample"].fillna(False).astype(bool)]
     return [
         averaging_claim(metrics, rng=np.random.default_rng(seed),
                         expectation=tables.get("averaging_expectation")),

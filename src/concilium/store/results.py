@@ -36,7 +36,11 @@ COLUMNS: tuple[str, ...] = (
     "value",
     "params_hash",
     "params",
+    "in_sample",
 )
+"""``in_sample`` is True where the row's map came from an ensembler trained or early-stopped on
+that sample (the entry's ``fit_ids``, see :mod:`concilium.jobs.ensemble.cnn`): its score is
+optimistic. Tables written before the column existed read as False."""
 GROUP_KEY: tuple[str, ...] = ("source", "method", "entry_hash", "metric", "params_hash")
 
 ATTRIBUTES_TABLE = "attributes"
@@ -89,7 +93,10 @@ class ResultsTable:
         """The table (empty with :data:`COLUMNS` if nothing was written yet)."""
         if not self.parquet.exists():
             return pd.DataFrame({c: pd.Series(dtype=_dtype(c)) for c in COLUMNS})
-        return pd.read_parquet(self.parquet)
+        table = pd.read_parquet(self.parquet)
+        if "in_sample" not in table.columns:  # written before the column existed
+            table["in_sample"] = False
+        return table
 
     def done_groups(self) -> set[tuple[str, ...]]:
         """The finished ``(source, method, entry_hash, metric, params_hash)`` groups."""
@@ -109,7 +116,7 @@ class ResultsTable:
 
 
 def _dtype(column: str) -> str:
-    return {"label": "int64", "value": "float64"}.get(column, "object")
+    return {"label": "int64", "value": "float64", "in_sample": "bool"}.get(column, "object")
 
 
 def group_rows(
@@ -124,13 +131,18 @@ def group_rows(
     values: Iterable[float],
     params_hash: str,
     params: str,
+    in_sample: Iterable[bool] | None = None,
 ) -> pd.DataFrame:
-    """The rows of one finished group, in :data:`COLUMNS` order."""
+    """The rows of one finished group, in :data:`COLUMNS` order; ``in_sample`` per sample
+    (default: all False)."""
     samples = list(samples)
     values = np.asarray(list(values), dtype=np.float64)
     if len(samples) != len(values):
         raise ValueError(f"{len(samples)} samples but {len(values)} values")
     n = len(samples)
+    flags = np.zeros(n, bool) if in_sample is None else np.asarray(list(in_sample), bool)
+    if len(flags) != n:
+        raise ValueError(f"{n} samples but {len(flags)} in_sample flags")
     return pd.DataFrame(
         {
             "sample": samples,
@@ -144,6 +156,7 @@ def group_rows(
             "value": values,
             "params_hash": [params_hash] * n,
             "params": [params] * n,
+            "in_sample": flags,
         }
     )
 
