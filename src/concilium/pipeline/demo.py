@@ -62,7 +62,9 @@ def demo_values(*, quick: bool = False) -> dict[str, Any]:
         },
         "ensemble": {
             "kinds": ["ens-avg", "ens-logit", "aggregate", "cnn"],
-            "options": {"cnn": {"epochs": 2 if q else 30, "patience": 2 if q else 8}},
+            # cross-fitted E*: every row's map from an ensembler not fitted on it (audits)
+            "options": {"cnn": {"epochs": 2 if q else 30, "patience": 2 if q else 8,
+                                "crossfit": 3}},
         },
         "evaluate": {
             "metrics": QUICK_METRICS if q else DEMO_METRICS, "split": "test",
