@@ -100,7 +100,8 @@ def per_class_quality(
     table["reason"] = np.where(
         ~enough, f"fewer than {min_count} images: not flagged",
         np.where(table["flagged"], "interval below the threshold",
-                 "interval reaches the threshold"))
+                 np.where(table["dice_low"] > limit, "interval above the threshold",
+                          "interval includes the threshold")))
     return table
 
 

@@ -252,7 +252,9 @@ def per_class_metric_means(
             enough = n >= min_count
             flagged = bool(enough and high < -margin)
             reason = (f"fewer than {min_count} images: not flagged" if not enough else
-                      "interval below the rest" if flagged else "interval reaches the rest")
+                      "interval below the rest" if flagged else
+                      "interval includes the rest's mean" if low <= -margin else
+                      "interval above the rest's mean")
             rows.append({"source": source, "method": method, "metric": metric, "label": label,
                          "class": class_names[int(label)] if class_names else str(label),
                          "n": n, "mean": mean, "gap": gap, "gap_low": low, "gap_high": high,
