@@ -10,6 +10,8 @@ iou and mask correlation against the number of members over seeded member subset
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 from pydantic import Field
@@ -30,7 +32,7 @@ from concilium.jobs.ensemble.base import (
     member_sources,
     write_entry,
 )
-from concilium.metrics import evaluate
+from concilium.metrics import MetricWarning, evaluate
 from concilium.store import Run, member_stack
 
 SIZE_METRICS = ("iou", "mask_correlation")
@@ -56,9 +58,13 @@ def _claim_tables(method: str, stack: Tensor, masks: Tensor, ids: list[str], *,
     """The ``averaging_expectation`` and ``ensemble_size`` rows of one method."""
     expectation = averaging_expectation(stack, masks, normalisation=normalisation)
     expectation["sample"] = [ids[i] for i in expectation["sample"]]
-    curves = [ensemble_size_curve(stack, lambda m, name=metric: evaluate(name, m, masks=masks),
-                                  rng=rng, subsets=subsets, normalisation=normalisation)
-              .assign(metric=metric) for metric in SIZE_METRICS]
+    with warnings.catch_warnings():
+        # a constant subset average scores NaN and its image is dropped for every K (documented
+        # in ensemble_size_curve): one warning per subset and K would flood the terminal
+        warnings.simplefilter("ignore", MetricWarning)
+        curves = [ensemble_size_curve(stack, lambda m, name=metric: evaluate(name, m, masks=masks),
+                                      rng=rng, subsets=subsets, normalisation=normalisation)
+                  .assign(metric=metric) for metric in SIZE_METRICS]
     return (expectation.assign(method=method),
             pd.concat(curves, ignore_index=True).assign(method=method))
 
