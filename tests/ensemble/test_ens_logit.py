@@ -131,3 +131,24 @@ def test_a_layer_that_is_not_shared_is_refused():
     assert shared_layer(ms, x, [ms[0].gradcam_layer] * 2) is None
     with pytest.raises(ValueError, match="not shared"):
         LogitEnsemble(ms, shared_layer=ms[0].gradcam_layer)(x)
+
+
+def test_evaluate_explains_a_logit_ensemble_with_a_layer_method_through_ens_logit():
+    """Robustness and randomisation metrics re-explain ``ens-logit`` maps on the averaged-logit
+    model (or its randomised copy); GradCAM there goes through Ens-Logit, as when the map was
+    made (it failed with "this model documents no gradcam_layer" before, so the demo skipped
+    them)."""
+    from concilium.jobs.evaluate import _explainer
+    from concilium.metrics import evaluate as score
+
+    torch.manual_seed(0)
+    members = [create_model("small-cnn", num_classes=4).eval() for _ in range(3)]
+    x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    y = torch.tensor([0, 1, 2, 3])
+    explainer = _explainer({"method": "gradcam", "method_params": {}}, 0)
+    ensemble = LogitEnsemble(members).eval()
+    maps = explainer(ensemble, x, y)
+    torch.testing.assert_close(maps, ens_logit_maps(members, x, y, method="gradcam"))
+    values = score("max_sensitivity", maps.detach(), images=x, labels=y, model=ensemble,
+                   explainer=explainer, nr_samples=2)
+    assert torch.isfinite(values).all()

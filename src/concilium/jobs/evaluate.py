@@ -30,8 +30,8 @@ import torch
 from torch import Tensor, nn
 
 from concilium._util import derive_seed
-from concilium.ensemble.averaging import LogitEnsemble
-from concilium.explain import explain
+from concilium.ensemble.averaging import LogitEnsemble, ens_logit_maps
+from concilium.explain import METHODS, explain
 from concilium.explain.targets import resolve_target
 from concilium.metrics.evaluate import check_params, evaluate
 from concilium.metrics.perturb import model_device
@@ -120,16 +120,17 @@ def _explainer(
         return None
 
     def explainer(model: nn.Module, images: Tensor, targets: Tensor) -> Tensor:
-        return explain(
-            model,
-            images,
-            targets,
-            method=params["method"],
-            reduction=params.get("reduction", "sum"),
-            baseline=params.get("baseline", "zero"),
-            generator=torch.Generator().manual_seed(seed),
-            **params["method_params"],
-        )
+        extra = {"reduction": params.get("reduction", "sum"),
+                 "baseline": params.get("baseline", "zero"),
+                 "generator": torch.Generator().manual_seed(seed), **params["method_params"]}
+        spec = METHODS.get(params["method"]) if params["method"] in METHODS else None
+        if isinstance(model, LogitEnsemble) and spec is not None and spec.needs_layer:
+            # a layer method on the averaged-logit model (or its randomised copy): the ensemble
+            # has no single layer of its own, Ens-Logit defines it (shared layer or the sum over
+            # the members' layers), as when the map was made
+            return ens_logit_maps(list(model.members), images, targets, method=params["method"],
+                                  params=extra)
+        return explain(model, images, targets, method=params["method"], **extra)
 
     return explainer
 
