@@ -87,3 +87,18 @@ def test_crossfit_options_are_checked(tiny_run):
     with pytest.raises(ValueError, match=r"crossfit = 25: fold \d+ holds 0 rows"):
         run_ensemble(tiny_run, "cnn", {**TINY_CNN, "crossfit": 25})  # 24 train+val rows
     assert not (tiny_run / "ensemblers").exists()  # checked before anything trains
+
+
+@pytest.mark.parametrize("crossfit", [0, 2])
+def test_per_class_audit_reads_every_row_only_when_e_star_is_cross_fitted(tiny_run, crossfit):
+    """E* fitted on the train/val rows is audited on the test rows; cross-fitted E* is held out on
+    every row, so its per-class audit reads them all (review D1: the rare class has too few test
+    rows otherwise)."""
+    from concilium.jobs.audit import run_audit
+
+    run_ensemble(tiny_run, "cnn", {**TINY_CNN, "crossfit": crossfit})
+    splits = Run.open(tiny_run).data.splits
+    quality = run_audit(tiny_run, {"region": "outside", "bias_sources": ["m0"]})["per_class"]
+    expected = len(splits) if crossfit else splits.count("test")
+    assert quality.n.sum() == expected
+    assert quality.rows.iloc[0] == ("all (E* out of fold)" if crossfit else "test")

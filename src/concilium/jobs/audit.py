@@ -82,7 +82,8 @@ class AuditOptions(BaseModel):
         "gradcam", description="explanation method of the attribute cards")
     rows: Literal["test", "all"] = Field(
         "test", description="rows the per-class and bias audits read: 'test' (held-out: the "
-                            "test split when the run holds several splits) or 'all'")
+                            "test split when the run holds several splits; every row for E* "
+                            "when it is cross-fitted) or 'all'")
     seed: int = Field(0, description="seeds every training and bootstrap")
     device: str = Field("cpu", description="where to train: cpu, cuda or cuda:<k>")
 
@@ -120,9 +121,14 @@ def run_audit(run_dir: str | Path, options: AuditOptions | Mapping[str, Any] | N
     if len(estar_rows):
         estar, _ = read_maps(store, estar_source, estar_rows.method.iloc[0], data.ids,
                              params_hash=estar_rows.params_hash.iloc[0])
-        tables["per_class"] = per_class_quality(estar[held], data.masks[held], data.labels[held],
-                                                class_names=data.class_names,
-                                                seed=o.seed).assign(rows=rows_name)
+        fit = store.get(estar_source, estar_rows.method.iloc[0],
+                        estar_rows.params_hash.iloc[0]).params.get("fit_ids")
+        # cross-fitted E* (no row fitted on) is held out on every row: E*'s audit reads them all
+        quality_rows, quality_name = ((torch.arange(len(data.ids)), "all (E* out of fold)")
+                                      if fit == [] and o.rows == "test" else (held, rows_name))
+        tables["per_class"] = per_class_quality(
+            estar[quality_rows], data.masks[quality_rows], data.labels[quality_rows],
+            class_names=data.class_names, seed=o.seed).assign(rows=quality_name)
     metrics = read_table(run_dir, "metrics")
     if metrics is not None:
         audited = metrics[metrics["sample"].isin(held_ids)] if "sample" in metrics else metrics
