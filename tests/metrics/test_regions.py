@@ -154,7 +154,9 @@ def test_superpixel_features_score_each_image_as_alone(name):
                  model=model, features=features)
         for i in range(4)
     ])  # fmt: skip
-    torch.testing.assert_close(together, alone, rtol=1e-6, atol=1e-9)
+    # float32: a batched convolution rounds differently from a single-image one (a few 1e-6
+    # relative with torch 2.14); a feature mix-up between images moves scores by far more
+    torch.testing.assert_close(together, alone, rtol=1e-4, atol=1e-6)
     assert torch.isfinite(together).all()
 
 

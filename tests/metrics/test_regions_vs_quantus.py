@@ -25,6 +25,10 @@ from concilium.metrics.regions import (
     region_scores,
 )
 
+# a Pearson correlation of float32 model outputs: the CPU's float32 kernels (AVX-512 vs AVX2,
+# batched vs single) move it by up to ~1e-5; a wrong ordering or feature set moves it by far more
+CORR_ATOL = 5e-5
+
 
 def _np(t):
     return t.detach().cpu().numpy()
@@ -104,7 +108,7 @@ def test_faithfulness_estimate_matches_quantus(c, size, k):
         quantus.FaithfulnessEstimate(features_in_step=c * k, disable_warnings=True), batch
     )
     np.testing.assert_allclose(_ours("faithfulness_estimate", batch, features_in_step=k), theirs,
-                               atol=1e-6)  # fmt: skip
+                               atol=CORR_ATOL)  # fmt: skip
 
 
 def test_quantus_sensitivity_n_is_one_value_per_n_across_the_batch_with_per_step_relevance():
@@ -132,12 +136,12 @@ def test_quantus_sensitivity_n_is_one_value_per_n_across_the_batch_with_per_step
         baseline="black", softmax=True, batch_size=64, generator=None,
     )  # fmt: skip
     drops = (y0 - ys).double()
-    np.testing.assert_allclose(_np(pearson(drops.T, per_step.T)), theirs, atol=1e-6)
+    np.testing.assert_allclose(_np(pearson(drops.T, per_step.T)), theirs, atol=CORR_ATOL)
 
     ours = _ours("sensitivity_n", batch)
     assert ours.shape == (5,)
     np.testing.assert_allclose(ours, _np(pearson(relevance.sort(1, descending=True).values
-                                                 .cumsum(1)[:, :n_max], drops)), atol=1e-6)  # fmt: skip
+                                                 .cumsum(1)[:, :n_max], drops)), atol=CORR_ATOL)  # fmt: skip
 
 
 def test_quantus_lerf_region_perturbation_is_ours_on_the_negated_map():
