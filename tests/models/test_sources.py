@@ -101,7 +101,7 @@ def test_bad_source_strings(text: str, match: str) -> None:
 def test_typo_in_kind_names_the_kinds(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"unknown member source kind 'tim'.*hf:DIR"):
         load_sources(f"tim:resnet18@{tmp_path}/w.safetensors", class_names=NAMES)
-    with pytest.raises(FileNotFoundError, match=r"members folder .*nowhere not found.*hf:DIR"):
+    with pytest.raises(FileNotFoundError, match=r"models folder .*nowhere not found.*hf:DIR"):
         load_sources(str(tmp_path / "nowhere"), class_names=NAMES)
 
 

@@ -411,7 +411,7 @@ def _folder_dirs(source: Source) -> list[Path]:
     path = Path(source.target)
     if not path.is_dir():
         raise FileNotFoundError(
-            f"members folder {path} not found; a member source is a members folder "
+            f"models folder {path} not found; a member source is a members folder "
             f"(train one with `concilium train`) or one of: {source_syntax()}"
         )
     dirs = member_dirs(path)
