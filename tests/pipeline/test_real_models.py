@@ -115,3 +115,31 @@ def test_cli_explain_takes_several_sources(bench: dict, tmp_path: Path) -> None:
                   metadata={"class_names": json.dumps(["x", "y"])})
         run_explain(bench["data"], models=[f"timm:test_resnet@{bad}"], out=tmp_path / "run3",
                     quiet=True)
+
+
+def test_models_sources_are_checked_with_the_configuration() -> None:
+    cfg = parse_config({"models": {"sources": ["hf:/m/vit", "timm:resnet50@/w/r.safetensors"]}})
+    assert cfg.models.given == ["hf:/m/vit", "timm:resnet50@/w/r.safetensors"]
+    assert parse_config({"models": {"dir": "/m/trained"}}).models.given == ["/m/trained"]
+    assert parse_config({}).models.given is None  # train
+    for section, match in [
+        ({"sources": ["timm:resnet50"]}, r"\[models\] sources: .*needs a local weights file"),
+        ({"sources": ["hf:/m/vit"], "epochs": 3}, r"\[models\] sources = .*drop the training "
+                                                  r"keys \['epochs'\]"),
+        ({"sources": ["hf:/m/vit"], "dir": "/m"}, "give dir .* or sources, not both"),
+        ({"sources": []}, "non-empty list of member sources"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            parse_config({"models": section})
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="hardware: needs a CUDA device")
+def test_concilium_run_with_real_models_on_cuda(bench: dict, tmp_path: Path) -> None:
+    config = experiment(bench)
+    config["device"] = "cuda"
+    out = tmp_path / "run"
+    run(parse_config(config), out)
+    assert RunInfo.load(out).device == "cuda"
+    table = ResultsTable(out).load()
+    assert table[table["metric"] == "deletion"]["value"].notna().all()
+    assert (out / "report.html").is_file()
