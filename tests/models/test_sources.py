@@ -71,6 +71,15 @@ def test_every_kind_is_registered() -> None:
     assert set(SOURCE_KINDS.names()) >= {"folder", "hf", "timm", "torchvision", "python"}
 
 
+@pytest.mark.parametrize("kind", SOURCE_KINDS.names())
+def test_every_kind_parses_its_example_and_round_trips(kind: str) -> None:
+    entry = SOURCE_KINDS.get(kind)
+    source = parse_source(entry.example)
+    assert source.kind == kind
+    assert parse_source(source.text) == source
+    assert entry.syntax in str(pytest.raises(ValueError, parse_source, "").value)
+
+
 @pytest.mark.parametrize(("text", "kind", "target", "weights"), [
     ("hf:/m/vit", "hf", "/m/vit", None),
     ("timm:resnet50@/w/r.safetensors", "timm", "resnet50", "/w/r.safetensors"),

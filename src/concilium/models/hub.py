@@ -192,5 +192,6 @@ def _describe(source: Source) -> list[dict[str, Any]]:
     return [{"arch": f"hf:{arch}", "class_names": class_names_of(config)}]
 
 
-SOURCE_KINDS.add("hf", SourceKind(syntax="hf:DIR", parse=_parse, count=lambda s: 1,
+SOURCE_KINDS.add("hf", SourceKind(syntax="hf:DIR", example="hf:/models/vit-b16",
+                                  parse=_parse, count=lambda s: 1,
                                   load=_load, describe=_describe))

@@ -129,7 +129,8 @@ def _load_timm(source: Source, class_names: Sequence[str] | None) -> list[Loaded
 
 
 SOURCE_KINDS.add("timm", SourceKind(
-    syntax="timm:NAME@WEIGHTS.safetensors", parse=_parse_timm, count=lambda s: 1,
+    syntax="timm:NAME@WEIGHTS.safetensors", example="timm:resnet50@/w/resnet50.safetensors",
+    parse=_parse_timm, count=lambda s: 1,
     load=_load_timm, describe=lambda s: [{"arch": f"timm:{s.target}"}]))
 
 
@@ -180,7 +181,9 @@ def _load_torchvision(source: Source, class_names: Sequence[str] | None) -> list
 
 
 SOURCE_KINDS.add("torchvision", SourceKind(
-    syntax="torchvision:NAME@WEIGHTS.safetensors", parse=_parse_torchvision, count=lambda s: 1,
+    syntax="torchvision:NAME@WEIGHTS.safetensors",
+    example="torchvision:vit_b_16@/w/vit_b_16.safetensors", parse=_parse_torchvision,
+    count=lambda s: 1,
     load=_load_torchvision, describe=lambda s: [{"arch": f"torchvision:{s.target}"}]))
 
 __all__ = ["file_class_names", "timm_preprocessing", "torchvision_preprocessing"]

@@ -139,6 +139,7 @@ class SourceKind:
 
     Attributes:
         syntax: how its source string reads (shown in errors and help).
+        example: a valid source string of this kind (registry tests parse it).
         parse: ``rest`` (the string after ``kind:``) to a :class:`Source`, paths absolute.
         count: how many members the source holds, without loading them.
         load: the members, loaded on the CPU in eval mode; ``class_names`` are the data's
@@ -147,6 +148,7 @@ class SourceKind:
     """
 
     syntax: str
+    example: str
     parse: Callable[[str], Source]
     count: Callable[[Source], int]
     load: Callable[[Source, Sequence[str] | None], list[Loaded]]
@@ -430,7 +432,8 @@ def _describe_folder(source: Source) -> list[dict[str, Any]]:
 
 
 SOURCE_KINDS.add("folder", SourceKind(
-    syntax="MODELS (a members folder, or folder:MODELS)", parse=_parse_folder,
+    syntax="MODELS (a members folder, or folder:MODELS)", example="folder:/models/birds",
+    parse=_parse_folder,
     count=lambda s: len(_folder_dirs(s)), load=_load_folder, describe=_describe_folder))
 
 
@@ -488,7 +491,8 @@ def _load_python(source: Source, class_names: Sequence[str] | None) -> list[Load
 
 
 SOURCE_KINDS.add("python", SourceKind(
-    syntax="python:MODULE:FACTORY[@WEIGHTS.safetensors]", parse=_parse_python,
+    syntax="python:MODULE:FACTORY[@WEIGHTS.safetensors]",
+    example="python:mypackage.nets:build@/w/net.safetensors", parse=_parse_python,
     count=lambda s: 1, load=_load_python,
     describe=lambda s: [{"arch": f"python:{s.target}"}]))
 
