@@ -90,7 +90,7 @@ def test_load_config_names_the_file(tmp_path):
         load_config(tmp_path / "missing.toml")
 
 
-@pytest.mark.parametrize("name", ["benchmark", "folder", "gpu"])
+@pytest.mark.parametrize("name", ["benchmark", "folder", "gpu", "real_models"])
 def test_examples_validate(name):
     from pathlib import Path
 

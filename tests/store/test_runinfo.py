@@ -122,3 +122,16 @@ def test_a_run_json_from_before_the_dataset_registry_loads(tmp_path):
     loaded = RunInfo.load(tmp_path)
     assert loaded.dataset == FolderDataset(path="/data")
     assert loaded == info(created=saved["created"])
+
+
+def test_a_record_with_models_dir_reads_as_one_folder_source(tmp_path):
+    old = info()  # written with the older key models_dir
+    assert old.models == ["/models"] and old.models_dir == "/models"
+    path = tmp_path / "run" / "run.json"
+    old.save(tmp_path / "run")
+    raw = json.loads(path.read_text())
+    raw["models_dir"] = raw.pop("models")[0]  # a run.json from before member sources
+    path.write_text(json.dumps(raw))
+    assert RunInfo.load(tmp_path / "run") == old
+    with pytest.raises(ValueError, match="other settings .*models"):
+        old.merged_with(RunInfo(**{**old.model_dump(), "models": ["/models", "hf:/vit"]}))

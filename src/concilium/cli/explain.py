@@ -68,8 +68,16 @@ def _parse_size(text: str | None) -> tuple[int, int] | None:
 
 
 
+MODELS_HELP = (
+    "Member sources, together one ensemble (repeat the flag or separate with commas): a "
+    "members folder (MODELS/m0, m1, ...), hf:DIR (transformers save_pretrained folder), "
+    "timm:NAME@WEIGHTS.safetensors, torchvision:NAME@WEIGHTS.safetensors, "
+    "python:MODULE:FACTORY[@WEIGHTS.safetensors]."
+)
+
+
 def explain_command(
-    data: Path, *, models: Path, out: Path, device: str, param: list[str] | None,
+    data: Path, *, models: list[str], out: Path, device: str, param: list[str] | None,
     size: str | None, **flags: Any,
 ) -> None:
     """Explain every member with every method; resumable, never computes a map twice."""
@@ -82,9 +90,8 @@ explain_command.__signature__ = inspect.Signature([  # type: ignore[attr-defined
     inspect.Parameter("data", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Path,
                       default=typer.Argument(..., help="Image folder (as written by "
                                                        "`concilium synth`).")),
-    inspect.Parameter("models", inspect.Parameter.KEYWORD_ONLY, annotation=Path,
-                      default=typer.Option(..., "--models", help="Members folder (MODELS/m0, "
-                                                                 "m1, ...).")),
+    inspect.Parameter("models", inspect.Parameter.KEYWORD_ONLY, annotation=list[str],
+                      default=typer.Option(..., "--models", help=MODELS_HELP)),
     inspect.Parameter("out", inspect.Parameter.KEYWORD_ONLY, annotation=Path,
                       default=typer.Option(..., "--out", help="Run directory "
                                                               "(explanations.zarr + run.json).")),
@@ -104,7 +111,7 @@ app.command("explain")(explain_command)
 def run_explain(
     data: Path,
     *,
-    models: Path,
+    models: str | Path | list[str],
     out: Path,
     device: str = "cpu",
     param: list[str] | None = None,
@@ -137,7 +144,18 @@ def run_explain(
     if not Path(data).is_dir():
         raise FileNotFoundError(f"data folder {data} not found (make one with `concilium synth`)")
     spec = FolderDataset(path=str(Path(data).resolve()), size=image_size)
-    return _run_with_progress(console, out, spec, Path(models), options, device=device)
+    sources = _sources(models)
+    return _run_with_progress(console, out, spec, sources, options, device=device)
+
+
+def _sources(models: str | Path | list[str]) -> list[str]:
+    """``--models`` values (repeated, each maybe comma-separated) as parsed source strings;
+    a malformed one fails here, before any data is loaded."""
+    from concilium.models import parse_sources
+
+    items = [models] if isinstance(models, str | Path) else list(models)
+    texts = [t for item in items for t in str(item).split(",") if t.strip()]
+    return [s.text for s in parse_sources(texts)]
 
 
 def _option_errors(err: ValidationError) -> str:
@@ -185,7 +203,7 @@ def _run_with_progress(console, out, dataset, models, options, *, device):
                 description=f"{event.source} ({', '.join(event.methods)})",
             )
 
-        reports = explain_run(out, dataset=dataset, models_dir=models, options=options,
+        reports = explain_run(out, dataset=dataset, models=models, options=options,
                               device=device, on_chunk=on_chunk)
         progress.update(task, description="done")
     wall = time.perf_counter() - t0

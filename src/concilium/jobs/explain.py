@@ -50,7 +50,7 @@ from concilium.jobs.explain_plan import (
     EntryReport,
     plan_members,
 )
-from concilium.models.members import load_members
+from concilium.models.sources import load_sources, parse_sources
 from concilium.store.manifest import RUN_FILE, DatasetSpec, RunInfo, select_split
 from concilium.store.store import ExplanationStore
 from concilium.store.writer import ChunkWriter
@@ -112,8 +112,9 @@ def explain_to_store(
     Args:
         store: the run's store.
         data: the samples to explain (rows of every entry, in this order).
-        members: ``[(model, MemberCard), ...]`` as :func:`concilium.models.members.load_members`
-            gives them; the card's ``member_id`` is the entry source.
+        members: ``[(model, card), ...]`` as :func:`concilium.models.load_sources` or
+            :func:`concilium.models.as_member` give them (any classifier ``nn.Module``); the
+            card's ``member_id`` is the entry source.
         methods: method names of :data:`concilium.explain.METHODS`.
         method_options: per method, parameters overriding its defaults
             (``{"integrated_gradients": {"n_steps": 100}}``).
@@ -147,7 +148,8 @@ def explain_to_store(
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {', '.join(REDUCTIONS)}; got {reduction!r}")
     if not members:
-        raise ValueError("no members to explain; pass [(model, card), ...] from load_members")
+        raise ValueError("no members to explain; pass [(model, card), ...] from load_sources "
+                         "or as_member")
     check_members(members, data, target)
     device = torch.device(device)
     baselines = member_baselines(baseline, members, data, device=device, store=store)
@@ -332,7 +334,7 @@ def explain_run(
     out: str | Path,
     *,
     dataset: DatasetSpec,
-    models_dir: str | Path,
+    models: str | Path | Sequence[str | Path],
     options: ExplainOptions,
     device: str = "cpu",
     on_chunk: Callable[[ChunkEvent], None] | None = None,
@@ -344,7 +346,9 @@ def explain_run(
     Args:
         out: the run directory (created if needed).
         dataset: the data (all splits; ``options.split`` selects).
-        models_dir: the members' folder.
+        models: the member sources (:mod:`concilium.models.sources`): a members folder,
+            ``hf:DIR``, ``timm:NAME@WEIGHTS``, ``torchvision:NAME@WEIGHTS``,
+            ``python:MODULE:FACTORY``, or several of them (one ensemble).
         options: what to compute.
         device: where the models run.
         on_chunk: called after every computed chunk (progress displays).
@@ -353,24 +357,23 @@ def explain_run(
         One :class:`EntryReport` per member and method.
 
     Raises:
-        FileNotFoundError: the models folder is missing.
-        ValueError: ``out`` is a file, members that do not fit the data, a baseline unfit for a
-            member, or a run recorded with other data or settings (naming the difference).
+        FileNotFoundError: a member source is missing.
+        ValueError: ``out`` is a file, a bad member source, members that do not fit the data,
+            a baseline unfit for a member, or a run recorded with other data or settings
+            (naming the difference).
     """
-    out, models_dir = Path(out), Path(models_dir)
+    out = Path(out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file; pass a directory")
-    if not models_dir.is_dir():
-        raise FileNotFoundError(f"models folder {models_dir} not found (train with "
-                                "`concilium train`)")
+    sources = [s.text for s in parse_sources(models)]
     full = dataset.load()
     data = select_split(full, options.split, options.limit)
-    members = load_members(models_dir, device="cpu")
+    members = load_sources(sources, class_names=data.class_names, device="cpu")
     check_members(members, data, options.target)
     member_baselines(options.baseline, members, data, device=device)  # a generator must fit
     info = RunInfo(
         dataset=dataset, dataset_fingerprint=full.fingerprint(), split=options.split,
-        limit=options.limit, sample_ids=data.ids, models_dir=str(models_dir.resolve()),
+        limit=options.limit, sample_ids=data.ids, models=sources,
         member_ids=[card.member_id for _, card in members],
         member_fingerprints={card.member_id: state_fingerprint(m) for m, card in members},
         methods=list(options.methods), device=device, target=options.target, seed=options.seed,

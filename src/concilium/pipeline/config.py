@@ -7,7 +7,9 @@ against that function's real signature or registry:
   or ``kind = "folder"`` and the keyword parameters of :func:`concilium.data.folder.load_folder`
   plus ``path``;
 - ``[models]`` (and the optional second group ``[committee]``): the keyword parameters of
-  :func:`concilium.models.train_ensemble`, or ``dir`` = an existing members folder;
+  :func:`concilium.models.train_ensemble`, or ``dir`` = an existing members folder, or
+  ``sources`` = member sources (:mod:`concilium.models.sources`: ``hf:DIR``,
+  ``timm:NAME@WEIGHTS``, ``torchvision:NAME@WEIGHTS``, ``python:MODULE:FACTORY``, folders);
 - ``[explain]``: methods from :data:`concilium.explain.METHODS`, each method's parameters checked by
   :func:`concilium.explain.method_params`, split, limit, batch size, target, baseline;
 - ``[ensemble]``: kinds and, per kind, the fields of that kind's options model
@@ -45,7 +47,7 @@ from concilium.jobs.ensemble import ENSEMBLERS, EnsembleOptionsBase, ensemble_op
 from concilium.jobs.explain import ExplainOptions, check_methods
 from concilium.metrics import METRICS
 from concilium.metrics.evaluate import check_params
-from concilium.models import train_ensemble
+from concilium.models import parse_sources, train_ensemble
 from concilium.report import ReportOptions
 from concilium.vocabulary import FAMILIES, Split
 
@@ -192,23 +194,36 @@ def _train_model() -> type[BaseModel]:
 
 
 class ModelsConfig(_Section):
-    """``[models]`` / ``[committee]``: train an ensemble, or use the members in ``dir``.
+    """``[models]`` / ``[committee]``: train an ensemble, or use the members in ``dir``, or
+    the member ``sources``.
 
     Attributes:
         dir: an existing members folder (``MODELS/m0`` ...); then nothing is trained and no
             training key may be given.
+        sources: member sources, together one ensemble (``["hf:models/vit",
+            "timm:resnet50@w/r50.safetensors", "models/trained"]``, see
+            :mod:`concilium.models.sources`); then nothing is trained and no training key may
+            be given.
         train: the keyword parameters of :func:`concilium.models.train_ensemble` (``arch``,
             ``members``, ``diversity``, ``epochs``, ``archs``, ``attributes``, ...).
     """
 
     dir: str | None = None
+    sources: list[str] | None = None
     train: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="before")
     @classmethod
     def _flatten(cls, values: Any) -> Any:
-        return flat_section(values, into="train", controls={"dir": None},
+        return flat_section(values, into="train", controls={"dir": None, "sources": None},
                             validate=_train_options)
+
+    @property
+    def given(self) -> list[str] | None:
+        """The member sources to use (``dir`` is one folder source); ``None``: train."""
+        if self.sources is not None:
+            return list(self.sources)
+        return [self.dir] if self.dir is not None else None
 
     def option(self, name: str) -> Any:
         """A training option, or ``train_ensemble``'s default for it."""
@@ -218,12 +233,26 @@ class ModelsConfig(_Section):
 
 
 def _train_options(controls: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
-    """``[models]``'s training keys, which ``dir`` (existing members) excludes."""
-    directory = controls["dir"]
-    if directory is not None and values:
+    """``[models]``'s training keys, which ``dir`` and ``sources`` (existing members) exclude;
+    the sources are parsed here, so a malformed one fails before any work."""
+    directory, sources = controls["dir"], controls["sources"]
+    if directory is not None and sources is not None:
+        raise ValueError("[models] give dir (one members folder) or sources, not both; "
+                         f"e.g. sources = [{directory!r}, ...]")
+    if sources is not None:
+        if not isinstance(sources, list) or not sources:
+            raise ValueError("[models] sources must be a non-empty list of member sources, "
+                             'e.g. ["hf:models/vit", "timm:resnet50@weights/r50.safetensors"]')
+        try:
+            parse_sources(sources)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"[models] sources: {err}") from None
+    given = "dir" if directory is not None else "sources" if sources is not None else None
+    if given is not None and values:
         raise ValueError(
-            f"[models] dir = {directory!r} uses existing members; drop the training keys "
-            f"{sorted(values)} or drop dir to train"
+            f"[models] {given} = {directory if directory is not None else sources!r} uses "
+            f"existing members; drop the training keys {sorted(values)} or drop {given} to "
+            "train"
         )
     return validate_kwargs("models", _train_model(), values)
 
@@ -457,7 +486,7 @@ def _valid_keys(loc: list[str]) -> list[str]:
         if model is None:
             return []
     fields = list(getattr(model, "model_fields", {}))
-    flat = {"models": ["dir", *_train_model().model_fields],
+    flat = {"models": ["dir", "sources", *_train_model().model_fields],
             "report": list(ReportOptions.model_fields),
             "audit": ["enabled", *(k for k in AuditOptions.model_fields if k != "device")]}
     return flat.get(loc[-1], fields) if loc else fields

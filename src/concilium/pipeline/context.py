@@ -31,9 +31,15 @@ class Context:
 
     @property
     def models_dir(self) -> Path:
-        """Where the members are (``[models] dir`` or ``RUN/models``)."""
+        """Where trained members go (``RUN/models``), or ``[models] dir``."""
         d = self.config.models.dir
         return Path(d).expanduser().resolve() if d else self.out / "models"
+
+    @property
+    def model_sources(self) -> list[str]:
+        """The member sources explained: ``[models] sources``, ``dir``, or the trained
+        members in ``RUN/models``."""
+        return self.config.models.given or [str(self.models_dir)]
 
     @property
     def committee_run(self) -> Path:
@@ -42,10 +48,17 @@ class Context:
 
     @property
     def committee_models_dir(self) -> Path:
-        """Where the committee's members are."""
+        """Where the committee's trained members go, or its ``dir``."""
         c = self.config.committee
         d = c.models.dir if c is not None else None
         return Path(d).expanduser().resolve() if d else self.out / "committee-models"
+
+    @property
+    def committee_sources(self) -> list[str]:
+        """The committee's member sources (as :attr:`model_sources`)."""
+        c = self.config.committee
+        given = c.models.given if c is not None else None
+        return given or [str(self.committee_models_dir)]
 
 
 @dataclass(frozen=True)

@@ -80,7 +80,7 @@ def _archs(models) -> list[str]:
 
 
 def _train_cost(models, n_train: int, size, classes) -> tuple[int, float]:
-    if models.dir:
+    if models.given is not None:  # existing members: nothing to train
         return 0, 0.0
     archs = _archs(models)
     epochs = models.option("epochs")
@@ -138,7 +138,8 @@ def plan(config: ExperimentConfig, out: str | Path, *, stages: list[Stage] | Non
     e = config.explain
     n_expl = (sum(sizes.values()) if e.split == "all" else sizes[e.split])
     n_expl = min(n_expl, e.limit) if e.limit else n_expl
-    members = _archs(config.models) if not config.models.dir else ["small-cnn"]
+    # existing members are costed as small-cnn (their size is not known without loading them)
+    members = _archs(config.models) if config.models.given is None else ["small-cnn"]
     out_plan: list[PlannedStage] = []
     for stage in stages:
         if stage.name not in hashes:

@@ -34,7 +34,7 @@ from concilium.jobs.audit import run_audit
 from concilium.jobs.ensemble import run_ensemble
 from concilium.jobs.evaluate import evaluate_run
 from concilium.jobs.explain import ChunkEvent, ExplainOptions, explain_run
-from concilium.models import load_members, train_ensemble
+from concilium.models import load_sources, train_ensemble
 from concilium.pipeline.config import EnsembleConfig, resolve_metrics
 from concilium.pipeline.context import Context, Stage
 from concilium.report import write_report
@@ -62,12 +62,12 @@ def _data(ctx: Context) -> dict[str, Any]:
 
 
 def _train(ctx: Context, models_cfg: Any, out: Path) -> dict[str, Any]:
-    if models_cfg.dir:
-        members = load_members(Path(models_cfg.dir).expanduser(), device="cpu")
-        if not members:
-            raise FileNotFoundError(f"no members (m0/card.json ...) under {models_cfg.dir}; "
-                                    "train some with `concilium train` or drop [models] dir")
+    if models_cfg.given is not None:  # load (and check against the data) the given members
+        members = load_sources(models_cfg.given, class_names=load_dataset(ctx).class_names)
         cards = [card for _, card in members]
+        for card in cards:
+            if getattr(card, "preprocessing", None):
+                ctx.console.print(f"  {card.member_id} {card.arch}: {card.preprocessing}")
     else:
         cards = train_ensemble(load_dataset(ctx), out=out, device=ctx.config.device,
                                progress=True, **models_cfg.train)
@@ -86,9 +86,9 @@ def _models(ctx: Context) -> dict[str, Any]:
 
 
 def explain_into(
-    ctx: Context, run_dir: Path, models_dir: Path, *, options: ExplainOptions,
+    ctx: Context, run_dir: Path, sources: list[str], *, options: ExplainOptions,
 ) -> dict[str, Any]:
-    """Explain every member of ``models_dir`` into the run ``run_dir`` with the explain job
+    """Explain every member of ``sources`` into the run ``run_dir`` with the explain job
     (resumable; records ``run_dir/run.json``), showing one progress bar."""
     t0 = time.perf_counter()
     with Progress(TextColumn("  [bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -99,7 +99,7 @@ def explain_into(
             progress.update(task, total=event.images_total, completed=event.images_done,
                             description=f"{event.source} ({', '.join(event.methods)})")
 
-        reports = explain_run(run_dir, dataset=ctx.config.data.spec(), models_dir=models_dir,
+        reports = explain_run(run_dir, dataset=ctx.config.data.spec(), models=sources,
                               options=options, device=ctx.config.device, on_chunk=on_chunk)
     computed = sum(r.rows_computed for r in reports)
     images = RunInfo.load(run_dir).n
@@ -113,7 +113,7 @@ def explain_into(
 
 
 def _explain(ctx: Context) -> dict[str, Any]:
-    return explain_into(ctx, ctx.out, ctx.models_dir, options=ctx.config.explain)
+    return explain_into(ctx, ctx.out, ctx.model_sources, options=ctx.config.explain)
 
 
 # ----------------------------------------------------------------------------- report
@@ -217,7 +217,7 @@ def committee(ctx: Context) -> dict[str, Any]:
     summary = {"models": _train(ctx, c.models, ctx.committee_models_dir)}
     options = ctx.config.explain.model_copy(
         update={"methods": list(c.methods), "params": dict(c.params), "limit": c.limit})
-    summary["explain"] = explain_into(ctx, ctx.committee_run, ctx.committee_models_dir,
+    summary["explain"] = explain_into(ctx, ctx.committee_run, ctx.committee_sources,
                                       options=options)
     consensus = EnsembleConfig.model_validate({"kinds": ["consensus"],
                                                "options": {"consensus": c.consensus}})
@@ -239,7 +239,8 @@ def _stage_list() -> list[Stage]:
               describe=lambda c: f"{c.data.kind} dataset (always rebuilt; its fingerprint "
                                  "keys the later stages)"),
         Stage("models", lambda c: c.models, ("data",), _models,
-              describe=lambda c: (f"members from {c.models.dir}" if c.models.dir else
+              describe=lambda c: (f"members from {', '.join(c.models.given)}"
+                                  if c.models.given else
                                   f"train {c.models.option('members')} x "
                                   f"{c.models.option('arch') or 'small-cnn'} "
                                   f"({c.models.option('diversity')})")),

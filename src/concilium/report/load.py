@@ -9,7 +9,6 @@ nothing here raises for a partial run except a missing ``RUN``.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -30,6 +29,7 @@ from concilium.store import (
     RESULTS_DIR,
     ExplanationStore,
     RunInfo,
+    member_cards,
     read_arrays,
 )
 from concilium.vocabulary import is_member
@@ -54,15 +54,10 @@ def read_tables(results_dir: Path) -> dict[str, pd.DataFrame]:
     return out
 
 
-def read_member_cards(models_dir: str | Path) -> pd.DataFrame | None:
-    """One row per ``MODELS/<member_id>/card.json``, sorted by member id; ``None`` if none."""
-    root = Path(models_dir)
-    cards = []
-    for path in sorted(root.glob("*/card.json")):
-        try:
-            cards.append(json.loads(path.read_text()))
-        except (OSError, json.JSONDecodeError):
-            continue
+def read_member_cards(info: RunInfo) -> pd.DataFrame | None:
+    """One row per member of the run (a members folder's ``card.json`` fields, the library and
+    name of other sources; no model is loaded), sorted by member id; ``None`` if none."""
+    cards = [row for row in member_cards(info) if "error" not in row]
     if not cards:
         return None
     frame = pd.DataFrame(cards)
@@ -105,11 +100,9 @@ def load_report_data(
         data.notes["gallery"] = f"No gallery: {err}"
         return data
 
-    data.members = read_member_cards(info.models_dir)
-    if data.members is not None and "member_id" in data.members.columns:
-        data.members = data.members[data.members["member_id"].isin(info.member_ids)]
+    data.members = read_member_cards(info)
     if data.members is None or data.members.empty:
-        data.notes["models"] = f"No member cards under {info.models_dir}."
+        data.notes["models"] = f"No member cards for {', '.join(info.models)}."
 
     try:
         full = info.dataset.load()

@@ -25,7 +25,14 @@ from concilium.store.results import (
     write_arrays,
     write_table,
 )
-from concilium.store.run import Run, available_methods, member_stack, read_maps, write_source
+from concilium.store.run import (
+    Run,
+    available_methods,
+    member_cards,
+    member_stack,
+    read_maps,
+    write_source,
+)
 from concilium.store.store import IDENTITY_META, STORE_NAME, ExplanationStore, library_versions
 
 __all__ = [
@@ -45,6 +52,7 @@ __all__ = [
     "canonical_json",
     "group_rows",
     "library_versions",
+    "member_cards",
     "member_stack",
     "metric_params_hash",
     "params_hash",

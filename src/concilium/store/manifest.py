@@ -6,7 +6,7 @@ which reads this record to rebuild the explained images (in store row order) and
 Example:
     >>> info = RunInfo(dataset={"kind": "folder", "path": "/data/birds"},
     ...                dataset_fingerprint="0123abcd", split="test", sample_ids=["a", "b"],
-    ...                models_dir="/models", member_ids=["m0"], target="label")
+    ...                models=["/models"], member_ids=["m0"], target="label")
     >>> info.n
     2
 """
@@ -15,8 +15,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 import concilium
 from concilium._util import atomic_write_text, read_record
@@ -37,7 +38,9 @@ class RunInfo(BaseModel):
         limit: at most this many samples of the split were explained (the first ones, in
             dataset order); ``None``: all.
         sample_ids: the explained sample ids, in store row order.
-        models_dir: the members' folder (absolute).
+        models: the member sources, in order (:mod:`concilium.models.sources`: a members
+            folder, ``hf:DIR``, ``timm:NAME@WEIGHTS``, ...; paths absolute). Records written
+            before sources existed hold ``models_dir``, read as ``models = [models_dir]``.
         member_ids: the explained members, in order.
         member_fingerprints: :func:`concilium._util.state_fingerprint` of each member's weights.
         methods: the method names explained so far.
@@ -56,7 +59,7 @@ class RunInfo(BaseModel):
     split: Split
     limit: int | None = Field(default=None, ge=1)
     sample_ids: list[str]
-    models_dir: str
+    models: list[str] = Field(min_length=1)
     member_ids: list[str]
     member_fingerprints: dict[str, str] = Field(default_factory=dict)
     methods: list[str] = Field(default_factory=list)
@@ -67,6 +70,23 @@ class RunInfo(BaseModel):
     created: str = Field(
         default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds")
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _models_dir(cls, values: Any) -> Any:
+        if isinstance(values, dict) and "models_dir" in values:
+            values = dict(values)
+            folder = values.pop("models_dir")
+            if "models" in values and values["models"] != [folder]:
+                raise ValueError("give models (the member sources) or the older models_dir, "
+                                 "not both")
+            values["models"] = [folder]
+        return values
+
+    @property
+    def models_dir(self) -> str:
+        """The members folder of a run whose only source is one folder (older runs)."""
+        return self.models[0]
 
     @property
     def n(self) -> int:
@@ -101,9 +121,9 @@ class RunInfo(BaseModel):
 
         Raises:
             ValueError: if ``new`` explains other data, another split/limit/target/seed or
-                another models folder; the message names the differences (use a new ``--out``).
+                other member sources; the message names the differences (use a new ``--out``).
         """
-        fields = ("dataset_fingerprint", "split", "limit", "sample_ids", "models_dir", "target",
+        fields = ("dataset_fingerprint", "split", "limit", "sample_ids", "models", "target",
                   "seed")
         diff = [f for f in fields if getattr(self, f) != getattr(new, f)]
         if diff:

@@ -21,7 +21,8 @@ from torch import Tensor, nn
 
 from concilium._util import state_fingerprint
 from concilium.data.dataset import ImageDataset
-from concilium.models.members import MemberCard, load_members
+from concilium.models.members import MemberCard
+from concilium.models.sources import SourceCard, describe_sources, load_sources
 from concilium.store.entry import Entry
 from concilium.store.manifest import RunInfo, select_split
 from concilium.store.store import ExplanationStore
@@ -37,7 +38,9 @@ class Run:
         store: its explanation store.
         data: the explained samples, in store row order.
         models: ``member_id -> model`` in eval mode (empty unless models were loaded).
-        cards: ``member_id -> MemberCard`` (empty unless models were loaded).
+        cards: ``member_id ->`` card, a :class:`~concilium.models.MemberCard` (trained members)
+            or a :class:`~concilium.models.SourceCard` (members from other sources); empty
+            unless models were loaded.
     """
 
     run_dir: Path
@@ -45,7 +48,7 @@ class Run:
     store: ExplanationStore
     data: ImageDataset
     models: dict[str, nn.Module] = field(default_factory=dict)
-    cards: dict[str, MemberCard] = field(default_factory=dict)
+    cards: dict[str, MemberCard | SourceCard] = field(default_factory=dict)
 
     @classmethod
     def open(cls, run_dir: str | Path, *, load_models: bool = False, device: str | None = None,
@@ -59,7 +62,7 @@ class Run:
             mode: ``"r"`` opens the store read-only.
 
         Raises:
-            FileNotFoundError: no ``run.json``, or the data or models folder is gone.
+            FileNotFoundError: no ``run.json``, or the data or a member source is gone.
             ValueError: the data changed since the run (fingerprint or sample ids differ), a
                 recorded member is missing or has other weights.
         """
@@ -68,7 +71,7 @@ class Run:
         data = _explained_samples(run_dir, info)
         run = cls(run_dir, info, ExplanationStore(run_dir, mode=mode), data)
         if load_models:
-            for model, card in _members(run_dir, info, device or info.device):
+            for model, card in _members(run_dir, info, data, device or info.device):
                 run.models[card.member_id] = model
                 run.cards[card.member_id] = card
         return run
@@ -100,7 +103,7 @@ class Run:
                 if getattr(c, "val_accuracy", None) is not None}
 
     @property
-    def members(self) -> list[tuple[nn.Module, MemberCard]]:
+    def members(self) -> list[tuple[nn.Module, MemberCard | SourceCard]]:
         """``[(model, card), ...]`` in member order (empty unless models were loaded)."""
         return [(self.models[m], self.cards[m]) for m in self.member_ids if m in self.models]
 
@@ -127,13 +130,15 @@ def _explained_samples(run_dir: Path, info: RunInfo) -> ImageDataset:
     return data
 
 
-def _members(run_dir: Path, info: RunInfo, device: str) -> list[tuple[nn.Module, MemberCard]]:
-    members = load_members(info.models_dir, device=device)
+def _members(run_dir: Path, info: RunInfo, data: ImageDataset,
+             device: str) -> list[tuple[nn.Module, MemberCard | SourceCard]]:
+    members = load_sources(info.models, class_names=data.class_names, device=device)
     by_id = {card.member_id: (model, card) for model, card in members}
     missing = [m for m in info.member_ids if m not in by_id]
+    where = ", ".join(info.models)
     if missing:
         raise ValueError(
-            f"members {missing} of the run are not in {info.models_dir} any more; "
+            f"members {missing} of the run are not in {where} any more; "
             f"found {sorted(by_id)}"
         )
     out = [by_id[m] for m in info.member_ids]
@@ -141,10 +146,18 @@ def _members(run_dir: Path, info: RunInfo, device: str) -> list[tuple[nn.Module,
         recorded = info.member_fingerprints.get(card.member_id)
         if recorded is not None and state_fingerprint(model) != recorded:
             raise ValueError(
-                f"member {card.member_id} in {info.models_dir} has other weights than when "
+                f"member {card.member_id} of {where} has other weights than when "
                 f"{run_dir} was explained (retrained?); re-run `concilium explain` into a new --out"
             )
     return out
+
+
+def member_cards(info: RunInfo) -> list[dict[str, Any]]:
+    """One card-like row per member of the run's sources, without loading any model (a
+    members folder's ``card.json`` fields; the library and name of other sources), restricted
+    to the run's members; a source that cannot be read gives a row with ``error``."""
+    rows = describe_sources(info.models)
+    return [r for r in rows if "error" in r or r.get("member_id") in info.member_ids]
 
 
 def read_maps(store: ExplanationStore, source: str, method: str, sample_ids: Sequence[str],
