@@ -58,7 +58,7 @@ class Chunk:
         forward_args: extra forward arguments (contrast classes) or ``None``.
         baselines: ``(n, C, H, W)`` baselines, or ``None`` for methods without one.
         layer: the GradCAM layer, or ``None``.
-        rows: model-input rows per call chosen by the batching plan (timing probe).
+        rows: model-input rows per call chosen by the batching plan (memory budget).
         max_rows: the most rows the memory budget allows; knobs that change random draws
             (NoiseTunnel's sample batches) use only this, so seeded results never depend on
             timing.
