@@ -19,14 +19,17 @@ from concilium.explain.baselines import (
     resolve_baselines,
 )
 from concilium.explain.batching import Plan, probe
+from concilium.explain.cam import GRADIENT_CAMS
 from concilium.explain.engine import explain, explain_many, reduce_channels
+from concilium.explain.layers import LayerLayout, conv_layers, default_layer, resolve_layer
 from concilium.explain.methods import METHODS, MethodSpec, method_params
-from concilium.explain.prepare import Prepared, conv_layers, resolve_layer
+from concilium.explain.prepare import Prepared
 from concilium.explain.shared_pass import SHARED_PASS
 from concilium.explain.targets import ContrastModel, Target, contrast_target, resolve_target
 from concilium.vocabulary import REDUCTIONS
 
 __all__ = [
+    "GRADIENT_CAMS",
     "BASELINES",
     "METHODS",
     "REDUCTIONS",
@@ -35,6 +38,7 @@ __all__ = [
     "BlackBaseline",
     "BlurBaseline",
     "ContrastModel",
+    "LayerLayout",
     "MeanBaseline",
     "MethodSpec",
     "Plan",
@@ -46,6 +50,7 @@ __all__ = [
     "baseline_name",
     "contrast_target",
     "conv_layers",
+    "default_layer",
     "explain",
     "explain_many",
     "method_params",
