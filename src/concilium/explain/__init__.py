@@ -22,8 +22,10 @@ from concilium.explain.batching import Plan, probe
 from concilium.explain.cam import GRADIENT_CAMS
 from concilium.explain.engine import explain, explain_many, reduce_channels
 from concilium.explain.layers import LayerLayout, conv_layers, default_layer, resolve_layer
+from concilium.explain.lrp import canonizers
 from concilium.explain.methods import METHODS, MethodSpec, method_params
 from concilium.explain.prepare import Prepared
+from concilium.explain.rollout import rollout
 from concilium.explain.shared_pass import SHARED_PASS
 from concilium.explain.targets import ContrastModel, Target, contrast_target, resolve_target
 from concilium.vocabulary import REDUCTIONS
@@ -48,6 +50,7 @@ __all__ = [
     "UniformBaseline",
     "ZeroBaseline",
     "baseline_name",
+    "canonizers",
     "contrast_target",
     "conv_layers",
     "default_layer",
@@ -60,4 +63,5 @@ __all__ = [
     "resolve_baselines",
     "resolve_layer",
     "resolve_target",
+    "rollout",
 ]

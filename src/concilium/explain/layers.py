@@ -147,7 +147,7 @@ def resolve_layer(
     return modules[name]
 
 
-def _prefix_and_grid(model: nn.Module, tokens: int, hw: tuple[int, int]) -> tuple[int, int, int]:
+def patch_grid(model: nn.Module, tokens: int, hw: tuple[int, int]) -> tuple[int, int, int]:
     """``(prefix, gh, gw)``: leading non-patch tokens and the patch grid of ``tokens`` tokens on
     an ``hw`` image (the model's ``num_prefix_tokens`` when it has one, else the fewest leading
     tokens whose remainder tiles the image's aspect ratio)."""
@@ -232,7 +232,7 @@ def layer_layout(model: nn.Module, layer: nn.Module, image: Tensor) -> LayerLayo
             return LayerLayout("nhwc", 0, (out.shape[1], out.shape[2]))
         return LayerLayout("nchw", 0, (out.shape[2], out.shape[3]))
     if out.ndim == 3:
-        prefix, gh, gw = _prefix_and_grid(model, out.shape[1], tuple(image.shape[-2:]))
+        prefix, gh, gw = patch_grid(model, out.shape[1], tuple(image.shape[-2:]))
         return LayerLayout("tokens", prefix, (gh, gw))
     raise ValueError(
         f"the layer's output has shape {tuple(out.shape)}; layer methods need a (N, C, h, w) map "
