@@ -42,7 +42,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from concilium.explain import params as P
-from concilium.explain.layers import LayerLayout
+from concilium.explain.layers import LayerReader
 from concilium.explain.methods import Chunk, register_method, upsample
 
 _EPS_PP = 1e-6
@@ -72,7 +72,7 @@ def _hooked(layer: nn.Module, replace: Callable[[Tensor], Tensor] | None = None)
         handle.remove()
 
 
-def _layer_of(c: Chunk) -> tuple[nn.Module, LayerLayout]:
+def _layer_of(c: Chunk) -> tuple[nn.Module, LayerReader]:
     if c.layer is None or c.layout is None:
         raise RuntimeError("internal: a layer method got a chunk without its layer")
     return c.layer, c.layout
@@ -239,7 +239,7 @@ def _ablated(raw: Tensor, channels: Tensor, channel_dim: int) -> Tensor:
 def _ablation_scores(c: Chunk, i: int, raw: Tensor, channels: Tensor) -> Tensor:
     """Target logits of image ``i`` with each of ``channels`` ablated at the layer."""
     layer, layout = _layer_of(c)
-    copies = _ablated(raw, channels, layout.channel_dim)
+    copies = _ablated(raw, channels, layout.layout(raw).channel_dim)
     for one_row in (True, False):  # one upstream row (broadcast) first, full copies if refused
         x = c.images[i:i + 1]
         if not one_row:
@@ -266,7 +266,7 @@ def _ablationcam(c: Chunk) -> Tensor:
             base = _score(c, i, c.images[i:i + 1])
         raw = seen[-1].detach()
         grids.append(layout.to_grid(raw))
-        n_channels = raw.shape[layout.channel_dim]
+        n_channels = raw.shape[layout.layout(raw).channel_dim]
         drops = []
         for s in range(0, n_channels, rows):
             channels = torch.arange(s, min(n_channels, s + rows), device=raw.device)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
+import weakref
 from dataclasses import dataclass
 from typing import Literal
 
@@ -77,6 +78,12 @@ def _outputs(model: nn.Module, image: Tensor) -> list[tuple[str, Tensor]]:
     return order
 
 
+#: model -> {image shape: default layer name}: the CNN rule's forward pass runs once per model.
+_DEFAULTS: weakref.WeakKeyDictionary[nn.Module, dict[tuple[int, ...], str]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
 def default_layer(model: nn.Module, image: Tensor) -> str:
     """The default layer of ``model``'s family, found by name and one forward pass of ``image``.
 
@@ -90,6 +97,14 @@ def default_layer(model: nn.Module, image: Tensor) -> str:
     Raises:
         ValueError: no candidate found (the message lists layers to pass as ``layer=``).
     """
+    known = _DEFAULTS.setdefault(model, {})
+    key = tuple(image.shape[1:])
+    if key not in known:
+        known[key] = _default_layer(model, image)
+    return known[key]
+
+
+def _default_layer(model: nn.Module, image: Tensor) -> str:
     names = [n for n, _ in model.named_modules()]
     if _is_swin(model):
         norms = [n for n in names if n.split(".")[-1] in ("norm", "layernorm")]
@@ -198,7 +213,7 @@ class LayerLayout:
 def _channels_last(model: nn.Module, layer: nn.Module, out: Tensor) -> bool:
     """A 4-D output with channels last: the model says so (timm's Swin: ``output_fmt``), or the
     layer normalises the last axis and that axis is not axis 1 (a LayerNorm on NHWC)."""
-    if getattr(model, "output_fmt", None) == "NHWC":
+    if any(getattr(m, "output_fmt", None) == "NHWC" for m in model.modules()):
         return True
     shape = getattr(layer, "normalized_shape", None)
     return (
@@ -207,12 +222,59 @@ def _channels_last(model: nn.Module, layer: nn.Module, out: Tensor) -> bool:
     )
 
 
+def layout_of(model: nn.Module, layer: nn.Module, out: Tensor, hw: tuple[int, int]) -> LayerLayout:
+    """The :class:`LayerLayout` of ``layer`` from one of its outputs ``out`` on ``hw`` images
+    (no forward pass).
+
+    Raises:
+        ValueError: ``out`` is neither a 4-D map nor ``(N, T, D)`` tokens forming a patch grid
+            (naming the shape and what to choose instead).
+    """
+    if out.ndim == 4:
+        if _channels_last(model, layer, out):
+            return LayerLayout("nhwc", 0, (out.shape[1], out.shape[2]))
+        return LayerLayout("nchw", 0, (out.shape[2], out.shape[3]))
+    if out.ndim == 3:
+        prefix, gh, gw = patch_grid(model, out.shape[1], hw)
+        return LayerLayout("tokens", prefix, (gh, gw))
+    raise ValueError(
+        f"the layer's output has shape {tuple(out.shape)}; layer methods need a (N, C, h, w) map "
+        f"or (N, tokens, D) tokens; choose another layer, e.g. one of: {_candidates(model)}"
+    )
+
+
+class LayerReader:
+    """Reads one layer's outputs as ``(N, C, h, w)`` grids; the :class:`LayerLayout` is found
+    from the first output it sees (no extra forward pass) and kept.
+
+    Args:
+        model: the model the layer belongs to (its ``num_prefix_tokens`` and ``output_fmt``
+            are read).
+        layer: the layer.
+        hw: the image size.
+    """
+
+    def __init__(self, model: nn.Module, layer: nn.Module, hw: tuple[int, int]) -> None:
+        self.model, self.layer, self.hw = model, layer, hw
+        self._layout: LayerLayout | None = None
+
+    def layout(self, out: Tensor) -> LayerLayout:
+        """The layout of the layer, from ``out`` (one of its outputs) the first time."""
+        if self._layout is None:
+            self._layout = layout_of(self.model, self.layer, out, self.hw)
+        return self._layout
+
+    def to_grid(self, t: Tensor) -> Tensor:
+        """A raw output of the layer (or its gradient) as ``(N, C, h, w)``."""
+        return self.layout(t).to_grid(t)
+
+
 def layer_layout(model: nn.Module, layer: nn.Module, image: Tensor) -> LayerLayout:
     """The :class:`LayerLayout` of ``layer``, from one forward pass of ``image``'s first row.
 
     Raises:
-        ValueError: the layer returns no tensor, or one that is neither a 4-D map nor ``(N, T,
-            D)`` tokens forming a patch grid (naming the shape and what to choose instead).
+        ValueError: the layer returns no tensor, or one of the wrong shape (see
+            :func:`layout_of`).
     """
     seen: list[object] = []
     handle = layer.register_forward_hook(lambda _m, _i, out: seen.append(out))
@@ -226,15 +288,4 @@ def layer_layout(model: nn.Module, layer: nn.Module, image: Tensor) -> LayerLayo
             "the layer must return one tensor (a feature map or tokens); choose a "
             f"convolutional layer or a block's norm, e.g. one of: {_candidates(model)}"
         )
-    out = seen[-1]
-    if out.ndim == 4:
-        if _channels_last(model, layer, out):
-            return LayerLayout("nhwc", 0, (out.shape[1], out.shape[2]))
-        return LayerLayout("nchw", 0, (out.shape[2], out.shape[3]))
-    if out.ndim == 3:
-        prefix, gh, gw = patch_grid(model, out.shape[1], tuple(image.shape[-2:]))
-        return LayerLayout("tokens", prefix, (gh, gw))
-    raise ValueError(
-        f"the layer's output has shape {tuple(out.shape)}; layer methods need a (N, C, h, w) map "
-        f"or (N, tokens, D) tokens; choose another layer, e.g. one of: {_candidates(model)}"
-    )
+    return layout_of(model, layer, seen[-1], (image.shape[-2], image.shape[-1]))

@@ -40,7 +40,7 @@ from torch import Tensor, nn
 
 from concilium._registry import Registry
 from concilium.explain import params as P
-from concilium.explain.layers import LayerLayout
+from concilium.explain.layers import LayerReader
 from concilium.explain.segments import patches, pixels, superpixels
 
 Kind = Literal["gradient", "perturbation", "control"]
@@ -57,8 +57,8 @@ class Chunk:
         forward_args: extra forward arguments (contrast classes) or ``None``.
         baselines: ``(n, C, H, W)`` baselines, or ``None`` for methods without one.
         layer: the GradCAM layer, or ``None``.
-        layout: how the layer's output maps to ``(n, C, h, w)`` (a
-            :class:`~concilium.explain.layers.LayerLayout`), or ``None``.
+        layout: reads the layer's output as ``(n, C, h, w)`` (a
+            :class:`~concilium.explain.layers.LayerReader`), or ``None``.
         rows: model-input rows per call chosen by the batching plan (memory budget).
         max_rows: the most rows the memory budget allows; knobs that change random draws
             (NoiseTunnel's sample batches) use only this, so seeded results never depend on
@@ -71,7 +71,7 @@ class Chunk:
     forward_args: tuple[Tensor, ...] | None
     baselines: Tensor | None
     layer: nn.Module | None
-    layout: LayerLayout | None
+    layout: LayerReader | None
     rows: int
     max_rows: int
 

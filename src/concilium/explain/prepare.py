@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from concilium._checks import check_images
 from concilium.explain.baselines import BaselineSpec, resolve_baselines
 from concilium.explain.batching import Plan, probe
-from concilium.explain.layers import LayerLayout, layer_layout, resolve_layer
+from concilium.explain.layers import LayerReader, resolve_layer
 from concilium.explain.methods import Chunk
 from concilium.explain.targets import ContrastModel, Target, TargetSpec, resolve_target
 from concilium.models.base import AttributeView
@@ -85,7 +85,7 @@ class Prepared:
         target: the resolved :class:`Target`.
         baselines: ``(N, C, H, W)`` baselines, or ``None``.
         layer: the GradCAM layer module, or ``None``.
-        layout: how that layer's output maps to ``(N, C, h, w)``, or ``None``.
+        layout: reads that layer's output as ``(N, C, h, w)``, or ``None``.
         plan: the batching :class:`Plan`, or ``None``.
     """
 
@@ -109,8 +109,10 @@ class Prepared:
         self.images = images.detach().to(device=device, dtype=dtype)
         base = base_model(model)
         self.layer = resolve_layer(base, layer, self.images) if need_layer else None
-        self.layout: LayerLayout | None = (
-            layer_layout(base, self.layer, self.images) if self.layer is not None else None
+        self.layout: LayerReader | None = (
+            LayerReader(base, self.layer, (self.images.shape[-2], self.images.shape[-1]))
+            if self.layer is not None
+            else None
         )
         self.target: Target = resolve_target(
             model, self.images, targets, labels=labels, attribute_names=attribute_names
