@@ -58,8 +58,10 @@ PARAMS: dict[str, dict[str, Any]] = {
 }
 #: methods whose passes grow with the layer's channels (2048 on ResNet-50, 768 on ViT-B)
 PER_CHANNEL = ("scorecam", "ablationcam")
-#: methods that do not apply to a model family
-NOT_FOR = {"resnet50": {"attention_rollout"}, "vit_b16": {"deeplift", "deeplift_shap", "lrp"}}
+#: methods that do not apply to a model family (torchvision's Bottleneck calls one ReLU module
+#: three times, which Captum's DeepLIFT refuses; ViTs have no rules for DeepLIFT or LRP)
+NOT_FOR = {"resnet50": {"attention_rollout", "deeplift", "deeplift_shap"},
+           "vit_b16": {"deeplift", "deeplift_shap", "lrp"}}
 #: model-bound metrics measured (reduced samples), with their Quantus class where it exists
 METRIC_PARAMS: dict[str, dict[str, Any]] = {
     "faithfulness_correlation": {"nr_runs": 10, "subset_size": 3136},
@@ -255,15 +257,19 @@ def bench_methods(model_name: str, net: nn.Module, images: Tensor, labels: Tenso
                            **params)
 
         lib = library_call(name, net, x, y, params, rows, rows_fwd, layer_name)
-        explain(net, x[:1], y[:1], method=name, **params)  # warm: first-call costs
-        t = now()
-        ours()
-        t_ours = now() - t
-        t_lib = float("nan")
-        if lib is not None:
+        try:
+            explain(net, x[:1], y[:1], method=name, **params)  # warm: first-call costs
             t = now()
-            lib()
-            t_lib = now() - t
+            ours()
+            t_ours = now() - t
+            t_lib = float("nan")
+            if lib is not None:
+                t = now()
+                lib()
+                t_lib = now() - t
+        except Exception as err:  # a method this model cannot take: reported, not fatal
+            print(f"  {model_name:8s} {name:22s} FAILED: {type(err).__name__}: {err}", flush=True)
+            continue
         passes = _passes(name, p, hw, n_channels)
         gradient = spec.kind == "gradient"
         batch = rows if gradient else rows_fwd
