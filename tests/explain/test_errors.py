@@ -31,13 +31,20 @@ def test_wrong_layer_lists_candidates(net, images):
         explain(net, images, "pred", method="gradcam", layer="backbone.9")
 
 
-def test_plain_module_needs_a_layer_for_gradcam(images):
+def test_plain_module_gets_a_logged_default_layer_for_gradcam(images, caplog):
     plain = nn.Sequential(nn.Conv2d(3, 2, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
-    with pytest.raises(ValueError, match=r"no gradcam_layer; pass layer=.*\b0\b"):
-        explain(plain, images, 0, method="gradcam")
-    cam = explain(plain, images, 0, method="gradcam", layer="0", batch_size=4)
-    assert cam.shape == (4, 16, 16)
+    with caplog.at_level("INFO", logger="concilium.explain.layers"):
+        default = explain(plain, images, 0, method="gradcam", batch_size=4)
+    assert "layer methods use layer '1'" in caplog.text  # the last spatial map, before the pool
+    cam = explain(plain, images, 0, method="gradcam", layer="1", batch_size=4)
+    assert torch.equal(default, cam) and cam.shape == (4, 16, 16)
     assert hook_counts(plain) == {}
+
+
+def test_a_model_without_any_feature_map_needs_a_layer(images):
+    flat = nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 2))
+    with pytest.raises(ValueError, match=r"no default layer.*pass layer="):
+        explain(flat, images, 0, method="gradcam")
 
 
 @pytest.mark.parametrize("target", [3, -1, torch.tensor([0, 1, 2, 5]), "contrast:7", "attr:4"])

@@ -24,7 +24,9 @@ FAST = {
     "kernel_shap": {"n_samples": 16, "n_segments": 8},
     "feature_ablation": {"patch": 4},
 }
-ALL = METHODS.names()
+ALL = [m for m in METHODS.names() if METHODS.get(m).architectures == "any"]
+#: Methods for ViTs only (attention rollout): checked on a tiny timm ViT below.
+VIT_ONLY = [m for m in METHODS.names() if METHODS.get(m).architectures == "vit"]
 STOCHASTIC = [m for m in ALL if METHODS.get(m).stochastic]
 
 #: The methods the issue asked for: removing one is a regression (adding one is not).
@@ -32,11 +34,15 @@ ISSUE_METHODS = {
     "saliency", "input_x_gradient", "integrated_gradients", "gradient_shap", "smoothgrad",
     "vargrad", "deeplift", "deeplift_shap", "guided_backprop", "gradcam", "guided_gradcam",
     "occlusion", "lime", "kernel_shap", "feature_ablation", "random",
+    # issue 14: the CAM family, LRP and attention rollout
+    "gradcam_pp", "xgradcam", "hirescam", "layercam", "scorecam", "eigencam", "ablationcam",
+    "lrp", "attention_rollout",
 }
 
 
 def test_the_issue_methods_are_registered():
-    assert ISSUE_METHODS <= set(ALL)
+    assert ISSUE_METHODS <= set(METHODS.names())
+    assert set(ALL) | set(VIT_ONLY) == set(METHODS.names())
 
 
 @pytest.mark.parametrize("method", sorted(FAST))
@@ -45,7 +51,7 @@ def test_fast_parameters_name_real_methods_and_parameters(method):
     method_params(method, **FAST[method])  # raises on a stale parameter name
 
 
-@pytest.mark.parametrize("method", ALL)
+@pytest.mark.parametrize("method", METHODS.names())
 def test_metadata_is_consistent(method):
     spec = METHODS.get(method)
     assert spec.name == method
@@ -188,3 +194,31 @@ def test_global_random_state_is_restored_after_an_exception(method, images, make
                 generator=torch.Generator().manual_seed(0), **FAST.get(method, {}))
     handle.remove()
     _assert_same_state(before, _global_state())
+
+
+def _tiny_vit():
+    import timm
+
+    torch.manual_seed(0)
+    return timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=3,
+                             img_size=16, patch_size=4, depth=2, embed_dim=16, num_heads=2)
+
+
+@pytest.mark.parametrize("method", VIT_ONLY)
+def test_vit_methods_shape_determinism_hooks_and_mode(method, images):
+    model = _tiny_vit()
+    model.train()
+    maps = explain(model, images, "pred", method=method, batch_size=16, **FAST.get(method, {}))
+    assert maps.shape == (4, 16, 16) and maps.dtype == torch.float32
+    assert torch.isfinite(maps).all()
+    assert torch.equal(maps, explain(model, images, "pred", method=method, batch_size=3,
+                                     **FAST.get(method, {})))
+    assert hook_counts(model) == {}
+    assert model.training and all(m.training for m in model.modules())
+
+
+@pytest.mark.parametrize("method", VIT_ONLY)
+def test_vit_methods_refuse_a_cnn_clearly(method, net, images):
+    with pytest.raises(ValueError, match="ViT"):
+        explain(net, images, "pred", method=method, batch_size=16)
+    assert hook_counts(net) == {}

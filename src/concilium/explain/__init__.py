@@ -19,14 +19,19 @@ from concilium.explain.baselines import (
     resolve_baselines,
 )
 from concilium.explain.batching import Plan, probe
+from concilium.explain.cam import GRADIENT_CAMS
 from concilium.explain.engine import explain, explain_many, reduce_channels
+from concilium.explain.layers import LayerLayout, conv_layers, default_layer, resolve_layer
+from concilium.explain.lrp import canonizers
 from concilium.explain.methods import METHODS, MethodSpec, method_params
-from concilium.explain.prepare import Prepared, conv_layers, resolve_layer
+from concilium.explain.prepare import Prepared
+from concilium.explain.rollout import rollout
 from concilium.explain.shared_pass import SHARED_PASS
 from concilium.explain.targets import ContrastModel, Target, contrast_target, resolve_target
 from concilium.vocabulary import REDUCTIONS
 
 __all__ = [
+    "GRADIENT_CAMS",
     "BASELINES",
     "METHODS",
     "REDUCTIONS",
@@ -35,6 +40,7 @@ __all__ = [
     "BlackBaseline",
     "BlurBaseline",
     "ContrastModel",
+    "LayerLayout",
     "MeanBaseline",
     "MethodSpec",
     "Plan",
@@ -44,8 +50,10 @@ __all__ = [
     "UniformBaseline",
     "ZeroBaseline",
     "baseline_name",
+    "canonizers",
     "contrast_target",
     "conv_layers",
+    "default_layer",
     "explain",
     "explain_many",
     "method_params",
@@ -55,4 +63,5 @@ __all__ = [
     "resolve_baselines",
     "resolve_layer",
     "resolve_target",
+    "rollout",
 ]

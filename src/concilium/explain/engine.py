@@ -204,7 +204,7 @@ def explain(
             need one. A provider is called with the explained classes, or with the contrast
             classes ``t`` for a ``"contrast:<t>"`` target (a counterfactual of class ``t``).
         batch_size: model-input rows per call; ``None`` (default) chooses automatically from
-            ``memory_budget_mb`` and a cached timing probe.
+            ``memory_budget_mb`` (never from timing, see :mod:`concilium.explain.batching`).
         memory_budget_mb: memory the activations of one call may use (default 1024).
         generator: seeds stochastic methods (one draw, then per-image seeds, so results do not
             depend on batching); ``None`` draws that one seed from torch's global generator.

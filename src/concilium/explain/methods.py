@@ -27,12 +27,10 @@ from captum.attr import (
     FeatureAblation,
     GradientShap,
     GuidedBackprop,
-    GuidedGradCam,
     InputXGradient,
     IntegratedGradients,
     KernelShap,
     LayerAttribution,
-    LayerGradCam,
     Lime,
     NoiseTunnel,
     Occlusion,
@@ -42,6 +40,7 @@ from torch import Tensor, nn
 
 from concilium._registry import Registry
 from concilium.explain import params as P
+from concilium.explain.layers import LayerReader
 from concilium.explain.segments import patches, pixels, superpixels
 
 Kind = Literal["gradient", "perturbation", "control"]
@@ -58,7 +57,9 @@ class Chunk:
         forward_args: extra forward arguments (contrast classes) or ``None``.
         baselines: ``(n, C, H, W)`` baselines, or ``None`` for methods without one.
         layer: the GradCAM layer, or ``None``.
-        rows: model-input rows per call chosen by the batching plan (timing probe).
+        layout: reads the layer's output as ``(n, C, h, w)`` (a
+            :class:`~concilium.explain.layers.LayerReader`), or ``None``.
+        rows: model-input rows per call chosen by the batching plan (memory budget).
         max_rows: the most rows the memory budget allows; knobs that change random draws
             (NoiseTunnel's sample batches) use only this, so seeded results never depend on
             timing.
@@ -70,6 +71,7 @@ class Chunk:
     forward_args: tuple[Tensor, ...] | None
     baselines: Tensor | None
     layer: nn.Module | None
+    layout: LayerReader | None
     rows: int
     max_rows: int
 
@@ -94,6 +96,9 @@ class MethodSpec:
         passes: model passes per image ``(params, (H, W)) -> int``, the lower-bound unit.
         run: attributes one :class:`Chunk`.
         description: one line for listings.
+        per_layer_channel: ``passes`` counts per channel of the method's layer (ScoreCAM and
+            AblationCAM: one forward per channel, on top of one plain forward).
+        architectures: ``"any"`` model, or ``"vit"`` only (attention rollout).
     """
 
     name: str
@@ -108,6 +113,8 @@ class MethodSpec:
     run: Callable[[Chunk, P.MethodParams], Tensor]
     description: str
     groupable: bool = False
+    per_layer_channel: bool = False
+    architectures: Literal["any", "vit"] = "any"
 
     def defaults(self) -> dict[str, object]:
         """The default parameters."""
@@ -142,7 +149,7 @@ def _n_samples(p: Any, _hw: tuple[int, int]) -> int:
     return p.n_samples
 
 
-def _register(
+def register_method(
     *,
     name: str,
     captum_class: str,
@@ -155,6 +162,8 @@ def _register(
     passes: Callable[[P.MethodParams, tuple[int, int]], int],
     description: str,
     groupable: bool = False,
+    per_layer_channel: bool = False,
+    architectures: Literal["any", "vit"] = "any",
 ) -> Callable[[Callable], Callable]:
     """Register the decorated ``run`` function as method ``name`` (fields: :class:`MethodSpec`)."""
 
@@ -163,7 +172,8 @@ def _register(
             name=name, captum_class=captum_class, params=params, kind=kind,
             needs_baseline=needs_baseline, needs_layer=needs_layer, stochastic=stochastic,
             per_channel=per_channel, passes=passes, run=run, description=description,
-            groupable=groupable,
+            groupable=groupable, per_layer_channel=per_layer_channel,
+            architectures=architectures,
         ))
         return run
 
@@ -188,7 +198,7 @@ def _plain_captum(
     return run
 
 
-@_register(
+@register_method(
     name="saliency", captum_class="captum.attr.Saliency", params=P.SaliencyParams,
     kind="gradient", needs_baseline=False, needs_layer=False, stochastic=False, per_channel=True,
     passes=_one, description="gradient of the target logit (absolute by default)",
@@ -199,14 +209,14 @@ def _saliency(c: Chunk, p: P.SaliencyParams) -> Tensor:
     )
 
 
-_register(
+register_method(
     name="input_x_gradient", captum_class="captum.attr.InputXGradient", params=P.NoParams,
     kind="gradient", needs_baseline=False, needs_layer=False, stochastic=False, per_channel=True,
     passes=_one, description="input times gradient",
 )(_plain_captum(InputXGradient, with_baselines=False))
 
 
-@_register(
+@register_method(
     name="integrated_gradients", captum_class="captum.attr.IntegratedGradients",
     params=P.IntegratedGradientsParams, kind="gradient", needs_baseline=True, needs_layer=False,
     stochastic=False, per_channel=True, passes=lambda p, hw: p.n_steps,
@@ -220,7 +230,7 @@ def _integrated_gradients(c: Chunk, p: P.IntegratedGradientsParams) -> Tensor:
     )
 
 
-@_register(
+@register_method(
     name="gradient_shap", captum_class="captum.attr.GradientShap", params=P.GradientShapParams,
     kind="gradient", needs_baseline=True, needs_layer=False, stochastic=True, per_channel=True,
     passes=_n_samples,
@@ -241,7 +251,7 @@ def _noise_tunnel(c: Chunk, p: P.NoiseTunnelParams, nt_type: str, abs_: bool) ->
     )
 
 
-@_register(
+@register_method(
     name="smoothgrad", captum_class="captum.attr.NoiseTunnel", params=P.SmoothGradParams,
     kind="gradient", needs_baseline=False, needs_layer=False, stochastic=True, per_channel=True,
     passes=_n_samples, groupable=True, description="gradient averaged over noisy copies",
@@ -250,7 +260,7 @@ def _smoothgrad(c: Chunk, p: P.SmoothGradParams) -> Tensor:
     return _noise_tunnel(c, p, "smoothgrad", p.abs)
 
 
-@_register(
+@register_method(
     name="vargrad", captum_class="captum.attr.NoiseTunnel", params=P.NoiseTunnelParams,
     kind="gradient", needs_baseline=False, needs_layer=False, stochastic=True, per_channel=True,
     passes=_n_samples, groupable=True, description="variance of the gradient over noisy copies",
@@ -259,14 +269,14 @@ def _vargrad(c: Chunk, p: P.NoiseTunnelParams) -> Tensor:
     return _noise_tunnel(c, p, "vargrad", False)
 
 
-_register(
+register_method(
     name="deeplift", captum_class="captum.attr.DeepLift", params=P.NoParams, kind="gradient",
     needs_baseline=True, needs_layer=False, stochastic=False, per_channel=True,
     passes=lambda p, hw: 2, description="DeepLIFT (rescale rule) against the baseline",
 )(_plain_captum(DeepLift, with_baselines=True))
 
 
-@_register(
+@register_method(
     name="deeplift_shap", captum_class="captum.attr.DeepLiftShap", params=P.DeepLiftShapParams,
     kind="gradient", needs_baseline=True, needs_layer=False, stochastic=True, per_channel=True,
     passes=lambda p, hw: 2 * p.n_samples,
@@ -285,7 +295,7 @@ def _deeplift_shap(c: Chunk, p: P.DeepLiftShapParams) -> Tensor:
     )
 
 
-_register(
+register_method(
     name="guided_backprop", captum_class="captum.attr.GuidedBackprop", params=P.NoParams,
     kind="gradient", needs_baseline=False, needs_layer=False, stochastic=False, per_channel=True,
     passes=_one, description="guided backpropagation (positive gradients through ReLUs)",
@@ -295,31 +305,6 @@ _register(
 def upsample(attr: Tensor, size: tuple[int, int], mode: str) -> Tensor:
     """Captum's layer-attribution upsampling to the input size."""
     return LayerAttribution.interpolate(attr, size, interpolate_mode=mode)
-
-
-@_register(
-    name="gradcam", captum_class="captum.attr.LayerGradCam", params=P.GradCamParams,
-    kind="gradient", needs_baseline=False, needs_layer=True, stochastic=False, per_channel=False,
-    passes=_one, description="GradCAM on a convolutional layer, upsampled to the image",
-)
-def _gradcam(c: Chunk, p: P.GradCamParams) -> Tensor:
-    attr = LayerGradCam(c.module, c.layer).attribute(
-        c.images, target=c.classes, additional_forward_args=c.forward_args,
-        relu_attributions=p.relu,
-    )
-    return upsample(attr, tuple(c.images.shape[-2:]), p.interpolation)
-
-
-@_register(
-    name="guided_gradcam", captum_class="captum.attr.GuidedGradCam", params=P.GuidedGradCamParams,
-    kind="gradient", needs_baseline=False, needs_layer=True, stochastic=False, per_channel=True,
-    passes=lambda p, hw: 2, description="guided backpropagation times GradCAM",
-)
-def _guided_gradcam(c: Chunk, p: P.GuidedGradCamParams) -> Tensor:
-    return GuidedGradCam(c.module, c.layer).attribute(
-        c.images, target=c.classes, additional_forward_args=c.forward_args,
-        interpolate_mode=p.interpolation,
-    )
 
 
 def _windows(p: P.OcclusionParams, hw: tuple[int, int]) -> tuple[int, int, int, int]:
@@ -333,7 +318,7 @@ def _occlusion_passes(p: P.OcclusionParams, hw: tuple[int, int]) -> int:
     return ((hw[0] - wh) // sh + 1) * ((hw[1] - ww) // sw + 1) + 1
 
 
-@_register(
+@register_method(
     name="occlusion", captum_class="captum.attr.Occlusion", params=P.OcclusionParams,
     kind="perturbation", needs_baseline=True, needs_layer=False, stochastic=False,
     per_channel=False, passes=_occlusion_passes,
@@ -360,7 +345,7 @@ def _superpixel_run(explainer: Lime | KernelShap, c: Chunk, p: P.SuperpixelParam
     return attr[:, :1]
 
 
-@_register(
+@register_method(
     name="lime", captum_class="captum.attr.Lime", params=P.LimeParams,
     kind="perturbation", needs_baseline=True, needs_layer=False, stochastic=True,
     per_channel=False, passes=_n_samples,
@@ -385,7 +370,7 @@ def _lime_similarity(kernel_width: float) -> Callable[..., float]:
     return similarity
 
 
-@_register(
+@register_method(
     name="kernel_shap", captum_class="captum.attr.KernelShap", params=P.SuperpixelParams,
     kind="perturbation", needs_baseline=True, needs_layer=False, stochastic=True,
     per_channel=False, passes=_n_samples,
@@ -402,7 +387,7 @@ def _ablation_passes(p: P.FeatureAblationParams, hw: tuple[int, int]) -> int:
     return -(-hw[0] // size) * -(-hw[1] // size) + 1
 
 
-@_register(
+@register_method(
     name="feature_ablation", captum_class="captum.attr.FeatureAblation",
     params=P.FeatureAblationParams, kind="perturbation", needs_baseline=True, needs_layer=False,
     stochastic=False, per_channel=False, passes=_ablation_passes,
@@ -421,7 +406,7 @@ def _feature_ablation(c: Chunk, p: P.FeatureAblationParams) -> Tensor:
     return attr[:, :1]
 
 
-@_register(
+@register_method(
     name="random", captum_class="", params=P.RandomParams, kind="control", needs_baseline=False,
     needs_layer=False, stochastic=True, per_channel=False, passes=lambda p, hw: 0,
     description="a seeded random map: the control every method should beat",

@@ -116,6 +116,45 @@ class GuidedGradCamParams(MethodParams):
     interpolation: Literal["bilinear", "nearest", "bicubic"] = "bilinear"
 
 
+class LrpParams(MethodParams):
+    """Layer-wise relevance propagation through zennit (Bach et al.; Montavon et al.).
+
+    Attributes:
+        composite: ``"epsilon_plus_flat"`` (default: flat rule on the first layer, z+ on the
+            convolutions, epsilon on the dense layers) or ``"epsilon_gamma_box"`` (z-box on the
+            first convolution, gamma on the others, epsilon on the dense layers).
+        canonizer: ``"auto"`` (default: zennit's ResNet canonizer when the model has torchvision
+            residual blocks, else batch-norm merging when it has batch norms, else none),
+            ``"resnet"``, ``"vgg"`` (batch norms merged into the preceding layer) or ``"none"``.
+        epsilon: the epsilon rule's stabiliser (default 1e-6).
+        gamma: the gamma rule's parameter (``epsilon_gamma_box``; default 0.25).
+        low: lowest value of the first convolution's input (``epsilon_gamma_box``; default 0.0,
+            images in ``[0, 1]``; give the normalised bound when the model normalises inside).
+        high: highest such value (default 1.0).
+    """
+
+    composite: Literal["epsilon_plus_flat", "epsilon_gamma_box"] = "epsilon_plus_flat"
+    canonizer: Literal["auto", "resnet", "vgg", "none"] = "auto"
+    epsilon: float = Field(1e-6, gt=0)
+    gamma: float = Field(0.25, ge=0)
+    low: float = 0.0
+    high: float = 1.0
+
+
+class RolloutParams(MethodParams):
+    """Attention rollout for ViTs (Abnar & Zuidema, 2020): the class token's row of the product,
+    over the blocks, of each block's head-fused attention plus the identity, rows normalised.
+
+    Attributes:
+        head_fusion: how the heads of a block are fused: ``"mean"`` (default), ``"max"`` or
+            ``"min"``.
+        interpolation: upsampling mode of the patch map (default ``"bilinear"``).
+    """
+
+    head_fusion: Literal["mean", "max", "min"] = "mean"
+    interpolation: Literal["bilinear", "nearest", "bicubic"] = "bilinear"
+
+
 class OcclusionParams(MethodParams):
     """Occlusion (Zeiler & Fergus): slide a baseline-filled square over the image.
 

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from concilium._checks import check_images
 from concilium.explain.baselines import BaselineSpec, resolve_baselines
 from concilium.explain.batching import Plan, probe
+from concilium.explain.layers import LayerReader, resolve_layer
 from concilium.explain.methods import Chunk
 from concilium.explain.targets import ContrastModel, Target, TargetSpec, resolve_target
 from concilium.models.base import AttributeView
@@ -62,39 +63,6 @@ def base_model(module: nn.Module) -> nn.Module:
     return module.model if isinstance(module, ContrastModel | AttributeView) else module
 
 
-def conv_layers(model: nn.Module) -> list[str]:
-    """Names of the convolutional layers of ``model`` (GradCAM candidates)."""
-    convs = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-    return [n for n, m in model.named_modules() if isinstance(m, convs)]
-
-
-def resolve_layer(model: nn.Module, layer: str | nn.Module | None) -> nn.Module:
-    """The GradCAM layer: ``layer`` (a dotted name or a module of ``model``) or the model's
-    documented ``gradcam_layer``.
-
-    Raises:
-        ValueError: if no layer is given and the model documents none, or the name matches no
-            module (the message lists the convolutional layers).
-    """
-    if isinstance(layer, nn.Module):
-        if not any(m is layer for m in model.modules()):
-            raise ValueError("layer= is a module that is not part of the model; pass one of its modules")
-        return layer
-    name = layer if layer is not None else getattr(model, "gradcam_layer", None)
-    modules = dict(model.named_modules())
-    if name is None:
-        raise ValueError(
-            "this model documents no gradcam_layer; pass layer=<name>, e.g. one of the "
-            f"convolutional layers: {', '.join(conv_layers(model)) or '(none found)'}"
-        )
-    if not isinstance(name, str) or name not in modules or name == "":
-        raise ValueError(
-            f"layer {name!r} matches no module of the model; convolutional layers: "
-            f"{', '.join(conv_layers(model)) or '(none found)'}"
-        )
-    return modules[name]
-
-
 class Prepared:
     """Everything resolved for one call: images on the device, target, baselines, layer, plan.
 
@@ -117,6 +85,7 @@ class Prepared:
         target: the resolved :class:`Target`.
         baselines: ``(N, C, H, W)`` baselines, or ``None``.
         layer: the GradCAM layer module, or ``None``.
+        layout: reads that layer's output as ``(N, C, h, w)``, or ``None``.
         plan: the batching :class:`Plan`, or ``None``.
     """
 
@@ -139,7 +108,12 @@ class Prepared:
         device, dtype = model_device_dtype(model, images)
         self.images = images.detach().to(device=device, dtype=dtype)
         base = base_model(model)
-        self.layer = resolve_layer(base, layer) if need_layer else None
+        self.layer = resolve_layer(base, layer, self.images) if need_layer else None
+        self.layout: LayerReader | None = (
+            LayerReader(base, self.layer, (self.images.shape[-2], self.images.shape[-1]))
+            if self.layer is not None
+            else None
+        )
         self.target: Target = resolve_target(
             model, self.images, targets, labels=labels, attribute_names=attribute_names
         )
@@ -170,6 +144,7 @@ class Prepared:
             forward_args=args,
             baselines=None if self.baselines is None else self.baselines[start:stop],
             layer=self.layer,
+            layout=self.layout,
             rows=rows,
             max_rows=self.plan.max_rows if self.plan is not None else rows,
         )

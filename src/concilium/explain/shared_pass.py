@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from concilium.explain.batching import images_per_chunk
+from concilium.explain.cam import cam_from_gradients
 from concilium.explain.methods import upsample
 from concilium.explain.params import GradCamParams, MethodParams, SaliencyParams
 from concilium.explain.prepare import Prepared
@@ -86,9 +87,10 @@ def shared_pass(prep: Prepared, wanted: dict[str, MethodParams]) -> dict[str, Te
             gp = wanted["gradcam"]
             if not isinstance(gp, GradCamParams):
                 raise RuntimeError("internal: gradcam params of the wrong type")
-            act, dact = acts["act"].detach(), grads[1].detach()
-            weights = dact.mean(dim=tuple(range(2, dact.ndim)), keepdim=True)
-            cam = (weights * act).sum(1, keepdim=True)
+            if prep.layout is None:
+                raise RuntimeError("internal: no layer layout for the shared GradCAM")
+            act, dact = prep.layout.to_grid(acts["act"].detach()), prep.layout.to_grid(grads[1].detach())
+            cam = cam_from_gradients("gradcam", act, dact).unsqueeze(1)
             cam = torch.relu(cam) if gp.relu else cam
             out["gradcam"].append(upsample(cam, hw, gp.interpolation))
     return {m: torch.cat(v) for m, v in out.items()}

@@ -13,8 +13,8 @@ versions), because nothing a chunk's maps depend on changes between processes:
 
 - random numbers: each chunk's generator is seeded by ``(seed, member, first row)``; ``explain``
   draws one base seed from it and mixes in the method name and the image index;
-- batching: the rows per model call (``batch_size``; when not given, chosen by the timing probe
-  of :func:`concilium.explain.probe` once per run and architecture, see
+- batching: the rows per model call (``batch_size``; when not given, chosen from the memory
+  budget by :func:`concilium.explain.probe`, never from timing, once per run and architecture, see
   :func:`concilium.jobs.explain_plan.auto_batch_size`) are recorded in each entry's ``meta`` and reused for that entry when the run resumes, so
   Captum's partial sums add up in the same order;
 - shared passes: whenever a chunk needs any of ``saliency``, ``input_x_gradient``, ``gradcam``,
@@ -126,7 +126,7 @@ def explain_to_store(
         seed: seed of every stochastic choice (per chunk, see the module docstring).
         dtype: storage type, ``"float32"`` or ``"float16"``.
         chunk_size: samples per stored chunk for new entries (default 64).
-        batch_size: model-input rows per call (``None``: the timing probe's choice, made once
+        batch_size: model-input rows per call (``None``: the memory-budget plan's choice, made once
             per run and architecture, see :func:`concilium.jobs.explain_plan.auto_batch_size`).
         device: where the models run.
         meta: extra entry metadata (dataset fingerprint, ...).
@@ -279,8 +279,8 @@ class ExplainOptions(BaseModel):
     split: Split = Field("test", description="the split explained (all: every sample)")
     limit: int | None = Field(None, ge=1, description="explain the first N of the split")
     batch_size: int | None = Field(
-        None, ge=1, description="model-input rows per call (default: the timing probe's "
-                                "choice, recorded per entry)")
+        None, ge=1, description="model-input rows per call (default: the memory-budget "
+                                "plan's choice, recorded per entry)")
     target: str = Field("label", description="label, pred, <int>, attr:<name|index> or "
                                              "contrast:<t>")
     baseline: str = Field(

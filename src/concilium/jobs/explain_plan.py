@@ -118,7 +118,7 @@ def entry_params(
 def auto_batch_size(
     store: ExplanationStore, model: nn.Module, image: Tensor, device: torch.device
 ) -> int:
-    """Rows per model call when the user gives none: the timing probe's choice
+    """Rows per model call when the user gives none: the memory-budget plan's choice
     (:func:`concilium.explain.probe`), made once per run for each architecture, input shape and
     device and kept in the store (``cache_array("auto_batch_size", ...)``), so that every member
     of that architecture, in this process or a resumed one, batches identically."""

@@ -26,7 +26,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from concilium.explain.prepare import resolve_layer
+from concilium.explain.layers import resolve_layer
 from concilium.metrics._common import nan_where
 from concilium.metrics._explainer import Explainer, check_explainer, explain_in_chunks
 from concilium.metrics.perturb import check_batch_size, model_inputs
