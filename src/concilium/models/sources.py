@@ -154,6 +154,11 @@ class SourceKind:
     load: Callable[[Source, Sequence[str] | None], list[Loaded]]
     describe: Callable[[Source], list[dict[str, Any]]]
 
+    @property
+    def description(self) -> str:
+        """What the registry lists: the source string's syntax."""
+        return f"member source {self.syntax}"
+
 
 SOURCE_KINDS: Registry[SourceKind] = Registry("member source kind")
 """The kinds of member source, by prefix (``hf``, ``timm``, ``torchvision``, ``python``,
