@@ -45,6 +45,8 @@ class StorageError(OSError):
     The message names the path and the fix; finished work stays on disk, so the same command
     resumes once the cause is gone. The CLI prints it as one line and exits with status 1."""
 
+    cli_exit_status = 1
+
 
 _NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
 _NO_ACCESS = {errno.EACCES, errno.EPERM, errno.EROFS}

@@ -38,6 +38,7 @@ from concilium.metrics.perturb import model_device
 from concilium.metrics.registry import METRICS, metrics_in
 from concilium.metrics.shared import shared_passes
 from concilium.store import ResultsTable, Run, group_rows, metric_params_hash
+from concilium.store.lock import holds_run_lock
 from concilium.vocabulary import SPLITS, Split
 
 log = logging.getLogger(__name__)
@@ -135,6 +136,7 @@ def _explainer(
     return explainer
 
 
+@holds_run_lock
 def evaluate_run(
     run_dir: str | Path,
     metrics: Sequence[str],

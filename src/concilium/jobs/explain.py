@@ -52,6 +52,7 @@ from concilium.jobs.explain_plan import (
     plan_members,
 )
 from concilium.models.members import load_members
+from concilium.store.lock import holds_run_lock
 from concilium.store.manifest import RUN_FILE, DatasetSpec, RunInfo, select_split
 from concilium.store.store import ExplanationStore
 from concilium.store.writer import ChunkWriter
@@ -336,6 +337,7 @@ def check_methods(methods: Sequence[str], params: Mapping[str, Mapping[str, Any]
             raise ValueError(f"params.{m}: {err}") from None
 
 
+@holds_run_lock
 def explain_run(
     out: str | Path,
     *,

@@ -27,6 +27,7 @@ from concilium._util import atomic_write_text
 from concilium.pipeline.config import ExperimentConfig
 from concilium.pipeline.context import Context, Stage
 from concilium.pipeline.stages import STAGES
+from concilium.store.lock import run_lock
 
 STAGES_FILE = "stages.json"
 Status = Literal["done", "running", "failed"]
@@ -145,6 +146,12 @@ def run_pipeline(
                              "device = \"cpu\" in the experiment")
     run_dir = Path(out)
     ctx = Context(config=config, out=run_dir, console=console or Console(stderr=True))
+    with run_lock(run_dir):  # one writer per run; the stages' jobs take it again
+        return _run_stages(config, run_dir, stages, ctx)
+
+
+def _run_stages(config: ExperimentConfig, run_dir: Path, stages: list[Stage], ctx: Context
+                ) -> list[StageResult]:
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "experiment.json", config.model_dump_json(indent=2))
     state = read_state(run_dir)
