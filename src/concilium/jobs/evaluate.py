@@ -152,6 +152,7 @@ def evaluate_run(
     chunk: int = DEFAULT_CHUNK,
     shared: bool = True,
     progress: Callable[[str], None] | None = None,
+    on_group: Callable[[int, int], None] | None = None,
 ) -> EvaluateReport:
     """Compute ``metrics`` for every complete entry of ``RUN/explanations.zarr`` and append the
     rows to ``RUN/results/metrics.parquet`` (+ ``.csv``), one write per finished explanation;
@@ -182,6 +183,8 @@ def evaluate_run(
             entry). ``False`` computes every metric on its own (same values; the reference of
             ``benchmarks/shared_engine.py``).
         progress: called with one line per finished group.
+        on_group: called with ``(groups done, groups in all)`` after each (entry, metric)
+            group, computed, skipped or found in the table (progress displays).
 
     Returns:
         An :class:`EvaluateReport`.
@@ -216,6 +219,7 @@ def evaluate_run(
     done = table.done_groups()
     by_id = {card.member_id: model for model, card in members}
     warned: set[str] = set()  # entries warned about being scored in-sample
+    groups_total, groups_done = len(entries) * len(metrics), 0
     for _, row in entries.iterrows():
         entry = store.get(row.source, row.method, row.params_hash)
         maps = None
@@ -236,6 +240,9 @@ def evaluate_run(
         metric_seed = entry_metric_seed(seed, row.source, row.method, row.params_hash)
         with shared_passes() if shared else contextlib.nullcontext():
             for metric in metrics:
+                if on_group is not None and groups_done:
+                    on_group(groups_done, groups_total)
+                groups_done += 1
                 spec = METRICS.get(metric)
                 mparams = params.get(metric, {})
                 phash, pjson = metric_params_hash(metric, mparams, mask=mask)
@@ -317,6 +324,8 @@ def evaluate_run(
                     progress(f"{what}: mean {mean} over {finite.numel()}/{scores.numel()} samples")
         if finished:
             table.append(pd.concat(finished, ignore_index=True))
+        if on_group is not None:
+            on_group(groups_done, groups_total)
     return report
 
 

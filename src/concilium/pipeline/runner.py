@@ -23,6 +23,7 @@ import torch
 from rich.console import Console
 
 from concilium import __version__
+from concilium._progress import heartbeat
 from concilium._util import atomic_write_text
 from concilium.pipeline.config import ExperimentConfig
 from concilium.pipeline.context import Context, Stage
@@ -176,7 +177,8 @@ def _run_stages(config: ExperimentConfig, run_dir: Path, stages: list[Stage], ct
         write_state(run_dir, state)
         ctx.console.print(f"[bold]{stage.name}[/]: {stage.describe(config)}")
         try:
-            summary = _canonical(dict(stage.run(ctx) or {}))
+            with heartbeat(stage.name, console=ctx.console, spinner=False):  # a line every 30 s
+                summary = _canonical(dict(stage.run(ctx) or {}))
         except BaseException as err:
             state[stage.name].update(status="failed", error=f"{type(err).__name__}: {err}",
                                      seconds=round(time.perf_counter() - started, 3))
