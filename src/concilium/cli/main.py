@@ -61,7 +61,10 @@ def main() -> None:
                 _interrupted()
             sys.exit(1)
         raise
-    # Without standalone mode, click returns the code of a ``typer.Exit`` instead of exiting.
+    # Without standalone mode, click returns the code of a ``typer.Exit`` instead of exiting;
+    # typer turns Ctrl-C into ``Exit(130)``.
+    if code == INTERRUPTED:
+        _interrupted()
     if isinstance(code, int) and not isinstance(code, bool):
         sys.exit(code)
 
