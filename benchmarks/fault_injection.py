@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import multiprocessing
 import os
 import shutil
@@ -90,9 +91,10 @@ def make_inputs(root: Path, *, n: int, size: int = 32, seed: int = 0) -> tuple[P
 def argv(command: str, run: Path, data: Path, models: Path) -> list[str]:
     """The command line of ``command`` on ``run``."""
     if command == "explain":
+        params = (["--param", "integrated_gradients.n_steps=16"]
+                  if "integrated_gradients" in METHODS.split(",") else [])
         return ["explain", str(data), "--models", str(models), "--out", str(run), "--methods",
-                METHODS, "--split", "all", "--chunk-size", "4", "--batch-size", "8",
-                "--param", "integrated_gradients.n_steps=16"]
+                METHODS, "--split", "all", "--chunk-size", "4", "--batch-size", "8", *params]
     if command == "ensemble":
         return ["ensemble", str(run), "--kind", "ens-avg"]
     return ["evaluate", str(run), "--metrics", METRICS, "--split", "all"]
@@ -244,7 +246,7 @@ def _reference_after(command: str, snapshots: dict[str, Path]) -> Path:
 
 
 def run_trials(kills: int, *, seed: int, n: int, work: Path,
-               echo=print) -> tuple[list[Trial], dict[str, float]]:
+               echo=functools.partial(print, flush=True)) -> tuple[list[Trial], dict[str, float]]:
     data, models = make_inputs(work, n=n, seed=seed)
     snapshots, durations = prepare_reference(work, data, models)
     echo("uninterrupted: " + ", ".join(f"{c} {s:.1f} s" for c, s in durations.items()))
