@@ -35,7 +35,7 @@ ROOT = "concilium"
 
 #: Layer of every top-level module or package, lowest first.
 LAYERS: dict[str, int] = {
-    "_checks": 0, "_options": 0, "_registry": 0, "_util": 0, "vocabulary": 0,
+    "_checks": 0, "_options": 0, "_progress": 0, "_registry": 0, "_util": 0, "vocabulary": 0,
     "data": 1,
     "models": 2,
     "explain": 3,

@@ -1,4 +1,4 @@
-"""Small shared helpers, each defined once: atomic writes, JSON records, seed derivation,
+"""Small shared helpers, each defined once: atomic writes and storage errors, JSON records, seed derivation,
 fingerprints.
 
 Example:
@@ -10,11 +10,13 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import math
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
@@ -38,26 +40,79 @@ def derive_seed(*parts: object) -> int:
     return int.from_bytes(digest[:8], "little") & _SEED_MASK
 
 
-def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it onto ``path``.
+class StorageError(OSError):
+    """The disk refused a write: no space left, a quota, no permission, a read-only file system.
+    The message names the path and the fix; finished work stays on disk, so the same command
+    resumes once the cause is gone. The CLI prints it as one line and exits with status 1."""
 
-    A reader sees the old file or the new one, never a partial one; the temporary file is removed
-    if ``write`` raises. The parent folder is created if needed.
+    cli_exit_status = 1
+
+
+_NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
+_NO_ACCESS = {errno.EACCES, errno.EPERM, errno.EROFS}
+
+
+@contextlib.contextmanager
+def storage_errors(path: str | Path) -> Iterator[None]:
+    """Turn a full disk or an unwritable path met inside the block into a :class:`StorageError`
+    naming the path (the failing file's, else ``path``) and what to do; other errors pass."""
+    try:
+        yield
+    except StorageError:
+        raise
+    except OSError as err:
+        where = err.filename or path
+        if err.errno in _NO_SPACE:
+            raise StorageError(
+                err.errno, f"no space left on the device (or disk quota exceeded) writing {where}; "
+                "free space there and re-run the same command: finished work is kept and only "
+                "the rest is computed", str(where)) from err
+        if err.errno in _NO_ACCESS:
+            raise StorageError(
+                err.errno, f"cannot write {where} ({os.strerror(err.errno)}); make it writable or "
+                "choose another output folder, then re-run the same command", str(where)) from err
+        raise
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:
+    """Call ``write(tmp)`` on a temporary file beside ``path``, flush it to the disk (fsync), then
+    rename it onto ``path`` and fsync the folder.
+
+    A reader sees the old file or the new one, never a partial one, even after a kill or a power
+    cut mid-write; the temporary file is removed if ``write`` raises. The parent folder is created
+    if needed.
 
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        StorageError: the disk is full or the folder is not writable (naming the path).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with storage_errors(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        try:
+            write(Path(tmp))
+            _fsync(tmp)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        _fsync(path.parent)
     return path
+
+
+def _fsync(path: str | Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError as err:  # some file systems cannot fsync a folder
+        if err.errno not in (errno.EINVAL, errno.EBADF):
+            raise
+    finally:
+        os.close(fd)
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

@@ -25,7 +25,11 @@ def audit_command(run: Path, **flags: Any) -> None:
     """Per-class quality, bias and anonymisation audits of a run."""
     from rich.console import Console
 
-    tables = run_audit(run, given_options(flags, AuditOptions, what="the audit"))
+    from concilium._progress import heartbeat
+
+    options = given_options(flags, AuditOptions, what="the audit")
+    with heartbeat("audit"):
+        tables = run_audit(run, options)
     console = Console()
     for name, table in tables.items():
         flagged = int(table["flagged"].sum()) if "flagged" in table else None

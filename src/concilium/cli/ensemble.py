@@ -24,8 +24,11 @@ def ensemble_command(run: Path, kind: str, **flags: Any) -> None:
     """Ensemble a run's explanations and store the result as a new source."""
     from rich.console import Console
 
+    from concilium._progress import heartbeat
+
     options = given_options(flags, ENSEMBLERS.get(kind).options, what=f"--kind {kind}")
-    result = run_ensemble(run, kind, options)
+    with heartbeat(f"ensemble {kind}"):
+        result = run_ensemble(run, kind, options)
     console = Console()
     for entry in result.entries:
         console.print(f"wrote [bold]{entry.source}[/]/{entry.method}/{entry.params_hash} "

@@ -48,6 +48,7 @@ def evaluate(
     """Compute metrics for every explanation in RUN and print mean and 95% CI per source."""
     from rich.console import Console
 
+    from concilium._progress import progress_display
     from concilium.jobs.evaluate import evaluate_run, load_metric_params
     from concilium.metrics.registry import metrics_in
     from concilium.metrics.tables import summarise
@@ -60,17 +61,20 @@ def evaluate(
     metric_params = load_metric_params(params, names)
     if device is not None:
         check_device(device)
-    report = evaluate_run(
-        run,
-        names,
-        params=metric_params,
-        mask=mask,
-        split=split,  # type: ignore[arg-type]
-        device=device,
-        batch_size=batch_size,
-        seed=seed,
-        progress=lambda line: console.print(f"  {line}"),
-    )
+    with progress_display(console=Console(stderr=True), unit="groups") as display:
+        task = display.add_task("evaluating", total=None)
+        report = evaluate_run(
+            run,
+            names,
+            params=metric_params,
+            mask=mask,
+            split=split,  # type: ignore[arg-type]
+            device=device,
+            batch_size=batch_size,
+            seed=seed,
+            progress=lambda line: display.console.print(f"  {line}", markup=False),
+            on_group=lambda done, total: display.update(task, completed=done, total=total),
+        )
     for note in report.notes:
         console.print(f"[yellow]note:[/] {note}")
     for warning in report.in_sample:

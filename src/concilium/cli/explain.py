@@ -171,13 +171,13 @@ def _run_with_progress(console, out, dataset, models, options, *, device):
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
-        Progress,
         TextColumn,
         TimeElapsedColumn,
         TimeRemainingColumn,
     )
     from rich.table import Table
 
+    from concilium._progress import progress_display
     from concilium.jobs.explain import explain_run
     from concilium.store import STORE_NAME
 
@@ -192,7 +192,7 @@ def _run_with_progress(console, out, dataset, models, options, *, device):
         TimeRemainingColumn(),
     )
     t0 = time.perf_counter()
-    with Progress(*columns, console=console, transient=False) as progress:
+    with progress_display(*columns, console=console, unit="images", fields=()) as progress:
         task = progress.add_task("explaining", total=None, rate="-")
 
         def on_chunk(event) -> None:

@@ -71,12 +71,12 @@ def train(
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
-        Progress,
         TextColumn,
         TimeElapsedColumn,
         TimeRemainingColumn,
     )
 
+    from concilium._progress import progress_display
     from concilium.ganmex import GanmexOptions, card_hash, train_ganmex
 
     # -- cheap checks first --------------------------------------------------------------------
@@ -140,7 +140,7 @@ def train(
         TextColumn("ETA"),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, console=console) as progress:
+    with progress_display(*columns, console=console, unit="steps") as progress:
         task = progress.add_task("train", total=opts.steps, g="-", d="-")
 
         def on_step(step: int, losses) -> None:

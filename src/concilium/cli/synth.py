@@ -7,9 +7,10 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from concilium._progress import progress_display
 from concilium.cli.app import app
 
 _OPTIONS = {"num_classes": "classes"}
@@ -81,7 +82,8 @@ def synth(
         MofNCompleteColumn(),
         TimeElapsedColumn(),
     )
-    with Progress(*columns, console=console, transient=True) as bar:
+    with progress_display(*columns, console=Console(stderr=True), transient=True,
+                          unit="images") as bar:
         task = bar.add_task("generating", total=config.n)
         dataset = generate(config, progress=lambda done, total: bar.update(task, completed=done))
         task = bar.add_task("writing", total=config.n)

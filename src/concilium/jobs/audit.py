@@ -27,6 +27,7 @@ from concilium.jobs.anonymisation import estar_entry, in_sample_ids, study_estar
 from concilium.jobs.attributes import run_attribute_cards
 from concilium.metrics.tables import paper_table, per_class_metric_means
 from concilium.store import ATTRIBUTES_TABLE, Run, read_maps, read_table, write_table
+from concilium.store.lock import holds_run_lock
 from concilium.vocabulary import is_logit_source
 
 SubsetModeOption = Literal["none", "leave_one_out", "all"]
@@ -88,6 +89,7 @@ class AuditOptions(BaseModel):
     device: str = Field("cpu", description="where to train: cpu, cuda or cuda:<k>")
 
 
+@holds_run_lock
 def run_audit(run_dir: str | Path, options: AuditOptions | Mapping[str, Any] | None = None
               ) -> dict[str, pd.DataFrame]:
     """The audits of a run, written as tables under ``RUN/results/``.

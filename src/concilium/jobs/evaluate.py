@@ -38,6 +38,7 @@ from concilium.metrics.perturb import model_device
 from concilium.metrics.registry import METRICS, metrics_in
 from concilium.metrics.shared import shared_passes
 from concilium.store import ResultsTable, Run, group_rows, metric_params_hash
+from concilium.store.lock import holds_run_lock
 from concilium.vocabulary import SPLITS, Split
 
 log = logging.getLogger(__name__)
@@ -135,6 +136,7 @@ def _explainer(
     return explainer
 
 
+@holds_run_lock
 def evaluate_run(
     run_dir: str | Path,
     metrics: Sequence[str],
@@ -150,6 +152,7 @@ def evaluate_run(
     chunk: int = DEFAULT_CHUNK,
     shared: bool = True,
     progress: Callable[[str], None] | None = None,
+    on_group: Callable[[int, int], None] | None = None,
 ) -> EvaluateReport:
     """Compute ``metrics`` for every complete entry of ``RUN/explanations.zarr`` and append the
     rows to ``RUN/results/metrics.parquet`` (+ ``.csv``), one write per finished explanation;
@@ -180,6 +183,8 @@ def evaluate_run(
             entry). ``False`` computes every metric on its own (same values; the reference of
             ``benchmarks/shared_engine.py``).
         progress: called with one line per finished group.
+        on_group: called with ``(groups done, groups in all)`` after each (entry, metric)
+            group, computed, skipped or found in the table (progress displays).
 
     Returns:
         An :class:`EvaluateReport`.
@@ -214,6 +219,7 @@ def evaluate_run(
     done = table.done_groups()
     by_id = {card.member_id: model for model, card in members}
     warned: set[str] = set()  # entries warned about being scored in-sample
+    groups_total, groups_done = len(entries) * len(metrics), 0
     for _, row in entries.iterrows():
         entry = store.get(row.source, row.method, row.params_hash)
         maps = None
@@ -234,6 +240,9 @@ def evaluate_run(
         metric_seed = entry_metric_seed(seed, row.source, row.method, row.params_hash)
         with shared_passes() if shared else contextlib.nullcontext():
             for metric in metrics:
+                if on_group is not None and groups_done:
+                    on_group(groups_done, groups_total)
+                groups_done += 1
                 spec = METRICS.get(metric)
                 mparams = params.get(metric, {})
                 phash, pjson = metric_params_hash(metric, mparams, mask=mask)
@@ -315,6 +324,8 @@ def evaluate_run(
                     progress(f"{what}: mean {mean} over {finite.numel()}/{scores.numel()} samples")
         if finished:
             table.append(pd.concat(finished, ignore_index=True))
+        if on_group is not None:
+            on_group(groups_done, groups_total)
     return report
 
 

@@ -24,6 +24,7 @@ versions), because nothing a chunk's maps depend on changes between processes:
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -51,10 +52,13 @@ from concilium.jobs.explain_plan import (
     plan_members,
 )
 from concilium.models.sources import load_sources, parse_sources
+from concilium.store.lock import holds_run_lock
 from concilium.store.manifest import RUN_FILE, DatasetSpec, RunInfo, select_split
 from concilium.store.store import ExplanationStore
 from concilium.store.writer import ChunkWriter
 from concilium.vocabulary import Reduction, Split
+
+log = logging.getLogger(__name__)
 
 
 def check_members(members: Sequence[tuple[nn.Module, Any]], data: ImageDataset, target: str) -> None:
@@ -165,6 +169,11 @@ def explain_to_store(
     for p in plans:
         for m, e in p.entries.items():
             reports[(p.source, m)].chunks_reused = int(e.done_chunks().sum())
+            reports[(p.source, m)].chunks_repaired = len(p.repaired.get(m, []))
+            for bad in p.repaired.get(m, []):
+                log.warning("entry %s/%s/%s: chunk %d (rows %d-%d) was damaged on disk (%s); "
+                            "recomputing it", p.source, m, e.params_hash, bad.chunk, bad.rows[0],
+                            bad.rows[1] - 1, bad.reason)
     total = sum((stop - start) * len(ms) for p in plans for (start, stop), ms in p.missing.items())
     done = 0
     writer = ChunkWriter(max_pending=2 * max(1, len(methods)), background=device.type != "cpu")
@@ -330,6 +339,7 @@ def check_methods(methods: Sequence[str], params: Mapping[str, Mapping[str, Any]
             raise ValueError(f"params.{m}: {err}") from None
 
 
+@holds_run_lock
 def explain_run(
     out: str | Path,
     *,

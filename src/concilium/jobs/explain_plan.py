@@ -18,7 +18,7 @@ from concilium._util import shape_fingerprint, state_fingerprint
 from concilium.data.dataset import ImageDataset
 from concilium.explain import method_params, probe
 from concilium.explain.baselines import BaselineSpec, baseline_name
-from concilium.store.entry import Entry
+from concilium.store.entry import CorruptChunk, Entry
 from concilium.store.store import ExplanationStore
 
 
@@ -31,7 +31,9 @@ class EntryReport:
         method: method name.
         params_hash: the entry's hash.
         chunks_computed: chunks computed in this call.
-        chunks_reused: chunks already finished before this call.
+        chunks_reused: chunks already finished (and intact) before this call.
+        chunks_repaired: finished chunks found damaged on disk (checksum mismatch or unreadable)
+            and recomputed in this call.
         rows_computed: maps computed in this call.
         seconds: compute time spent on this entry in this call.
     """
@@ -41,6 +43,7 @@ class EntryReport:
     params_hash: str
     chunks_computed: int = 0
     chunks_reused: int = 0
+    chunks_repaired: int = 0
     rows_computed: int = 0
     seconds: float = 0.0
 
@@ -82,6 +85,7 @@ class ExplainPlan:
     entries: dict[str, Entry] = field(default_factory=dict)
     batch_sizes: dict[str, int] = field(default_factory=dict)
     missing: dict[tuple[int, int], list[str]] = field(default_factory=dict)
+    repaired: dict[str, list[CorruptChunk]] = field(default_factory=dict)
 
 
 
@@ -153,7 +157,8 @@ def plan_members(
     device: torch.device,
     meta: Mapping[str, Any],
 ) -> list[ExplainPlan]:
-    """Open or create every entry, fix each entry's batch size and list the missing chunks.
+    """Open or create every entry, fix each entry's batch size, check every finished chunk
+    against its checksum (damaged ones are unmarked, so recomputed) and list the missing chunks.
 
     ``baseline`` is one spec for every member or, per member id, a spec or provider (as
     :func:`member_baselines` gives them).
@@ -194,6 +199,7 @@ def plan_members(
             recorded = entry.meta.get("batch_size")
             chosen = batch_size if batch_size is not None else recorded
             plan.batch_sizes[method] = int(chosen if chosen is not None else rows)  # type: ignore[arg-type]
+            plan.repaired[method] = entry.repair()  # damaged chunks become missing ones
             for chunk_rows in entry.missing_chunks():
                 plan.missing.setdefault(chunk_rows, []).append(method)
         plans.append(plan)

@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from rich.progress import Progress
 
+from concilium._progress import ProgressDisplay
 from concilium._registry import Registry
 from concilium.models.architectures import create_model
 from concilium.models.base import ConciliumNet
@@ -95,7 +95,7 @@ class EnsembleJob:
     val: SplitTensors
     card: Mapping[str, Any]
     device: torch.device
-    progress: Progress | None
+    progress: ProgressDisplay | None
     shared: dict[str, ConciliumNet] = field(default_factory=dict)
 
     def member_seed(self, index: int) -> int:

@@ -212,7 +212,7 @@ def train_ensemble(
             device=dev,
             progress=bar,
         )
-        overall = bar.add_task("ensemble", total=members) if bar is not None else None
+        overall = bar.add_task("ensemble", total=members, unit="members") if bar is not None else None
         for index in range(members):
             cards.append(_member(job, index, make(job, index)))
             if overall is not None:

@@ -15,19 +15,13 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import torch
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from concilium._progress import ProgressDisplay, optional_display
 from concilium.data.dataset import ImageDataset
 from concilium.models.base import ConciliumNet
 from concilium.models.settings import (
@@ -155,7 +149,7 @@ def _fit(
     trainable: Finetune,
     backbone_lr_scale: float,
     device: torch.device,
-    progress: Progress | None,
+    progress: ProgressDisplay | None,
     description: str,
 ) -> float:
     """Train in place; returns the mean loss of the last epoch."""
@@ -224,6 +218,8 @@ def _fit(
                 if task is not None:
                     progress.advance(task)  # type: ignore[union-attr]
             last_loss = running / max(steps_per_epoch, 1)
+            if task is not None:
+                progress.update(task, loss=f"{last_loss:.3g}")  # type: ignore[union-attr]
             if not math.isfinite(last_loss):
                 raise ValueError(
                     f"training diverged (loss {last_loss}) in {description or 'training'}; "
@@ -314,7 +310,8 @@ def train_member(
         weight_decay: AdamW weight decay. Default 5e-4.
         augment: random horizontal flips. Default ``False``.
         device: ``"cpu"`` or ``"cuda"``. Default ``"cpu"``.
-        progress: show a rich progress bar. Default ``False``.
+        progress: show progress on stderr (bars on a terminal, plain lines in a log). Default
+            ``False``.
 
     Returns:
         A :class:`TrainResult`.
@@ -370,7 +367,7 @@ def fit_and_measure(
     trainable: Finetune = "all",
     backbone_lr_scale: float = 1.0,
     device: torch.device,
-    progress: Progress | None = None,
+    progress: ProgressDisplay | None = None,
     description: str = "training",
 ) -> TrainResult:
     """Train ``model`` in place on ``train`` (arguments checked already), then measure on ``val``.
@@ -418,24 +415,8 @@ def fit_and_measure(
     return TrainResult(acc, attr_acc, seconds, loss)
 
 
-class _NoProgress:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-
-def progress_bar(show: bool) -> Progress | _NoProgress:
-    """A rich progress display (a context manager), or one that shows nothing and yields
-    ``None``."""
-    if not show:
-        return _NoProgress()
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        transient=False,
-    )
+def progress_bar(show: bool) -> Any:
+    """A progress display on stderr (rich bars on a terminal, plain lines in a log; see
+    :mod:`concilium._progress`) counting steps, or, when not ``show``, one that shows nothing
+    and yields ``None``."""
+    return optional_display(show, unit="steps")

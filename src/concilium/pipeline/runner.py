@@ -23,10 +23,12 @@ import torch
 from rich.console import Console
 
 from concilium import __version__
+from concilium._progress import heartbeat
 from concilium._util import atomic_write_text
 from concilium.pipeline.config import ExperimentConfig
 from concilium.pipeline.context import Context, Stage
 from concilium.pipeline.stages import STAGES
+from concilium.store.lock import run_lock
 
 STAGES_FILE = "stages.json"
 Status = Literal["done", "running", "failed"]
@@ -145,6 +147,12 @@ def run_pipeline(
                              "device = \"cpu\" in the experiment")
     run_dir = Path(out)
     ctx = Context(config=config, out=run_dir, console=console or Console(stderr=True))
+    with run_lock(run_dir):  # one writer per run; the stages' jobs take it again
+        return _run_stages(config, run_dir, stages, ctx)
+
+
+def _run_stages(config: ExperimentConfig, run_dir: Path, stages: list[Stage], ctx: Context
+                ) -> list[StageResult]:
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "experiment.json", config.model_dump_json(indent=2))
     state = read_state(run_dir)
@@ -169,7 +177,8 @@ def run_pipeline(
         write_state(run_dir, state)
         ctx.console.print(f"[bold]{stage.name}[/]: {stage.describe(config)}")
         try:
-            summary = _canonical(dict(stage.run(ctx) or {}))
+            with heartbeat(stage.name, console=ctx.console, spinner=False):  # a line every 30 s
+                summary = _canonical(dict(stage.run(ctx) or {}))
         except BaseException as err:
             state[stage.name].update(status="failed", error=f"{type(err).__name__}: {err}",
                                      seconds=round(time.perf_counter() - started, 3))

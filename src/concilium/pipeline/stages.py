@@ -28,8 +28,9 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 
+from concilium._progress import progress_display
 from concilium.jobs.audit import run_audit
 from concilium.jobs.ensemble import run_ensemble
 from concilium.jobs.evaluate import evaluate_run
@@ -91,8 +92,9 @@ def explain_into(
     """Explain every member of ``sources`` into the run ``run_dir`` with the explain job
     (resumable; records ``run_dir/run.json``), showing one progress bar."""
     t0 = time.perf_counter()
-    with Progress(TextColumn("  [bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeRemainingColumn(), console=ctx.console, transient=True) as progress:
+    with progress_display(TextColumn("  [bold]{task.description}"), BarColumn(),
+                          MofNCompleteColumn(), TimeRemainingColumn(), console=ctx.console,
+                          transient=True, unit="images") as progress:
         task = progress.add_task("explaining", total=None)
 
         def on_chunk(event: ChunkEvent) -> None:
@@ -161,16 +163,21 @@ def evaluate_into(ctx: Context, run_dir: Path, *, metrics: list[str], options: A
     finished group and the methods that could not be computed; returns the whole table."""
     t0 = time.perf_counter()
 
-    def progress(line: str) -> None:
-        ctx.console.print(f"  {line} ({time.perf_counter() - t0:.1f} s)")
-
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), progress_display(
+            TextColumn("  [bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TimeRemainingColumn(), console=ctx.console, transient=True, unit="groups") as display:
         warnings.simplefilter("ignore")
+        task = display.add_task("evaluating", total=None)
+
+        def progress(line: str) -> None:
+            display.console.print(f"  {line} ({time.perf_counter() - t0:.1f} s)", markup=False)
+
         report = evaluate_run(
             run_dir, resolve_metrics(list(metrics)), params=options.get("params"), mask=mask,
             split=options.get("split", "test"), limit=options.get("limit"),
             costly_limit=options.get("costly_limit"), device=ctx.config.device,
             seed=ctx.config.explain.seed, progress=progress,
+            on_group=lambda done, total: display.update(task, completed=done, total=total),
         )
     for note in report.not_computed:  # the method fails on this model (e.g. a wrapper)
         ctx.console.print(f"  {note}")

@@ -3,10 +3,14 @@
 An :class:`Entry` is a zarr group holding
 
 - ``maps``: ``(N, H, W)`` float32 or float16, chunked along samples (``chunk_size`` rows a chunk);
-- ``done``: ``(n_chunks,)`` bool in one small file, set only *after* the chunk's maps are on
-  disk. Every file is written through zarr's atomic replacement (temporary file, then rename), so
-  a process killed at any point leaves every chunk either finished and marked, or unmarked (and
-  rewritten on resume);
+- ``done``: ``(n_chunks,)`` uint64 in one small file: 0 for an unfinished chunk, else the chunk's
+  checksum (:func:`chunk_mark`, a CRC-32 of its stored bytes), set only *after* the chunk's maps
+  are on disk. Every file is written through zarr's atomic replacement (temporary file, then
+  rename), so a process killed at any point leaves every chunk either finished and marked, or
+  unmarked (and rewritten on resume); a marked chunk whose bytes were damaged afterwards (disk
+  fault, truncated copy) fails its checksum: :meth:`Entry.read` refuses it and
+  :meth:`Entry.repair` unmarks it, so the next run recomputes that chunk and nothing else.
+  Stores written before checksums (``done`` as bool) are read as before, unverified;
 - attributes: ``source``, ``method``, ``params``, ``params_hash``, ``sample_ids``, ``shape``,
   ``dtype``, ``chunk_size``, ``created`` and the caller's ``meta`` (dataset fingerprint, model card,
   seed, library versions, ...).
@@ -14,7 +18,11 @@ An :class:`Entry` is a zarr group holding
 
 from __future__ import annotations
 
+import logging
+import zlib
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,10 +31,37 @@ import zarr
 from torch import Tensor
 
 from concilium._checks import check_maps
+from concilium._util import storage_errors
+
+log = logging.getLogger(__name__)
 
 FLOAT16_MAX = float(np.finfo(np.float16).max)
 
 RowIndex = int | slice | Sequence[int] | Tensor | np.ndarray | None
+
+MARK_DTYPE = "uint64"
+"""dtype of an entry's ``done`` array: 0 unfinished, else :func:`chunk_mark` of the chunk."""
+
+
+def chunk_mark(array: np.ndarray) -> int:
+    """The done mark of a finished chunk: the CRC-32 of its bytes as stored (C order, storage
+    dtype) with bit 32 set, so that a mark is never 0 (0 means unfinished)."""
+    return zlib.crc32(np.ascontiguousarray(array).tobytes()) | (1 << 32)
+
+
+@dataclass(frozen=True)
+class CorruptChunk:
+    """A finished chunk whose stored bytes do not match its mark.
+
+    Attributes:
+        chunk: the chunk number.
+        rows: its rows ``(start, stop)``.
+        reason: ``"checksum mismatch"`` or why it could not be read.
+    """
+
+    chunk: int
+    rows: tuple[int, int]
+    reason: str
 
 
 class Entry:
@@ -63,6 +98,12 @@ class Entry:
         self.created: str = attrs["created"]
         self.meta: dict[str, Any] = attrs.get("meta", {})
 
+    @property
+    def location(self) -> str:
+        """The entry's folder on disk (for messages)."""
+        root = getattr(self._group.store, "root", None)
+        return str(Path(root) / self._group.path) if root is not None else self._group.path
+
     # -- layout -------------------------------------------------------------------------------
 
     @property
@@ -82,9 +123,67 @@ class Entry:
         start = chunk * self.chunk_size
         return start, min(start + self.chunk_size, self.n)
 
+    def _marks(self) -> np.ndarray:
+        """The ``done`` array; an unreadable one (torn by a crash on a file system without
+        atomic renames) reads as no chunk finished, so everything is recomputed, never trusted."""
+        try:
+            return np.asarray(self._done[:])
+        except Exception as err:
+            log.warning("entry %s/%s/%s: its done marks are unreadable (%s: %s); every chunk "
+                        "will be recomputed", self.source, self.method, self.params_hash,
+                        type(err).__name__, err)
+            return np.zeros(self.n_chunks, dtype=self._done.dtype)
+
     def done_chunks(self) -> np.ndarray:
-        """``(n_chunks,)`` bool: which chunks are finished."""
-        return np.asarray(self._done[:], dtype=bool)
+        """``(n_chunks,)`` bool: which chunks are finished (marked)."""
+        return self._marks() != 0
+
+    @property
+    def checksummed(self) -> bool:
+        """Whether the done marks carry checksums (every entry written by this version)."""
+        return self._done.dtype == np.dtype(MARK_DTYPE)
+
+    def _chunk_problem(self, chunk: int, mark: int, data: np.ndarray | None = None) -> str | None:
+        """Why chunk ``chunk`` (marked ``mark``) is damaged, or ``None`` when it is intact."""
+        start, stop = self.chunk_rows(chunk)
+        if data is None:
+            try:
+                data = np.asarray(self._maps[start:stop])
+            except Exception as err:  # undecodable bytes, a truncated file, ...
+                return f"unreadable ({type(err).__name__}: {err})"
+        if self.checksummed and chunk_mark(data) != mark:
+            return "checksum mismatch"
+        return None
+
+    def verify(self) -> list[CorruptChunk]:
+        """Read every finished chunk back and check it against its mark.
+
+        Returns:
+            The damaged chunks, in order (empty when every finished chunk is intact). An entry
+            written before checksums is checked only for readability.
+        """
+        marks = self._marks()
+        out = []
+        for chunk in np.flatnonzero(marks).tolist():
+            reason = self._chunk_problem(chunk, int(marks[chunk]))
+            if reason is not None:
+                out.append(CorruptChunk(chunk, self.chunk_rows(chunk), reason))
+        return out
+
+    def repair(self) -> list[CorruptChunk]:
+        """:meth:`verify`, then unmark every damaged chunk so that it is recomputed (by the job
+        that wrote the entry) like a chunk never written; intact chunks are kept.
+
+        Returns:
+            The chunks unmarked.
+        """
+        bad = self.verify()
+        if bad:
+            marks = self._marks().copy()
+            marks[[b.chunk for b in bad]] = 0
+            with storage_errors(self.location):
+                self._done[:] = marks
+        return bad
 
     def missing_chunks(self) -> list[tuple[int, int]]:
         """Rows ``(start, stop)`` of every unfinished chunk, in order (empty when complete)."""
@@ -146,10 +245,21 @@ class Entry:
                     f"{self.source}/{self.method}/{self.params_hash}; store this entry as float32"
                 )
             array = array.astype(np.float16)
-        self._maps[start:stop] = array
         first = start // self.chunk_size
         last = -(-stop // self.chunk_size)
-        self._done[first:last] = True  # after the data: a kill in between leaves them unmarked
+        with storage_errors(self.location):
+            marks = self._marks().copy()
+            if marks[first:last].any():  # rewriting finished chunks: unmark them first
+                marks[first:last] = 0
+                self._done[:] = marks
+            self._maps[start:stop] = array
+            if self.checksummed:
+                marks[first:last] = [chunk_mark(array[r0 - start:r1 - start])
+                                     for r0, r1 in map(self.chunk_rows, range(first, last))]
+            else:
+                marks[first:last] = True
+            self._done[:] = marks  # the whole (one-chunk) array: never a read-modify-write
+        # the marks go after the data: a kill in between leaves these chunks unmarked
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -193,7 +303,9 @@ class Entry:
 
         Raises:
             ValueError: if a requested row lies in an unfinished chunk (finish the entry first,
-                e.g. re-run ``concilium explain``), or is out of range.
+                e.g. re-run ``concilium explain``), in a chunk whose bytes fail their checksum
+                (re-run the command that wrote the entry: it recomputes that chunk), or is out
+                of range.
         """
         rows = self._rows(index)
         if isinstance(rows, slice):
@@ -209,8 +321,38 @@ class Entry:
                     f"{missing.tolist()[:10]} covering requested rows; finish it first (re-run "
                     "`concilium explain` on this run) or read only finished rows"
                 )
-        data = self._maps[rows] if isinstance(rows, slice) else self._maps.oindex[rows]
+        marks = self._marks()
+        wanted = np.unique(chunks).tolist()
+        blocks = {}
+        for chunk in wanted:  # whole chunks (zarr decodes whole chunks anyway), each verified
+            start, stop = self.chunk_rows(chunk)
+            try:
+                blocks[chunk] = np.asarray(self._maps[start:stop])
+            except Exception as err:
+                self._raise_corrupt(chunk, f"unreadable ({type(err).__name__}: {err})")
+            reason = self._chunk_problem(chunk, int(marks[chunk]), blocks[chunk])
+            if reason is not None:
+                self._raise_corrupt(chunk, reason)
+        if isinstance(rows, slice):
+            rows = np.arange(rows.start, rows.stop)
+        if not wanted:
+            data = np.zeros((0, *self.shape[1:]), dtype=np.float32)
+        else:
+            first = wanted[0]
+            if wanted == list(range(first, wanted[-1] + 1)):  # contiguous chunks: one block
+                data = np.concatenate([blocks[c] for c in wanted])[rows - first * self.chunk_size]
+            else:
+                data = np.stack([blocks[r // self.chunk_size][r % self.chunk_size] for r in rows])
         return torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))
+
+    def _raise_corrupt(self, chunk: int, reason: str) -> None:
+        start, stop = self.chunk_rows(chunk)
+        raise ValueError(
+            f"entry {self.source}/{self.method}/{self.params_hash}: chunk {chunk} (rows "
+            f"{start}-{stop - 1}) is damaged on disk ({reason}); re-run the command that wrote it "
+            "(`concilium explain`, or `concilium ensemble` for an ensemble source) on this run: it "
+            "recomputes the damaged chunk and keeps the rest"
+        )
 
     def rows_of(self, sample_ids: Sequence[str]) -> list[int]:
         """Row numbers of the given sample ids.

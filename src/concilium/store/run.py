@@ -217,7 +217,8 @@ def write_source(
 ) -> Entry:
     """Write ensemble maps ``(N, H, W)`` as the entry ``(source, method, hash(params))``.
 
-    Chunks already finished (an earlier identical call) are kept; the rest are written.
+    Chunks already finished (an earlier identical call) and intact are kept; the rest, and any
+    finished chunk whose bytes fail their checksum, are written.
 
     Raises:
         ValueError: maps that do not match ``sample_ids``, or an existing entry of other data.
@@ -228,6 +229,7 @@ def write_source(
     entry = store.entry(source, method, dict(params), list(sample_ids),
                         shape=(int(maps.shape[1]), int(maps.shape[2])), chunk_size=chunk_size,
                         meta=dict(meta or {}))
+    entry.repair()
     for start, stop in entry.missing_chunks():
         entry.write(start, maps[start:stop].float().contiguous())
     return entry

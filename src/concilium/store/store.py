@@ -4,7 +4,7 @@
 Layout inside the zarr v3 group::
 
     entries/<source>/<method>/<params_hash>/maps   (N, H, W) float32|float16, chunks (c, H, W)
-    entries/<source>/<method>/<params_hash>/done   (ceil(N / c),) bool, one chunk
+    entries/<source>/<method>/<params_hash>/done   (ceil(N / c),) uint64 checksum marks, one chunk
     cache/<name>/<key_hash>/data                   any shape; group attr "complete" set last
 
 Sources and method names are percent-encoded in node names (``ens-avg:head`` ->
@@ -31,7 +31,7 @@ from torch import Tensor
 from zarr.codecs import BloscCodec
 
 import concilium
-from concilium.store.entry import Entry
+from concilium.store.entry import MARK_DTYPE, Entry
 from concilium.store.hashing import canonical_json, params_hash
 
 STORE_NAME = "explanations.zarr"
@@ -216,7 +216,7 @@ class ExplanationStore:
         if "done" not in group:  # one small file, rewritten atomically per finished chunk
             n_chunks = -(-n // chunk)
             group.create_array(
-                "done", shape=(n_chunks,), chunks=(n_chunks,), dtype="bool", fill_value=False
+                "done", shape=(n_chunks,), chunks=(n_chunks,), dtype=MARK_DTYPE, fill_value=0
             )
         return Entry(group)
 

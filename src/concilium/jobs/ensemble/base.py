@@ -23,6 +23,7 @@ from concilium._registry import Registry
 from concilium.ensemble.normalise import NormalisationName
 from concilium.ensemble.reduce import ReducerName
 from concilium.store import Entry, Run, available_methods, read_maps, write_source, write_table
+from concilium.store.lock import holds_run_lock
 
 
 class EnsembleOptionsBase(BaseModel):
@@ -120,6 +121,7 @@ def ensemble_options(kind: str, options: EnsembleOptionsBase | Mapping[str, Any]
     return validate_options(spec.options, options, what=f"ensembler {kind!r}")
 
 
+@holds_run_lock
 def run_ensemble(run_dir: str | Path, kind: str,
                  options: EnsembleOptionsBase | Mapping[str, Any] | None = None) -> EnsembleResult:
     """Run one ensembler on a run: write its sources into the store and its tables under
