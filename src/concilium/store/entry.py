@@ -97,13 +97,17 @@ class Entry:
 
     # -- writing ------------------------------------------------------------------------------
 
-    def write(self, start: int, maps: Tensor) -> None:
+    def write(self, start: int, maps: Tensor, *, mark: bool = True) -> None:
         """Write whole chunks of maps from row ``start`` on, then mark them finished.
 
         Args:
             start: first row; must be the start of a chunk (a multiple of ``chunk_size``).
             maps: ``(k, H, W)`` finite floating maps covering whole chunks: ``k`` is a multiple
                 of ``chunk_size``, or ``start + k == N`` (the last, possibly short, chunk).
+            mark: set the chunks' done markers (default). ``False`` writes the maps only: a
+                distributed run's workers write their chunks (each chunk its own file, so no
+                lock) and the driver, the single writer of the one-file ``done`` array, marks
+                them with :meth:`mark_done` once the write has returned.
 
         Raises:
             ValueError: on misaligned rows, a wrong shape, NaN/inf values, or (float16 entries)
@@ -147,9 +151,18 @@ class Entry:
                 )
             array = array.astype(np.float16)
         self._maps[start:stop] = array
+        if mark:
+            self.mark_done(start, stop)  # after the data: a kill in between leaves them unmarked
+
+    def mark_done(self, start: int, stop: int) -> None:
+        """Mark the chunks of rows ``[start, stop)`` finished; call only once their maps are
+        written (:meth:`write` with ``mark=False``)."""
+        if start % self.chunk_size or not 0 <= start < stop <= self.n:
+            raise ValueError(f"rows [{start}, {stop}) are not whole chunks of {self.chunk_size} "
+                             f"rows of an entry of {self.n}")
         first = start // self.chunk_size
         last = -(-stop // self.chunk_size)
-        self._done[first:last] = True  # after the data: a kill in between leaves them unmarked
+        self._done[first:last] = True
 
     # -- reading ------------------------------------------------------------------------------
 
