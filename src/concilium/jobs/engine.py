@@ -68,3 +68,17 @@ class InProcessEngine:
 
     def __repr__(self) -> str:
         return "InProcessEngine()"
+
+
+class PreparedWork:
+    """``work`` whose state the driver has built already: for the in-process engine, so a job
+    that opened the run to plan its units does not open it twice (never shipped to workers)."""
+
+    def __init__(self, work: Work[U, R], state: Any) -> None:
+        self.work, self.state = work, state
+
+    def setup(self) -> Any:
+        return self.state
+
+    def step(self, state: Any, unit: U) -> R:
+        return self.work.step(state, unit)
