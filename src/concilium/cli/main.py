@@ -14,11 +14,11 @@ def _root() -> None:
 
 
 def main() -> None:
-    """Run the CLI; a ``ValueError``/``TypeError``/``FileNotFoundError`` from our own checks is
-    printed as one clear line, not a stack trace."""
+    """Run the CLI; a ``ValueError``/``TypeError``/``FileNotFoundError`` from our own checks (or
+    an ``ImportError`` naming a missing extra) is printed as one clear line, not a stack trace."""
     try:
         code = app(standalone_mode=False)
-    except (ValueError, TypeError, FileNotFoundError) as err:
+    except (ValueError, TypeError, FileNotFoundError, ImportError) as err:
         from rich.console import Console
         from rich.markup import escape
 

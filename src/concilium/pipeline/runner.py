@@ -145,6 +145,7 @@ def run_pipeline(
                              "device = \"cpu\" in the experiment")
     run_dir = Path(out)
     ctx = Context(config=config, out=run_dir, console=console or Console(stderr=True))
+    _ = ctx.engine  # an engine that cannot be made (Ray missing) fails before any work
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "experiment.json", config.model_dump_json(indent=2))
     state = read_state(run_dir)
