@@ -1,7 +1,8 @@
 """The Ray engine: a job's units on a pool of Ray actors, on one machine or a cluster.
 
 Each actor calls the job's ``setup()`` once (the data and the models are loaded once per worker)
-and then ``step(unit)`` for every unit it is given; the driver keeps at most two units in flight
+and then ``step(unit)`` for every unit it is given (the actors stay up between the jobs of one
+engine: explain then evaluate pay the worker start-up once); the driver keeps at most two units in flight
 per actor and hands every result to the job's ``on_result`` in the driver, so the progress
 display and the store's done markers have one writer.
 
@@ -18,7 +19,6 @@ torch runs that many threads in the actor.
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -44,18 +44,21 @@ def ray_available() -> bool:
 
 
 class _Worker:
-    """The actor body: one job's state, built once."""
+    """The actor body: a Python process with torch and concilium imported, kept between jobs;
+    the state of the job at hand is built once, on its first unit (again after a restart)."""
 
-    def __init__(self, work: Any, threads: int) -> None:
+    def __init__(self, threads: int) -> None:
         torch.set_num_threads(max(1, threads))
-        self.work = work
-        self.state = work.setup()
+        self.token: int | None = None
+        self.work: Any = None
+        self.state: Any = None
 
-    def step(self, unit: Any) -> Any:
+    def step(self, token: int, work_box: list[Any], unit: Any) -> Any:
+        if token != self.token:  # a new job, or this actor was restarted
+            self.work = ray.get(work_box[0])  # fetched once per actor and job
+            self.state = self.work.setup()
+            self.token = token
         return self.work.step(self.state, unit)
-
-    def pid(self) -> int:
-        return os.getpid()
 
 
 class RayEngine:
@@ -85,7 +88,9 @@ class RayEngine:
             raise ValueError(f"cpus_per_worker must be positive; got {cpus_per_worker}")
         self.address, self.workers = address, workers
         self.cpus_per_worker, self.retries = cpus_per_worker, retries
-        self.actors: list[Any] = []  # the live actors of the current run (tests kill one)
+        self.actors: list[Any] = []  # live workers, kept between jobs
+        self._shape: tuple[float, int] | None = None
+        self._jobs = 0
 
     def __repr__(self) -> str:
         return f"RayEngine(address={self.address!r}, workers={self.workers})"
@@ -112,30 +117,49 @@ class RayEngine:
             n = int(cluster.get("CPU", 1) // self.cpus_per_worker)
         return max(1, n), self.cpus_per_worker, gpus
 
+    def _pool(self, n: int, cpus: float, gpus: int) -> list[Any]:
+        """``n`` live actors of this shape, started once and kept for the next jobs (a worker
+        process imports torch and concilium once: seconds on a busy machine)."""
+        if self._shape != (cpus, gpus):
+            self.close()
+            self._shape = (cpus, gpus)
+        actor_class = ray.remote(num_cpus=cpus, num_gpus=gpus, max_restarts=self.retries,
+                                 max_task_retries=self.retries,
+                                 scheduling_strategy="SPREAD")(_Worker)  # over the nodes
+        while len(self.actors) < n:
+            self.actors.append(actor_class.remote(int(cpus)))
+        return self.actors[:n]
+
+    def close(self) -> None:
+        """Stop this engine's workers (also done when the Ray instance shuts down)."""
+        for actor in self.actors:
+            ray.kill(actor, no_restart=True)
+        self.actors = []
+
     def run(self, work: Work[U, R], units: Sequence[U],
             on_result: Callable[[U, R], None]) -> None:
         if not units:
             return
         self._connect()
         n, cpus, gpus = self._resources(work)
-        n = min(n, len(units))
         if gpus and dataclasses.is_dataclass(work):
             work = dataclasses.replace(work, device="cuda")  # the actor's own GPU is cuda:0
-        actor_class = ray.remote(num_cpus=cpus, num_gpus=gpus, max_restarts=self.retries,
-                                 max_task_retries=self.retries)(_Worker)
-        work_ref = ray.put(work)  # shipped once, deserialised once per actor
-        self.actors = [actor_class.remote(work_ref, int(cpus)) for _ in range(n)]
+        actors = self._pool(min(n, len(units)), cpus, gpus)
+        self._jobs += 1
+        work_box = [ray.put(work)]  # a ref inside a list: the actor fetches it when it needs it
         todo: deque[tuple[U, int]] = deque((u, 0) for u in units)
         running: dict[Any, tuple[Any, U, int]] = {}  # future -> (actor, unit, attempt)
-        load = {id(a): 0 for a in self.actors}
+        load = {id(a): 0 for a in actors}
+        ok = False
         try:
             while todo or running:
-                for actor in list(self.actors):
+                for actor in list(actors):
                     while todo and load[id(actor)] < 2:
                         unit, attempt = todo.popleft()
-                        running[actor.step.remote(unit)] = (actor, unit, attempt)
+                        future = actor.step.remote(self._jobs, work_box, unit)
+                        running[future] = (actor, unit, attempt)
                         load[id(actor)] += 1
-                if not self.actors:
+                if not running:
                     raise RuntimeError("every Ray worker died; see the Ray logs "
                                        "(/tmp/ray/session_latest/logs) for why")
                 (ready,), _ = ray.wait(list(running), num_returns=1)
@@ -147,13 +171,14 @@ class RayEngine:
                     # the actor is gone for good (restarts used up): give its unit to the others
                     if attempt >= self.retries:
                         raise
+                    actors = [a for a in actors if a is not actor]
                     self.actors = [a for a in self.actors if a is not actor]
                     todo.append((unit, attempt + 1))
                     continue
                 except RayTaskError as err:
                     raise err.as_instanceof_cause() from None
                 on_result(unit, result)
-        finally:  # killing an actor ends its unit in flight (its chunk stays unmarked)
-            for actor in self.actors:
-                ray.kill(actor, no_restart=True)
-            self.actors = []
+            ok = True
+        finally:
+            if not ok:  # units may still run: stop them (their chunks stay unmarked)
+                self.close()
