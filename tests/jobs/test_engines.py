@@ -128,3 +128,15 @@ def test_cli_names_the_extra_when_ray_is_missing(monkeypatch, tmp_path, capsys):
         main()
     assert exit_.value.code == 2
     assert "pip install concilium[ray]" in capsys.readouterr().err
+
+
+def test_the_experiment_file_names_the_engine():
+    from concilium.pipeline.config import parse_config
+    from concilium.pipeline.context import Context
+
+    config = parse_config({"engine": "ray", "address": "auto", "workers": 2})
+    assert (config.engine, config.address, config.workers) == ("ray", "auto", 2)
+    assert parse_config({}).engine == "inprocess"
+    assert isinstance(Context(config=parse_config({}), out=Path(".")).engine, InProcessEngine)
+    with pytest.raises(ValueError, match="engine"):
+        parse_config({"engine": "dask"})
