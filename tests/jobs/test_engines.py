@@ -140,3 +140,20 @@ def test_the_experiment_file_names_the_engine():
     assert isinstance(Context(config=parse_config({}), out=Path(".")).engine, InProcessEngine)
     with pytest.raises(ValueError, match="engine"):
         parse_config({"engine": "dask"})
+
+
+def test_run_with_engine_ray_and_no_ray_stops_before_any_work(monkeypatch, tmp_path, capsys):
+    import sys
+
+    from concilium.cli.main import main
+
+    experiment = tmp_path / "exp.toml"
+    experiment.write_text('name = "x"\n')
+    monkeypatch.setattr(concilium.jobs.ray_engine, "ray", None)
+    monkeypatch.setattr(sys, "argv", ["concilium", "run", str(experiment), "--out",
+                                      str(tmp_path / "run"), "--engine", "ray"])
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    assert exit_.value.code == 2
+    assert "pip install concilium[ray]" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
