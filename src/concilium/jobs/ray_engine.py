@@ -96,9 +96,12 @@ class RayEngine:
         return f"RayEngine(address={self.address!r}, workers={self.workers})"
 
     def _connect(self) -> None:
-        if not ray.is_initialized():
-            ray.init(address=self.address, include_dashboard=False, log_to_driver=True,
-                     configure_logging=False)
+        if ray.is_initialized():
+            return
+        if self.address is not None:
+            ray.init(address=self.address)
+        else:  # a local instance for this process
+            ray.init(include_dashboard=False)
 
     def _resources(self, work: Any) -> tuple[int, float, int]:
         """``(workers, cpus, gpus)`` per actor for this job."""
