@@ -17,6 +17,7 @@ model-bound metrics.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import tomllib
 import warnings
@@ -209,6 +210,7 @@ def evaluate_run(
                         split=split, limit=limit, need_model=need_model, device=device,
                         seed=seed, shared=shared)
     state = work.setup()
+    work = dataclasses.replace(work, device=str(state["device"]))  # workers: the driver's choice
     store, data, members = state["store"], state["data"], state["members"]
     entries = store.entries()
     report = EvaluateReport()
