@@ -110,7 +110,7 @@ def test_registry_and_errors(monkeypatch):
     assert isinstance(make_engine(), InProcessEngine)
     with pytest.raises(ValueError, match="valid names: inprocess, ray"):
         make_engine("dask")
-    with pytest.raises(ValueError, match="--engine ray"):
+    with pytest.raises(ValueError, match="--address are not options of the inprocess engine"):
         make_engine("inprocess", address="auto")
     monkeypatch.setattr(concilium.jobs.ray_engine, "ray", None)
     with pytest.raises(ImportError, match=r"pip install concilium\[ray\]"):

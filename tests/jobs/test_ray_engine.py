@@ -29,7 +29,7 @@ from ray.cluster_utils import Cluster  # noqa: E402
 from concilium.data.dataset import ImageDataset  # noqa: E402
 from concilium.data.folder import write_folder  # noqa: E402
 from concilium.data.specs import FolderDataset  # noqa: E402
-from concilium.jobs.engines import make_engine  # noqa: E402
+from concilium.jobs.engines import ENGINES, make_engine  # noqa: E402
 from concilium.jobs.evaluate import evaluate_run  # noqa: E402
 from concilium.jobs.explain import ExplainOptions, explain_run  # noqa: E402
 from concilium.models.architectures import create_model  # noqa: E402
@@ -138,8 +138,12 @@ def _worker_pids() -> list[int]:
     return pids
 
 
-def test_ray_writes_the_in_process_bytes_and_values(engine, inputs, reference, tmp_path):
+@pytest.mark.parametrize("name", ENGINES.names())
+def test_every_engine_writes_the_in_process_bytes_and_values(name, engine, inputs, reference,
+                                                             tmp_path):
+    """Ray: two workers on two nodes; in-process: the evaluate units of a second run."""
     dataset, models = inputs
+    engine = engine if name == "ray" else make_engine(name)
     run = tmp_path / "run"  # the same folder for every node: a shared filesystem
     events = []
     reports = explain_run(run, dataset=dataset, models_dir=models, options=OPTIONS,

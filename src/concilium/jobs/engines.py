@@ -10,6 +10,7 @@ Adding an engine: a class with ``name`` and ``run(work, units, on_result)`` (see
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Literal
 
@@ -20,7 +21,7 @@ from concilium.jobs.ray_engine import RayEngine
 EngineName = Literal["inprocess", "ray"]
 
 ENGINES: Registry[Callable[..., Engine]] = Registry("engine")
-ENGINES.add("inprocess", lambda *, address=None, workers=None: InProcessEngine())
+ENGINES.add("inprocess", InProcessEngine)
 ENGINES.add("ray", RayEngine)
 
 
@@ -35,12 +36,15 @@ def make_engine(name: str = "inprocess", *, address: str | None = None,
 
     Raises:
         ValueError: an unknown name (listing the valid ones), or ``address``/``workers`` given
-            to the in-process engine.
+            to an engine without them (the in-process one).
         ImportError: ``ray`` asked for without Ray installed, naming ``pip install
             concilium[ray]``.
     """
     factory = ENGINES.get(name)
-    if name == "inprocess" and (address is not None or workers is not None):
-        raise ValueError("--address and --workers are for a distributed engine; add "
+    given = {k: v for k, v in (("address", address), ("workers", workers)) if v is not None}
+    takes = inspect.signature(factory).parameters
+    unknown = [f"--{k}" for k in given if k not in takes]
+    if unknown:
+        raise ValueError(f"{' and '.join(unknown)} are not options of the {name} engine; add "
                          "--engine ray or drop them")
-    return factory(address=address, workers=workers)
+    return factory(**given)
