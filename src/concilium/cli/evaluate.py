@@ -15,7 +15,13 @@ import typer
 from rich.table import Table
 
 from concilium.cli.app import app
-from concilium.cli.options import check_device
+from concilium.cli.options import (
+    ADDRESS_HELP,
+    ENGINE_HELP,
+    WORKERS_HELP,
+    check_device,
+    make_engine_from_flags,
+)
 from concilium.vocabulary import EXP_AVG, FAMILIES, IN_SAMPLE_MARK
 
 DEFAULT_METRICS = "localisation,complexity"
@@ -44,6 +50,9 @@ def evaluate(
         None, "--batch-size", min=1, help="Perturbed copies per forward pass."
     ),
     seed: int = typer.Option(0, "--seed", help="Base seed of the stochastic metrics."),
+    engine: str = typer.Option("inprocess", "--engine", help=ENGINE_HELP),
+    address: str | None = typer.Option(None, "--address", help=ADDRESS_HELP),
+    workers: int | None = typer.Option(None, "--workers", min=1, help=WORKERS_HELP),
 ) -> None:
     """Compute metrics for every explanation in RUN and print mean and 95% CI per source."""
     from rich.console import Console
@@ -61,6 +70,7 @@ def evaluate(
     metric_params = load_metric_params(params, names)
     if device is not None:
         check_device(device)
+    runner = make_engine_from_flags(engine, address, workers)
     with progress_display(console=Console(stderr=True), unit="groups") as display:
         task = display.add_task("evaluating", total=None)
         report = evaluate_run(
@@ -74,6 +84,7 @@ def evaluate(
             seed=seed,
             progress=lambda line: display.console.print(f"  {line}", markup=False),
             on_group=lambda done, total: display.update(task, completed=done, total=total),
+            engine=runner,
         )
     for note in report.notes:
         console.print(f"[yellow]note:[/] {note}")

@@ -17,7 +17,13 @@ import typer
 from pydantic import ValidationError
 
 from concilium.cli.app import app
-from concilium.cli.options import check_device, given_options, model_flags
+from concilium.cli.options import (
+    check_device,
+    engine_parameters,
+    given_options,
+    make_engine_from_flags,
+    model_flags,
+)
 from concilium.data.specs import FolderDataset
 from concilium.explain import METHODS, method_params
 from concilium.jobs.baselines import check_baseline_spec
@@ -78,10 +84,12 @@ MODELS_HELP = (
 
 def explain_command(
     data: Path, *, models: list[str], out: Path, device: str, param: list[str] | None,
-    size: str | None, **flags: Any,
+    size: str | None, engine: str = "inprocess", address: str | None = None,
+    workers: int | None = None, **flags: Any,
 ) -> None:
     """Explain every member with every method; resumable, never computes a map twice."""
-    run_explain(data, models=models, out=out, device=device, param=param, size=size, **flags)
+    run_explain(data, models=models, out=out, device=device, param=param, size=size,
+                engine=engine, address=address, workers=workers, **flags)
 
 
 # The options of the run are the fields of ExplainOptions (help text from their descriptions);
@@ -103,6 +111,7 @@ explain_command.__signature__ = inspect.Signature([  # type: ignore[attr-defined
     inspect.Parameter("size", inspect.Parameter.KEYWORD_ONLY, annotation=str | None,
                       default=typer.Option(None, "--size", help="Resize images to H or HxW on "
                                                                 "loading.")),
+    *engine_parameters(),
     *model_flags({"explain": ExplainOptions}, exclude=("params",)),
 ])
 app.command("explain")(explain_command)
@@ -117,6 +126,9 @@ def run_explain(
     param: list[str] | None = None,
     size: str | None = None,
     quiet: bool = False,
+    engine: str = "inprocess",
+    address: str | None = None,
+    workers: int | None = None,
     **flags: Any,
 ) -> list:
     """The body of ``concilium explain``: ``flags`` are options of
@@ -136,6 +148,7 @@ def run_explain(
         METHODS.get(name)  # raises listing the valid names
     check_baseline_spec(given.get("baseline", "zero"))  # a missing generator folder: FileNotFound
     check_device(device)
+    runner = make_engine_from_flags(engine, address, workers)
     try:
         options = ExplainOptions(**given, params=parse_params(list(param or []), method_names))
     except ValidationError as err:
@@ -145,7 +158,8 @@ def run_explain(
         raise FileNotFoundError(f"data folder {data} not found (make one with `concilium synth`)")
     spec = FolderDataset(path=str(Path(data).resolve()), size=image_size)
     sources = _sources(models)
-    return _run_with_progress(console, out, spec, sources, options, device=device)
+    return _run_with_progress(console, out, spec, sources, options, device=device,
+                              engine=runner)
 
 
 def _sources(models: str | Path | list[str]) -> list[str]:
@@ -167,7 +181,7 @@ def _option_errors(err: ValidationError) -> str:
     return "; ".join(lines)
 
 
-def _run_with_progress(console, out, dataset, models, options, *, device):
+def _run_with_progress(console, out, dataset, models, options, *, device, engine=None):
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -204,7 +218,7 @@ def _run_with_progress(console, out, dataset, models, options, *, device):
             )
 
         reports = explain_run(out, dataset=dataset, models=models, options=options,
-                              device=device, on_chunk=on_chunk)
+                              device=device, on_chunk=on_chunk, engine=engine)
         progress.update(task, description="done")
     wall = time.perf_counter() - t0
     table = Table(title=f"explanations in {Path(out) / STORE_NAME}")

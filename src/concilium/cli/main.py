@@ -36,15 +36,16 @@ def _interrupted() -> None:
 
 
 def main() -> None:
-    """Run the CLI; a ``ValueError``/``TypeError``/``FileNotFoundError`` from our own checks is
-    printed as one clear line, not a stack trace (status 2); so are a full disk, an unwritable
-    folder and a run locked by another process (status 1). Ctrl-C stops with status 130 after the
-    work in flight is either finished or dropped, never half-kept."""
+    """Run the CLI; a ``ValueError``/``TypeError``/``FileNotFoundError`` from our own checks (or
+    an ``ImportError`` naming a missing extra) is printed as one clear line, not a stack trace
+    (status 2); so are a full disk, an unwritable folder and a run locked by another process
+    (status 1). Ctrl-C stops with status 130 after the work in flight is either finished or
+    dropped, never half-kept."""
     try:
         code = app(standalone_mode=False)
     except KeyboardInterrupt:
         _interrupted()
-    except (ValueError, TypeError, FileNotFoundError) as err:
+    except (ValueError, TypeError, FileNotFoundError, ImportError) as err:
         _error(str(err), 2)
     except SystemExit as err:
         sys.exit(err.code)

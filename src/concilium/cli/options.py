@@ -205,3 +205,29 @@ def check_device(device: str) -> str:
     except ValueError as err:
         raise ValueError(f"--device: {err}") from None
     return device
+
+
+ENGINE_HELP = ("Where the work runs: inprocess (default) or ray (Ray actors on this machine or "
+               "the cluster at --address; pip install concilium[ray]).")
+ADDRESS_HELP = "Ray cluster to join (auto, HOST:PORT, ray://HOST:10001; default: a local one)."
+WORKERS_HELP = "Ray workers (default: one per GPU, or per CPU of a CPU-only cluster)."
+
+
+def engine_parameters() -> list[inspect.Parameter]:
+    """``--engine``, ``--address``, ``--workers`` as keyword parameters of a command."""
+    def keyword(name: str, annotation: Any, default: Any) -> inspect.Parameter:
+        return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation,
+                                 default=default)
+    return [
+        keyword("engine", str, typer.Option("inprocess", "--engine", help=ENGINE_HELP)),
+        keyword("address", str | None, typer.Option(None, "--address", help=ADDRESS_HELP)),
+        keyword("workers", int | None, typer.Option(None, "--workers", min=1,
+                                                    help=WORKERS_HELP)),
+    ]
+
+
+def make_engine_from_flags(engine: str, address: str | None, workers: int | None) -> Any:
+    """The engine of ``--engine/--address/--workers`` (errors name the flag's fix)."""
+    from concilium.jobs.engines import make_engine
+
+    return make_engine(engine, address=address, workers=workers)

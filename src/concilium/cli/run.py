@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from concilium.cli.app import app
+from concilium.cli.options import ADDRESS_HELP, ENGINE_HELP, WORKERS_HELP
 
 
 @app.command("run")
@@ -19,13 +20,22 @@ def run_command(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print the plan and its estimated cost; do nothing.")
     ] = False,
+    engine: Annotated[
+        str | None, typer.Option("--engine", help=ENGINE_HELP + " Overrides the file's engine.")
+    ] = None,
+    address: Annotated[str | None, typer.Option("--address", help=ADDRESS_HELP)] = None,
+    workers: Annotated[int | None, typer.Option("--workers", min=1, help=WORKERS_HELP)] = None,
 ) -> None:
     """Data -> members -> explanations -> ensembles -> metrics -> audits -> report, each stage
     cached: a re-run redoes only what changed."""
     from concilium.pipeline import format_plan, load_config, plan, run
 
+    given = {k: v for k, v in (("engine", engine), ("address", address), ("workers", workers))
+             if v is not None}
     try:
         config = load_config(experiment)  # validated before any work
+        if given:
+            config = config.model_copy(update=given)  # the engine is checked when made
     except ValueError as err:
         # printed plainly: the "[section]" prefixes must not be read as rich markup
         typer.echo(f"error: {err}", err=True)

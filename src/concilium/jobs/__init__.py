@@ -9,4 +9,6 @@ front ends over these jobs.
 - :mod:`.attributes`: the attribute cards of a multitask member, run by the audit
   (:func:`~.attributes.run_attribute_cards`).
 - :mod:`.baselines`: baseline specs resolved per member, learned baselines (GANMEX) included.
+- :mod:`.engine`, :mod:`.ray_engine`, :mod:`.engines`: where explain and evaluate compute their
+  units (in this process, or on Ray actors; ``ENGINES``, see ``docs/distributed.md``).
 """

@@ -17,6 +17,7 @@ model-bound metrics.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import tomllib
 import warnings
@@ -33,6 +34,7 @@ from concilium._util import derive_seed
 from concilium.ensemble.averaging import LogitEnsemble, ens_logit_maps
 from concilium.explain import METHODS, explain
 from concilium.explain.targets import resolve_target
+from concilium.jobs.engine import Engine, InProcessEngine, PreparedWork
 from concilium.metrics.evaluate import check_params, evaluate
 from concilium.metrics.perturb import model_device
 from concilium.metrics.registry import METRICS, metrics_in
@@ -107,11 +109,14 @@ def load_metric_params(
     return out
 
 
-def entry_metric_seed(seed: int, source: str, method: str, entry_hash: str) -> int:
-    """The seed of every stochastic metric of one stored explanation: one per entry, not per
-    metric, so the metrics of the entry draw the same tie orders and noisy copies and the shared
-    store (:func:`~concilium.metrics.shared.shared_passes`) computes each of them once."""
-    return derive_seed(seed, source, method, entry_hash, "metrics")
+def entry_metric_seed(seed: int, source: str, method: str, entry_hash: str, *,
+                      start: int = 0) -> int:
+    """The seed of every stochastic metric of one chunk of one stored explanation (the chunk
+    whose first row is ``start``): one per entry and chunk, not per metric, so the metrics of the
+    entry draw the same tie orders and noisy copies and the shared store
+    (:func:`~concilium.metrics.shared.shared_passes`) computes each of them once; and not per
+    worker, so every engine draws the same numbers."""
+    return derive_seed(seed, source, method, entry_hash, "metrics", start)
 
 
 def _explainer(
@@ -153,10 +158,16 @@ def evaluate_run(
     shared: bool = True,
     progress: Callable[[str], None] | None = None,
     on_group: Callable[[int, int], None] | None = None,
+    engine: Engine | None = None,
 ) -> EvaluateReport:
     """Compute ``metrics`` for every complete entry of ``RUN/explanations.zarr`` and append the
     rows to ``RUN/results/metrics.parquet`` (+ ``.csv``), one write per finished explanation;
     groups already in the table are skipped (resumable).
+
+    The work is cut into :class:`EvaluateUnit` s (one entry, the metrics that share a row step,
+    one chunk of rows), computed by ``engine``; every stochastic metric of a chunk is seeded from
+    the entry and the chunk's first row (:func:`entry_metric_seed`), so every engine gives the
+    same values.
 
     Args:
         run_dir: the run directory (``run.json`` + the store).
@@ -173,18 +184,20 @@ def evaluate_run(
         costly_limit: at most this many samples for the metrics that need the model.
         device: where models and images go (default: the run's device).
         batch_size: perturbed copies per forward pass for metrics with a ``batch_size``.
-        seed: base seed of the stochastic metrics (one generator per group, derived from it).
+        seed: base seed of the stochastic metrics (one generator per entry and chunk).
         chunk: samples per :func:`~concilium.metrics.evaluate` call of a model-bound metric
             (mask-only metrics take up to ``MASK_ONLY_CHUNK`` at once; a ``batch_relative``
             metric, whose score depends on the other images of its call, takes all at once).
-        shared: evaluate the metrics of each explanation in one
+        shared: evaluate the metrics of each unit in one
             :func:`~concilium.metrics.shared.shared_passes` scope (each distinct perturbed copy
-            and explanation computed once; memory: one output row per distinct copy of the
-            entry). ``False`` computes every metric on its own (same values; the reference of
-            ``benchmarks/shared_engine.py``).
+            and explanation computed once). ``False`` computes every metric on its own (same
+            values; the reference of ``benchmarks/shared_engine.py``).
         progress: called with one line per finished group.
         on_group: called with ``(groups done, groups in all)`` after each (entry, metric)
             group, computed, skipped or found in the table (progress displays).
+        engine: where the units are computed (default: this process; a
+            :class:`~concilium.jobs.ray_engine.RayEngine` opens the run on each worker, so the
+            run must be on storage every worker sees).
 
     Returns:
         An :class:`EvaluateReport`.
@@ -198,135 +211,244 @@ def evaluate_run(
         if batch_size is not None and "batch_size" in METRICS.get(name).params:
             params.setdefault(name, {}).setdefault("batch_size", batch_size)
     need_model = any(METRICS.get(m).needs_model for m in metrics)
-    run = Run.open(run_dir, load_models=need_model, device=device, mode="r")
-    store, data, members = run.store, run.data, run.members
+    work = EvaluateWork(run_dir=str(run_dir), metrics=tuple(metrics), params=params, mask=mask,
+                        split=split, limit=limit, need_model=need_model, device=device,
+                        seed=seed, shared=shared)
+    state = work.setup()
+    work = dataclasses.replace(work, device=str(state["device"]))  # workers: the driver's choice
+    store, data, members = state["store"], state["data"], state["members"]
     entries = store.entries()
     report = EvaluateReport()
     incomplete = entries[~entries["complete"]]
     for _, row in incomplete.iterrows():
         report.notes.append(f"{row.source}/{row.method}/{row.params_hash}: incomplete, skipped")
     entries = entries[entries["complete"]]
-    if split != "all" and split in data.splits and len(set(data.splits)) > 1:
-        data = data.subset(split)
-    if limit is not None:
-        data = data.subset(list(range(min(limit, len(data)))))
-    masks = data.mask_set(mask) if any(METRICS.get(m).needs_mask for m in metrics) else None
-    if device is not None:
-        dev = torch.device(device)
-    else:
-        dev = model_device(members[0][0]) if members else torch.device("cpu")
     table = ResultsTable(run_dir)
     done = table.done_groups()
     by_id = {card.member_id: model for model, card in members}
     warned: set[str] = set()  # entries warned about being scored in-sample
-    groups_total, groups_done = len(entries) * len(metrics), 0
+    units: list[EvaluateUnit] = []
+    groups: dict[tuple[str, ...], _Group] = {}  # (source, method, hash, metric, phash) -> group
+    pending: dict[tuple[str, str, str], int] = {}  # entry -> groups not finished yet
     for _, row in entries.iterrows():
         entry = store.get(row.source, row.method, row.params_hash)
-        maps = None
         model, why_not_model = _model_for(row.source, by_id, members)
-        # an ens-logit entry records the explanation it ran under "explain"; a member's is flat
         explained = entry.params.get("explain", entry.params)
-        targets, target_model, why_not_target = None, None, None
+        why_not_target = None
         if need_model and model is not None:
-            targets, target_model, why_not_target = _targets(explained, model, data, dev)
-        explainer = (
-            _explainer(explained, derive_seed(seed, row.source, row.method, row.params_hash))
-            if row.source in by_id or row.source == "ens-logit"
-            else None
-        )
-        finished = []  # one table write per explanation: a write per metric is quadratic
-        # one seed for every metric of the entry: the metrics draw the same tie orders and noisy
-        # copies, so the shared store computes each perturbed copy and explanation once
-        metric_seed = entry_metric_seed(seed, row.source, row.method, row.params_hash)
-        with shared_passes() if shared else contextlib.nullcontext():
-            for metric in metrics:
-                if on_group is not None and groups_done:
-                    on_group(groups_done, groups_total)
-                groups_done += 1
-                spec = METRICS.get(metric)
-                mparams = params.get(metric, {})
-                phash, pjson = metric_params_hash(metric, mparams, mask=mask)
-                key = (row.source, row.method, row.params_hash, metric, phash)
-                if key in done:
-                    report.already_done.append(key)
-                    continue
-                what = f"{row.source}/{row.method}/{metric}"
-                if spec.needs_model and (model is None or target_model is None):
-                    report.notes.append(f"{what}: skipped ({why_not_model or why_not_target})")
-                    continue
-                if spec.needs_explainer and explainer is None:
-                    report.notes.append(
-                        f"{what}: skipped (the map of source {row.source!r} has no single explanation "
-                        "method to re-run)"
-                    )
-                    continue
-                if maps is None:
-                    maps = entry.read(entry.rows_of(data.ids))
-                k = len(data)
-                if spec.needs_model and costly_limit is not None:
-                    k = min(k, costly_limit)
-                in_sample = in_sample_rows(entry.params, data.ids[:k])
-                if any(in_sample) and row.params_hash not in warned:
-                    warned.add(row.params_hash)
-                    message = in_sample_warning(row.source, row.method, sum(in_sample), k)
-                    warnings.warn(message, stacklevel=2)
-                    log.warning(message)
-                    report.in_sample.append(message)
-                step = chunk if spec.needs_model else max(chunk, MASK_ONLY_CHUNK)
-                if spec.batch_relative:  # its score depends on the batch: the whole split at once
-                    step = max(k, 1)
-                gen = torch.Generator().manual_seed(metric_seed) if spec.stochastic else None
-                values = []
-                try:
-                    for start in range(0, k, step):
-                        sl = slice(start, min(k, start + step))
-                        values.append(
-                            evaluate(
-                                metric,
-                                maps[sl].to(dev),
-                                images=data.images[sl].to(dev) if spec.needs_model else None,
-                                labels=targets[sl] if spec.needs_model else None,
-                                masks=masks[sl].to(dev) if spec.needs_mask else None,
-                                model=target_model if spec.needs_model else None,
-                                explainer=explainer,
-                                generator=gen,
-                                **mparams,
-                            ).cpu()
-                        )
-                except (ValueError, TypeError, RuntimeError) as err:
-                    if not spec.needs_explainer:
-                        raise
-                    # the explanation method itself fails on this model (e.g. GradCAM of a wrapper)
-                    note = f"{what}: not computed, the explainer failed: {err}"
-                    report.notes.append(note)
-                    report.not_computed.append(note)
-                    continue
-                scores = torch.cat(values)
-                finished.append(
-                    group_rows(
-                        samples=data.ids[:k],
-                        labels=data.labels[:k].tolist(),
-                        source=row.source,
-                        method=row.method,
-                        entry_hash=row.params_hash,
-                        metric=metric,
-                        mask=mask,
-                        values=scores.tolist(),
-                        params_hash=phash,
-                        params=pjson,
-                        in_sample=in_sample,
-                    )
+            why_not_target = _target_problem(explained, model, data, state["device"])
+        has_explainer = "method_params" in explained and "method" in explained and (
+            row.source in by_id or row.source == "ens-logit")
+        entry_key = (row.source, row.method, row.params_hash)
+        sets: dict[tuple[int, int], list[str]] = {}  # (rows k, step) -> metrics
+        for metric in metrics:
+            spec = METRICS.get(metric)
+            phash, pjson = metric_params_hash(metric, params.get(metric, {}), mask=mask)
+            key = (*entry_key, metric, phash)
+            if key in done:
+                report.already_done.append(key)
+                continue
+            what = f"{row.source}/{row.method}/{metric}"
+            if spec.needs_model and (model is None or why_not_target is not None):
+                report.notes.append(f"{what}: skipped ({why_not_model or why_not_target})")
+                continue
+            if spec.needs_explainer and not has_explainer:
+                report.notes.append(
+                    f"{what}: skipped (the map of source {row.source!r} has no single explanation "
+                    "method to re-run)"
                 )
-                report.computed.append(key)
+                continue
+            k = len(data)
+            if spec.needs_model and costly_limit is not None:
+                k = min(k, costly_limit)
+            if k == 0:
+                continue
+            in_sample = in_sample_rows(entry.params, data.ids[:k])
+            if any(in_sample) and row.params_hash not in warned:
+                warned.add(row.params_hash)
+                message = in_sample_warning(row.source, row.method, sum(in_sample), k)
+                warnings.warn(message, stacklevel=2)
+                log.warning(message)
+                report.in_sample.append(message)
+            step = chunk if spec.needs_model else max(chunk, MASK_ONLY_CHUNK)
+            if spec.batch_relative:  # its score depends on the batch: the whole split at once
+                step = k
+            sets.setdefault((k, step), []).append(metric)
+            groups[key] = _Group(key=key, what=what, k=k, params=pjson, in_sample=in_sample,
+                                 chunks=-(-k // step))
+        for (k, step), names in sets.items():
+            units += [EvaluateUnit(*entry_key, tuple(names), start, min(k, start + step))
+                      for start in range(0, k, step)]
+        n_groups = sum(len(names) for names in sets.values())
+        if n_groups:
+            pending[entry_key] = n_groups
+    finished: dict[tuple[str, str, str], list[tuple[int, pd.DataFrame]]] = {}
+    # progress in (entry, metric) groups: the skipped and already-scored ones are done now
+    groups_total = len(entries) * len(metrics)
+    groups_done = groups_total - len(groups)
+    if on_group is not None:
+        on_group(groups_done, groups_total)
+
+    def on_result(unit: EvaluateUnit, values: Mapping[str, list[float] | str]) -> None:
+        nonlocal groups_done
+        entry_key = (unit.source, unit.method, unit.entry_hash)
+        for metric, got in values.items():
+            phash = metric_params_hash(metric, params.get(metric, {}), mask=mask)[0]
+            group = groups[(*entry_key, metric, phash)]
+            if group.failed is not None:
+                continue
+            if isinstance(got, str):  # the explanation method failed on the model
+                group.failed = note = f"{group.what}: not computed, the explainer failed: {got}"
+                report.notes.append(note)
+                report.not_computed.append(note)
+            else:
+                group.values[unit.start] = got
+                if len(group.values) < group.chunks:
+                    continue
+                scores = torch.tensor([v for s in sorted(group.values) for v in group.values[s]],
+                                      dtype=torch.float64)
+                finished.setdefault(entry_key, []).append(
+                    (metrics.index(metric), group.rows(data, unit, metric, mask)))
+                report.computed.append(group.key)
                 if progress is not None:
                     finite = scores[torch.isfinite(scores)]
                     mean = f"{finite.mean().item():.4g}" if finite.numel() else "nan"
-                    progress(f"{what}: mean {mean} over {finite.numel()}/{scores.numel()} samples")
-        if finished:
-            table.append(pd.concat(finished, ignore_index=True))
-        if on_group is not None:
-            on_group(groups_done, groups_total)
+                    progress(f"{group.what}: mean {mean} over {finite.numel()}/"
+                             f"{scores.numel()} samples")
+            pending[entry_key] -= 1
+            groups_done += 1
+            if on_group is not None:
+                on_group(groups_done, groups_total)
+            if pending[entry_key] == 0 and finished.get(entry_key):
+                # one table write per explanation: a write per metric is quadratic
+                rows = [df for _, df in sorted(finished.pop(entry_key), key=lambda x: x[0])]
+                table.append(pd.concat(rows, ignore_index=True))
+
+    runner = engine or InProcessEngine()
+    if isinstance(runner, InProcessEngine):  # this process has the run open already
+        runner.run(PreparedWork(work, state), units, on_result)
+    else:
+        runner.run(work, units, on_result)
     return report
+
+
+@dataclass(frozen=True)
+class EvaluateUnit:
+    """One unit of evaluation: rows ``[start, stop)`` of one entry, scored with ``metrics``
+    (the entry's missing metrics that share one row step)."""
+
+    source: str
+    method: str
+    entry_hash: str
+    metrics: tuple[str, ...]
+    start: int
+    stop: int
+
+
+@dataclass
+class _Group:
+    """One (entry, metric) group being assembled from its chunks in the driver."""
+
+    key: tuple[str, ...]
+    what: str
+    k: int
+    params: str
+    in_sample: list[bool]
+    chunks: int
+    values: dict[int, list[float]] = field(default_factory=dict)
+    failed: str | None = None
+
+    def rows(self, data: Any, unit: EvaluateUnit, metric: str, mask: str) -> pd.DataFrame:
+        return group_rows(
+            samples=data.ids[:self.k], labels=data.labels[:self.k].tolist(), source=unit.source,
+            method=unit.method, entry_hash=unit.entry_hash, metric=metric, mask=mask,
+            values=[v for s in sorted(self.values) for v in self.values[s]],
+            params_hash=self.key[-1], params=self.params, in_sample=self.in_sample,
+        )
+
+
+@dataclass
+class EvaluateWork:
+    """The computation of an evaluation (see :class:`concilium.jobs.engine.Work`): each worker
+    opens the run (data, masks, members loaded once); a step scores one
+    :class:`EvaluateUnit` and returns, per metric, the chunk's values or why the explanation
+    method failed."""
+
+    run_dir: str
+    metrics: tuple[str, ...]
+    params: Mapping[str, Mapping[str, Any]]
+    mask: str
+    split: Split
+    limit: int | None
+    need_model: bool
+    device: str | None
+    seed: int
+    shared: bool
+
+    def setup(self) -> dict[str, Any]:
+        run = Run.open(self.run_dir, load_models=self.need_model, device=self.device, mode="r")
+        data, members = run.data, run.members
+        if self.split != "all" and self.split in data.splits and len(set(data.splits)) > 1:
+            data = data.subset(self.split)
+        if self.limit is not None:
+            data = data.subset(list(range(min(self.limit, len(data)))))
+        masks = (data.mask_set(self.mask)
+                 if any(METRICS.get(m).needs_mask for m in self.metrics) else None)
+        if self.device is not None:
+            dev = torch.device(self.device)
+        else:
+            dev = model_device(members[0][0]) if members else torch.device("cpu")
+        return {"store": run.store, "data": data, "members": members, "masks": masks,
+                "device": dev, "by_id": {card.member_id: m for m, card in members},
+                "entries": {}, "models": {}}
+
+    def step(self, state: dict[str, Any], unit: EvaluateUnit) -> dict[str, list[float] | str]:
+        data, dev = state["data"], state["device"]
+        entry_key = (unit.source, unit.method, unit.entry_hash)
+        if entry_key not in state["entries"]:
+            state["entries"][entry_key] = state["store"].get(*entry_key)
+        entry = state["entries"][entry_key]
+        if unit.source not in state["models"]:
+            state["models"][unit.source] = _model_for(unit.source, state["by_id"],
+                                                      state["members"])[0]
+        model = state["models"][unit.source]
+        explained = entry.params.get("explain", entry.params)
+        sl = slice(unit.start, unit.stop)
+        maps = entry.read(entry.rows_of(data.ids[sl]))
+        specs = {m: METRICS.get(m) for m in unit.metrics}
+        images = targets = target_model = None
+        if any(s.needs_model for s in specs.values()):
+            images = data.images[sl].to(dev)
+            target = resolve_target(model.to(dev).eval(), images, explained.get("target", "label"),
+                                    labels=data.labels[sl].to(dev))
+            targets, target_model = target.classes.to(dev), target.module
+        explainer = (
+            _explainer(explained, derive_seed(self.seed, *entry_key))
+            if unit.source in state["by_id"] or unit.source == "ens-logit"
+            else None
+        )
+        metric_seed = entry_metric_seed(self.seed, *entry_key, start=unit.start)
+        out: dict[str, list[float] | str] = {}
+        with shared_passes() if self.shared else contextlib.nullcontext():
+            for metric, spec in specs.items():
+                gen = torch.Generator().manual_seed(metric_seed) if spec.stochastic else None
+                try:
+                    values = evaluate(
+                        metric, maps.to(dev),
+                        images=images if spec.needs_model else None,
+                        labels=targets if spec.needs_model else None,
+                        masks=(state["masks"][sl].to(dev) if spec.needs_mask else None),
+                        model=target_model if spec.needs_model else None,
+                        explainer=explainer, generator=gen, **self.params.get(metric, {}),
+                    )
+                except (ValueError, TypeError, RuntimeError) as err:
+                    if not spec.needs_explainer:
+                        raise
+                    # the explanation method itself fails on this model (GradCAM of a wrapper)
+                    out[metric] = str(err)
+                    continue
+                out[metric] = values.cpu().tolist()
+        return out
 
 
 def _model_for(
@@ -341,13 +463,13 @@ def _model_for(
     return members[0][0], None
 
 
-def _targets(
-    params: Mapping[str, Any], model: nn.Module, data: Any, device: torch.device
-) -> tuple[Tensor | None, nn.Module | None, str | None]:
+def _target_problem(params: Mapping[str, Any], model: nn.Module, data: Any,
+                    device: torch.device) -> str | None:
+    """Why the entry's target cannot score model-bound metrics (``None``: it can), checked on
+    one image."""
     spec = params.get("target", "label")
-    model = model.to(device).eval()
-    images = data.images.to(device)
-    target = resolve_target(model, images, spec, labels=data.labels.to(device))
+    target = resolve_target(model.to(device).eval(), data.images[:1].to(device), spec,
+                            labels=data.labels[:1].to(device))
     if target.forward_args is not None:
-        return None, None, f"target {spec!r} needs extra forward arguments (contrast)"
-    return target.classes.to(device), target.module, None
+        return f"target {spec!r} needs extra forward arguments (contrast)"
+    return None

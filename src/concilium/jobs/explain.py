@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -46,9 +47,11 @@ from concilium.explain import (
 from concilium.explain.baselines import BaselineSpec
 from concilium.explain.targets import resolve_target
 from concilium.jobs.baselines import check_baseline_spec, member_baselines
+from concilium.jobs.engine import Engine, InProcessEngine
 from concilium.jobs.explain_plan import (
     ChunkEvent,
     EntryReport,
+    ExplainPlan,
     plan_members,
 )
 from concilium.models.sources import load_sources, parse_sources
@@ -110,6 +113,7 @@ def explain_to_store(
     device: str | torch.device = "cpu",
     meta: Mapping[str, Any] | None = None,
     on_chunk: Callable[[ChunkEvent], None] | None = None,
+    engine: Engine | None = None,
 ) -> list[EntryReport]:
     """Explain every member with every method into ``store``, computing only what is missing.
 
@@ -135,6 +139,10 @@ def explain_to_store(
         device: where the models run.
         meta: extra entry metadata (dataset fingerprint, ...).
         on_chunk: called after every computed chunk (progress bars).
+        engine: where the chunks are computed (default: this process; a
+            :class:`~concilium.jobs.ray_engine.RayEngine` computes the units of
+            :func:`explain_units` on its workers, which write the maps into ``store``, so the
+            store must be on storage every worker sees). Every engine writes the same bytes.
 
     Returns:
         One :class:`EntryReport` per member and method, in order.
@@ -175,6 +183,16 @@ def explain_to_store(
                             "recomputing it", p.source, m, e.params_hash, bad.chunk, bad.rows[0],
                             bad.rows[1] - 1, bad.reason)
     total = sum((stop - start) * len(ms) for p in plans for (start, stop), ms in p.missing.items())
+    if engine is not None and not isinstance(engine, InProcessEngine):
+        _explain_on(engine, store, data, plans, reports, total, on_chunk, ExplainWork(
+            run_dir=str(store.run_dir), data=data,
+            members=[(p.model, p.card) for p in plans if p.missing],
+            method_options=options, target=target, reduction=reduction, baselines=baselines,
+            seed=seed, batch_sizes={p.source: p.batch_sizes for p in plans},
+            entry_params={(p.source, m): e.params for p in plans for m, e in p.entries.items()},
+            device=str(device),
+        ))
+        return list(reports.values())
     done = 0
     writer = ChunkWriter(max_pending=2 * max(1, len(methods)), background=device.type != "cpu")
     try:
@@ -201,6 +219,112 @@ def explain_to_store(
     finally:
         writer.close()  # finishes every computed chunk (never loses finished work)
     return list(reports.values())
+
+
+@dataclass(frozen=True)
+class ExplainUnit:
+    """One unit of a distributed explanation: the chunk ``[start, stop)`` of member ``source``
+    for ``methods`` (one method, or the missing methods of one shared pass)."""
+
+    source: str
+    methods: tuple[str, ...]
+    start: int
+    stop: int
+
+
+def explain_units(plans: Sequence[ExplainPlan]) -> list[ExplainUnit]:
+    """The units of the missing chunks of ``plans``, chunk by chunk: one per member, chunk and
+    method, except that the shared-pass methods of a chunk (``SHARED_PASS``, when the run asks
+    for more than one) are one unit, computed together as :func:`compute_chunk` always does."""
+    units = []
+    for plan in plans:
+        shared_all = [m for m in SHARED_PASS if m in plan.batch_sizes]
+        for (start, stop), methods in sorted(plan.missing.items()):
+            shared = [m for m in methods if m in shared_all] if len(shared_all) > 1 else []
+            if shared:
+                units.append(ExplainUnit(plan.source, tuple(shared), start, stop))
+            units += [ExplainUnit(plan.source, (m,), start, stop)
+                      for m in methods if m not in shared]
+    return units
+
+
+@dataclass
+class ExplainWork:
+    """The computation of a distributed explanation (see :class:`concilium.jobs.engine.Work`):
+    each worker opens the store at ``run_dir`` and moves the members to ``device`` once; a step
+    computes one :class:`ExplainUnit` with :func:`compute_chunk` (the in-process code path,
+    seeded per chunk) and writes its maps without marking them; the driver marks them."""
+
+    run_dir: str
+    data: ImageDataset
+    members: list[tuple[nn.Module, Any]]
+    method_options: Mapping[str, Mapping[str, Any]]
+    target: str
+    reduction: str
+    baselines: Mapping[str, BaselineSpec]
+    seed: int
+    batch_sizes: Mapping[str, Mapping[str, int]]
+    entry_params: Mapping[tuple[str, str], Mapping[str, Any]]
+    device: str = "cpu"
+
+    def setup(self) -> dict[str, Any]:
+        device = torch.device(self.device)
+        return {
+            "store": ExplanationStore(self.run_dir),
+            "models": {card.member_id: (model.to(device).eval(), card)
+                       for model, card in self.members},
+            "device": device,
+            "entries": {},
+        }
+
+    def step(self, state: dict[str, Any], unit: ExplainUnit) -> dict[str, float]:
+        model, card = state["models"][unit.source]
+        device = state["device"]
+        seconds = {}
+        for method, maps, spent in compute_chunk(
+            model, self.data.images[unit.start:unit.stop].to(device),
+            self.data.labels[unit.start:unit.stop].to(device), unit.methods, card=card,
+            source=unit.source, start=unit.start, method_options=self.method_options,
+            target=self.target, reduction=self.reduction,
+            baseline=self.baselines[unit.source], seed=self.seed,
+            batch_sizes=self.batch_sizes[unit.source],
+        ):
+            key = (unit.source, method)
+            if key not in state["entries"]:
+                found = state["store"].lookup(unit.source, method, self.entry_params[key])
+                if found is None:
+                    raise ValueError(f"entry {unit.source}/{method} is not in the store at "
+                                     f"{self.run_dir} seen by this worker; put the run on "
+                                     "storage every worker sees (see docs/distributed.md)")
+                state["entries"][key] = found
+            state["entries"][key].write(unit.start, maps, mark=False)
+            seconds[method] = spent
+        return seconds
+
+
+def _explain_on(engine: Engine, store: ExplanationStore, data: ImageDataset,
+                plans: Sequence[ExplainPlan], reports: Mapping[tuple[str, str], EntryReport],
+                total: int, on_chunk: Callable[[ChunkEvent], None] | None,
+                work: ExplainWork) -> None:
+    """Run the missing chunks of ``plans`` on ``engine``; mark each chunk done in the driver
+    once its worker has written it (the driver is the done markers' one writer)."""
+    entries = {(p.source, m): e for p in plans for m, e in p.entries.items()}
+    done = 0
+
+    def on_result(unit: ExplainUnit, seconds: Mapping[str, float]) -> None:
+        nonlocal done
+        for method in unit.methods:
+            entries[(unit.source, method)].mark_done(unit.start, unit.stop)
+            report = reports[(unit.source, method)]
+            report.chunks_computed += 1
+            report.rows_computed += unit.stop - unit.start
+            report.seconds += seconds[method]
+        done += (unit.stop - unit.start) * len(unit.methods)
+        if on_chunk is not None:
+            on_chunk(ChunkEvent(unit.source, unit.stop - unit.start, list(unit.methods), done,
+                                total))
+
+    engine.run(work, explain_units(plans), on_result)
 
 
 def compute_chunk(
@@ -348,6 +472,7 @@ def explain_run(
     options: ExplainOptions,
     device: str = "cpu",
     on_chunk: Callable[[ChunkEvent], None] | None = None,
+    engine: Engine | None = None,
 ) -> list[EntryReport]:
     """Start or extend the explanation run ``out``: load the data and the members, check them,
     record ``RUN/run.json`` and explain every member with every method into ``RUN``'s store,
@@ -362,6 +487,7 @@ def explain_run(
         options: what to compute.
         device: where the models run.
         on_chunk: called after every computed chunk (progress displays).
+        engine: where the chunks are computed (default: this process).
 
     Returns:
         One :class:`EntryReport` per member and method.
@@ -398,5 +524,5 @@ def explain_run(
         seed=options.seed, dtype="float16" if options.float16 else "float32",
         chunk_size=options.chunk_size, batch_size=options.batch_size, device=device,
         meta={"dataset_fingerprint": info.dataset_fingerprint, "split": options.split},
-        on_chunk=on_chunk,
+        on_chunk=on_chunk, engine=engine,
     )

@@ -43,6 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from concilium._options import did_you_mean
 from concilium.data import DATASETS, DatasetSpec
 from concilium.jobs.audit import AuditOptions
+from concilium.jobs.engines import EngineName
 from concilium.jobs.ensemble import ENSEMBLERS, EnsembleOptionsBase, ensemble_options
 from concilium.jobs.explain import ExplainOptions, check_methods
 from concilium.metrics import METRICS
@@ -433,11 +434,19 @@ class ExperimentConfig(_Section):
     Attributes:
         name: the experiment's name (report title).
         device: ``cpu``, ``cuda`` or ``cuda:<k>``.
+        engine: where explain and evaluate run: ``inprocess`` (default) or ``ray``
+            (``pip install concilium[ray]``; see docs/distributed.md). Results are the same.
+        address: the Ray cluster to join (``auto``, ``HOST:PORT``, ``ray://HOST:10001``;
+            default: a local Ray instance).
+        workers: Ray workers (default: one per GPU, or per CPU on a CPU-only cluster).
         data, models, committee, explain, ensemble, evaluate, audit, report: the sections.
     """
 
     name: str = "experiment"
     device: str = Field("cpu", pattern=r"^(cpu|cuda(:\d+)?)$")
+    engine: EngineName = "inprocess"
+    address: str | None = None
+    workers: int | None = Field(None, ge=1)
     data: DataConfig = Field(default_factory=DataConfig)
     models: ModelsConfig = Field(default_factory=lambda: ModelsConfig.model_validate({}))
     committee: CommitteeConfig | None = None

@@ -10,6 +10,8 @@ from typing import Any
 
 from rich.console import Console
 
+from concilium.jobs.engine import Engine
+from concilium.jobs.engines import make_engine
 from concilium.pipeline.config import ExperimentConfig
 
 
@@ -28,6 +30,16 @@ class Context:
     out: Path
     console: Console = field(default_factory=lambda: Console(stderr=True))
     cache: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def engine(self) -> Engine:
+        """Where explain and evaluate run (``engine``, ``address``, ``workers``), made once."""
+        if "engine" not in self.cache:
+            c = self.config
+            address = c.address if c.engine != "inprocess" else None
+            workers = c.workers if c.engine != "inprocess" else None
+            self.cache["engine"] = make_engine(c.engine, address=address, workers=workers)
+        return self.cache["engine"]
 
     @property
     def models_dir(self) -> Path:

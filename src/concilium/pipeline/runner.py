@@ -147,6 +147,7 @@ def run_pipeline(
                              "device = \"cpu\" in the experiment")
     run_dir = Path(out)
     ctx = Context(config=config, out=run_dir, console=console or Console(stderr=True))
+    _ = ctx.engine  # an engine that cannot be made (Ray missing) fails before any work
     with run_lock(run_dir):  # one writer per run; the stages' jobs take it again
         return _run_stages(config, run_dir, stages, ctx)
 

@@ -102,7 +102,8 @@ def explain_into(
                             description=f"{event.source} ({', '.join(event.methods)})")
 
         reports = explain_run(run_dir, dataset=ctx.config.data.spec(), models=sources,
-                              options=options, device=ctx.config.device, on_chunk=on_chunk)
+                              options=options, device=ctx.config.device, on_chunk=on_chunk,
+                              engine=ctx.engine)
     computed = sum(r.rows_computed for r in reports)
     images = RunInfo.load(run_dir).n
     ctx.console.print(f"  {len(reports)} entries, {computed} maps computed in "
@@ -176,6 +177,7 @@ def evaluate_into(ctx: Context, run_dir: Path, *, metrics: list[str], options: A
             run_dir, resolve_metrics(list(metrics)), params=options.get("params"), mask=mask,
             split=options.get("split", "test"), limit=options.get("limit"),
             costly_limit=options.get("costly_limit"), device=ctx.config.device,
+            engine=ctx.engine,
             seed=ctx.config.explain.seed, progress=progress,
             on_group=lambda done, total: display.update(task, completed=done, total=total),
         )

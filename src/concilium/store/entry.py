@@ -196,13 +196,17 @@ class Entry:
 
     # -- writing ------------------------------------------------------------------------------
 
-    def write(self, start: int, maps: Tensor) -> None:
+    def write(self, start: int, maps: Tensor, *, mark: bool = True) -> None:
         """Write whole chunks of maps from row ``start`` on, then mark them finished.
 
         Args:
             start: first row; must be the start of a chunk (a multiple of ``chunk_size``).
             maps: ``(k, H, W)`` finite floating maps covering whole chunks: ``k`` is a multiple
                 of ``chunk_size``, or ``start + k == N`` (the last, possibly short, chunk).
+            mark: set the chunks' done markers (default). ``False`` writes the maps only: a
+                distributed run's workers write their chunks (each chunk its own file, so no
+                lock) and the driver, the single writer of the one-file ``done`` array, marks
+                them with :meth:`mark_done` once the write has returned.
 
         Raises:
             ValueError: on misaligned rows, a wrong shape, NaN/inf values, or (float16 entries)
@@ -253,6 +257,8 @@ class Entry:
                 marks[first:last] = 0
                 self._done[:] = marks
             self._maps[start:stop] = array
+            if not mark:  # another process marks them (mark_done) once it knows they are whole
+                return
             if self.checksummed:
                 marks[first:last] = [chunk_mark(array[r0 - start:r1 - start])
                                      for r0, r1 in map(self.chunk_rows, range(first, last))]
@@ -260,6 +266,22 @@ class Entry:
                 marks[first:last] = True
             self._done[:] = marks  # the whole (one-chunk) array: never a read-modify-write
         # the marks go after the data: a kill in between leaves these chunks unmarked
+
+    def mark_done(self, start: int, stop: int) -> None:
+        """Mark the chunks of rows ``[start, stop)`` finished; call only once their maps are
+        written (:meth:`write` with ``mark=False``). The checksum is of the bytes as stored, read
+        back here, so a chunk another process wrote is marked with what is on disk."""
+        if start % self.chunk_size or not 0 <= start < stop <= self.n:
+            raise ValueError(f"rows [{start}, {stop}) are not whole chunks of {self.chunk_size} "
+                             f"rows of an entry of {self.n}")
+        first = start // self.chunk_size
+        last = -(-stop // self.chunk_size)
+        with storage_errors(self.location):
+            marks = self._marks().copy()
+            for chunk in range(first, last):
+                r0, r1 = self.chunk_rows(chunk)
+                marks[chunk] = chunk_mark(self._maps[r0:r1]) if self.checksummed else True
+            self._done[:] = marks
 
     # -- reading ------------------------------------------------------------------------------
 
