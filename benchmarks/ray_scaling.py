@@ -93,7 +93,7 @@ def main() -> None:
         run = root / name
         shutil.rmtree(run, ignore_errors=True)
         t0 = time.perf_counter()
-        explain_run(run, dataset=dataset, models_dir=root / "models", options=options,
+        explain_run(run, dataset=dataset, models=root / "models", options=options,
                     engine=engine)
         t1 = time.perf_counter()
         evaluate_run(run, METRICS, params=params, split="all", chunk=args.chunk, engine=engine)

@@ -93,9 +93,9 @@ def test_ctrl_c_keeps_finished_chunks_exits_130_and_resumes(setup, tmp_path):
     options = ExplainOptions(methods=["integrated_gradients"], chunk_size=2, batch_size=4,
                              split="all", params={"integrated_gradients": {"n_steps": 10}})
     spec = FolderDataset(path=str(data.resolve()))
-    (report,) = explain_run(run, dataset=spec, models_dir=models, options=options)
+    (report,) = explain_run(run, dataset=spec, models=models, options=options)
     assert report.chunks_reused == kept and report.chunks_repaired == 0
-    (clean,) = explain_run(tmp_path / "clean", dataset=spec, models_dir=models, options=options)
+    (clean,) = explain_run(tmp_path / "clean", dataset=spec, models=models, options=options)
     a = ExplanationStore(run).get("m0", "integrated_gradients").read()
     b = ExplanationStore(tmp_path / "clean").get("m0", "integrated_gradients").read()
     assert np.array_equal(a.numpy(), b.numpy())

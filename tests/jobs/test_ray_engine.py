@@ -103,7 +103,7 @@ def reference(inputs, tmp_path_factory) -> Path:
     """The in-process run: explained, then evaluated in chunks of 3 rows."""
     dataset, models = inputs
     run = tmp_path_factory.mktemp("inprocess") / "run"
-    explain_run(run, dataset=dataset, models_dir=models, options=OPTIONS)
+    explain_run(run, dataset=dataset, models=models, options=OPTIONS)
     evaluate_run(run, METRICS, params=PARAMS, split="all", chunk=3, seed=1)
     return run
 
@@ -146,7 +146,7 @@ def test_every_engine_writes_the_in_process_bytes_and_values(name, engine, input
     engine = engine if name == "ray" else make_engine(name)
     run = tmp_path / "run"  # the same folder for every node: a shared filesystem
     events = []
-    reports = explain_run(run, dataset=dataset, models_dir=models, options=OPTIONS,
+    reports = explain_run(run, dataset=dataset, models=models, options=OPTIONS,
                           engine=engine, on_chunk=events.append)
     assert chunk_files(run) == chunk_files(reference)
     assert all(r.status == "computed" for r in reports)
@@ -172,7 +172,7 @@ def test_a_worker_killed_mid_run_is_retried_and_the_run_completes(engine, inputs
             os.kill(pids[0], signal.SIGKILL)
             killed.append(pids[0])
 
-    reports = explain_run(run, dataset=dataset, models_dir=models, options=OPTIONS,
+    reports = explain_run(run, dataset=dataset, models=models, options=OPTIONS,
                           engine=engine, on_chunk=kill_one_worker)
     assert killed
     assert ExplanationStore(run).entries().complete.all()
@@ -187,7 +187,7 @@ DRIVER = textwrap.dedent("""
     from concilium.jobs.engines import make_engine
     from concilium.jobs.explain import ExplainOptions, explain_run
     ray.init(address=sys.argv[1])
-    explain_run(sys.argv[2], dataset=FolderDataset(path=sys.argv[3]), models_dir=sys.argv[4],
+    explain_run(sys.argv[2], dataset=FolderDataset(path=sys.argv[3]), models=sys.argv[4],
                 options=ExplainOptions.model_validate_json(sys.argv[5]),
                 engine=make_engine("ray", workers=2),
                 on_chunk=lambda event: time.sleep(0.5))  # a slow driver, to be killed part-way
@@ -217,7 +217,7 @@ def test_a_driver_killed_mid_run_resumes_without_loss_or_recompute(cluster, engi
     assert done_before >= 3, driver.stderr.read().decode()[-2000:]
     done_at_kill = int(ExplanationStore(run, mode="r").entries().chunks_done.sum())
     assert done_at_kill < 2 * 3 * N // 2, "the driver finished before it was killed"
-    reports = explain_run(run, dataset=dataset, models_dir=models, options=OPTIONS,
+    reports = explain_run(run, dataset=dataset, models=models, options=OPTIONS,
                           engine=engine)
     assert sum(r.chunks_reused for r in reports) == done_at_kill  # nothing done is recomputed
     assert sum(r.chunks_computed for r in reports) == 2 * 3 * N // 2 - done_at_kill
