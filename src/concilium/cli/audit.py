@@ -18,6 +18,7 @@ import typer
 
 from concilium.cli.app import app
 from concilium.cli.options import given_options, model_flags
+from concilium.cli.paths import RUN, folder_of
 from concilium.jobs.audit import AuditOptions, run_audit
 
 
@@ -25,6 +26,7 @@ def audit_command(run: Path, **flags: Any) -> None:
     """Per-class quality, bias and anonymisation audits of a run."""
     from rich.console import Console
 
+    run = folder_of(run, RUN)
     tables = run_audit(run, given_options(flags, AuditOptions, what="the audit"))
     console = Console()
     for name, table in tables.items():

@@ -16,6 +16,7 @@ from rich.table import Table
 
 from concilium.cli.app import app
 from concilium.cli.options import check_device
+from concilium.cli.paths import RUN, folder_of
 from concilium.vocabulary import EXP_AVG, FAMILIES, IN_SAMPLE_MARK
 
 DEFAULT_METRICS = "localisation,complexity"
@@ -54,6 +55,7 @@ def evaluate(
     from concilium.store.results import ResultsTable
 
     console = Console()
+    run = folder_of(run, RUN)
     names = metrics_in(metrics)
     if params is not None and not params.is_file():
         raise FileNotFoundError(f"--params {params} does not exist")

@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from concilium.cli.app import app
 from concilium.cli.options import check_device, given_options, model_flags
+from concilium.cli.paths import DATA, folder_of, models_folder
 from concilium.data.specs import FolderDataset
 from concilium.explain import METHODS, method_params
 from concilium.jobs.baselines import check_baseline_spec
@@ -134,6 +135,8 @@ def run_explain(
     except ValidationError as err:
         raise ValueError(_option_errors(err)) from None
     image_size = _parse_size(size)
+    data = folder_of(Path(data), DATA)
+    models = models_folder(Path(models))
     if not Path(data).is_dir():
         raise FileNotFoundError(f"data folder {data} not found (make one with `concilium synth`)")
     spec = FolderDataset(path=str(Path(data).resolve()), size=image_size)

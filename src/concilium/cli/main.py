@@ -13,16 +13,26 @@ def _root() -> None:
     """Trustworthy saliency explanations: compute, ensemble and measure them."""
 
 
+#: A path given where it cannot be used: missing, a file for a folder (or the reverse), or not
+#: readable or writable. Each is a wrong argument, answered like a ValueError.
+PATH_ERRORS = (
+    FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError,
+)
+
+
 def main() -> None:
-    """Run the CLI; a ``ValueError``/``TypeError``/``FileNotFoundError`` from our own checks is
-    printed as one clear line, not a stack trace."""
+    """Run the CLI; a ``ValueError``/``TypeError`` from our own checks, or a path that cannot
+    be used (:data:`PATH_ERRORS`), is printed as one clear line with exit code 2, not a stack
+    trace."""
     try:
         code = app(standalone_mode=False)
-    except (ValueError, TypeError, FileNotFoundError) as err:
+    except (ValueError, TypeError, *PATH_ERRORS) as err:
         from rich.console import Console
         from rich.markup import escape
 
-        Console(stderr=True).print(f"[bold red]error:[/] {escape(str(err))}")
+        # a path that is not UTF-8 is shown with \x escapes, never as an unprintable surrogate
+        text = str(err).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        Console(stderr=True).print(f"[bold red]error:[/] {escape(text)}")
         sys.exit(2)
     except SystemExit as err:
         sys.exit(err.code)

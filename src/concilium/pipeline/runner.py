@@ -144,6 +144,8 @@ def run_pipeline(
             raise ValueError(f"device = {config.device!r} but CUDA is not available here; set "
                              "device = \"cpu\" in the experiment")
     run_dir = Path(out)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ValueError(f"the run directory {run_dir} is a file; pass a folder (--out)")
     ctx = Context(config=config, out=run_dir, console=console or Console(stderr=True))
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "experiment.json", config.model_dump_json(indent=2))
