@@ -5,7 +5,8 @@ Each case copies a small real world (a folder dataset, two saved members, an exp
 dataset, a checkpoint or member card, an experiment file, a run folder, or the command line),
 and runs the command that reads it: in-process through the console entry point ``main`` (with
 an alarm as the hang guard), and every ``--subprocess-every``-th case as a real
-``python -m concilium.cli.main`` process with a timeout. The goal is zero tracebacks, zero hangs
+``python -m concilium.cli.main`` process with three times the timeout (its imports alone take
+tens of seconds on a loaded machine). The goal is zero tracebacks, zero hangs
 and zero exit codes other than 0 (the input was handled) or 2 (refused with a message).
 
 Usage::
@@ -424,7 +425,9 @@ def main() -> None:
         kind, what, argv = make_case(k, args.seed, world, work)
         sub = args.subprocess_every > 0 and k % args.subprocess_every == 0
         os.chdir(work)  # whatever a command writes to a relative path stays in the case
-        r = run_subprocess(argv, args.timeout, work) if sub else run_in_process(argv, args.timeout)
+        # a fresh process imports torch first: tens of seconds on a loaded machine
+        r = (run_subprocess(argv, 3 * args.timeout, work) if sub
+             else run_in_process(argv, args.timeout))
         outcome = ("hang" if r["hang"] else "traceback" if r["traceback"]
                    else "exit 0" if r["code"] == 0 else "exit 2" if r["code"] == 2
                    else f"wrong exit {r['code']}")
