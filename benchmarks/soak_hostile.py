@@ -231,7 +231,8 @@ def break_card(models: Path, rng: random.Random) -> str:
         card_path.write_text(json.dumps(card))
         return "card field missing"
     if choice == 2:
-        card["class_names"] = ["x" * rng.choice([10, 10**6])] * rng.choice([2, 3, 50_000])
+        length, count = rng.choice([(10, 50_000), (10**7, 2), (10**6, 3)])  # 0.6 to 20 MB
+        card["class_names"] = ["x" * length] * count
         card_path.write_text(json.dumps(card))
         return "card enormous field"
     if choice == 3:
