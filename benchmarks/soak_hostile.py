@@ -12,7 +12,7 @@ and zero exit codes other than 0 (the input was handled) or 2 (refused with a me
 Usage::
 
     nice .venv/bin/python benchmarks/soak_hostile.py [--cases 1000] [--seed 0]
-        [--timeout 60] [--subprocess-every 50] [--log soak.jsonl]
+        [--timeout 60] [--subprocess-every 50] [--memory-gb 10] [--log soak.jsonl]
 
 Prints the counts per kind of input and per outcome, and every case that failed the goal with
 the command that reproduces it (``--only K`` reruns case K alone).
@@ -25,6 +25,7 @@ import collections
 import json
 import os
 import random
+import resource
 import shutil
 import signal
 import struct
@@ -408,7 +409,12 @@ def main() -> None:
     parser.add_argument("--subprocess-every", type=int, default=50)
     parser.add_argument("--only", type=int, default=None, help="run only this case")
     parser.add_argument("--log", type=Path, default=None, help="one JSON line per case")
+    parser.add_argument("--memory-gb", type=float, default=10.0,
+                        help="address-space limit of this process and its subprocesses: a case "
+                        "that tries to allocate more fails instead of starving the machine")
     args = parser.parse_args()
+    limit = int(args.memory_gb * 2**30)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
     import torch
 
