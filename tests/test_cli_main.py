@@ -55,7 +55,7 @@ def test_report_flags_are_the_report_options(monkeypatch, capsys, tmp_path):
         assert "--" + name.replace("_", "-") in out.out
     code, out = _run(monkeypatch, capsys, "report", str(tmp_path), "--gallery-images", "-1")
     assert code == 2
-    assert "the report: gallery_images: Input should be greater than or equal to 0" in out.err
+    assert "the report: --gallery-images: Input should be greater than or equal to 0" in out.err
     code, out = _run(monkeypatch, capsys, "report", str(tmp_path), "--gallery-metrics", ",")
     assert code == 2
     assert "--gallery-metrics is empty" in out.err

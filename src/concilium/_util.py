@@ -27,6 +27,10 @@ from torch import nn
 
 RecordT = TypeVar("RecordT", bound=BaseModel)
 
+MAX_RECORD_BYTES = 16 * 2**20
+"""The largest JSON record (card, run record) read: 16 MiB. A record is metadata; a larger
+file is not one (or was damaged), and reading it whole could exhaust memory."""
+
 _SEED_MASK = (1 << 63) - 1
 
 
@@ -131,14 +135,26 @@ def read_record(path: Path, model: type[RecordT], *, what: str, if_missing: str)
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ValueError: it is not valid JSON or not a valid ``model``.
+        ValueError: it is not valid JSON or not a valid ``model``, or it is larger than
+            :data:`MAX_RECORD_BYTES`.
     """
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found{if_missing}")
+    size = path.stat().st_size
+    if size > MAX_RECORD_BYTES:
+        raise ValueError(
+            f"{path} is {size:,} bytes, more than a {what} may hold ({MAX_RECORD_BYTES:,}); "
+            "it is not one, or it was damaged: restore or rewrite it"
+        )
     try:
-        return model.model_validate_json(path.read_text())
+        return model.model_validate_json(path.read_bytes())
     except ValueError as err:
-        raise ValueError(f"{path} is not a valid {what}: {err}") from None
+        raise ValueError(f"{path} is not a valid {what}: {_short(str(err))}") from None
+
+
+def _short(text: str, limit: int = 2000) -> str:
+    """``text`` cut to ``limit`` characters (a validation error can quote an enormous value)."""
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text) - limit:,} more)"
 
 
 def state_fingerprint(model: nn.Module) -> str:

@@ -18,6 +18,7 @@ import typer
 
 from concilium.cli.app import app
 from concilium.cli.options import given_options, model_flags
+from concilium.cli.paths import RUN, folder_of
 from concilium.jobs.audit import AuditOptions, run_audit
 
 
@@ -27,6 +28,7 @@ def audit_command(run: Path, **flags: Any) -> None:
 
     from concilium._progress import heartbeat
 
+    run = folder_of(run, RUN)
     options = given_options(flags, AuditOptions, what="the audit")
     with heartbeat("audit"):
         tables = run_audit(run, options)

@@ -17,6 +17,7 @@ import typer
 
 from concilium.cli.app import app
 from concilium.cli.options import flag, given_options, model_flags
+from concilium.cli.paths import RUN, folder_of
 from concilium.jobs.ensemble import ENSEMBLERS, run_ensemble
 
 
@@ -27,6 +28,7 @@ def ensemble_command(run: Path, kind: str, **flags: Any) -> None:
     from concilium._progress import heartbeat
 
     options = given_options(flags, ENSEMBLERS.get(kind).options, what=f"--kind {kind}")
+    run = folder_of(run, RUN)
     with heartbeat(f"ensemble {kind}"):
         result = run_ensemble(run, kind, options)
     console = Console()

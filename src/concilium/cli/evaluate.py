@@ -22,6 +22,7 @@ from concilium.cli.options import (
     check_device,
     make_engine_from_flags,
 )
+from concilium.cli.paths import RUN, folder_of
 from concilium.vocabulary import EXP_AVG, FAMILIES, IN_SAMPLE_MARK
 
 DEFAULT_METRICS = "localisation,complexity"
@@ -64,6 +65,7 @@ def evaluate(
     from concilium.store.results import ResultsTable
 
     console = Console()
+    run = folder_of(run, RUN)
     names = metrics_in(metrics)
     if params is not None and not params.is_file():
         raise FileNotFoundError(f"--params {params} does not exist")

@@ -24,6 +24,7 @@ from concilium.cli.options import (
     make_engine_from_flags,
     model_flags,
 )
+from concilium.cli.paths import DATA, folder_of, models_folder
 from concilium.data.specs import FolderDataset
 from concilium.explain import METHODS, method_params
 from concilium.jobs.baselines import check_baseline_spec
@@ -154,6 +155,7 @@ def run_explain(
     except ValidationError as err:
         raise ValueError(_option_errors(err)) from None
     image_size = _parse_size(size)
+    data = folder_of(Path(data), DATA)
     if not Path(data).is_dir():
         raise FileNotFoundError(f"data folder {data} not found (make one with `concilium synth`)")
     spec = FolderDataset(path=str(Path(data).resolve()), size=image_size)
@@ -169,6 +171,8 @@ def _sources(models: str | Path | list[str]) -> list[str]:
 
     items = [models] if isinstance(models, str | Path) else list(models)
     texts = [t for item in items for t in str(item).split(",") if t.strip()]
+    # a plain path is a members folder: a member folder or a file in one names the folder to pass
+    texts = [t if ":" in t else str(models_folder(Path(t))) for t in texts]
     return [s.text for s in parse_sources(texts)]
 
 

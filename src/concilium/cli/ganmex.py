@@ -17,6 +17,7 @@ import typer
 
 from concilium.cli.app import app
 from concilium.cli.options import check_device
+from concilium.cli.paths import DATA, GENERATOR, MEMBER, folder_of
 
 ganmex_app = typer.Typer(
     name="ganmex",
@@ -87,6 +88,7 @@ def train(
     if epochs is not None and epochs <= 0:
         raise ValueError(f"--epochs must be positive; got {epochs}")
     check_device(device)
+    data, model = folder_of(data, DATA), folder_of(model, MEMBER)
     if not data.is_dir():
         raise FileNotFoundError(f"data folder {data} not found (make one with `concilium synth`)")
     if not (model / "card.json").is_file():
@@ -176,6 +178,7 @@ def info(gen: Annotated[Path, typer.Argument(help="Generator folder GEN.")]) -> 
     from concilium.ganmex import load_card
     from concilium.ganmex.checkpoint import VALIDATION_FILE
 
+    gen = folder_of(gen, GENERATOR)
     card = load_card(gen)
     console = Console()
     console.print(

@@ -16,11 +16,19 @@ def _root() -> None:
 INTERRUPTED = 130
 """Exit status after Ctrl-C (128 + SIGINT), as shells report it."""
 
+#: A path given where it cannot be used: missing, a file for a folder (or the reverse), or not
+#: readable or writable. Each is a wrong argument, answered like a ValueError.
+PATH_ERRORS = (
+    FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError,
+)
+
 
 def _error(text: str, code: int) -> None:
     from rich.console import Console
     from rich.markup import escape
 
+    # a path that is not UTF-8 is shown with \x escapes, never as an unprintable surrogate
+    text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
     Console(stderr=True).print(f"[bold red]error:[/] {escape(text)}")
     sys.exit(code)
 
@@ -36,16 +44,16 @@ def _interrupted() -> None:
 
 
 def main() -> None:
-    """Run the CLI; a ``ValueError``/``TypeError``/``FileNotFoundError`` from our own checks (or
-    an ``ImportError`` naming a missing extra) is printed as one clear line, not a stack trace
-    (status 2); so are a full disk, an unwritable folder and a run locked by another process
-    (status 1). Ctrl-C stops with status 130 after the work in flight is either finished or
-    dropped, never half-kept."""
+    """Run the CLI; a ``ValueError``/``TypeError`` from our own checks, a path that cannot be
+    used (:data:`PATH_ERRORS`) or an ``ImportError`` naming a missing extra is printed as one
+    clear line, not a stack trace (status 2); so are a full disk, an unwritable folder and a run
+    locked by another process (status 1). Ctrl-C stops with status 130 after the work in flight
+    is either finished or dropped, never half-kept."""
     try:
         code = app(standalone_mode=False)
     except KeyboardInterrupt:
         _interrupted()
-    except (ValueError, TypeError, FileNotFoundError, ImportError) as err:
+    except (ValueError, TypeError, ImportError, *PATH_ERRORS) as err:
         _error(str(err), 2)
     except SystemExit as err:
         sys.exit(err.code)

@@ -24,7 +24,7 @@ from collections.abc import Collection, Mapping
 from typing import Any, Literal
 
 import typer
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
 
@@ -165,8 +165,21 @@ def given_options(flags: Mapping[str, Any], model: type[BaseModel], *, what: str
         raise ValueError(f"{', '.join(flag(k) for k in unknown)} "
                          f"{'is not an option' if len(unknown) == 1 else 'are not options'} of "
                          f"{what}; its options: {', '.join(flag(k) for k in valid)}")
-    return {name: _parse(name, _core(valid[name].annotation), value)
-            for name, value in given.items()}
+    parsed = {name: _parse(name, _core(valid[name].annotation), value)
+              for name, value in given.items()}
+    try:
+        model.model_validate(parsed)
+    except ValidationError as err:
+        # a value of the wrong type or range, named by the flag the user typed; the models'
+        # own checks (value_error) say their own message when the command validates
+        problems = [
+            f"{flag(str(e['loc'][0]))}: {e['msg']}"
+            for e in err.errors(include_url=False)
+            if e["loc"] and e["type"] not in ("missing", "value_error", "assertion_error")
+        ]
+        if problems:
+            raise ValueError(f"{what}: {'; '.join(problems)}") from None
+    return parsed
 
 
 def split_names(text: str | None, *, option: str, example: str | None = None

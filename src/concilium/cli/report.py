@@ -14,6 +14,7 @@ import typer
 
 from concilium.cli.app import app
 from concilium.cli.options import given_options, model_flags
+from concilium.cli.paths import RUN, folder_of
 from concilium.report import ReportOptions, write_report
 
 
@@ -22,7 +23,16 @@ def report_command(run_dir: Path, **flags: Any) -> None:
     attribute cards are written by `concilium audit`)."""
     from rich.console import Console
 
-    path = write_report(run_dir, given_options(flags, ReportOptions, what="the report"))
+    options = given_options(flags, ReportOptions, what="the report")
+    run_dir = folder_of(run_dir, RUN)
+    if run_dir.is_dir() and not (run_dir / RUN.marker).is_file() and not any(
+        run_dir.glob("results/*.parquet")
+    ):
+        raise FileNotFoundError(
+            f"{run_dir} is not a run (no run.json, no results/); pass the --out of "
+            "`concilium explain` or `concilium run`"
+        )
+    path = write_report(run_dir, options)
     Console().print(f"report: [bold]{path}[/]  summary: {path.parent / 'summary.json'}")
 
 

@@ -30,6 +30,7 @@ def run_command(
     cached: a re-run redoes only what changed."""
     from concilium.pipeline import format_plan, load_config, plan, run
 
+    experiment, out = _experiment_file(experiment, out)
     given = {k: v for k, v in (("engine", engine), ("address", address), ("workers", workers))
              if v is not None}
     try:
@@ -47,3 +48,21 @@ def run_command(
         return
     run(config, run_dir)
     typer.echo(f"report: {run_dir / 'report.html'}")
+
+
+def _experiment_file(path: Path, out: Path | None) -> tuple[Path, Path | None]:
+    """The experiment file to read, and the run directory, when ``path`` is a folder: a run
+    directory re-runs its own recorded ``experiment.json`` there; a folder holding exactly one
+    ``.toml`` file runs that file."""
+    if not path.is_dir():
+        return path, out
+    if (path / "experiment.json").is_file():
+        return path / "experiment.json", out or path
+    tomls = sorted(path.glob("*.toml"))
+    if len(tomls) == 1:
+        return tomls[0], out
+    listed = ", ".join(t.name for t in tomls[:8]) or "none"
+    raise FileNotFoundError(
+        f"{path} is a folder; pass an experiment file (its .toml files: {listed}), or a run "
+        "directory holding experiment.json"
+    )

@@ -10,6 +10,7 @@ import typer
 
 from concilium.cli.app import app
 from concilium.cli.options import split_names
+from concilium.cli.paths import DATA, folder_of
 
 
 class DiversityChoice(StrEnum):
@@ -90,7 +91,7 @@ def train(
     from concilium.models.ensembles import train_ensemble
 
     committee = split_names(archs, option="--archs", example="small-cnn,resnet18")
-    dataset = load_folder(data, size=size, seed=split_seed)
+    dataset = load_folder(folder_of(data, DATA), size=size, seed=split_seed)
     cards = train_ensemble(
         dataset,
         out=out,

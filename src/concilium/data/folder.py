@@ -3,7 +3,7 @@
 Layout (``DATA`` is any folder)::
 
     DATA/images/<label>/<id>.<png|jpg|jpeg>   one folder per class, ids unique across classes
-    DATA/masks/<label>/<id>.png               the region a good explanation points at (> 127 inside)
+    DATA/masks/<label>/<id>.png               the region a good explanation points at (a channel > 127 inside)
     DATA/parts/<part>/<label>/<id>.png        optional named mask sets (every image needs one)
     DATA/attributes.csv                       optional: id, then one 0/1 column per attribute
     DATA/splits.csv                           optional: id, split (train, val or test)
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 import shutil
 from collections.abc import Callable, Sequence
@@ -33,18 +34,35 @@ from concilium.data.io import (
     image_size,
     read_image,
     read_mask,
+    shown,
     write_image,
     write_mask,
 )
 
 CARD_FORMAT = "concilium-folder"
+MAX_CARD_BYTES = 16 * 2**20
+"""The largest ``card.json`` read (16 MiB): a card is metadata, not data."""
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+\-=]*$")
 
 __all__ = ["FolderDatasetError", "load_folder", "write_folder"]
 
 
 def _visible(entries: Sequence[Path]) -> list[Path]:
-    return sorted(p for p in entries if not p.name.startswith("."))
+    """The entries not hidden (no leading dot), sorted; a name that is not valid UTF-8 is an
+    error (ids and class names go into JSON, CSV and parquet files)."""
+    out = []
+    for p in entries:
+        if p.name.startswith("."):
+            continue
+        try:
+            p.name.encode("utf-8")
+        except UnicodeEncodeError:
+            raise FolderDatasetError(
+                f"{shown(p)} has a name that is not valid UTF-8; rename it (ids and class names "
+                "are written to JSON, CSV and parquet files)"
+            ) from None
+        out.append(p)
+    return sorted(out)
 
 
 def _natural_key(text: str) -> list:
@@ -56,18 +74,18 @@ def _scan_images(root: Path) -> list[tuple[str, str, Path]]:
     images_dir = root / "images"
     if not images_dir.is_dir():
         raise FolderDatasetError(
-            f"{images_dir} does not exist; a folder dataset keeps its images in "
+            f"{shown(images_dir)} does not exist; a folder dataset keeps its images in "
             "DATA/images/<label>/<id>.png"
         )
     entries = _visible(list(images_dir.iterdir()))
     stray = [p for p in entries if not p.is_dir()]
     if stray:
         raise FolderDatasetError(
-            f"{stray[0]} lies directly in images/; move it into images/<label>/"
+            f"{shown(stray[0])} lies directly in images/; move it into images/<label>/"
         )
     if not entries:
         raise FolderDatasetError(
-            f"{images_dir} has no label folders; put each class's images in images/<label>/"
+            f"{shown(images_dir)} has no label folders; put each class's images in images/<label>/"
         )
     found: list[tuple[str, str, Path]] = []
     seen: dict[str, Path] = {}
@@ -76,23 +94,23 @@ def _scan_images(root: Path) -> list[tuple[str, str, Path]]:
         for f in files:
             if f.is_dir():
                 raise FolderDatasetError(
-                    f"{f} is a folder inside a label folder; images/<label>/ holds image files only"
+                    f"{shown(f)} is a folder inside a label folder; images/<label>/ holds image files only"
                 )
             if f.suffix.lower() not in IMAGE_SUFFIXES:
                 raise FolderDatasetError(
-                    f"{f} is not a .png/.jpg/.jpeg image; convert or remove it"
+                    f"{shown(f)} is not a .png/.jpg/.jpeg image; convert or remove it"
                 )
             sid = f.stem
             if sid in seen:
                 raise FolderDatasetError(
-                    f"duplicate id {sid!r}: {seen[sid]} and {f}; ids must be unique across all "
+                    f"duplicate id {sid!r}: {shown(seen[sid])} and {shown(f)}; ids must be unique across all "
                     "label folders, rename one of them"
                 )
             seen[sid] = f
             found.append((label_dir.name, sid, f))
         if not files:
             raise FolderDatasetError(
-                f"label folder {label_dir} has no images; add images or remove the folder"
+                f"label folder {shown(label_dir)} has no images; add images or remove the folder"
             )
     found.sort(key=lambda t: _natural_key(t[1]))
     return found
@@ -103,24 +121,26 @@ def _mask_paths(base: Path, what: str, items: list[tuple[str, str, Path]]) -> li
     mask may lack its image."""
     if not base.is_dir():
         raise FolderDatasetError(
-            f"{base} does not exist; every image needs a {what} {base}/<label>/<id>.png"
+            f"{shown(base)} does not exist; every image needs a {what} {shown(base)}/<label>/<id>.png"
         )
     paths = []
     for label, sid, img in items:
         p = base / label / f"{sid}.png"
         if not p.is_file():
             raise FolderDatasetError(
-                f"{what} {p} is missing for image {img}; add it (a PNG, > 127 inside)"
+                f"{what} {shown(p)} is missing for image {shown(img)}; add it (a PNG, > 127 inside)"
             )
         paths.append(p)
     expected = {(label, f"{sid}.png") for label, sid, _ in items}
     for label_dir in _visible(list(base.iterdir())):
         if not label_dir.is_dir():
-            raise FolderDatasetError(f"{label_dir} should be a label folder; move or remove it")
+            raise FolderDatasetError(
+                f"{shown(label_dir)} should be a label folder; move or remove it"
+            )
         for f in _visible(list(label_dir.iterdir())):
             if (label_dir.name, f.name) not in expected:
                 raise FolderDatasetError(
-                    f"{what} {f} has no image images/{label_dir.name}/{f.stem}.<png|jpg>; "
+                    f"{what} {shown(f)} has no image images/{label_dir.name}/{f.stem}.<png|jpg>; "
                     "add the image or remove the mask"
                 )
     return paths
@@ -137,14 +157,16 @@ def _read_csv(
             rows = list(csv.reader(fh))
     except (OSError, UnicodeDecodeError) as err:
         raise FolderDatasetError(
-            f"{path} could not be read ({err}); save it as UTF-8 CSV"
+            f"{shown(path)} could not be read ({err}); save it as UTF-8 CSV"
         ) from None
     if not rows or not rows[0] or rows[0][0].strip() != "id":
-        raise FolderDatasetError(f"{path} must start with a header row whose first column is 'id'")
+        raise FolderDatasetError(
+            f"{shown(path)} must start with a header row whose first column is 'id'"
+        )
     found = [h.strip() for h in rows[0]]
     if header is not None and found != header:
         raise FolderDatasetError(
-            f"{path} must have exactly the columns {','.join(header)}; got {','.join(found)}"
+            f"{shown(path)} must have exactly the columns {','.join(header)}; got {','.join(found)}"
         )
     header = found
     values: dict[str, list[str]] = {}
@@ -153,23 +175,25 @@ def _read_csv(
             continue
         if len(row) != len(header):
             raise FolderDatasetError(
-                f"{path} line {line} has {len(row)} columns, the header has {len(header)}"
+                f"{shown(path)} line {line} has {len(row)} columns, the header has {len(header)}"
             )
         sid = row[0].strip()
         if sid in values:
-            raise FolderDatasetError(f"{path} line {line}: duplicate id {sid!r}; keep one row")
+            raise FolderDatasetError(
+                f"{shown(path)} line {line}: duplicate id {sid!r}; keep one row"
+            )
         values[sid] = [v.strip() for v in row[1:]]
     known = set(ids)
     unknown = [s for s in values if s not in known]
     if unknown:
         raise FolderDatasetError(
-            f"{path} lists id {unknown[0]!r} that has no image ({len(unknown)} unknown ids); "
+            f"{shown(path)} lists id {unknown[0]!r} that has no image ({len(unknown)} unknown ids); "
             "remove the row or add the image"
         )
     missing = [s for s in ids if s not in values]
     if missing:
         raise FolderDatasetError(
-            f"{path} has no row for image id {missing[0]!r} ({len(missing)} missing); "
+            f"{shown(path)} has no row for image id {missing[0]!r} ({len(missing)} missing); "
             "add a row for every image"
         )
     return header, values
@@ -179,15 +203,17 @@ def _attributes(path: Path, ids: list[str]) -> tuple[torch.Tensor, list[str]]:
     header, values = _read_csv(path, ids)
     names = header[1:]
     if not names:
-        raise FolderDatasetError(f"{path} has no attribute columns after 'id'")
+        raise FolderDatasetError(f"{shown(path)} has no attribute columns after 'id'")
     if any(not n for n in names) or len(set(names)) != len(names):
-        raise FolderDatasetError(f"{path}: attribute column names must be non-empty and unique")
+        raise FolderDatasetError(
+            f"{shown(path)}: attribute column names must be non-empty and unique"
+        )
     out = np.zeros((len(ids), len(names)), np.float32)
     for i, sid in enumerate(ids):
         for j, v in enumerate(values[sid]):
             if v not in ("0", "1"):
                 raise FolderDatasetError(
-                    f"{path}: id {sid!r}, column {names[j]!r} holds {v!r}; attributes are 0 or 1"
+                    f"{shown(path)}: id {sid!r}, column {names[j]!r} holds {v!r}; attributes are 0 or 1"
                 )
             out[i, j] = float(v)
     return torch.from_numpy(out), names
@@ -200,7 +226,7 @@ def _splits(path: Path, ids: list[str]) -> list[str]:
         split = values[sid][0]
         if split not in SPLITS:
             raise FolderDatasetError(
-                f"{path}: id {sid!r} has split {split!r}; use one of {', '.join(SPLITS)}"
+                f"{shown(path)}: id {sid!r} has split {split!r}; use one of {', '.join(SPLITS)}"
             )
         out.append(split)
     return out
@@ -211,12 +237,19 @@ def _card(path: Path, labels: list[str]) -> tuple[list[str], list[dict[str, str]
     names = sorted(set(labels))
     if not path.is_file():
         return names, None, {}
+    if path.stat().st_size > MAX_CARD_BYTES:
+        raise FolderDatasetError(
+            f"{shown(path)} is {path.stat().st_size:,} bytes, more than a card may hold "
+            f"({MAX_CARD_BYTES:,}); keep only class_names, class_part_values and a short card"
+        )
     try:
         card = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise FolderDatasetError(f"{path} is not valid JSON ({err}); fix or delete it") from None
+    except (OSError, UnicodeDecodeError, RecursionError, json.JSONDecodeError) as err:
+        raise FolderDatasetError(
+            f"{shown(path)} is not valid JSON ({err}); fix or delete it"
+        ) from None
     if not isinstance(card, dict):
-        raise FolderDatasetError(f"{path} must hold a JSON object; fix or delete it")
+        raise FolderDatasetError(f"{shown(path)} must hold a JSON object; fix or delete it")
     order = card.get("class_names")
     if order is not None:
         if (
@@ -226,7 +259,7 @@ def _card(path: Path, labels: list[str]) -> tuple[list[str], list[dict[str, str]
             or not set(names) <= set(order)
         ):
             raise FolderDatasetError(
-                f"{path} lists the classes {order} but images/ has the label folders {names}; "
+                f"{shown(path)} lists the classes {order} but images/ has the label folders {names}; "
                 "list every label folder once in class_names or delete class_names from the card"
             )
         names = list(order)
@@ -237,7 +270,7 @@ def _card(path: Path, labels: list[str]) -> tuple[list[str], list[dict[str, str]
         or not all(isinstance(d, dict) for d in cpv)
     ):
         raise FolderDatasetError(
-            f"{path}: class_part_values must be a list of {len(names)} objects (one per class)"
+            f"{shown(path)}: class_part_values must be a list of {len(names)} objects (one per class)"
         )
     extra = card.get("card", {})
     return names, cpv, extra if isinstance(extra, dict) else {"card": extra}
@@ -259,6 +292,26 @@ def _target_size(size: int | tuple[int, int] | None, first: tuple[int, int]) -> 
     if min(size) < 1:
         raise ValueError(f"size must be positive; got {size}")
     return (size[0], size[1])
+
+
+def _physical_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _check_memory(n: int, h: int, w: int, mask_sets: int, root: Path) -> None:
+    """Refuse a dataset whose decoded tensors would not fit in this machine's memory, before
+    allocating them (the images are float32, each mask set one byte per pixel)."""
+    need = n * h * w * (3 * 4 + 1 + mask_sets)
+    total = _physical_memory()
+    if total is not None and need > total:
+        raise FolderDatasetError(
+            f"{shown(root)}: {n} images of {h}x{w} need {need / 2**30:.1f} GiB decoded, more "
+            f"than this machine's {total / 2**30:.1f} GiB; load them at a smaller size "
+            "(size=..., --size)"
+        )
 
 
 def load_folder(
@@ -290,7 +343,7 @@ def load_folder(
     """
     root = Path(path)
     if not root.is_dir():
-        raise FileNotFoundError(f"dataset folder {root} does not exist; check the path")
+        raise FileNotFoundError(f"dataset folder {shown(root)} does not exist; check the path")
     fr = tuple(split_fractions)
     if len(fr) != 3 or min(fr) < 0 or abs(sum(fr) - 1.0) > 1e-6:
         raise ValueError(
@@ -306,7 +359,7 @@ def load_folder(
         for part_dir in _visible(list(parts_dir.iterdir())):
             if not part_dir.is_dir():
                 raise FolderDatasetError(
-                    f"{part_dir} lies directly in parts/; part masks go in parts/<part>/<label>/"
+                    f"{shown(part_dir)} lies directly in parts/; part masks go in parts/<part>/<label>/"
                 )
             parts[part_dir.name] = _mask_paths(part_dir, f"part mask ({part_dir.name})", items)
     attributes, attribute_names = None, []
@@ -334,13 +387,14 @@ def load_folder(
             mhw = image_size(p, what)
             if mhw != hw:
                 raise FolderDatasetError(
-                    f"{what} {p} is {mhw[1]}x{mhw[0]} but its image {img} is {hw[1]}x{hw[0]} "
+                    f"{what} {shown(p)} is {mhw[1]}x{mhw[0]} but its image {shown(img)} is {hw[1]}x{hw[0]} "
                     "(width x height); export the mask at the image's size"
                 )
     out_size = _target_size(size, sizes[0])
 
     n = len(items)
     h, w = out_size
+    _check_memory(n, h, w, len(parts), root)
     images = torch.empty((n, 3, h, w), dtype=torch.float32)
     object_masks = torch.empty((n, h, w), dtype=torch.bool)
     part_masks = {name: torch.empty((n, h, w), dtype=torch.bool) for name in parts}
@@ -354,7 +408,7 @@ def load_folder(
             )
         if progress is not None and (k + 1 == n or (k + 1) % 256 == 0):
             progress(k + 1, n)
-    folder_card = {**card, "folder": str(root.resolve())}
+    folder_card = {**card, "folder": shown(root.resolve())}
     if split_seed is not None:
         folder_card["split_seed"] = split_seed
         folder_card["split_fractions"] = list(fr)
@@ -413,11 +467,11 @@ def write_folder(
         raise TypeError(f"dataset must be an ImageDataset; got {type(dataset).__name__}")
     root = Path(out)
     if root.exists() and not root.is_dir():
-        raise ValueError(f"{root} is a file; choose a folder for the dataset")
+        raise ValueError(f"{shown(root)} is a file; choose a folder for the dataset")
     if root.is_dir() and any(root.iterdir()):
         if not overwrite:
             raise ValueError(
-                f"{root} is not empty; choose a new folder or pass overwrite=True (--overwrite)"
+                f"{shown(root)} is not empty; choose a new folder or pass overwrite=True (--overwrite)"
             )
         for sub in ("images", "masks", "parts"):
             if (root / sub).is_dir():

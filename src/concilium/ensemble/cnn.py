@@ -16,7 +16,6 @@ another ``K`` or another size raises a ``ValueError`` that says what it was trai
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -26,13 +25,14 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from concilium._checks import check_images, check_masks
-from concilium._util import atomic_write, atomic_write_text
+from concilium._util import atomic_write, atomic_write_text, read_record
 from concilium.ensemble.normalise import NormalisationName, normalise
 from concilium.ensemble.reduce import stack_maps
+from concilium.models.weights import load_state_dict_file, load_weights_into
 
 MapsInput = Tensor | Sequence[Tensor] | Mapping[str, Tensor]
 
@@ -233,16 +233,19 @@ class CNNEnsembler:
 
         Raises:
             FileNotFoundError: if ``model.safetensors`` or ``card.json`` is missing.
+            ValueError: a damaged card or weights file (named in the message).
         """
         d = Path(directory)
         for name in ("model.safetensors", "card.json"):
             if not (d / name).is_file():
                 raise FileNotFoundError(f"{d / name} not found; train the ensembler first "
                                         "(`concilium ensemble RUN --kind cnn`)")
-        card = EnsemblerCard.model_validate(json.loads((d / "card.json").read_text()))
+        card = read_record(d / "card.json", EnsemblerCard, what="CNN ensembler card",
+                           if_missing="")
         net = UNet(card.k + (card.image_channels if card.with_image else 0),
                    base=card.base_channels, depth=card.depth)
-        net.load_state_dict(load_file(str(d / "model.safetensors")))
+        weights = d / "model.safetensors"
+        load_weights_into(net, load_state_dict_file(weights), source=str(weights))
         return cls(net.to(device).eval(), card)
 
 

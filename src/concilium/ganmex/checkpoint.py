@@ -23,12 +23,13 @@ from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from concilium._util import atomic_write, atomic_write_text, read_record
 from concilium.ganmex.networks import Critic, Generator
+from concilium.models.weights import load_state_dict_file
 
 __all__ = [
     "CARD_FILE",
@@ -240,14 +241,17 @@ def load_card(gen_dir: str | os.PathLike) -> GanmexCard:
 
 
 def _checked_tensors(path: Path, step: int) -> dict[str, Tensor]:
-    with safe_open(str(path), framework="pt") as f:
-        saved = int((f.metadata() or {}).get("step", -1))
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            saved = int((f.metadata() or {}).get("step", -1))
+    except (SafetensorError, ValueError) as err:
+        raise ValueError(f"{path} is not a valid safetensors file: {err}") from None
     if saved != step:
         raise ValueError(
             f"{path.name} belongs to step {saved} but card.json to step {step}: the run was killed "
             f"while saving; delete {path.parent} and train again, or restore a backup"
         )
-    return load_file(str(path))
+    return load_state_dict_file(path)
 
 
 def load_generator(

@@ -114,7 +114,7 @@ def run_audit(run_dir: str | Path, options: AuditOptions | Mapping[str, Any] | N
     ctx = Run.open(run_dir)
     data, store = ctx.data, ctx.store
     entries = store.entries()
-    entries = entries[entries.complete]
+    entries = entries[entries.complete.astype(bool)]  # an empty store: object dtype
     tables: dict[str, pd.DataFrame] = {}
     held, rows_name = audited_rows(data.splits, o.rows)
     held_ids = [data.ids[i] for i in held.tolist()]

@@ -316,7 +316,8 @@ def monotonicity_correlation(
         batch_size: perturbed copies per forward pass (default: 64 on CPU, 512 on GPU).
 
     Returns:
-        ``(N,)`` in ``[-1, 1]``; NaN for a constant map.
+        ``(N,)`` in ``[-1, 1]``; NaN for a constant map, or when the output change
+        or the step relevance is the same at every step.
     """
     maps, images, labels, device = model_inputs(
         "monotonicity_correlation", maps, images, labels, model
@@ -359,6 +360,12 @@ def monotonicity_correlation(
     csum = torch.cat([by_rank.new_zeros(a.shape[0], 1), by_rank.cumsum(1)], dim=1)
     atts = csum.gather(1, counts) - csum.gather(1, starts)
     score = spearman(atts, variances)
+    score = nan_where(
+        score,
+        torch.isnan(score) & ~constant_rows(a.flatten(1)).to(score.device),
+        "monotonicity_correlation",
+        "the output change or the step relevance did not vary over the steps",
+    )
     return _constant_nan("monotonicity_correlation", a, score)
 
 

@@ -60,11 +60,16 @@ def build_mosaics(
         image of another class.
 
     Raises:
-        ValueError: for an unknown ``tile``.
+        ValueError: for an unknown ``tile``, or ``"half"`` tiles of images under 2x2 pixels.
     """
     if tile not in ("half", "full"):
         raise ValueError(f"tile must be 'half' or 'full'; got {tile!r}")
     n, _, h, w = images.shape
+    if tile == "half" and min(h, w) < 2:
+        raise ValueError(
+            f"focus with tile='half' needs images of at least 2x2 pixels; got {h}x{w} "
+            "(pass tile='full')"
+        )
     same = labels.view(-1, 1) == labels.view(1, -1)
     eye = torch.eye(n, dtype=torch.bool, device=images.device)
     partner, has_partner = _pick(same & ~eye, 1, generator)

@@ -37,6 +37,15 @@ def model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def model_dtype(model: nn.Module, default: torch.dtype) -> torch.dtype:
+    """The floating dtype of the model's first floating parameter or buffer (``default`` for a
+    model without one): the dtype images are cast to before they reach it."""
+    for t in (*model.parameters(), *model.buffers()):
+        if t.is_floating_point():
+            return t.dtype
+    return default
+
+
 def generator_device(generator: torch.Generator | None) -> torch.device:
     """The device random draws from ``generator`` are made on (CPU without a generator)."""
     return generator.device if generator is not None else torch.device("cpu")
@@ -322,7 +331,9 @@ def model_inputs(
     metric: str, maps: Tensor, images: Tensor | None, labels: Tensor | None, model: nn.Module | None
 ) -> tuple[Tensor, Tensor, Tensor, torch.device]:
     """Check the inputs of a model-bound metric (:func:`check_model_inputs`) and move maps,
-    images and labels to the model's device. Returns ``(maps, images, labels, device)``."""
+    images and labels to the model's device, the images in the model's dtype (float64 images
+    reach a float32 model as float32). Returns ``(maps, images, labels, device)``."""
     labels = check_model_inputs(metric, maps, images, labels, model)
     device = model_device(model)
-    return maps.to(device), images.to(device), labels.to(device), device
+    images = images.to(device=device, dtype=model_dtype(model, images.dtype))
+    return maps.to(device), images, labels.to(device), device

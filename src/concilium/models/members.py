@@ -29,6 +29,11 @@ from concilium.vocabulary import MEMBER_ID
 MODEL_FILE = "model.safetensors"
 CARD_FILE = "card.json"
 BACKBONE_ID = "backbone"
+MAX_WIDTH = 100_000
+"""The most classes (or attributes) a card may name: a larger head is a damaged card, and
+building it would exhaust memory before the weights are checked."""
+MAX_CHANNELS = 64
+"""The most image channels a card may name."""
 
 Diversity = Literal["head", "seed", "bootstrap", "arch"]
 """How an ensemble is made diverse: the names of
@@ -66,11 +71,11 @@ class MemberCard(BaseModel):
 
     member_id: str
     arch: str
-    num_classes: int = Field(ge=1)
+    num_classes: int = Field(ge=1, le=MAX_WIDTH)
     class_names: list[str]
-    num_attributes: int = Field(default=0, ge=0)
+    num_attributes: int = Field(default=0, ge=0, le=MAX_WIDTH)
     attribute_names: list[str] = Field(default_factory=list)
-    in_channels: int = Field(default=3, ge=1)
+    in_channels: int = Field(default=3, ge=1, le=MAX_CHANNELS)
     image_size: tuple[int, int]
     seed: int
     diversity: Diversity

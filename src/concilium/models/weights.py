@@ -19,6 +19,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
+from concilium._checks import all_finite
+
 WEIGHT_SUFFIXES: tuple[str, ...] = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
 """File suffixes :func:`load_state_dict_file` reads."""
 
@@ -99,13 +101,29 @@ def load_weights_into(module: nn.Module, state: Mapping[str, Tensor], *, source:
         source: where ``state`` came from, named in the error message.
 
     Raises:
-        ValueError: missing or unexpected names, or shapes that differ; the message lists up to
-            five of each.
+        ValueError: missing or unexpected names, shapes that differ, integer values for
+            floating-point ones, or parameters with NaN or infinite values; the message lists up
+            to five of each. Float64 values are cast to the model's dtype.
     """
     own = module.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     wrong = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
+    kind = sorted(k for k in set(own) & set(state)
+                  if own[k].is_floating_point() and not state[k].is_floating_point())
+    if kind:
+        raise ValueError(
+            f"weights in {source} hold {', '.join(f'{k}: {state[k].dtype}' for k in kind[:5])} "
+            "where the model has floating-point values; the file is not this model's weights"
+        )
+    parameters = {name for name, _ in module.named_parameters()}
+    bad = sorted(k for k in parameters & set(state)
+                 if state[k].is_floating_point() and not all_finite(state[k]))
+    if bad:
+        raise ValueError(
+            f"weights in {source}: {', '.join(bad[:5])} {'is' if len(bad) == 1 else 'are'} not "
+            "finite (NaN or infinite values): the training diverged or the file is damaged"
+        )
     if missing or unexpected or wrong:
         parts = []
         if missing:

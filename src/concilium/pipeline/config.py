@@ -31,6 +31,7 @@ Example:
 from __future__ import annotations
 
 import inspect
+import json
 import tomllib
 import typing
 from collections.abc import Callable, Mapping
@@ -515,7 +516,7 @@ def parse_config(values: Mapping[str, Any]) -> ExperimentConfig:
 
 
 def load_config(path: str | Path) -> ExperimentConfig:
-    """Read and validate ``EXPERIMENT.toml``.
+    """Read and validate ``EXPERIMENT.toml`` (or a run's recorded ``experiment.json``).
 
     Raises:
         FileNotFoundError: no such file.
@@ -525,9 +526,17 @@ def load_config(path: str | Path) -> ExperimentConfig:
     if not p.is_file():
         raise FileNotFoundError(f"experiment file {p} not found; see examples/benchmark.toml")
     try:
-        values = tomllib.loads(p.read_text())
-    except tomllib.TOMLDecodeError as err:
-        raise ValueError(f"{p} is not valid TOML: {err}") from None
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{p} is not a text file (not UTF-8); pass an experiment .toml") from None
+    try:
+        # a run's own record (RUN/experiment.json) is read as JSON; anything else as TOML
+        values = json.loads(text) if p.suffix == ".json" else tomllib.loads(text)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError, RecursionError) as err:
+        kind = "JSON" if p.suffix == ".json" else "TOML"
+        raise ValueError(f"{p} is not valid {kind}: {err}") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"{p} must hold a table of sections ([data], [models], ...)")
     try:
         return parse_config(values)
     except ValueError as err:

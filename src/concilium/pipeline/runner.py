@@ -146,6 +146,8 @@ def run_pipeline(
             raise ValueError(f"device = {config.device!r} but CUDA is not available here; set "
                              "device = \"cpu\" in the experiment")
     run_dir = Path(out)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ValueError(f"the run directory {run_dir} is a file; pass a folder (--out)")
     ctx = Context(config=config, out=run_dir, console=console or Console(stderr=True))
     _ = ctx.engine  # an engine that cannot be made (Ray missing) fails before any work
     with run_lock(run_dir):  # one writer per run; the stages' jobs take it again

@@ -20,16 +20,26 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.text import Text  # noqa: E402
 
 MAP_CMAP = "bwr"
 DPI = 72
 
 
 def to_data_uri(fig: Figure) -> str:
-    """Encode a figure as a base64 PNG data URI and close it."""
+    """Encode a figure as a base64 PNG data URI and close it.
+
+    Every text is drawn literally: a ``$`` in a class or method name is not read as
+    matplotlib mathtext (``"$\\frac{$"`` would fail to parse and ``"$x$"`` would change).
+    """
+    for text in fig.findobj(Text):
+        text.set_parse_math(False)
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
-    plt.close(fig)
+    try:
+        with matplotlib.rc_context({"text.parse_math": False}):  # tick labels made while drawing
+            fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
+    finally:
+        plt.close(fig)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
