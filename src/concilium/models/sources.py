@@ -155,6 +155,9 @@ class SourceKind:
     describe: Callable[[Source], list[dict[str, Any]]]
 
 
+_KIND = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
+"""What a source kind's prefix looks like (``tim:`` is a typo, not a folder)."""
+
 SOURCE_KINDS: Registry[SourceKind] = Registry("member source kind")
 """The kinds of member source, by prefix (``hf``, ``timm``, ``torchvision``, ``python``,
 ``folder``)."""
@@ -187,9 +190,6 @@ def parse_source(text: str | Path) -> Source:
         raise ValueError(f"unknown member source kind {prefix!r} in {text!r}; a source is a "
                          f"members folder or one of: {source_syntax()}")
     return SOURCE_KINDS.get("folder").parse(text)
-
-
-_KIND = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
 
 
 def split_weights(rest: str, *, kind: str, required: bool) -> tuple[str, str | None]:
