@@ -199,5 +199,7 @@ def _describe(source: Source) -> list[dict[str, Any]]:
 
 
 SOURCE_KINDS.add("hf", SourceKind(syntax="hf:DIR", example="hf:/models/vit-b16",
+                                  description="a transformers image classifier saved with "
+                                              "save_pretrained (safetensors)",
                                   parse=_parse, count=lambda s: 1,
                                   load=_load, describe=_describe))
