@@ -296,3 +296,37 @@ def test_sources_load_on_cuda(zoo: dict) -> None:
     (model, _), = load_sources(f"hf:{zoo['root'] / 'vit'}", class_names=NAMES, device="cuda")
     x = torch.rand(2, 3, 32, 32)
     torch.testing.assert_close(model(x.cuda()).cpu(), model.cpu()(x), rtol=1e-3, atol=1e-4)
+
+
+def test_hf_preprocessing_follows_the_processor_config(tmp_path: Path) -> None:
+    from concilium.models.hub import preprocessing_of
+
+    config = {"image_size": 384}
+    none = preprocessing_of(tmp_path, config)  # no preprocessor_config.json
+    assert (none.input_size, none.mean) == ((384, 384), None)
+    assert "no normalisation" in none.describe()
+    cases = [
+        ({"size": {"shortest_edge": 256}, "crop_size": {"height": 224, "width": 224},
+          "do_center_crop": True, "image_mean": [0.1] * 3, "image_std": [0.2] * 3}, (224, 224)),
+        ({"size": {"shortest_edge": 256}, "do_center_crop": False, "image_mean": [0.1] * 3,
+          "image_std": [0.2] * 3}, (256, 256)),
+        ({"size": {"height": 160, "width": 192}, "do_normalize": False,
+          "image_mean": [0.1] * 3, "image_std": [0.2] * 3}, (160, 192)),
+    ]
+    for proc, size in cases:
+        (tmp_path / "preprocessor_config.json").write_text(json.dumps(proc))
+        pre = preprocessing_of(tmp_path, config)
+        assert pre.input_size == size
+        assert pre.mean == (None if proc.get("do_normalize") is False else (0.1,) * 3)
+
+
+def test_library_preprocessing_is_the_packages_own() -> None:
+    from concilium.models.libraries import timm_preprocessing, torchvision_preprocessing
+
+    tv = torchvision_preprocessing(torchvision, "resnet50")
+    assert tv.input_size == (224, 224) and tv.mean == pytest.approx((0.485, 0.456, 0.406))
+    vit = torchvision_preprocessing(torchvision, "vit_b_16")
+    assert vit.input_size == (224, 224)
+    cfg = timm.models.get_pretrained_cfg("vit_base_patch16_224").to_dict()
+    tm = timm_preprocessing(cfg)
+    assert tm.input_size == (224, 224) and tm.mean == pytest.approx(tuple(cfg["mean"]))

@@ -60,3 +60,13 @@ def test_demo_plans_every_stage():
     planned = {p.name: p for p in plan(demo_config(quick=True), "/nonexistent/run")}
     assert planned["committee"].status == "run"
     assert planned["ensemble"].passes and planned["ensemble"].passes > 0
+
+
+def test_members_from_libraries_are_not_costed_as_small_cnns(tmp_path):
+    config = {**CONFIG, "models": {"sources": ["hf:/m/vit-b16", str(tmp_path / "trained")]}}
+    by = {p.name: p for p in plan(parse_config(config), tmp_path / "run")}
+    assert by["models"].passes == 0  # nothing to train
+    for stage in ("explain", "ensemble", "evaluate"):
+        assert by[stage].passes is None and by[stage].seconds is None  # '-': not estimated
+    folder = {**CONFIG, "models": {"sources": [str(tmp_path / "trained")]}}
+    assert plan(parse_config(folder), tmp_path / "run")[3].passes > 0

@@ -100,7 +100,7 @@ explain_command.__signature__ = inspect.Signature([  # type: ignore[attr-defined
                       default=typer.Argument(..., help="Image folder (as written by "
                                                        "`concilium synth`).")),
     inspect.Parameter("models", inspect.Parameter.KEYWORD_ONLY, annotation=list[str],
-                      default=typer.Option(..., "--models", help=MODELS_HELP)),
+                      default=typer.Option(..., "--models", metavar="SOURCE", help=MODELS_HELP)),
     inspect.Parameter("out", inspect.Parameter.KEYWORD_ONLY, annotation=Path,
                       default=typer.Option(..., "--out", help="Run directory "
                                                               "(explanations.zarr + run.json).")),

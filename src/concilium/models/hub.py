@@ -171,11 +171,17 @@ def _load(source: Source, class_names: Sequence[str] | None) -> list[Loaded]:
     _check_classifier(path, config)
     _check_weights(path)
     auto = importlib.import_module("transformers").AutoModelForImageClassification
+    bars = importlib.import_module("transformers.utils.logging")
+    shown = bars.is_progress_bar_enabled()
+    bars.disable_progress_bar()  # its tqdm bar would tear concilium's progress display
     try:
         net, info = auto.from_pretrained(str(path), local_files_only=True, use_safetensors=True,
                                          trust_remote_code=False, output_loading_info=True)
     except (OSError, ValueError, RuntimeError) as err:
         raise ValueError(f"source hf:{path}: transformers could not load it: {err}") from None
+    finally:
+        if shown:
+            bars.enable_progress_bar()
     bad = {k: sorted(v) for k, v in info.items() if k != "error_msgs" and v}
     if bad or info.get("error_msgs"):
         raise ValueError(f"source hf:{path}: the weights do not fit the config ({bad or info}); "
@@ -193,5 +199,7 @@ def _describe(source: Source) -> list[dict[str, Any]]:
 
 
 SOURCE_KINDS.add("hf", SourceKind(syntax="hf:DIR", example="hf:/models/vit-b16",
+                                  description="a transformers image classifier saved with "
+                                              "save_pretrained (safetensors)",
                                   parse=_parse, count=lambda s: 1,
                                   load=_load, describe=_describe))

@@ -130,6 +130,7 @@ def _load_timm(source: Source, class_names: Sequence[str] | None) -> list[Loaded
 
 SOURCE_KINDS.add("timm", SourceKind(
     syntax="timm:NAME@WEIGHTS.safetensors", example="timm:resnet50@/w/resnet50.safetensors",
+    description="a timm model with its state dict in a local safetensors file",
     parse=_parse_timm, count=lambda s: 1,
     load=_load_timm, describe=lambda s: [{"arch": f"timm:{s.target}"}]))
 
@@ -182,6 +183,7 @@ def _load_torchvision(source: Source, class_names: Sequence[str] | None) -> list
 
 SOURCE_KINDS.add("torchvision", SourceKind(
     syntax="torchvision:NAME@WEIGHTS.safetensors",
+    description="a torchvision classifier with its state dict in a local safetensors file",
     example="torchvision:vit_b_16@/w/vit_b_16.safetensors", parse=_parse_torchvision,
     count=lambda s: 1,
     load=_load_torchvision, describe=lambda s: [{"arch": f"torchvision:{s.target}"}]))

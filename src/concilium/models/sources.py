@@ -139,6 +139,7 @@ class SourceKind:
 
     Attributes:
         syntax: how its source string reads (shown in errors and help).
+        description: what such a source is, in one sentence.
         example: a valid source string of this kind (registry tests parse it).
         parse: ``rest`` (the string after ``kind:``) to a :class:`Source`, paths absolute.
         count: how many members the source holds, without loading them.
@@ -148,6 +149,7 @@ class SourceKind:
     """
 
     syntax: str
+    description: str
     example: str
     parse: Callable[[str], Source]
     count: Callable[[Source], int]
@@ -159,6 +161,9 @@ class SourceKind:
         """What the registry lists: the source string's syntax."""
         return f"member source {self.syntax}"
 
+
+_KIND = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
+"""What a source kind's prefix looks like (``tim:`` is a typo, not a folder)."""
 
 SOURCE_KINDS: Registry[SourceKind] = Registry("member source kind")
 """The kinds of member source, by prefix (``hf``, ``timm``, ``torchvision``, ``python``,
@@ -192,9 +197,6 @@ def parse_source(text: str | Path) -> Source:
         raise ValueError(f"unknown member source kind {prefix!r} in {text!r}; a source is a "
                          f"members folder or one of: {source_syntax()}")
     return SOURCE_KINDS.get("folder").parse(text)
-
-
-_KIND = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
 
 
 def split_weights(rest: str, *, kind: str, required: bool) -> tuple[str, str | None]:
@@ -437,7 +439,9 @@ def _describe_folder(source: Source) -> list[dict[str, Any]]:
 
 
 SOURCE_KINDS.add("folder", SourceKind(
-    syntax="MODELS (a members folder, or folder:MODELS)", example="folder:/models/birds",
+    syntax="MODELS (a members folder, or folder:MODELS)",
+    description="the trained members of a members folder (m0, m1, ... with card.json)",
+    example="folder:/models/birds",
     parse=_parse_folder,
     count=lambda s: len(_folder_dirs(s)), load=_load_folder, describe=_describe_folder))
 
@@ -497,6 +501,7 @@ def _load_python(source: Source, class_names: Sequence[str] | None) -> list[Load
 
 SOURCE_KINDS.add("python", SourceKind(
     syntax="python:MODULE:FACTORY[@WEIGHTS.safetensors]",
+    description="any nn.Module made by an importable factory, with optional safetensors weights",
     example="python:mypackage.nets:build@/w/net.safetensors", parse=_parse_python,
     count=lambda s: 1, load=_load_python,
     describe=lambda s: [{"arch": f"python:{s.target}"}]))

@@ -19,7 +19,7 @@ import torch
 from concilium.explain import METHODS, method_params
 from concilium.metrics import METRICS
 from concilium.metrics.randomisation import randomisable_layers
-from concilium.models import create_model
+from concilium.models import create_model, parse_sources
 from concilium.pipeline.config import ExperimentConfig, resolve_metrics
 from concilium.pipeline.context import Stage
 from concilium.pipeline.runner import read_state, stage_hashes
@@ -138,8 +138,11 @@ def plan(config: ExperimentConfig, out: str | Path, *, stages: list[Stage] | Non
     e = config.explain
     n_expl = (sum(sizes.values()) if e.split == "all" else sizes[e.split])
     n_expl = min(n_expl, e.limit) if e.limit else n_expl
-    # existing members are costed as small-cnn (their size is not known without loading them)
+    # existing members are costed as small-cnn (their size is not known without loading them);
+    # members from hf:, timm:, ... are not costed at all: a ViT-B is not a small-cnn
     members = _archs(config.models) if config.models.given is None else ["small-cnn"]
+    foreign = config.models.given is not None and any(
+        s.kind != "folder" for s in parse_sources(config.models.given))
     out_plan: list[PlannedStage] = []
     for stage in stages:
         if stage.name not in hashes:
@@ -166,6 +169,8 @@ def plan(config: ExperimentConfig, out: str | Path, *, stages: list[Stage] | Non
             p1, s1 = _train_cost(c.models, sizes["train"], size, classes)
             p2, s2 = _explain_cost(c.methods, c.params, _archs(c.models), n, size, classes)
             passes, seconds = p1 + p2, s1 + s2
+        elif foreign and stage.name in ("explain", "ensemble", "evaluate"):
+            passes, seconds = None, None
         elif stage.name == "explain":
             passes, seconds = _explain_cost(e.methods, e.params, members, n_expl, size, classes)
         elif stage.name == "ensemble" and "ens-logit" in config.ensemble.kinds:
