@@ -156,11 +156,6 @@ class SourceKind:
     load: Callable[[Source, Sequence[str] | None], list[Loaded]]
     describe: Callable[[Source], list[dict[str, Any]]]
 
-    @property
-    def description(self) -> str:
-        """What the registry lists: the source string's syntax."""
-        return f"member source {self.syntax}"
-
 
 _KIND = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
 """What a source kind's prefix looks like (``tim:`` is a typo, not a folder)."""
