@@ -108,7 +108,7 @@ def table_rows(fragment: str) -> list[list[list[str]]]:
     for body in re.findall(r"<tbody>(.*?)</tbody>", fragment, flags=re.S):
         rows = []
         for row in re.findall(r"<tr>(.*?)</tr>", body, flags=re.S):
-            cells = re.findall(r"<td>(.*?)</td>", row, flags=re.S)
+            cells = re.findall(r"<td[^>]*>(.*?)</td>", row, flags=re.S)
             rows.append([html_lib.unescape(re.sub(r"</?b>", "", c)).strip() for c in cells])
         out.append(rows)
     return out

@@ -23,6 +23,9 @@ from matplotlib.figure import Figure  # noqa: E402
 
 MAP_CMAP = "bwr"
 DPI = 72
+GALLERY_MAP_INCHES = 2.3
+"""The side of each gallery map (image, mask and every map drawn at this one size: about
+165 px at :data:`DPI`)."""
 
 
 def to_data_uri(fig: Figure) -> str:
@@ -81,17 +84,17 @@ def gallery_figure(
     by_row = {r: [c for c in cells if c.row == r] for r in rows}
     n_rows, n_cols = len(rows) + 1, max(2, *(len(v) for v in by_row.values()))
     fig, axes = plt.subplots(
-        n_rows, n_cols, figsize=(1.55 * n_cols + 0.6, 1.75 * n_rows), squeeze=False
+        n_rows, n_cols, figsize=(GALLERY_MAP_INCHES * n_cols + 1.2, (GALLERY_MAP_INCHES + 0.55) * n_rows), squeeze=False
     )
     for ax in axes.flat:
         ax.axis("off")
     axes[0, 0].axis("on")
     _show_image(axes[0, 0], image)
-    axes[0, 0].set_title("image", fontsize=8)
+    axes[0, 0].set_title("image", fontsize=10)
     axes[0, 1].axis("on")
     _show_image(axes[0, 1], image * 0.35)
     axes[0, 1].imshow(np.ma.masked_where(~mask, mask), cmap="autumn", alpha=0.8, vmin=0, vmax=1)
-    axes[0, 1].set_title("mask", fontsize=8)
+    axes[0, 1].set_title("mask", fontsize=10)
     gray = image.mean(axis=-1) if image.ndim == 3 else image
     last = None
     for r, row in enumerate(rows, start=1):
@@ -105,20 +108,21 @@ def gallery_figure(
             )
             ax.set_xticks([])
             ax.set_yticks([])
-            ax.set_title(cell.column if len(cell.column) <= 18 else cell.column[:17] + "…",
-                         fontsize=7)
+            ax.set_title(cell.column if len(cell.column) <= 22 else cell.column[:21] + "…",
+                         fontsize=9)
             if cell.caption:
-                ax.set_xlabel(cell.caption, fontsize=6)
+                ax.set_xlabel(cell.caption, fontsize=8)
     for r, row in enumerate(rows, start=1):
         axes[r, 0].axis("on")
-        axes[r, 0].set_ylabel(row.replace(": ", ":\n").replace("+", "+\n"), fontsize=6)
+        label = row if len(row) <= 40 else f"{row.split(': ')[0]}: {row.count('+') + 1} methods"
+        axes[r, 0].set_ylabel(label.replace(": ", ":\n"), fontsize=9)
         axes[r, 0].set_xticks([])
         axes[r, 0].set_yticks([])
     if last is not None:
         bar = fig.colorbar(last, ax=axes.ravel().tolist(), shrink=0.5, pad=0.02)
-        bar.set_label("map / max|map|", fontsize=7)
-        bar.ax.tick_params(labelsize=6)
-    fig.suptitle(title, fontsize=9)
+        bar.set_label("map / max|map|", fontsize=9)
+        bar.ax.tick_params(labelsize=8)
+    fig.suptitle(title, fontsize=11)
     return to_data_uri(fig)
 
 
@@ -185,19 +189,29 @@ def scatter_figure(
 def bar_figure(
     labels: Sequence[str], values: np.ndarray, *, flagged: Sequence[bool] | None = None,
     threshold: float | None = None, xlabel: str, title: str,
+    low: np.ndarray | None = None, high: np.ndarray | None = None,
 ) -> str:
-    """Horizontal bars, flagged bars in red, an optional threshold line."""
+    """Horizontal bars, flagged bars in red, an optional threshold line and, with ``low`` and
+    ``high``, each bar's interval as an error bar (NaN bounds: none)."""
     n = len(labels)
-    fig, ax = plt.subplots(figsize=(4.8, 0.28 * n + 1.1))
+    fig, ax = plt.subplots(figsize=(5.4, 0.3 * n + 1.1))
     colours = ["tab:red" if f else "tab:blue" for f in (flagged or [False] * n)]
-    ax.barh(np.arange(n), np.nan_to_num(values, nan=0.0), color=colours)
+    shown = np.nan_to_num(values, nan=0.0)
+    ax.barh(np.arange(n), shown, color=colours)
+    if low is not None and high is not None:
+        lo, hi = np.asarray(low, float), np.asarray(high, float)
+        ok = np.isfinite(lo) & np.isfinite(hi) & np.isfinite(values)
+        ax.errorbar(shown[ok], np.arange(n)[ok], xerr=[shown[ok] - lo[ok], hi[ok] - shown[ok]],
+                    fmt="none", ecolor="black", elinewidth=1, capsize=2, label="95% interval")
+        if ok.any():
+            ax.legend(fontsize=7, loc="lower right")
     ax.set_yticks(np.arange(n))
-    ax.set_yticklabels([str(s) for s in labels], fontsize=7)
+    ax.set_yticklabels([str(s) for s in labels], fontsize=8)
     ax.invert_yaxis()
     if threshold is not None:
         ax.axvline(threshold, color="black", linestyle=":", linewidth=1)
     ax.set_xlabel(xlabel, fontsize=8)
-    ax.set_title(title, fontsize=8)
+    ax.set_title(title, fontsize=9)
     ax.tick_params(axis="x", labelsize=7)
     return to_data_uri(fig)
 
@@ -208,7 +222,7 @@ def attribute_card_figure(
 ) -> str:
     """The class map next to the maps of the attributes found, each on the image."""
     n = 2 + len(attribute_maps)
-    fig, axes = plt.subplots(1, n, figsize=(1.6 * n, 1.9), squeeze=False)
+    fig, axes = plt.subplots(1, n, figsize=(2.0 * n, 2.3), squeeze=False)
     axes = axes[0]
     _show_image(axes[0], image)
     axes[0].set_title("image", fontsize=7)
