@@ -44,8 +44,8 @@ def forest_figure(
     methods = sorted(diffs["method"].unique())
     n_cols = max(1, min(columns, len(metrics)))
     n_rows = int(np.ceil(len(metrics) / n_cols))
-    height = 0.32 * len(methods) * (1 + 0.25 * (len(comparisons) - 1)) + 1.0
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(3.9 * n_cols, height * n_rows),
+    height = 0.19 * len(methods) * (1 + 0.2 * (len(comparisons) - 1)) + 0.75
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(3.9 * n_cols, height * n_rows + 0.3),
                              squeeze=False, sharey=True)
     for ax in axes.flat:
         ax.set_visible(False)
@@ -62,22 +62,22 @@ def forest_figure(
             colour = COMPARISON_COLOURS[k % len(COMPARISON_COLOURS)]
             bars = np.isfinite(lo) & np.isfinite(hi) & ok
             ax.errorbar(est[bars], y[bars], xerr=[est[bars] - lo[bars], hi[bars] - est[bars]],
-                        fmt="o", color=colour, markersize=3, linewidth=1, capsize=2,
+                        fmt="o", color=colour, markersize=2.5, linewidth=1, capsize=1.5,
                         label=comp)
             ax.plot(est[ok & ~bars], y[ok & ~bars], "o", color=colour, markersize=3,
                     markerfacecolor="white")
         ax.axvline(0, color="black", linewidth=0.8)
         ax.set_yticks(np.arange(len(methods)))
-        ax.set_yticklabels([_short(m, 22) for m in methods], fontsize=8)
+        ax.set_yticklabels([_short(m, 22) for m in methods], fontsize=7)
         ax.invert_yaxis()
-        ax.set_title(metric, fontsize=9)
+        ax.set_title(metric, fontsize=8, pad=2)
         ax.tick_params(axis="x", labelsize=7)
         ax.grid(axis="x", color="#dddddd", linewidth=0.5)
     handles, labels = next(a for a in axes.flat if a.get_visible()).get_legend_handles_labels()
-    fig.legend(handles, labels, loc="upper center", ncol=len(comparisons), fontsize=8,
-               bbox_to_anchor=(0.5, 1.0), frameon=False)
-    fig.suptitle(title, fontsize=9, y=1.04)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / (height * n_rows + 0.3)), h_pad=0.4)
+    fig.legend(handles, labels, loc="upper right", ncol=len(comparisons), fontsize=7,
+               bbox_to_anchor=(1.0, 1.0), frameon=False)
+    fig.text(0.01, 1.0, title, fontsize=8, va="top")
     return to_data_uri(fig)
 
 
@@ -127,7 +127,7 @@ def family_interval_figure(
     """
     n = len(ranking)
     fig, axes = plt.subplots(1, max(len(families), 1), figsize=(
-        2.3 * max(len(families), 1) + 1.9, 0.27 * n + 1.1), squeeze=False, sharey=True)
+        2.3 * max(len(families), 1) + 1.9, 0.24 * n + 0.9), squeeze=False, sharey=True)
     y = np.arange(n)
     colours = np.where(ranking["status"].to_numpy() == "front", "tab:green", "tab:gray")
     for ax, family in zip(axes[0], families, strict=False):

@@ -100,10 +100,9 @@ def section_recommendation(data: ReportData, ctx: Context) -> Section:
     s.tables.append(Table(header, rows, f"Short list: the first {len(short)} of "
                           f"{len(rec.ranking)} explanations (family score 0 = worst .. 1 = best, "
                           "95% interval)", csv=to_csv(rec.ranking), folded=False))
-    shown = rec.ranking.head(max(SHORT_LIST, 8))
+    shown = rec.ranking.head(SHORT_LIST)
     s.figures.append(Figure(C.family_interval_figure(shown, rec.families), (
-        "Family scores with their intervals, the first explanations of the ranking (green: "
-        "Pareto front).")))
+        "Family scores with their 95% intervals, the short list (green: Pareto front).")))
     used = rec.metrics[rec.metrics["used"]]
     per_family = {f: sorted(used.loc[used["family"] == f, "metric"]) for f in rec.families}
     s.details.append(("The rule, and the metrics it uses", [
