@@ -83,9 +83,12 @@ def gallery_figure(
     rows = list(dict.fromkeys(c.row for c in cells))
     by_row = {r: [c for c in cells if c.row == r] for r in rows}
     n_rows, n_cols = len(rows) + 1, max(2, *(len(v) for v in by_row.values()))
-    fig, axes = plt.subplots(
-        n_rows, n_cols, figsize=(GALLERY_MAP_INCHES * n_cols + 1.2, (GALLERY_MAP_INCHES + 0.55) * n_rows), squeeze=False
-    )
+    width = GALLERY_MAP_INCHES * 1.12 * n_cols + 1.6
+    height = (GALLERY_MAP_INCHES + 0.7) * n_rows + 0.5
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(width, height), squeeze=False)
+    # margins in inches, so that every map keeps GALLERY_MAP_INCHES whatever the grid
+    fig.subplots_adjust(left=0.5 / width, right=1 - 1.1 / width, top=1 - 0.6 / height,
+                        bottom=0.35 / height, wspace=0.12, hspace=0.7 / GALLERY_MAP_INCHES)
     for ax in axes.flat:
         ax.axis("off")
     axes[0, 0].axis("on")
@@ -119,10 +122,11 @@ def gallery_figure(
         axes[r, 0].set_xticks([])
         axes[r, 0].set_yticks([])
     if last is not None:
-        bar = fig.colorbar(last, ax=axes.ravel().tolist(), shrink=0.5, pad=0.02)
+        cax = fig.add_axes((1 - 0.8 / width, 0.3, 0.15 / width, 0.4))
+        bar = fig.colorbar(last, cax=cax)
         bar.set_label("map / max|map|", fontsize=9)
         bar.ax.tick_params(labelsize=8)
-    fig.suptitle(title, fontsize=11)
+    fig.suptitle(title, fontsize=11, y=1 - 0.15 / height)
     return to_data_uri(fig)
 
 
