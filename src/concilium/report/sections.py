@@ -221,13 +221,15 @@ def _stats_table(stats: pd.DataFrame, metrics: list[str], hib: dict, best: dict,
 def section_radar(data: ReportData, ctx: Context) -> Section:
     """Per explanation, the mean rescaled score of each metric family."""
     s = _section(data, "radar",
-                 "Per explanation, the mean score of each metric family, every metric rescaled to "
-                 "[0, 1] over the explanations shown with its direction respected (1 = best).",
+                 "Per explanation, the mean score of each metric family, every metric that "
+                 "informs rescaled to [0, 1] over the explanations shown with its direction "
+                 "respected (1 = best).",
                  present=ctx.stats is not None and not ctx.stats.empty,
                  missing=_no_metrics(data), note="metrics")
     if ctx.stats is None or s.missing is not None:
         return s
-    scores = family_scores(ctx.stats, data.meta).dropna(how="all")
+    informs = ctx.stats[~ctx.stats["metric"].isin(list(ctx.uninformative))]
+    scores = family_scores(informs, data.meta).dropna(how="all")
     if scores.empty:
         s.missing = "No metric has a known family and direction (metric metadata missing)."
         return s
@@ -319,7 +321,8 @@ def section_consensus(data: ReportData, ctx: Context) -> Section:
         if text:
             s.paragraphs.append(text)
         if len(points.dropna(subset=["consensus_score"])) >= 2:
-            s.figures.append(Figure(F.consensus_scatter_figure(points), text))
+            s.figures.append(Figure(F.consensus_scatter_figure(points), (
+                "Per member: least-squares line and 95% bootstrap band over the members.")))
     s.tables.append(frame_table(table, caption="Consensus per member"))
     return s
 
