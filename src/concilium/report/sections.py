@@ -229,6 +229,10 @@ def section_radar(data: ReportData, ctx: Context) -> Section:
     if ctx.stats is None or s.missing is not None:
         return s
     informs = ctx.stats[~ctx.stats["metric"].isin(list(ctx.uninformative))]
+    if informs.empty:
+        s.missing = ("No metric separates the explanations on this run (each is folded away "
+                     "under Metrics, with the reason).")
+        return s
     scores = family_scores(informs, data.meta).dropna(how="all")
     if scores.empty:
         s.missing = "No metric has a known family and direction (metric metadata missing)."
