@@ -51,6 +51,9 @@ def test_quick_demo_end_to_end(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert len(summary["findings"]) == len(findings(None, {}, card={})) and summary["explanations"]
     assert any(f["verdict"] != "not measured" for f in summary["findings"])
+    # it opens with the recommendation, ranked from the metrics that inform (issue 17)
+    assert html.index("<section id=") == html.index('<section id="recommendation">')
+    assert summary["recommendation"]["ranking"] and summary["recommendation"]["front"]
     # the audit stage wrote the attribute cards (multitask members); the report only read them
     assert (out / "results" / "attributes.npz").is_file()
     assert "attributes" not in summary["missing_sections"]

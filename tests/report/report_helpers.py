@@ -13,6 +13,8 @@ from concilium.report.figures import GalleryCell
 from concilium.report.view import fmt
 
 EVIL = "<script>alert(1)</script>"
+EVIL_ATTRIBUTE = "<i>beak</i>_long"
+"""An attribute name with markup: the report must show it as text."""
 METHODS = ("saliency", "gradcam")
 SOURCES = ("m0", "m1", "m2", "ens-avg", "ens-logit", "consensus")
 
@@ -51,7 +53,7 @@ def make_report_data() -> ReportData:
     card = AttributeCard(
         sample_id="s0", predicted=EVIL, probability=0.9, image=image,
         class_map=rng.standard_normal((16, 16)),
-        attributes=[AttributeFinding("beak_long", 0.8, rng.standard_normal((16, 16)), "beak",
+        attributes=[AttributeFinding(EVIL_ATTRIBUTE, 0.8, rng.standard_normal((16, 16)), "beak",
                                      0.6, 0.3)],
     )
     return ReportData(
@@ -108,7 +110,7 @@ def table_rows(fragment: str) -> list[list[list[str]]]:
     for body in re.findall(r"<tbody>(.*?)</tbody>", fragment, flags=re.S):
         rows = []
         for row in re.findall(r"<tr>(.*?)</tr>", body, flags=re.S):
-            cells = re.findall(r"<td>(.*?)</td>", row, flags=re.S)
+            cells = re.findall(r"<td[^>]*>(.*?)</td>", row, flags=re.S)
             rows.append([html_lib.unescape(re.sub(r"</?b>", "", c)).strip() for c in cells])
         out.append(rows)
     return out

@@ -24,8 +24,9 @@ def test_every_section_heading_and_figures(saved_report):
         assert f"<h2>{title}</h2>" in html
     assert summary["missing_sections"] == {}  # the hand-built data fills every section
     assert 'class="missing"' not in html
-    # gallery, radar, scatter, five bar charts, one attribute card
-    assert html.count("data:image/png;base64,") == 1 + 1 + 1 + len(BAR_SECTIONS) + 1
+    # family intervals, forest plot, rank heat map, gallery, radar, scatter, five bar charts,
+    # one attribute card
+    assert html.count("data:image/png;base64,") == 3 + 1 + 1 + 1 + len(BAR_SECTIONS) + 1
     assert " ↑" in html and " ↓" in html
     assert not re.search(r"<(link|script)[^>]*(src|href)=\"?http", html)  # offline
 
@@ -66,7 +67,8 @@ def test_metrics_and_paper_sections_show_the_statistics(saved_report):
                      fmt(r.exp_avg), fmt(r.ens_logit), str(r.n_members)]
                     for r in paper.itertuples()]
     radar = table_rows(section_html(html, "radar"))[0]
-    assert radar == formatted(family_scores(stats, data.meta).dropna(how="all").reset_index())
+    informs = stats[~stats["metric"].isin(summary["uninformative_metrics"]["metrics"])]
+    assert radar == formatted(family_scores(informs, data.meta).dropna(how="all").reset_index())
 
 
 def test_other_sections_show_their_inputs(saved_report):

@@ -4,6 +4,7 @@ import pandas as pd
 import pytest
 from report_helpers import make_report_data
 
+from concilium.report.context import build_context
 from concilium.report.figures import ensemble_size_figure
 from concilium.report.sections import section_paper
 
@@ -23,7 +24,7 @@ def test_figure_is_an_image_and_names_missing_columns():
 
 def test_paper_section_shows_the_curve_only_when_ens_avg_wrote_it():
     data = make_report_data()
-    before = len(section_paper(data).figures)
+    before = len(section_paper(data, build_context(data)).figures)
     data.tables["ensemble_size"] = _curves()
-    s = section_paper(data)
+    s = section_paper(data, build_context(data))
     assert len(s.figures) == before + 1 and "algebraic" in s.figures[-1].caption

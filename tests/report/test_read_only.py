@@ -150,7 +150,11 @@ def test_report_reads_only_and_needs_no_member(audited_run, monkeypatch):
     missing = {s for s in SECTIONS if 'class="missing"' in section_html(html, s)}
     # what the jobs did not write (no member cards, no E*, no studies, no GANMEX) is missing ...
     assert missing == {"models", "per-class", "subsets", "anonymisation", "one-vs-one",
-                       "consensus"}
+                       "consensus", "recommendation", "glance", "radar"}
+    # the tiny run's metrics do not separate its explanations: nothing to recommend or plot
+    assert "no metric separates the explanations" in section_html(html, "recommendation")
+    assert "No informative metric to plot" in section_html(html, "glance")
+    assert "No metric separates the explanations" in section_html(html, "radar")
     # ... and what they wrote is shown with its numbers
     bias = read_table(audited_run, "bias")
     assert table_rows(section_html(html, "bias")) == [formatted(bias)]

@@ -17,8 +17,8 @@ from concilium.metrics.claims import Finding
 from concilium.report.data import ReportData
 from concilium.report.load import load_report_data
 from concilium.report.options import ReportOptions
+from concilium.report.registry import SECTIONS
 from concilium.report.render import render_html, save
-from concilium.report.sections import SECTIONS
 from concilium.report.summary import findings
 
 __all__ = [

@@ -24,6 +24,9 @@ from matplotlib.text import Text  # noqa: E402
 
 MAP_CMAP = "bwr"
 DPI = 72
+GALLERY_MAP_INCHES = 2.3
+"""The side of each gallery map (image, mask and every map drawn at this one size: about
+165 px at :data:`DPI`)."""
 
 
 def to_data_uri(fig: Figure) -> str:
@@ -90,18 +93,21 @@ def gallery_figure(
     rows = list(dict.fromkeys(c.row for c in cells))
     by_row = {r: [c for c in cells if c.row == r] for r in rows}
     n_rows, n_cols = len(rows) + 1, max(2, *(len(v) for v in by_row.values()))
-    fig, axes = plt.subplots(
-        n_rows, n_cols, figsize=(1.55 * n_cols + 0.6, 1.75 * n_rows), squeeze=False
-    )
+    width = GALLERY_MAP_INCHES * 1.12 * n_cols + 1.6
+    height = (GALLERY_MAP_INCHES + 0.7) * n_rows + 0.5
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(width, height), squeeze=False)
+    # margins in inches, so that every map keeps GALLERY_MAP_INCHES whatever the grid
+    fig.subplots_adjust(left=0.5 / width, right=1 - 1.1 / width, top=1 - 0.6 / height,
+                        bottom=0.35 / height, wspace=0.12, hspace=0.7 / GALLERY_MAP_INCHES)
     for ax in axes.flat:
         ax.axis("off")
     axes[0, 0].axis("on")
     _show_image(axes[0, 0], image)
-    axes[0, 0].set_title("image", fontsize=8)
+    axes[0, 0].set_title("image", fontsize=10)
     axes[0, 1].axis("on")
     _show_image(axes[0, 1], image * 0.35)
     axes[0, 1].imshow(np.ma.masked_where(~mask, mask), cmap="autumn", alpha=0.8, vmin=0, vmax=1)
-    axes[0, 1].set_title("mask", fontsize=8)
+    axes[0, 1].set_title("mask", fontsize=10)
     gray = image.mean(axis=-1) if image.ndim == 3 else image
     last = None
     for r, row in enumerate(rows, start=1):
@@ -115,20 +121,22 @@ def gallery_figure(
             )
             ax.set_xticks([])
             ax.set_yticks([])
-            ax.set_title(cell.column if len(cell.column) <= 18 else cell.column[:17] + "…",
-                         fontsize=7)
+            ax.set_title(cell.column if len(cell.column) <= 22 else cell.column[:21] + "…",
+                         fontsize=9)
             if cell.caption:
-                ax.set_xlabel(cell.caption, fontsize=6)
+                ax.set_xlabel(cell.caption, fontsize=8)
     for r, row in enumerate(rows, start=1):
         axes[r, 0].axis("on")
-        axes[r, 0].set_ylabel(row.replace(": ", ":\n").replace("+", "+\n"), fontsize=6)
+        label = row if len(row) <= 40 else f"{row.split(': ')[0]}: {row.count('+') + 1} methods"
+        axes[r, 0].set_ylabel(label.replace(": ", ":\n"), fontsize=9)
         axes[r, 0].set_xticks([])
         axes[r, 0].set_yticks([])
     if last is not None:
-        bar = fig.colorbar(last, ax=axes.ravel().tolist(), shrink=0.5, pad=0.02)
-        bar.set_label("map / max|map|", fontsize=7)
-        bar.ax.tick_params(labelsize=6)
-    fig.suptitle(title, fontsize=9)
+        cax = fig.add_axes((1 - 0.8 / width, 0.3, 0.15 / width, 0.4))
+        bar = fig.colorbar(last, cax=cax)
+        bar.set_label("map / max|map|", fontsize=9)
+        bar.ax.tick_params(labelsize=8)
+    fig.suptitle(title, fontsize=11, y=1 - 0.15 / height)
     return to_data_uri(fig)
 
 
@@ -195,19 +203,29 @@ def scatter_figure(
 def bar_figure(
     labels: Sequence[str], values: np.ndarray, *, flagged: Sequence[bool] | None = None,
     threshold: float | None = None, xlabel: str, title: str,
+    low: np.ndarray | None = None, high: np.ndarray | None = None,
 ) -> str:
-    """Horizontal bars, flagged bars in red, an optional threshold line."""
+    """Horizontal bars, flagged bars in red, an optional threshold line and, with ``low`` and
+    ``high``, each bar's interval as an error bar (NaN bounds: none)."""
     n = len(labels)
-    fig, ax = plt.subplots(figsize=(4.8, 0.28 * n + 1.1))
+    fig, ax = plt.subplots(figsize=(5.4, 0.3 * n + 1.1))
     colours = ["tab:red" if f else "tab:blue" for f in (flagged or [False] * n)]
-    ax.barh(np.arange(n), np.nan_to_num(values, nan=0.0), color=colours)
+    shown = np.nan_to_num(values, nan=0.0)
+    ax.barh(np.arange(n), shown, color=colours)
+    if low is not None and high is not None:
+        lo, hi = np.asarray(low, float), np.asarray(high, float)
+        ok = np.isfinite(lo) & np.isfinite(hi) & np.isfinite(values)
+        ax.errorbar(shown[ok], np.arange(n)[ok], xerr=[shown[ok] - lo[ok], hi[ok] - shown[ok]],
+                    fmt="none", ecolor="black", elinewidth=1, capsize=2, label="95% interval")
+        if ok.any():
+            ax.legend(fontsize=7, loc="lower right")
     ax.set_yticks(np.arange(n))
-    ax.set_yticklabels([str(s) for s in labels], fontsize=7)
+    ax.set_yticklabels([str(s) for s in labels], fontsize=8)
     ax.invert_yaxis()
     if threshold is not None:
         ax.axvline(threshold, color="black", linestyle=":", linewidth=1)
     ax.set_xlabel(xlabel, fontsize=8)
-    ax.set_title(title, fontsize=8)
+    ax.set_title(title, fontsize=9)
     ax.tick_params(axis="x", labelsize=7)
     return to_data_uri(fig)
 
@@ -218,7 +236,7 @@ def attribute_card_figure(
 ) -> str:
     """The class map next to the maps of the attributes found, each on the image."""
     n = 2 + len(attribute_maps)
-    fig, axes = plt.subplots(1, n, figsize=(1.6 * n, 1.9), squeeze=False)
+    fig, axes = plt.subplots(1, n, figsize=(2.0 * n, 2.3), squeeze=False)
     axes = axes[0]
     _show_image(axes[0], image)
     axes[0].set_title("image", fontsize=7)

@@ -11,9 +11,10 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 
 from concilium import __version__
 from concilium._util import atomic_write, atomic_write_text
+from concilium.metrics.informative import RULE as INFORMATIVE_RULE
 from concilium.metrics.tables import paper_table
+from concilium.report.build import Report, build_sections
 from concilium.report.data import ReportData
-from concilium.report.sections import Report, build_sections
 from concilium.report.summary import best_per_metric
 
 
@@ -28,6 +29,10 @@ def summary_of(data: ReportData, report: Report) -> dict:
         "explanations": [] if stats is None else _jsonable(stats.to_dict("records")),
         "best_per_metric": {} if stats is None else best_per_metric(stats, data.meta),
         "findings": [_jsonable(f.as_dict()) for f in report.findings],
+        "recommendation": None if report.recommendation is None
+        else _jsonable(report.recommendation.as_dict()),
+        "uninformative_metrics": {"rule": INFORMATIVE_RULE,
+                                  "metrics": report.context.uninformative},
         "paper_table": [] if data.metrics is None
         else _jsonable(paper_table(data.metrics).to_dict("records")),
         "missing_sections": {s.id: s.missing for s in report.sections if s.missing},

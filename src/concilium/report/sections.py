@@ -1,4 +1,7 @@
-"""The sections of the report, one builder per section, each reading a :class:`ReportData`.
+"""The data sections of the report, one builder per section, each reading a :class:`ReportData`
+and the shared :class:`~concilium.report.context.Context`, registered in
+:data:`~concilium.report.registry.SECTIONS` in report order (the overview sections that open the
+report are in :mod:`concilium.report.overview`).
 
 A builder turns tables and arrays into a :class:`Section` (paragraphs, tables, figures); a section
 whose inputs are missing says so in one line, with the command that writes them. Tables are read
@@ -16,51 +19,21 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from concilium.metrics.claims import (
-    Finding,
-    consensus_accuracy_claim,
-    consensus_localisation_claim,
-)
+from concilium.metrics.claims import consensus_accuracy_claim, consensus_localisation_claim
+from concilium.metrics.informative import RULE as INFORMATIVE_RULE
 from concilium.metrics.tables import paper_table
 from concilium.report import figures as F
+from concilium.report.context import Context
 from concilium.report.data import ReportData
+from concilium.report.registry import SECTIONS
 from concilium.report.summary import (
     best_per_metric,
     consensus_points,
     explanation_label,
-    explanation_stats,
     family_scores,
-    findings,
 )
-from concilium.report.view import Cell, Figure, Section, Table, fmt, frame_table
+from concilium.report.view import Cell, Figure, Section, Table, fmt, frame_table, to_csv
 from concilium.vocabulary import EXP_AVG, FAMILIES
-
-SECTIONS: dict[str, str] = {
-    "findings": "Headline findings",
-    "dataset": "Dataset",
-    "models": "Models",
-    "gallery": "Gallery",
-    "metrics": "Metrics",
-    "radar": "Metric families",
-    "paper": "Ensemble vs members",
-    "consensus": "Committee consensus",
-    "per-class": "Per-class quality",
-    "bias": "Bias",
-    "subsets": "Method subsets",
-    "anonymisation": "Anonymisation",
-    "attributes": "Attribute explanations",
-    "one-vs-one": "One-vs-one explanations",
-}
-"""Section id -> heading, in report order (the browser test checks each heading)."""
-
-
-@dataclass
-class Report:
-    """The built report: its sections, the per-explanation statistics and the findings."""
-
-    sections: list[Section]
-    stats: pd.DataFrame | None
-    findings: list[Finding]
 
 
 def _arrow(hib: object) -> str:
@@ -103,23 +76,27 @@ def _no_metrics(data: ReportData) -> str:
 # ----------------------------------------------------------------------------- sections
 
 
-def section_findings(data: ReportData, found: list[Finding]) -> Section:
+@SECTIONS.register("findings", "Headline findings")
+def section_findings(data: ReportData, ctx: Context) -> Section:
     """The claims of the ensembling papers: each verdict (held, not held, inconclusive, not
-    measured) with its estimate, interval, n, seeds, p-value, threshold, rule and test, the
-    same fields as the findings of ``summary.json``."""
-    s = _section(data, "findings", "The claims of the ensembling papers, checked on this run.",
+    measured) with its estimate, interval, n, seeds and p-value on one line, the rule, test and
+    details one click away; the same fields as the findings of ``summary.json``."""
+    found = ctx.findings
+    s = _section(data, "findings", "The claims of the ensembling papers, checked on this run "
+                 "(estimate, 95% interval, n, p-value; 'how' gives the rule and the test).",
                  present=bool(found),
                  missing="No findings: the run has no metrics or audit tables yet.")
     for f in found:
         css = {"held": "held", "not held": "failed"}.get(f.verdict, "")
-        number = f"{f.numbers()}. " if f.numbers() else ""
+        number = f" {f.numbers()}." if f.numbers() else ""
         test = f" Test: {f.test}." if f.test else ""
-        s.items.append((f"{f.claim}: {f.verdict}.",
-                        f"{number}{f.detail}. Rule: {f.rule}.{test}", css))
+        s.items.append((f"{f.claim}: {f.verdict}.{number}",
+                        f"{f.detail}. Rule: {f.rule}.{test}", css))
     return s
 
 
-def section_dataset(data: ReportData) -> Section:
+@SECTIONS.register("dataset", "Dataset")
+def section_dataset(data: ReportData, ctx: Context) -> Section:
     """The dataset card and the samples per class and split."""
     s = _section(data, "dataset", present=bool(data.dataset),
                  missing="No dataset card: run.json was not found.")
@@ -130,7 +107,8 @@ def section_dataset(data: ReportData) -> Section:
         Table(["property", "value"],
               [[Cell(str(k)), Cell(fmt(v) if not isinstance(v, dict | list) else json.dumps(v))]
                for k, v in knobs.items()],
-              "Where the data came from")
+              "Where the data came from", csv=to_csv(pd.DataFrame(
+                  {"property": list(map(str, knobs)), "value": [str(v) for v in knobs.values()]})))
     )
     if data.class_counts is not None and not data.class_counts.empty:
         counts = data.class_counts.reset_index().rename(columns={"index": "class"})
@@ -145,7 +123,8 @@ MEMBER_COLUMNS = ("member_id", "arch", "diversity", "seed", "epochs", "val_accur
 """The fields of a member card (:class:`concilium.models.MemberCard`) the models section shows."""
 
 
-def section_models(data: ReportData) -> Section:
+@SECTIONS.register("models", "Models")
+def section_models(data: ReportData, ctx: Context) -> Section:
     """One row per member card, and the range of validation accuracies."""
     s = _section(data, "models", "Each member's card (validation accuracy).",
                  present=data.members is not None and not data.members.empty,
@@ -153,7 +132,8 @@ def section_models(data: ReportData) -> Section:
     if s.missing is not None:
         return s
     cols = [c for c in MEMBER_COLUMNS if c in data.members.columns]
-    s.tables.append(frame_table(data.members[cols or list(data.members.columns)]))
+    s.tables.append(frame_table(data.members[cols or list(data.members.columns)],
+                                caption="Member cards"))
     if "val_accuracy" in data.members.columns:
         acc = data.members["val_accuracy"].astype(float)
         s.paragraphs.append(
@@ -163,7 +143,8 @@ def section_models(data: ReportData) -> Section:
     return s
 
 
-def section_gallery(data: ReportData) -> Section:
+@SECTIONS.register("gallery", "Gallery")
+def section_gallery(data: ReportData, ctx: Context) -> Section:
     """The chosen images with their stored maps."""
     s = _section(data, "gallery",
                  "Chosen test images: the image, its ground-truth mask, each method's map for a "
@@ -178,55 +159,81 @@ def section_gallery(data: ReportData) -> Section:
         if item.prediction is not None:
             title += f", predicted {item.prediction}"
         s.figures.append(Figure(F.gallery_figure(item.image, item.mask, item.cells, title=title),
-                                title))
+                                title, wide=True))
     return s
 
 
-def section_metrics(data: ReportData, stats: pd.DataFrame | None) -> Section:
-    """Mean and 95% CI per explanation and metric, one table per metric family."""
+@SECTIONS.register("metrics", "Metrics")
+def section_metrics(data: ReportData, ctx: Context) -> Section:
+    """Mean and 95% CI per explanation and metric, one folded table per metric family, the
+    metrics that inform only; those that do not (:mod:`concilium.metrics.informative`) are
+    listed with the reason and folded into a table of their own."""
+    stats = ctx.stats
     s = _section(data, "metrics",
                  "Mean and 95% confidence interval over the test images, per explanation and "
                  "metric. ↑ higher is better, ↓ lower is better; the best per metric is in bold. "
-                 f"'{EXP_AVG}' pools the members per image (its mean is the Exp-Avg).",
+                 f"'{EXP_AVG}' pools the members per image (its mean is the Exp-Avg). Metrics "
+                 "that do not separate the explanations are folded away below, with the reason.",
                  present=stats is not None and not stats.empty, missing=_no_metrics(data))
-    if s.missing is not None:
+    if stats is None or s.missing is not None:
         return s
     hib, cat = _meta_maps(data.meta)
     best = best_per_metric(stats, data.meta)
+    dull = ctx.uninformative
     for family in [*FAMILIES, "other"]:
-        metrics = sorted(m for m in stats["metric"].unique() if cat.get(m, "other") == family)
-        if not metrics:
-            continue
-        sub = stats[stats["metric"].isin(metrics)]
-        header = ["explanation"] + [f"{m}{_arrow(hib.get(m))}" for m in metrics]
-        rows = []
-        for expl in dict.fromkeys(sub["explanation"]):
-            row = [Cell(expl)]
-            for m in metrics:
-                r = sub[(sub["explanation"] == expl) & (sub["metric"] == m)]
-                if r.empty:
-                    row.append(Cell(""))
-                    continue
-                r = r.iloc[0]
-                text = fmt(r["mean"])
-                if np.isfinite(r["ci_low"]):
-                    text += f" [{fmt(r['ci_low'])}, {fmt(r['ci_high'])}]"
-                row.append(Cell(text, bold=best.get(m) == expl))
-            rows.append(row)
-        s.tables.append(Table(header, rows, family))
+        metrics = sorted(m for m in stats["metric"].unique()
+                         if cat.get(m, "other") == family and m not in dull)
+        if metrics:
+            s.tables.append(_stats_table(stats, metrics, hib, best, family))
+    if dull:
+        s.paragraphs.append(f"{len(dull)} of {stats['metric'].nunique()} metrics do not inform "
+                            f"on this run and are folded away: {', '.join(sorted(dull))}.")
+        s.details.append(("Why these metrics are folded away", [
+            f"{m}: {why}." for m, why in sorted(dull.items())] + [f"Rule: {INFORMATIVE_RULE}."]))
+        s.tables.append(_stats_table(stats, sorted(dull), hib, best,
+                                     "metrics that do not inform"))
     return s
 
 
-def section_radar(data: ReportData, stats: pd.DataFrame | None) -> Section:
+def _stats_table(stats: pd.DataFrame, metrics: list[str], hib: dict, best: dict,
+                 caption: str) -> Table:
+    """Explanations (rows) x ``metrics`` (columns): mean [low, high]; CSV in long form."""
+    sub = stats[stats["metric"].isin(metrics)]
+    header = ["explanation"] + [f"{m}{_arrow(hib.get(m))}" for m in metrics]
+    rows = []
+    for expl in dict.fromkeys(sub["explanation"]):
+        row = [Cell(expl)]
+        for m in metrics:
+            r = sub[(sub["explanation"] == expl) & (sub["metric"] == m)]
+            if r.empty:
+                row.append(Cell(""))
+                continue
+            r = r.iloc[0]
+            text = fmt(r["mean"])
+            if np.isfinite(r["ci_low"]):
+                text += f" [{fmt(r['ci_low'])}, {fmt(r['ci_high'])}]"
+            row.append(Cell(text, bold=best.get(m) == expl))
+        rows.append(row)
+    return Table(header, rows, caption, csv=to_csv(sub))
+
+
+@SECTIONS.register("radar", "Metric families")
+def section_radar(data: ReportData, ctx: Context) -> Section:
     """Per explanation, the mean rescaled score of each metric family."""
     s = _section(data, "radar",
-                 "Per explanation, the mean score of each metric family, every metric rescaled to "
-                 "[0, 1] over the explanations shown with its direction respected (1 = best).",
-                 present=stats is not None and not stats.empty, missing=_no_metrics(data),
-                 note="metrics")
-    if s.missing is not None:
+                 "Per explanation, the mean score of each metric family, every metric that "
+                 "informs rescaled to [0, 1] over the explanations shown with its direction "
+                 "respected (1 = best).",
+                 present=ctx.stats is not None and not ctx.stats.empty,
+                 missing=_no_metrics(data), note="metrics")
+    if ctx.stats is None or s.missing is not None:
         return s
-    scores = family_scores(stats, data.meta).dropna(how="all")
+    informs = ctx.stats[~ctx.stats["metric"].isin(list(ctx.uninformative))]
+    if informs.empty:
+        s.missing = ("No metric separates the explanations on this run (each is folded away "
+                     "under Metrics, with the reason).")
+        return s
+    scores = family_scores(informs, data.meta).dropna(how="all")
     if scores.empty:
         s.missing = "No metric has a known family and direction (metric metadata missing)."
         return s
@@ -235,12 +242,14 @@ def section_radar(data: ReportData, stats: pd.DataFrame | None) -> Section:
     return s
 
 
-def section_paper(data: ReportData) -> Section:
+@SECTIONS.register("paper", "Ensemble vs members")
+def section_paper(data: ReportData, ctx: Context) -> Section:
     """Ens-Avg vs Exp-Avg vs Ens-Logit per method and metric (the winner in bold)."""
     s = _section(data, "paper",
                  "The ensembles paper's table: the metric of the averaged map (Ens-Avg), the mean "
                  "over members of each member's metric (Exp-Avg) and the map of the "
-                 "averaged-logit model (Ens-Logit).", present=data.metrics is not None,
+                 "averaged-logit model (Ens-Logit); their paired differences with intervals are "
+                 "the forest plot at the top.", present=data.metrics is not None,
                  missing=_no_metrics(data), note="metrics")
     if s.missing is not None:
         return s
@@ -261,9 +270,14 @@ def section_paper(data: ReportData) -> Section:
         rows.append([Cell(str(r.method)), Cell(f"{r.metric}{_arrow(h)}"),
                      *[Cell(fmt(v), bold=win == k) for k, v in cand.items()],
                      Cell(str(r.n_members))])
-    s.tables.append(Table(["method", "metric", "Ens-Avg", "Exp-Avg", "Ens-Logit", "members"],
-                          rows))
     _ensemble_size_part(data, s)
+    s.tables.append(Table(["method", "metric", "Ens-Avg", "Exp-Avg", "Ens-Logit", "members"],
+                          rows, "Ens-Avg, Exp-Avg and Ens-Logit per method and metric",
+                          csv=to_csv(table)))
+    if ctx.differences is not None:
+        s.tables.append(frame_table(ctx.differences, max_rows=400, caption=(
+            "Paired differences (positive: the first source is better) with 95% bootstrap "
+            "intervals")))
     return s
 
 
@@ -275,10 +289,12 @@ def _ensemble_size_part(data: ReportData, s: Section) -> None:
     s.figures.append(Figure(F.ensemble_size_figure(curves), (
         "Ens-Avg against the number of members K (mean over random member subsets; band: the "
         "range of 95% of the subsets). On mask correlation part of any gain over K = 1 is "
-        "algebraic (review ensembling D10): compare with the averaging_expectation table.")))
+        "algebraic (review ensembling D10): compare with the averaging_expectation table."),
+        wide=True))
 
 
-def section_consensus(data: ReportData) -> Section:
+@SECTIONS.register("consensus", "Committee consensus")
+def section_consensus(data: ReportData, ctx: Context) -> Section:
     """Consensus score vs held-out accuracy and vs the member's own localisation, per member
     (``RUN/results/consensus.parquet``): one scatter plot each with the least-squares line and
     a bootstrap band, and the two claim-2b findings (:mod:`concilium.metrics.claims`)."""
@@ -309,8 +325,9 @@ def section_consensus(data: ReportData) -> Section:
         if text:
             s.paragraphs.append(text)
         if len(points.dropna(subset=["consensus_score"])) >= 2:
-            s.figures.append(Figure(F.consensus_scatter_figure(points), text))
-    s.tables.append(frame_table(table))
+            s.figures.append(Figure(F.consensus_scatter_figure(points), (
+                "Per member: least-squares line and 95% bootstrap band over the members.")))
+    s.tables.append(frame_table(table, caption="Consensus per member"))
     return s
 
 
@@ -319,42 +336,46 @@ class BarSpec:
     """A bar-chart section over one results table, read by its documented columns.
 
     Attributes:
-        section: the section id (a key of :data:`SECTIONS`).
+        section: the section id (registered in :data:`SECTIONS`).
+        title: the section heading.
         table: the table's file stem under ``RUN/results/``.
         value: the column drawn as bars.
         label: the column naming each bar.
         intro: what the section shows.
         command: the command that writes the table (``{run}`` is the run directory).
         threshold: the column holding the flag threshold (drawn as a line), if any.
+        interval: the columns of each bar's interval ``(low, high)``, drawn when present.
     """
 
     section: str
+    title: str
     table: str
     value: str
     label: str
     intro: str
     command: str
     threshold: str | None = None
+    interval: tuple[str, str] | None = None
 
 
 BAR_SECTIONS: tuple[BarSpec, ...] = (
-    BarSpec("per-class", "per_class", "dice", "class",
+    BarSpec("per-class", "Per-class quality", "per_class", "dice", "class",
             "Quality of the CNN ensembler's explanation per class (Dice with the masks); classes "
             "below the threshold are flagged (red): hard or under-represented.",
             "`concilium ensemble {run} --kind cnn`, then `concilium audit {run}`",
-            threshold="flag_threshold"),
-    BarSpec("bias", "bias", "share", "class",
+            threshold="flag_threshold", interval=("dice_low", "dice_high")),
+    BarSpec("bias", "Bias", "bias", "share", "class",
             "Share of attribution mass on regions that are not evidence (the watermark, or outside "
             "the object) per class; flagged classes (red) suggest the model uses a shortcut.",
             "`concilium audit {run}`"),
-    BarSpec("subsets", "subsets", "test_dice", "subset",
+    BarSpec("subsets", "Method subsets", "subsets", "test_dice", "subset",
             "The CNN ensembler trained on subsets of the methods: which methods add information.",
             "`concilium audit {run} --subsets leave_one_out`"),
-    BarSpec("anonymisation", "anonymisation", "test_accuracy", "mode",
+    BarSpec("anonymisation", "Anonymisation", "anonymisation", "test_accuracy", "mode",
             "A classifier trained on images replaced by their explanations, next to the "
             "original's accuracy (feature reduction / anonymisation).",
             "`concilium audit {run} --anonymisation`"),
-    BarSpec("one-vs-one", "one_vs_one", "relevance_mass", "baseline",
+    BarSpec("one-vs-one", "One-vs-one explanations", "one_vs_one", "relevance_mass", "baseline",
             "Why class c and not t: one-vs-one maps with counterfactual (GANMEX) and classic "
             "baselines, scored on the difference mask.",
             "`python experiments/ganmex_one_vs_one.py --run {run}` (needs a trained GANMEX)"),
@@ -365,14 +386,16 @@ BAR_SECTIONS: tuple[BarSpec, ...] = (
 def bar_section(data: ReportData, spec: BarSpec) -> Section:
     """Bars of ``spec.value`` per ``spec.label`` (flagged rows in red), and the whole table."""
     table = data.tables.get(spec.table)
-    s = _section(data, spec.section, spec.intro, present=table is not None and not table.empty,
-                 missing=f"No {spec.table} table: run {spec.command.format(run=data.run_dir)}.")
+    s = Section(spec.section, spec.title, spec.intro)
+    if table is None or table.empty:
+        s.missing = data.notes.get(
+            spec.section, f"No {spec.table} table: run {spec.command.format(run=data.run_dir)}.")
     if table is None or s.missing is not None:
         return s
     lacks = _lacks(table, [spec.value, spec.label], spec.command.format(run=data.run_dir))
     if lacks:
         s.paragraphs.append(lacks)
-        s.tables.append(frame_table(table))
+        s.tables.append(frame_table(table, caption=spec.table))
         return s
     flagged = table["flagged"].astype(bool).tolist() if "flagged" in table.columns else None
     labels = table[spec.label].astype(str).tolist()
@@ -388,15 +411,26 @@ def bar_section(data: ReportData, spec: BarSpec) -> Section:
     if flagged is not None:
         names = sorted({str(x) for x, f in zip(table[spec.label], flagged, strict=True) if f})
         s.paragraphs.append(f"Flagged ({sum(flagged)}): {', '.join(names) if names else 'none'}.")
+    low = high = None
+    if spec.interval is not None and set(spec.interval) <= set(table.columns):
+        low, high = (table[c].to_numpy(float)[:40] for c in spec.interval)
+        s.paragraphs.append(f"Bars: {spec.value} with its 95% interval ({spec.interval[0]} to "
+                            f"{spec.interval[1]}).")
     s.figures.append(Figure(F.bar_figure(labels[:40], table[spec.value].to_numpy(float)[:40],
                                          flagged=(flagged or [False] * len(labels))[:40],
                                          threshold=threshold, xlabel=spec.value,
-                                         title=SECTIONS[spec.section])))
-    s.tables.append(frame_table(table))
+                                         title=spec.title, low=low, high=high)))
+    s.tables.append(frame_table(table, caption=f"The {spec.table} table"))
     return s
 
 
-def section_attributes(data: ReportData) -> Section:
+for _spec in BAR_SECTIONS:
+    SECTIONS.register(_spec.section, _spec.title)(
+        lambda data, ctx, spec=_spec: bar_section(data, spec))
+
+
+@SECTIONS.register("attributes", "Attribute explanations", after="anonymisation")
+def section_attributes(data: ReportData, ctx: Context) -> Section:
     """The attribute cards written by ``concilium audit`` (``RUN/results/attributes.*``)."""
     s = _section(data, "attributes",
                  "For models with attribute heads: which attributes the model found and where, "
@@ -422,31 +456,8 @@ def section_attributes(data: ReportData) -> Section:
             rows.append([Cell(card.sample_id), Cell(a.name), Cell(fmt(a.probability)),
                          Cell(a.part or ""), Cell(fmt(a.mass), bold=a.mass > a.class_mass),
                          Cell(fmt(a.class_mass))])
-    s.tables.append(Table(["sample", "attribute", "probability", "part mask",
-                           "relevance mass (attribute map)", "relevance mass (class map)"], rows))
+    header = ["sample", "attribute", "probability", "part mask",
+              "relevance mass (attribute map)", "relevance mass (class map)"]
+    s.tables.append(Table(header, rows, "Attributes of each card", csv=to_csv(pd.DataFrame(
+        [[c.text for c in r] for r in rows], columns=header))))
     return s
-
-
-def build_sections(data: ReportData) -> Report:
-    """All sections in report order, with the statistics and findings behind them."""
-    stats = explanation_stats(data.metrics, members=data.members_view) \
-        if data.metrics is not None and not data.metrics.empty else None
-    found = findings(data.metrics, data.tables, card=data.dataset)
-    bars = {spec.section: spec for spec in BAR_SECTIONS}
-    sections = [
-        section_findings(data, found),
-        section_dataset(data),
-        section_models(data),
-        section_gallery(data),
-        section_metrics(data, stats),
-        section_radar(data, stats),
-        section_paper(data),
-        section_consensus(data),
-        bar_section(data, bars["per-class"]),
-        bar_section(data, bars["bias"]),
-        bar_section(data, bars["subsets"]),
-        bar_section(data, bars["anonymisation"]),
-        section_attributes(data),
-        bar_section(data, bars["one-vs-one"]),
-    ]
-    return Report(sections, stats, found)

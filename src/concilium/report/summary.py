@@ -252,3 +252,30 @@ def _directions(meta: pd.DataFrame) -> dict[str, bool]:
         str(m): bool(h) for m, h in zip(meta["metric"], meta["higher_is_better"], strict=True)
         if h is not None and not (isinstance(h, float) and math.isnan(h))
     }
+
+
+def metric_ranks(
+    stats: pd.DataFrame, meta: pd.DataFrame, metrics: list[str] | None = None
+) -> pd.DataFrame:
+    """Per metric, each explanation's rank by its mean (1 = best, direction from
+    ``higher_is_better``; ties share the smallest rank; NaN where not scored).
+
+    Args:
+        stats: :func:`explanation_stats`.
+        meta: ``metric, higher_is_better``.
+        metrics: the columns, in order (default: every metric with a known direction).
+
+    Returns:
+        index = explanation (in ``stats`` order), columns = metrics.
+    """
+    direction = _directions(meta)
+    metrics = [m for m in (metrics if metrics is not None else sorted(stats["metric"].unique()))
+               if m in direction]
+    means = stats.pivot_table(index="explanation", columns="metric", values="mean", sort=False)
+    out = pd.DataFrame(index=list(dict.fromkeys(stats["explanation"])), columns=metrics,
+                       dtype=float)
+    for m in metrics:
+        if m in means.columns:
+            col = means[m].reindex(out.index)
+            out[m] = col.rank(ascending=not direction[m], method="min")
+    return out

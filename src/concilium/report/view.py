@@ -3,6 +3,7 @@ tables and figures) and how a value is printed. No data access, no numbers compu
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,19 +21,34 @@ class Cell:
 
 @dataclass
 class Table:
-    """A table of a section."""
+    """A table of a section: drawn folded (``<details>``) unless ``folded`` is false, with a
+    link that downloads ``csv`` (the whole table, also the rows not drawn) from the page."""
 
     header: list[str]
     rows: list[list[Cell]]
     caption: str = ""
+    csv: str = ""
+    folded: bool = True
+    name: str = ""
+    """The CSV file's name without ``.csv`` (set by the builder: ``<section id>-<k>``)."""
+
+    @property
+    def csv_uri(self) -> str:
+        """``csv`` as a ``data:`` URI (base64, UTF-8), "" without one."""
+        if not self.csv:
+            return ""
+        return "data:text/csv;charset=utf-8;base64," + base64.b64encode(
+            self.csv.encode("utf-8")).decode("ascii")
 
 
 @dataclass
 class Figure:
-    """A figure of a section: a ``data:`` URI and its caption."""
+    """A figure of a section: a ``data:`` URI and its caption; ``wide`` figures take the full
+    width of the page, the others sit side by side."""
 
     uri: str
     caption: str = ""
+    wide: bool = False
 
 
 @dataclass
@@ -47,6 +63,8 @@ class Section:
     tables: list[Table] = field(default_factory=list)
     figures: list[Figure] = field(default_factory=list)
     missing: str | None = None
+    details: list[tuple[str, list[str]]] = field(default_factory=list)
+    """Folded notes: ``(summary line, paragraphs)``, drawn as ``<details>``."""
 
 
 def fmt(x: object, digits: int = 3) -> str:
@@ -62,10 +80,17 @@ def fmt(x: object, digits: int = 3) -> str:
     return str(x)
 
 
-def frame_table(frame: pd.DataFrame, *, caption: str = "", max_rows: int = 60) -> Table:
-    """Any DataFrame as a table, every value through :func:`fmt`."""
+def to_csv(frame: pd.DataFrame) -> str:
+    """A table as the CSV its download link gives (every row, full precision, no index)."""
+    return frame.to_csv(index=False)
+
+
+def frame_table(frame: pd.DataFrame, *, caption: str = "", max_rows: int = 60,
+                folded: bool = True) -> Table:
+    """Any DataFrame as a table, every value through :func:`fmt`; the CSV holds every row."""
     shown = frame.head(max_rows)
     rows = [[Cell(fmt(v)) for v in row] for row in shown.itertuples(index=False)]
     if len(frame) > max_rows:
         caption = (caption + " " if caption else "") + f"(first {max_rows} of {len(frame)} rows)"
-    return Table([str(c) for c in frame.columns], rows, caption)
+    return Table([str(c) for c in frame.columns], rows, caption, csv=to_csv(frame),
+                 folded=folded)
