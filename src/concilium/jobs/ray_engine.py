@@ -100,8 +100,8 @@ class RayEngine:
             return
         if self.address is not None:
             ray.init(address=self.address)
-        else:  # a local instance for this process
-            ray.init(include_dashboard=False)
+        else:  # a new local instance for this process, never another process's one
+            ray.init(address="local", include_dashboard=False)
 
     def _resources(self, work: Any) -> tuple[int, float, int]:
         """``(workers, cpus, gpus)`` per actor for this job."""
@@ -153,6 +153,7 @@ class RayEngine:
         todo: deque[tuple[U, int]] = deque((u, 0) for u in units)
         running: dict[Any, tuple[Any, U, int]] = {}  # future -> (actor, unit, attempt)
         load = {id(a): 0 for a in actors}
+        died = "none"
         ok = False
         try:
             while todo or running:
@@ -163,15 +164,16 @@ class RayEngine:
                         running[future] = (actor, unit, attempt)
                         load[id(actor)] += 1
                 if not running:
-                    raise RuntimeError("every Ray worker died; see the Ray logs "
-                                       "(/tmp/ray/session_latest/logs) for why")
+                    raise RuntimeError(f"every Ray worker died (last: {died}); see the Ray "
+                                       "logs (/tmp/ray/session_latest/logs) for why")
                 (ready,), _ = ray.wait(list(running), num_returns=1)
                 actor, unit, attempt = running.pop(ready)
                 load[id(actor)] -= 1
                 try:
                     result = ray.get(ready)
-                except RayActorError:
+                except RayActorError as err:
                     # the actor is gone for good (restarts used up): give its unit to the others
+                    died = str(err).splitlines()[0] if str(err) else type(err).__name__
                     if attempt >= self.retries:
                         raise
                     actors = [a for a in actors if a is not actor]
