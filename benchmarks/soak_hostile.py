@@ -434,7 +434,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--timeout", type=int, default=60)
     parser.add_argument("--subprocess-every", type=int, default=50)
-    parser.add_argument("--only", type=int, default=None, help="run only this case")
+    parser.add_argument("--only", type=int, nargs="+", default=None,
+                        help="run only these cases")
     parser.add_argument("--log", type=Path, default=None, help="one JSON line per case")
     parser.add_argument("--memory-gb", type=float, default=10.0,
                         help="address-space limit of this process and its subprocesses: a case "
@@ -451,7 +452,7 @@ def main() -> None:
     torch.set_num_threads(1)
     base = Path(tempfile.mkdtemp(prefix="concilium-soak-"))
     world = build_world(base / "world")
-    cases = [args.only] if args.only is not None else range(args.start, args.cases)
+    cases = args.only if args.only is not None else range(args.start, args.cases)
     counts: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     failures = []
     log = args.log.open("w") if args.log else None
