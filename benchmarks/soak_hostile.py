@@ -401,18 +401,49 @@ def run_subprocess(argv: list[str], timeout: int, cwd: Path) -> dict:
             "hang": False, "detail": err[-2000:], "seconds": time.perf_counter() - t0}
 
 
+def summarise(logs: list[Path], n: int) -> None:
+    """Counts per kind and outcome of cases ``0..n-1`` over the ``--log`` files of shards."""
+    seen: dict[int, dict] = {}
+    for log in logs:
+        for line in log.read_text().splitlines():
+            record = json.loads(line)
+            if record["case"] < n:
+                seen.setdefault(record["case"], record)
+    counts: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    for record in seen.values():
+        counts[record["kind"]][record["outcome"]] += 1
+        counts["all"][record["outcome"]] += 1
+        counts["all"]["subprocess" if record["subprocess"] else "in-process"] += 1
+    print(f"{len(seen)} of {n} cases logged")
+    for kind in (*KINDS, "all"):
+        if counts[kind]:
+            print(f"  {kind:<11} " + ", ".join(f"{o}: {c}" for o, c in sorted(counts[kind].items())))
+    for record in sorted(seen.values(), key=lambda r: r["case"]):
+        if record["outcome"] in ("hang", "traceback") or record["outcome"].startswith("wrong"):
+            print(f"case {record['case']} ({record['kind']}: {record['what']}): "
+                  f"{record['outcome']}: {record['detail'][-300:]!r}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cases", type=int, default=1000)
+    parser.add_argument("--start", type=int, default=0,
+                        help="first case (shards: --start 0 --cases 500, --start 500 --cases 1000)")
+    parser.add_argument("--summarise", type=Path, nargs="+", default=None,
+                        help="print the counts of these --log files (cases 0..N-1, first wins)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--timeout", type=int, default=60)
     parser.add_argument("--subprocess-every", type=int, default=50)
-    parser.add_argument("--only", type=int, default=None, help="run only this case")
+    parser.add_argument("--only", type=int, nargs="+", default=None,
+                        help="run only these cases")
     parser.add_argument("--log", type=Path, default=None, help="one JSON line per case")
     parser.add_argument("--memory-gb", type=float, default=10.0,
                         help="address-space limit of this process and its subprocesses: a case "
                         "that tries to allocate more fails instead of starving the machine")
     args = parser.parse_args()
+    if args.summarise:
+        summarise(args.summarise, args.cases)
+        return
     limit = int(args.memory_gb * 2**30)
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
@@ -421,7 +452,7 @@ def main() -> None:
     torch.set_num_threads(1)
     base = Path(tempfile.mkdtemp(prefix="concilium-soak-"))
     world = build_world(base / "world")
-    cases = [args.only] if args.only is not None else range(args.cases)
+    cases = args.only if args.only is not None else range(args.start, args.cases)
     counts: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     failures = []
     log = args.log.open("w") if args.log else None

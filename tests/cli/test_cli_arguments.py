@@ -160,6 +160,14 @@ def test_evaluate_accepts_a_file_inside_the_run(world):
     assert outcome.code == 0 and not outcome.traceback, outcome.escaped or outcome.err
 
 
+@pytest.mark.parametrize("section", ["models", "committee.models"])
+def test_a_dry_run_of_a_billion_members_is_refused(tmp_path, section):
+    """Found by benchmarks/soak_hostile.py (cases 447, 687): a MemoryError traceback before."""
+    path = tmp_path / "big.toml"
+    path.write_text(f"[{section}]\nmembers = 1000000000\n")
+    _usage_error(invoke(["run", path, "--dry-run"]), "members = 1,000,000,000: at most 1,000")
+
+
 def test_run_accepts_a_folder_with_one_experiment_file(world, tmp_path):
     folder = tmp_path / "exp"
     folder.mkdir()

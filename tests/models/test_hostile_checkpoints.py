@@ -147,3 +147,13 @@ def test_a_long_field_is_cut_in_the_message(member):
     with pytest.raises(ValueError) as info:
         read_card(member)
     assert len(str(info.value)) < 5000
+
+
+@pytest.mark.parametrize("layer", ["nope", "", "features.99", "<img src=x onerror=alert(1)>"])
+def test_a_card_naming_no_gradcam_layer_is_refused_with_the_candidates(member, layer):
+    """Found by benchmarks/soak_hostile.py (cases 68, 86): a KeyError traceback before."""
+    card = json.loads((member / "card.json").read_text())
+    card["gradcam_layer"] = layer
+    (member / "card.json").write_text(json.dumps(card))
+    with pytest.raises(ValueError, match="names no module of this model; its convolutional"):
+        load_member(member)

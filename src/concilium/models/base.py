@@ -72,8 +72,19 @@ class ConciliumNet(nn.Module):
                 head.bias.uniform_(-bound, bound, generator=generator)
 
     def gradcam_module(self) -> nn.Module:
-        """The module named by ``gradcam_layer``."""
-        return dict(self.named_modules())[self.gradcam_layer]
+        """The module named by ``gradcam_layer``.
+
+        Raises:
+            ValueError: no module has that name (the message lists the convolutional ones).
+        """
+        modules = dict(self.named_modules())
+        if not self.gradcam_layer or self.gradcam_layer not in modules:  # "" is the model itself
+            convs = [n for n, m in modules.items() if isinstance(m, nn.Conv2d)]
+            raise ValueError(
+                f"gradcam_layer {self.gradcam_layer!r} names no module of this model; "
+                f"its convolutional layers: {', '.join(convs[-8:]) or 'none'}"
+            )
+        return modules[self.gradcam_layer]
 
 
 class AttributeView(nn.Module):

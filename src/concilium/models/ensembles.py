@@ -30,7 +30,14 @@ from concilium.models.diversities import (
     check_existing,
 )
 from concilium.models.fit import progress_bar
-from concilium.models.members import CARD_FILE, Diversity, MemberCard, read_card, save_member
+from concilium.models.members import (
+    CARD_FILE,
+    MAX_MEMBERS,
+    Diversity,
+    MemberCard,
+    read_card,
+    save_member,
+)
 from concilium.models.settings import (
     Finetune,
     FitSettings,
@@ -150,6 +157,8 @@ def train_ensemble(
             ensemble.
     """
     check_positive("members", members)
+    if members > MAX_MEMBERS:
+        raise ValueError(f"members must be at most {MAX_MEMBERS:,}; got {members:,}")
     settings = FitSettings(
         epochs=epochs,
         lr=lr,

@@ -34,6 +34,9 @@ MAX_WIDTH = 100_000
 building it would exhaust memory before the weights are checked."""
 MAX_CHANNELS = 64
 """The most image channels a card may name."""
+MAX_MEMBERS = 1_000
+"""The most members an ensemble may have (a larger number is a typo; listing its members alone
+would exhaust memory)."""
 
 Diversity = Literal["head", "seed", "bootstrap", "arch"]
 """How an ensemble is made diverse: the names of

@@ -50,6 +50,7 @@ from concilium.jobs.explain import ExplainOptions, check_methods
 from concilium.metrics import METRICS
 from concilium.metrics.evaluate import check_params
 from concilium.models import parse_sources, train_ensemble
+from concilium.models.members import MAX_MEMBERS
 from concilium.report import ReportOptions
 from concilium.vocabulary import FAMILIES, Split
 
@@ -256,6 +257,9 @@ def _train_options(controls: dict[str, Any], values: dict[str, Any]) -> dict[str
             f"existing members; drop the training keys {sorted(values)} or drop {given} to "
             "train"
         )
+    members = values.get("members")
+    if isinstance(members, int) and not isinstance(members, bool) and members > MAX_MEMBERS:
+        raise ValueError(f"[models] members = {members:,}: at most {MAX_MEMBERS:,}")
     return validate_kwargs("models", _train_model(), values)
 
 
