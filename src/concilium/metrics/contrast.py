@@ -21,7 +21,6 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any, Literal
 
 import torch
@@ -29,6 +28,7 @@ from torch import Tensor, nn
 
 from concilium._checks import check_images, check_maps
 from concilium.explain import explain
+from concilium.ganmex.provider import image_key
 from concilium.metrics.perturb import model_device, pixel_order
 
 __all__ = [
@@ -38,11 +38,6 @@ __all__ = [
     "contrast_explain",
     "contrast_scores",
 ]
-
-
-def _key(image: Tensor) -> str:
-    array = image.detach().to("cpu", torch.float32).contiguous().numpy()
-    return hashlib.sha256(array.tobytes()).hexdigest()[:32]
 
 
 class PairedBaseline:
@@ -62,11 +57,11 @@ class PairedBaseline:
         if baselines.shape != images.shape:
             raise ValueError(f"baselines must be {tuple(images.shape)} like the images; got "
                              f"{tuple(baselines.shape)}")
-        self._table = {_key(x): b.detach().cpu() for x, b in zip(images, baselines, strict=True)}
+        self._table = {image_key(x): b.detach().cpu() for x, b in zip(images, baselines, strict=True)}
         self.name = name
 
     def __call__(self, images: Tensor, targets: Tensor | None = None) -> Tensor:
-        keys = [_key(x) for x in images]
+        keys = [image_key(x) for x in images]
         missing = sum(k not in self._table for k in keys)
         if missing:
             raise ValueError(f"{missing} of {len(keys)} images have no {self.name} baseline; "
@@ -184,7 +179,7 @@ def contrast_curve(
     labels = _check_classes(labels, n, "labels")
     contrast = _check_classes(contrast, n, "contrast")
     counts = _counts(h * w, step, max_percent)
-    streams = [seed * 1_000_003 + int(_key(x)[:8], 16) for x in images]
+    streams = [seed * 1_000_003 + int(image_key(x)[:8], 16) for x in images]
     ranked = pixel_order(maps.float().cpu(), descending=order == "morf", streams=streams)
     ranks = torch.empty_like(ranked)
     ranks.scatter_(1, ranked, torch.arange(h * w).expand_as(ranked))
