@@ -84,9 +84,9 @@ def test_oracle_map_beats_its_reverse_and_x_star_localises_perfectly():
     value = {(r["baseline"], r["metric"], r["image"]): r["value"] for r in rows}
     for i in range(6):
         # IG with b = x* is zero wherever x = x*: all its mass is on the changed pixels
-        assert value[("x*", "mass", i)] == pytest.approx(1.0)
+        assert value[("x*", "relevance_mass", i)] == pytest.approx(1.0)
         assert value[("x*", "auc", i)] == pytest.approx(1.0)
-        assert value[("zero", "mass", i)] < 1.0
+        assert value[("zero", "relevance_mass", i)] < 1.0
     # deleting towards x* along the oracle map (the contrast drop per pixel) has a positive gap
     w = model[1].weight.detach().view(3, 3, SIZE, SIZE)
     oracle = torch.stack([((w[c[i]] - w[t[i]]) * (x[i] - x_star[i])).sum(0) for i in range(6)])
@@ -134,3 +134,46 @@ def test_clear_errors():
     with pytest.raises(ValueError, match="model_dependent"):
         one_vs_one_scores(model, x, c, t, x_star, baselines={"zero": "zero"},
                           model_dependent=("ganmex",))
+
+
+def _rows(values: dict[str, list[float]], metric: str = "relevance_mass"):
+    import pandas as pd
+
+    out = []
+    for baseline, per_seed in values.items():
+        for seed, v in enumerate(per_seed):
+            for image in range(2):  # two images per seed, symmetric around the seed's value
+                out.append({"method": "ig", "baseline": baseline, "metric": metric,
+                            "image": image, "seed": seed, "value": v + (0.01 if image else -0.01)})
+    return pd.DataFrame(out)
+
+
+def test_summary_intervals_across_seed_means_by_hand():
+    from scipy import stats
+
+    from concilium.metrics.one_vs_one import summarise_one_vs_one
+
+    table = summarise_one_vs_one(_rows({"ganmex": [0.2, 0.3, 0.4], "blur": [0.1, 0.1, 0.1]}))
+    row = table.set_index("baseline").loc["ganmex"]
+    half = stats.t.ppf(0.975, 2) * 0.1 / math.sqrt(3)
+    assert row["relevance_mass"] == pytest.approx(0.3)
+    assert row["relevance_mass_low"] == pytest.approx(0.3 - half)
+    assert row["n_seeds"] == 3 and row["n_images"] == 6
+
+
+@pytest.mark.parametrize(("metric", "ganmex", "verdict"), [
+    ("relevance_mass", [0.5, 0.52, 0.55], "holds"),
+    ("relevance_mass", [0.05, 0.02, 0.04], "reversed"),
+    ("relevance_mass", [0.5, 0.0, 0.1], "not shown"),
+    ("mprt", [0.05, 0.02, 0.04], "holds"),  # lower is better
+    ("mprt", [float("nan")] * 3, "untestable"),
+])
+def test_claim_verdicts(metric, ganmex, verdict):
+    from concilium.metrics.one_vs_one import claim_verdicts
+
+    rows = _rows({"ganmex": ganmex, "blur": [0.2, 0.21, 0.22], "zero": [0.1, 0.1, 0.1],
+                  "x*": [1.0, 1.0, 1.0]}, metric=metric)
+    out = claim_verdicts(rows).iloc[0]
+    assert out["verdict"] == verdict
+    if verdict != "untestable":  # the best other is blur for mass and zero for mprt, never x*
+        assert out["best_other"] == ("blur" if metric == "relevance_mass" else "zero")
