@@ -57,7 +57,7 @@ class OneVsOneOptions(BaseModel):
 
     Attributes:
         preset: GANMEX option preset (``default`` or ``reference``).
-        options: GANMEX options on top of the preset (``steps``, ``l_sim``, ...).
+        generator: GANMEX training options on top of the preset (``steps``, ``l_sim``, ...).
         methods: attribution methods (those that take a baseline: IG, DeepLIFT, occlusion).
         params: per method, its parameters.
         seeds: each seed draws its own images and contrast classes (and uniform baseline).
@@ -74,7 +74,7 @@ class OneVsOneOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     preset: str = "default"
-    options: dict[str, Any] = Field(default_factory=dict)
+    generator: dict[str, Any] = Field(default_factory=dict)
     methods: list[str] = Field(default_factory=lambda: ["integrated_gradients"])
     params: dict[str, dict[str, Any]] = Field(
         default_factory=lambda: {"integrated_gradients": {"n_steps": 32}})
@@ -89,11 +89,11 @@ class OneVsOneOptions(BaseModel):
 
     def ganmex_options(self) -> GanmexOptions:
         """The generator's training options (raises ``ValueError`` on a bad preset or key)."""
-        return GanmexOptions.preset(self.preset, **self.options)
+        return GanmexOptions.preset(self.preset, **self.generator)
 
     def scores_key(self) -> str:
         """A hash of what the scores depend on (not the generator's training options)."""
-        fields = self.model_dump(exclude={"preset", "options", "members"})
+        fields = self.model_dump(exclude={"preset", "generator", "members"})
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
