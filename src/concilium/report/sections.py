@@ -357,7 +357,8 @@ BAR_SECTIONS: tuple[BarSpec, ...] = (
     BarSpec("one-vs-one", "one_vs_one", "relevance_mass", "baseline",
             "Why class c and not t: one-vs-one maps with counterfactual (GANMEX) and classic "
             "baselines, scored on the difference mask.",
-            "`python experiments/ganmex_one_vs_one.py --run {run}` (needs a trained GANMEX)"),
+            "`concilium run` with a [ganmex] section (or `python experiments/ganmex_one_vs_one.py "
+            "--bench BENCH --run {run}`)"),
 )
 """The bar-chart sections, by the columns their writers document."""
 
@@ -393,6 +394,24 @@ def bar_section(data: ReportData, spec: BarSpec) -> Section:
                                          threshold=threshold, xlabel=spec.value,
                                          title=SECTIONS[spec.section])))
     s.tables.append(frame_table(table))
+    return s
+
+
+def section_one_vs_one(data: ReportData, spec: BarSpec) -> Section:
+    """The one-vs-one bars (relevance mass on the pixels where x and its exact counterfactual
+    differ, per baseline), then the paper's claims with their verdicts and the generator's
+    quality, as ``concilium.jobs.one_vs_one`` wrote them (``one_vs_one_claims``,
+    ``one_vs_one_generator``)."""
+    s = bar_section(data, spec)
+    for name, intro in (("one_vs_one_claims", "The paper's claims: GANMEX against the best other "
+                         "baseline, difference and 95% interval across seeds."),
+                        ("one_vs_one_generator", "The generator on the same images: target "
+                         "success, |x - G|, |G - x*| and the share of |x - G| in the changed "
+                         "region.")):
+        table = data.tables.get(name)
+        if s.missing is None and table is not None and not table.empty:
+            s.paragraphs.append(intro)
+            s.tables.append(frame_table(table))
     return s
 
 
@@ -447,6 +466,6 @@ def build_sections(data: ReportData) -> Report:
         bar_section(data, bars["subsets"]),
         bar_section(data, bars["anonymisation"]),
         section_attributes(data),
-        bar_section(data, bars["one-vs-one"]),
+        section_one_vs_one(data, bars["one-vs-one"]),
     ]
     return Report(sections, stats, found)
