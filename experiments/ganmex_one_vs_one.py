@@ -10,7 +10,8 @@ uniform and the training mean, scored with ``concilium.metrics.one_vs_one``:
 * relevance mass and ROC-AUC of ``|map|`` on the changed pixels (higher better),
 * contrast AOPC deleting towards ``x*`` in 0.5 % steps up to 20 %, MoRF - LeRF (higher better),
 * cascading randomisation (Spearman, lower = more sensitive); GANMEX's baseline is made for the
-  trained model, so its randomisation score is declared untestable (the reason is printed).
+  trained model, so its randomisation score is declared untestable (the reason is printed),
+  unless ``--regenerate-steps K`` fine-tunes the generator K steps per randomised model.
 
 Every seed draws its own images and contrasts; means over seeds come with Student-t intervals,
 and each of the paper's claims gets a verdict (GANMEX against the best other baseline, x*
@@ -53,6 +54,9 @@ def main() -> None:
     parser.add_argument("--step", type=float, default=0.5, help="AOPC step, percent")
     parser.add_argument("--max-percent", type=float, default=20.0)
     parser.add_argument("--no-mprt", action="store_true", help="skip the randomisation test")
+    parser.add_argument("--regenerate-steps", type=int, default=0,
+                        help="fine-tune the generator this many steps against every randomised "
+                        "model (0: GANMEX's randomisation score is declared untestable)")
     parser.add_argument("--pairs", default="one_part", choices=["one_part", "all"])
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--csv", type=Path, default=None, help="write per-image scores here")
@@ -84,7 +88,8 @@ def main() -> None:
     options = OneVsOneOptions(methods=methods, params=params,
                               seeds=[int(s) for s in args.seeds.split(",")], limit=args.limit,
                               pairs=args.pairs, step=args.step, max_percent=args.max_percent,
-                              randomisation=not args.no_mprt)
+                              randomisation=not args.no_mprt,
+                              regenerate_steps=args.regenerate_steps)
     rows = member_scores(model, args.bench / "generator", ds, options, classifier_card=card)
     maps, gen = rows[rows["method"] != "generator"], rows[rows["method"] == "generator"]
     quality = summarise_one_vs_one(gen).iloc[0]

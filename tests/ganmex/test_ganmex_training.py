@@ -265,3 +265,25 @@ def test_stop_on_quality_waits_for_a_small_distance(tmp_path, classifier) -> Non
     with pytest.raises(ValueError, match="until_l1"):
         train_ganmex(classifier, images, labels, out_dir=tmp_path / "b", class_names=CLASSES,
                      options=opts, until_l1=0.0)
+
+
+def test_finetune_generator_trains_a_copy_against_another_classifier(classifier) -> None:
+    from concilium.ganmex import finetune_generator
+
+    images, labels = colour_images(12)
+    options = GanmexOptions(**TINY)
+    gen, _ = build_networks(options, num_classes=3, image_size=(SIZE, SIZE), in_channels=3)
+    before = copy.deepcopy(gen.state_dict())
+    other = TinyClassifier()
+    with torch.no_grad():
+        other.head.weight.mul_(-1.0)  # another classifier
+    tuned = finetune_generator(gen, other, images, labels, options=options, steps=2, seed=0)
+    for k, v in gen.state_dict().items():  # the original is untouched
+        assert torch.equal(v, before[k])
+    assert not tuned.training and not any(p.requires_grad for p in tuned.parameters())
+    t = torch.tensor([1] * 12)
+    with torch.no_grad():
+        assert not torch.equal(tuned(images, t), gen(images, t))
+    same = finetune_generator(gen, other, images, labels, options=options, steps=2, seed=0)
+    for a, b in zip(same.parameters(), tuned.parameters(), strict=True):
+        assert torch.equal(a, b)  # seeded

@@ -85,3 +85,22 @@ def test_ganmex_section_of_an_experiment():
         parse_config({"ganmex": {"sedes": [0]}})
     with pytest.raises(ValueError, match="default, reference"):
         parse_config({"ganmex": {"preset": "paper"}})
+
+
+def test_randomisation_regenerates_the_ganmex_baseline_when_asked(bench, tmp_path):
+    from concilium.jobs.one_vs_one import member_scores, train_generator
+    from concilium.models.members import load_member
+
+    root, ds, _ = bench
+    model, card = load_member(root / "models" / "m0")
+    gen_dir = train_generator(model, card, ds, tmp_path / "gen", OneVsOneOptions(
+        generator=TINY).ganmex_options())
+    common = dict(seeds=[0], limit=2, split="train", pairs="all", step=10.0,
+                  params={"integrated_gradients": {"n_steps": 2}})
+    rows = member_scores(model, gen_dir, ds, OneVsOneOptions(**common), classifier_card=card)
+    mprt = rows[(rows["metric"] == "mprt") & (rows["baseline"] == "ganmex")]["value"]
+    assert mprt.isna().all()  # untestable without regeneration
+    rows = member_scores(model, gen_dir, ds, OneVsOneOptions(**common, regenerate_steps=1),
+                         classifier_card=card)
+    mprt = rows[(rows["metric"] == "mprt") & (rows["baseline"] == "ganmex")]["value"]
+    assert mprt.notna().all()

@@ -21,9 +21,10 @@ from concilium.ganmex.losses import (
     target_loss,
 )
 from concilium.ganmex.networks import Critic, Generator
-from concilium.ganmex.provider import GanmexBaseline, parse_baseline_spec
+from concilium.ganmex.provider import GanmexBaseline, GeneratorBaseline, parse_baseline_spec
 from concilium.ganmex.training import (
     ValidationRecord,
+    finetune_generator,
     frozen,
     read_history,
     sample_targets,
@@ -40,9 +41,11 @@ __all__ = [
     "GanmexCard",
     "GanmexOptions",
     "Generator",
+    "GeneratorBaseline",
     "ValidationRecord",
     "card_hash",
     "critic_loss",
+    "finetune_generator",
     "frozen",
     "generator_loss",
     "gradient_penalty",

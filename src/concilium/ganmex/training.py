@@ -9,6 +9,7 @@ already holds one.
 
 from __future__ import annotations
 
+import copy
 import csv
 import time
 from collections.abc import Callable, Iterator
@@ -39,6 +40,7 @@ from concilium.ganmex.networks import Critic, Generator, check_image_size
 __all__ = [
     "StepLosses",
     "ValidationRecord",
+    "finetune_generator",
     "frozen",
     "read_history",
     "sample_targets",
@@ -520,3 +522,50 @@ def train_ganmex(
                     until_l1 is None or record.l1 <= until_l1):
                 break
     return card, history
+
+
+def finetune_generator(
+    generator_net: Generator,
+    classifier: nn.Module,
+    images: Tensor,
+    labels: Tensor,
+    *,
+    options: GanmexOptions,
+    steps: int,
+    seed: int = 0,
+) -> Generator:
+    """A copy of ``generator_net`` trained ``steps`` more steps against ``classifier`` (for
+    example a randomised copy of the model it was made for), with a fresh critic and the same
+    losses; ``generator_net`` is left as it was.
+
+    This is how a model-dependent baseline is made again for a randomised model in the
+    randomisation test (a brief fine-tune instead of a full training).
+
+    Returns:
+        The fine-tuned generator, in eval mode without parameter gradients, on the device of
+        ``generator_net``.
+    """
+    if steps < 0:
+        raise ValueError(f"steps must be >= 0; got {steps}")
+    images = check_images(images)
+    num_classes = generator_net.num_classes
+    labels = check_labels(labels, images.shape[0], num_classes)
+    device = next(generator_net.parameters()).device
+    gen = copy.deepcopy(generator_net).train().requires_grad_(True)
+    _, critic = build_networks(options.model_copy(update={"seed": seed}), num_classes=num_classes,
+                               image_size=tuple(images.shape[2:]), in_channels=images.shape[1])
+    critic.to(device).train()
+    betas = (options.beta1, options.beta2)
+    opt_g = torch.optim.Adam(gen.parameters(), lr=options.lr_g, betas=betas)
+    opt_d = torch.optim.Adam(critic.parameters(), lr=options.lr_d, betas=betas)
+    rng = torch.Generator().manual_seed(seed)
+    with frozen(classifier):
+        for _ in range(steps):
+            batches = []
+            for _ in range(options.n_critic):
+                idx = torch.randint(images.shape[0], (options.batch_size,), generator=rng)
+                y = labels[idx]
+                t = sample_targets(y, num_classes, generator=rng, same_class=options.same_class)
+                batches.append((images[idx].to(device), y.to(device), t.to(device)))
+            train_step(gen, critic, classifier, opt_g, opt_d, batches, options=options, rng=rng)
+    return gen.eval().requires_grad_(False)

@@ -31,7 +31,15 @@ from torch import nn
 from concilium._util import atomic_write
 from concilium.data import ImageDataset, counterfactuals
 from concilium.explain import MeanBaseline
-from concilium.ganmex import GanmexBaseline, GanmexOptions, card_hash, load_card, train_ganmex
+from concilium.ganmex import (
+    GanmexBaseline,
+    GanmexOptions,
+    GeneratorBaseline,
+    card_hash,
+    finetune_generator,
+    load_card,
+    train_ganmex,
+)
 from concilium.metrics.contrast import PairedBaseline
 from concilium.metrics.one_vs_one import claim_verdicts, one_vs_one_scores, summarise_one_vs_one
 from concilium.models import load_members
@@ -68,6 +76,10 @@ class OneVsOneOptions(BaseModel):
         step: contrast-AOPC step, percent of the pixels.
         max_percent: contrast-AOPC deletes up to this percent.
         randomisation: run the cascading randomisation test (the costliest score).
+        regenerate_steps: for the randomisation test, fine-tune the generator this many steps
+            against every randomised model (``finetune_generator``) and explain with it; 0
+            declares GANMEX's randomisation score untestable (its baseline is made for the
+            trained model).
         members: member ids to study (default all).
     """
 
@@ -85,6 +97,7 @@ class OneVsOneOptions(BaseModel):
     step: float = Field(0.5, gt=0, le=100)
     max_percent: float = Field(20.0, gt=0, le=100)
     randomisation: bool = True
+    regenerate_steps: int = Field(0, ge=0)
     members: list[str] | None = None
 
     def ganmex_options(self) -> GanmexOptions:
@@ -177,8 +190,24 @@ def member_scores(
     ``ganmex`` row of method ``generator``."""
     model.eval()
     data = dataset.subset(options.split)
-    train_mean = dataset.subset("train").images.mean(0)
+    train = dataset.subset("train")
+    train_mean = train.images.mean(0)
     ganmex = GanmexBaseline(gen_dir, classifier_card=classifier_card, device=device)
+    regenerate = {}
+    if options.regenerate_steps:
+        made: dict[tuple[float, ...], GeneratorBaseline] = {}
+
+        def remake(randomised: nn.Module) -> GeneratorBaseline:
+            # the randomised copy is changed in place layer after layer: key on its weights
+            key = tuple(float(p.detach().double().sum()) for p in randomised.parameters())
+            if key not in made:
+                tuned = finetune_generator(ganmex.generator, randomised, train.images,
+                                           train.labels, options=ganmex.card.options,
+                                           steps=options.regenerate_steps)
+                made[key] = GeneratorBaseline(tuned, name=f"ganmex-regenerated-{len(made)}")
+            return made[key]
+
+        regenerate["ganmex"] = remake
     frames = []
     for seed in options.seeds:
         rows, t = contrast_pairs(model, data, seed=seed, limit=options.limit, pairs=options.pairs)
@@ -192,7 +221,8 @@ def member_scores(
                      "mean": MeanBaseline(train_mean)}
         scores = one_vs_one_scores(
             model, x, c, t, x_star, baselines=baselines, methods=options.methods,
-            method_params=options.params, model_dependent=("ganmex",), step=options.step,
+            method_params=options.params, model_dependent=("ganmex",), regenerate=regenerate,
+            step=options.step,
             max_percent=options.max_percent, randomisation=options.randomisation, seed=seed)
         with torch.no_grad():
             g = ganmex(x, t)
