@@ -70,10 +70,15 @@ def test_study_writes_the_tables_and_a_second_call_reuses_everything(bench, monk
     def boom(*args, **kwargs):
         raise AssertionError("recomputed")
 
+    weights = run / "ganmex" / "m0" / "generator.safetensors"
+    stamp = weights.stat().st_mtime_ns
     monkeypatch.setattr(job, "member_scores", boom)
-    monkeypatch.setattr(job, "train_ganmex", boom)
     again = run_one_vs_one(run, dataset=ds, models_dir=root / "models", options=options)
     pd.testing.assert_frame_equal(again["one_vs_one"], summary, check_dtype=False)
+    assert weights.stat().st_mtime_ns == stamp  # the finished generator was not trained again
+    other = options.model_copy(update={"generator": {**TINY, "l_sim": 5.0}})
+    with pytest.raises(ValueError, match="option l_sim"):
+        run_one_vs_one(run, dataset=ds, models_dir=root / "models", options=other)
 
 
 def test_ganmex_section_of_an_experiment():

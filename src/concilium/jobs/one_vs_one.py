@@ -131,15 +131,14 @@ def train_generator(
     if dataset.card.get("source") == "concilium.data.synthetic" and len(val):
         def refs(t: torch.Tensor) -> torch.Tensor:
             return counterfactuals(val, t)
-    done = (gen_dir / "card.json").is_file() and load_card(gen_dir).step >= options.steps
-    if not done:
-        train_ganmex(model, train.images, train.labels, out_dir=gen_dir,
-                     class_names=list(card.class_names), options=options,
-                     val_images=val.images if len(val) else None,
-                     val_labels=val.labels if len(val) else None, val_counterfactuals=refs,
-                     classifier_card_hash=card_hash(card), classifier_name=str(card.member_id),
-                     data_fingerprint=dataset.fingerprint(), device=device,
-                     on_validation=on_validation)
+    # a finished generator resumes to no step at all (and other settings are refused)
+    train_ganmex(model, train.images, train.labels, out_dir=gen_dir,
+                 class_names=list(card.class_names), options=options,
+                 val_images=val.images if len(val) else None,
+                 val_labels=val.labels if len(val) else None, val_counterfactuals=refs,
+                 classifier_card_hash=card_hash(card), classifier_name=str(card.member_id),
+                 data_fingerprint=dataset.fingerprint(), device=device,
+                 on_validation=on_validation)
     return gen_dir
 
 
