@@ -8,7 +8,13 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from concilium.ganmex import critic_loss, generator_loss, gradient_penalty
+from concilium.ganmex import (
+    critic_loss,
+    generator_loss,
+    gradient_penalty,
+    similarity_loss,
+    target_loss,
+)
 
 
 class LinearCritic(nn.Module):
@@ -82,7 +88,7 @@ def test_generator_loss_by_hand() -> None:
     sources, targets = torch.tensor([0, 1]), torch.tensor([1, 3])
     critic = LinearCritic(torch.ones(1, 1, 2, 2))
     out = generator_loss(Shift(), critic, ZeroLogits(), x, sources, targets,
-                         l_cls=1000.0, l_sim=100.0, l_rec=2.0)
+                         l_cls=1000.0, l_sim=100.0, l_rec=2.0, target="ce")
     fakes = x + torch.tensor([0.2, 0.4]).view(2, 1, 1, 1)
     adversarial = -fakes.flatten(1).sum(1).mean()
     similarity = 0.3  # mean of |0.2| and |0.4|
@@ -114,3 +120,40 @@ def test_reconstruction_is_skipped_when_its_weight_is_zero() -> None:
 def test_gradient_penalty_shape_mismatch() -> None:
     with pytest.raises(ValueError, match="same shape"):
         gradient_penalty(HalfSquareCritic(), torch.rand(2, 1, 2, 2), torch.rand(1, 1, 2, 2))
+
+
+def test_hinge_target_loss_by_hand() -> None:
+    logits = torch.tensor([[1.0, 4.0, 2.0], [0.0, 0.5, 3.0]])
+    targets = torch.tensor([1, 0])
+    # row 0: t leads the best other (2) by 2 -> relu(2 - 4 + 2) = 0; row 1: relu(3 - 0 + 2) = 5
+    assert target_loss(logits, targets, kind="hinge", kappa=2.0).item() == pytest.approx(2.5)
+    assert target_loss(logits, targets, kind="hinge", kappa=1.0).item() == pytest.approx(2.0)
+    ce = torch.nn.functional.cross_entropy(logits, targets)
+    assert target_loss(logits, targets, kind="ce").item() == pytest.approx(ce.item())
+    with pytest.raises(ValueError, match="hinge, ce"):
+        target_loss(logits, targets, kind="softmax")
+
+
+def test_hinge_is_bounded_where_cross_entropy_keeps_pushing() -> None:
+    # the defect the hinge fixes (review D2): CE still has a gradient once t clearly wins
+    logits = torch.tensor([[0.0, 6.0]], requires_grad=True)
+    target_loss(logits, torch.tensor([1]), kind="hinge").backward()
+    assert logits.grad.abs().sum() == 0
+    logits.grad = None
+    target_loss(logits, torch.tensor([1]), kind="ce").backward()
+    assert logits.grad.abs().sum() > 0
+
+
+def test_group_similarity_equals_l1_for_an_even_change_and_prefers_concentrated_ones() -> None:
+    x = torch.rand(2, 3, 8, 8)
+    even = x + 0.1
+    assert similarity_loss(x, even, kind="group").item() == pytest.approx(
+        similarity_loss(x, even, kind="l1").item(), rel=1e-5)
+    # the same L1 in one 4x4 patch costs less than spread over all four patches
+    spread = x.clone()
+    spread[:, :, ::4, ::4] += 0.4
+    one = x.clone()
+    one[:, :, 0:2, 0:2] += 0.4
+    assert similarity_loss(x, one, kind="l1").item() == pytest.approx(
+        similarity_loss(x, spread, kind="l1").item(), rel=1e-5)
+    assert similarity_loss(x, one, kind="group") < similarity_loss(x, spread, kind="group")

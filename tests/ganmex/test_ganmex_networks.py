@@ -79,7 +79,7 @@ def test_residual_output_starts_at_the_identity() -> None:
 
 
 def test_target_changes_output() -> None:
-    gen = Generator(num_classes=3, base_channels=4, num_residual=1)
+    gen = Generator(num_classes=3, base_channels=4, num_residual=1, output="tanh")
     x = torch.rand(1, 3, 16, 16)
     a = gen(x, torch.tensor([0]))
     b = gen(x, torch.tensor([1]))
@@ -103,3 +103,32 @@ def test_bad_arguments() -> None:
     gen = Generator(num_classes=2, base_channels=4)
     with pytest.raises(ValueError, match="3-channel"):
         gen(torch.rand(1, 1, 8, 8), torch.tensor([0]))
+
+
+def test_additive_output_starts_at_the_exact_identity_and_stays_in_range() -> None:
+    gen = Generator(num_classes=3, base_channels=4, num_residual=1)  # the default: additive
+    assert gen.output == "additive"
+    x = torch.rand(2, 3, 16, 16)
+    x[0, 0, :2] = 0.0
+    x[0, 1, :2] = 1.0
+    with torch.no_grad():
+        assert torch.equal(gen(x, torch.tensor([0, 2])), x)  # exact, pixels at 0 and 1 too
+        last = gen.net[-1]
+        last.weight.normal_(0, 5.0, generator=torch.Generator().manual_seed(0))
+        last.bias.fill_(0.3)
+        out = gen(x, torch.tensor([0, 2]))
+    assert out.min() >= 0 and out.max() <= 1
+    assert not torch.equal(out, x)
+    # a = +1 reaches white and a = -1 black from any pixel: a by hand
+    a = torch.tensor([1.0, -1.0, 0.5, -0.5])
+    v = torch.tensor([0.2, 0.2, 0.6, 0.6])
+    by_hand = torch.tensor([1.0, 0.0, 0.8, 0.3])
+    torch.testing.assert_close(v + a * torch.where(a >= 0, 1 - v, v), by_hand)
+
+
+def test_additive_output_learns_from_the_first_step() -> None:
+    # zero-initialised last layer: only it has a gradient at step 0, and it is non-zero
+    gen = Generator(num_classes=3, base_channels=4, num_residual=1)
+    x = torch.rand(2, 3, 16, 16)
+    gen(x, torch.tensor([0, 1])).mean().backward()
+    assert gen.net[-1].weight.grad.abs().sum() > 0

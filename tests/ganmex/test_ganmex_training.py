@@ -49,7 +49,9 @@ def test_sample_targets_never_the_source_and_cover_the_others() -> None:
 def test_one_step_decreases_the_generator_loss_on_a_fixed_batch(
     classifier: TinyClassifier,
 ) -> None:
-    options = GanmexOptions(**TINY)
+    # the reference's smooth losses: at the default's exact identity the L1 has a kink (its
+    # gradient there is 0), so a first step may raise the loss it did not see
+    options = GanmexOptions.preset("reference", **TINY)
     gen, critic = build_networks(options, num_classes=3, image_size=(SIZE, SIZE), in_channels=3)
     images, labels = colour_images(4)
     targets = sample_targets(labels, 3, generator=torch.Generator().manual_seed(1))
@@ -60,8 +62,10 @@ def test_one_step_decreases_the_generator_loss_on_a_fixed_batch(
         train_step(gen, critic, classifier, opt_g, opt_d, [(images, labels, targets)],
                    options=options, rng=torch.Generator().manual_seed(2))
         # both losses with the critic as the generator update saw it
-        before = generator_loss(before_gen, critic, classifier, images, labels, targets).total
-        after = generator_loss(gen, critic, classifier, images, labels, targets).total
+        weights = dict(l_cls=options.l_cls, l_sim=options.l_sim, target=options.target_loss)
+        before = generator_loss(before_gen, critic, classifier, images, labels, targets,
+                                **weights).total
+        after = generator_loss(gen, critic, classifier, images, labels, targets, **weights).total
     assert after.item() < before.item()
 
 
@@ -194,3 +198,92 @@ def test_bad_inputs_are_refused(tmp_path, classifier: TinyClassifier) -> None:
         GanmexOptions(steps=0)
     with pytest.raises(ValueError):
         GanmexOptions(unknown=1)  # type: ignore[call-arg]
+
+
+def test_same_class_targets_at_the_requested_rate_and_the_reference_uniform() -> None:
+    labels = torch.arange(4).repeat(2000)
+    t = sample_targets(labels, 4, generator=torch.Generator().manual_seed(0), same_class=0.25)
+    share = (t == labels).float().mean().item()
+    assert 0.23 < share < 0.27  # 8000 draws: 4.5 standard errors is 0.022
+    others = t[t != labels]
+    assert set(others.tolist()) == {0, 1, 2, 3}
+    u = sample_targets(labels, 4, generator=torch.Generator().manual_seed(0), same_class="uniform")
+    assert 0.22 < (u == labels).float().mean().item() < 0.28  # 1/K
+    assert torch.bincount(u, minlength=4).min() > 1800
+
+
+def test_presets_and_their_errors() -> None:
+    ref = GanmexOptions.preset("reference")
+    assert (ref.output, ref.target_loss, ref.l_cls, ref.l_sim, ref.lr_g, ref.beta1,
+            ref.same_class) == ("tanh", "ce", 1000.0, 200.0, 2e-5, 0.9, "uniform")
+    assert GanmexOptions.preset("default") == GanmexOptions()
+    assert GanmexOptions.preset("reference", steps=7).steps == 7
+    with pytest.raises(ValueError, match="default, reference"):
+        GanmexOptions.preset("paper")
+    with pytest.raises(ValueError, match="same_class"):
+        GanmexOptions(same_class=1.0)
+
+
+class _Fixed(torch.nn.Module):
+    """``G(x, t) = x`` with pixel (0, 0) of channel 0 set to 1 and pixel (1, 1) to 0.5."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.p = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x, t):
+        out = x.clone()
+        out[:, 0, 0, 0] = 1.0
+        out[:, 0, 1, 1] = 0.5
+        return out
+
+
+def test_validation_against_counterfactuals_by_hand(classifier: TinyClassifier) -> None:
+    x = torch.zeros(2, 3, SIZE, SIZE)
+    x_star = x.clone()
+    x_star[:, :, 0, 0] = 1.0  # the change the generator should make: pixel (0, 0)
+    labels, targets = torch.tensor([0, 1]), torch.tensor([1, 2])
+    critic = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.LazyLinear(1), torch.nn.Flatten(0))
+    scores = validate(_Fixed(), critic, classifier, x, labels, targets, counterfactuals=x_star)
+    n_values = 3 * SIZE * SIZE
+    assert scores["l1"] == pytest.approx(1.5 / n_values)
+    # |G - x*|: channels 1 and 2 of pixel (0, 0) (1 each) and pixel (1, 1) (0.5)
+    assert scores["counterfactual_l1"] == pytest.approx(2.5 / n_values)
+    assert scores["in_region"] == pytest.approx(1.0 / 1.5)  # the 1 of pixel (0, 0) of 1.5
+    plain = validate(_Fixed(), critic, classifier, x, labels, targets)
+    assert plain["counterfactual_l1"] is None and plain["in_region"] is None
+
+
+def test_stop_on_quality_waits_for_a_small_distance(tmp_path, classifier) -> None:
+    images, labels = colour_images(12)
+    opts = GanmexOptions(steps=4, checkpoint_every=1, **TINY)
+    # success 0.01 alone stops at the first checkpoint with any hit; an impossible L1 never stops
+    _, history = train_ganmex(classifier, images, labels, out_dir=tmp_path / "a",
+                              class_names=CLASSES, options=opts, until_success=0.01,
+                              until_l1=1e-12)
+    assert [r.step for r in history] == [1, 2, 3, 4]
+    with pytest.raises(ValueError, match="until_l1"):
+        train_ganmex(classifier, images, labels, out_dir=tmp_path / "b", class_names=CLASSES,
+                     options=opts, until_l1=0.0)
+
+
+def test_finetune_generator_trains_a_copy_against_another_classifier(classifier) -> None:
+    from concilium.ganmex import finetune_generator
+
+    images, labels = colour_images(12)
+    options = GanmexOptions(**TINY)
+    gen, _ = build_networks(options, num_classes=3, image_size=(SIZE, SIZE), in_channels=3)
+    before = copy.deepcopy(gen.state_dict())
+    other = TinyClassifier()
+    with torch.no_grad():
+        other.head.weight.mul_(-1.0)  # another classifier
+    tuned = finetune_generator(gen, other, images, labels, options=options, steps=2, seed=0)
+    for k, v in gen.state_dict().items():  # the original is untouched
+        assert torch.equal(v, before[k])
+    assert not tuned.training and not any(p.requires_grad for p in tuned.parameters())
+    t = torch.tensor([1] * 12)
+    with torch.no_grad():
+        assert not torch.equal(tuned(images, t), gen(images, t))
+    same = finetune_generator(gen, other, images, labels, options=options, steps=2, seed=0)
+    for a, b in zip(same.parameters(), tuned.parameters(), strict=True):
+        assert torch.equal(a, b)  # seeded

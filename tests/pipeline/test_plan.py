@@ -21,10 +21,10 @@ def test_plan_lists_stages_costs_and_writes_nothing(tmp_path):
     planned = plan(parse_config(CONFIG), run_dir)
     names = [p.name for p in planned]
     assert names == ["data", "models", "committee", "explain", "ensemble", "evaluate", "audit",
-                     "report"]
+                     "ganmex", "report"]
     by = {p.name: p for p in planned}
-    assert by["committee"].status == "skip"
-    assert all(p.status == "run" for p in planned if p.name != "committee")
+    assert by["committee"].status == "skip" and by["ganmex"].status == "skip"
+    assert all(p.status == "run" for p in planned if p.name not in ("committee", "ganmex"))
     # saliency 1 pass + IG 10 steps (+1 for its baseline forward at most) per image and member
     assert 2 * 5 * 11 <= by["explain"].passes <= 2 * 5 * 12
     assert by["explain"].seconds > 0 and by["models"].passes > 0

@@ -36,19 +36,37 @@ def train(
     epochs: Annotated[
         float | None, typer.Option(help="Passes over the train split (instead of --steps).")
     ] = None,
-    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 32,
-    lr_g: Annotated[float, typer.Option(help="Generator Adam learning rate.")] = 2e-5,
-    lr_d: Annotated[float, typer.Option(help="Critic Adam learning rate.")] = 1e-4,
-    n_critic: Annotated[int, typer.Option(help="Critic updates per generator update.")] = 1,
-    l_cls: Annotated[float, typer.Option(help="Weight of CE(t, C(G(x, t))).")] = 1000.0,
-    l_sim: Annotated[float, typer.Option(help="Weight of |x - G(x, t)|_1.")] = 100.0,
-    l_rec: Annotated[float, typer.Option(help="Weight of |x - G(G(x, t), c_x)|_1.")] = 0.0,
-    gp_weight: Annotated[float, typer.Option(help="WGAN-GP gradient penalty weight.")] = 10.0,
-    base_channels: Annotated[int, typer.Option(help="Generator width.")] = 32,
-    num_residual: Annotated[int, typer.Option(help="Generator residual blocks.")] = 3,
+    preset: Annotated[
+        str, typer.Option(help="Option preset: default (finds small counterfactuals in a few "
+                          "thousand steps) or reference (the reference implementation's).")
+    ] = "default",
+    batch_size: Annotated[int | None, typer.Option(help="Images per batch [32].")] = None,
+    lr_g: Annotated[float | None, typer.Option(help="Generator Adam learning rate.")] = None,
+    lr_d: Annotated[float | None, typer.Option(help="Critic Adam learning rate.")] = None,
+    beta1: Annotated[float | None, typer.Option(help="Adam beta1 of both optimisers.")] = None,
+    n_critic: Annotated[
+        int | None, typer.Option(help="Critic updates per generator update.")
+    ] = None,
+    target_loss: Annotated[
+        str | None, typer.Option(help="hinge (bounded margin) or ce (the reference's).")
+    ] = None,
+    l_cls: Annotated[float | None, typer.Option(help="Weight of the target loss.")] = None,
+    l_sim: Annotated[
+        float | None, typer.Option(help="Weight of |x - G(x, t)| on [0, 1] images.")
+    ] = None,
+    similarity: Annotated[
+        str | None, typer.Option(help="l1 or group (group-sparse over 4x4 patches).")
+    ] = None,
+    l_rec: Annotated[
+        float | None, typer.Option(help="Weight of |x - G(G(x, t), c_x)|_1.")
+    ] = None,
+    gp_weight: Annotated[float | None, typer.Option(help="WGAN-GP gradient penalty weight.")] = None,
+    base_channels: Annotated[int | None, typer.Option(help="Generator width.")] = None,
+    num_residual: Annotated[int | None, typer.Option(help="Generator residual blocks.")] = None,
     output: Annotated[
-        str, typer.Option(help="Generator output: tanh (StarGAN), sigmoid or residual.")
-    ] = "tanh",
+        str | None, typer.Option(help="Generator output: additive (starts at the identity), "
+                                 "tanh (StarGAN, the reference's), sigmoid or residual.")
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed of initialisation, batches and targets.")] = 0,
     device: Annotated[str, typer.Option(help="cpu, cuda or cuda:<k>.")] = "cpu",
     checkpoint_every: Annotated[
@@ -97,16 +115,19 @@ def train(
         )
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file; pass a directory")
-    options = dict(
-        batch_size=batch_size, lr_g=lr_g, lr_d=lr_d, n_critic=n_critic, l_cls=l_cls,
-        l_sim=l_sim, l_rec=l_rec, gp_weight=gp_weight, base_channels=base_channels,
-        num_residual=num_residual, output=output, seed=seed, checkpoint_every=checkpoint_every,
-        val_size=val_size,
+    given = dict(
+        batch_size=batch_size, lr_g=lr_g, lr_d=lr_d, beta1=beta1, n_critic=n_critic,
+        target_loss=target_loss, l_cls=l_cls, l_sim=l_sim, similarity=similarity, l_rec=l_rec,
+        gp_weight=gp_weight, base_channels=base_channels, num_residual=num_residual,
+        output=output,
     )
+    options = {k: v for k, v in given.items() if v is not None}
+    options |= dict(seed=seed, checkpoint_every=checkpoint_every, val_size=val_size)
     try:
-        GanmexOptions(**options)  # validate before loading anything
+        preset_options = GanmexOptions.preset(preset, **options)  # validate before loading
     except ValueError as err:
         raise ValueError(f"bad option: {err}") from None
+    batch_size = preset_options.batch_size
 
     from concilium.data.folder import load_folder
     from concilium.models.members import load_member
@@ -126,11 +147,12 @@ def train(
         raise ValueError(f"{data} has no train split; add splits.csv or use `concilium synth`")
     if epochs is not None:
         steps = max(1, math.ceil(epochs * len(train_split) / batch_size))
-    opts = GanmexOptions(steps=steps or 2000, **options)
+    opts = GanmexOptions.preset(preset, steps=steps or 2000, **options)
     console.print(
         f"GANMEX for member {card.member_id} ({card.arch}, {len(card.class_names)} classes, "
         f"{card.image_size[0]}x{card.image_size[1]}): {len(train_split)} train images, "
-        f"{opts.steps} steps of {opts.batch_size}, l_cls {opts.l_cls:g}, l_sim {opts.l_sim:g}, "
+        f"{opts.steps} steps of {opts.batch_size}, preset {preset}, output {opts.output}, "
+        f"{opts.target_loss} x {opts.l_cls:g}, l_sim {opts.l_sim:g}, "
         f"l_rec {opts.l_rec:g}, lr {opts.lr_g:g}/{opts.lr_d:g}, device {device}"
     )
     columns = (
@@ -194,7 +216,9 @@ def info(gen: Annotated[Path, typer.Argument(help="Generator folder GEN.")]) -> 
     with path.open(newline="") as f:
         rows = list(csv.DictReader(f))
     table = Table(title="validation")
-    keys = ["step", "seconds", "success_rate", "l1", "critic_gap", "feature_distance"]
+    keys = ["step", "seconds", "success_rate", "l1", "counterfactual_l1", "in_region",
+            "critic_gap", "feature_distance"]
+    keys = [k for k in keys if rows and rows[0].get(k) not in (None, "")]
     for key in keys:
         table.add_column(key, justify="right")
     for row in rows:

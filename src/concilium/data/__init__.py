@@ -10,7 +10,13 @@ from concilium.data.specs import (
     dataset_spec,
     register_dataset,
 )
-from concilium.data.synthetic import SynthConfig, generate
+from concilium.data.synthetic import (
+    SynthConfig,
+    changed_masks,
+    counterfactuals,
+    generate,
+    render_counterfactuals,
+)
 
 __all__ = [
     "DATASETS",
@@ -21,10 +27,13 @@ __all__ = [
     "ImageDataset",
     "SynthConfig",
     "SyntheticDataset",
+    "changed_masks",
+    "counterfactuals",
     "dataset_spec",
     "generate",
     "load_folder",
     "register_dataset",
+    "render_counterfactuals",
     "stratified_splits",
     "write_folder",
 ]

@@ -30,6 +30,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch import Tensor
 
 from concilium.data.dataset import ImageDataset, stratified_splits
 
@@ -299,6 +300,11 @@ class _Params:
         self.clutter = np.zeros((b, clutter, 6), np.float64)
 
 
+def _drawn_class(config: SynthConfig, u: np.ndarray, cum: np.ndarray) -> int:
+    """The class a sample shows, from its first uniform draw ``u[0]``."""
+    return min(int(np.searchsorted(cum, u[0], side="right")), config.num_classes - 1)
+
+
 def _draw(config: SynthConfig, index: int, p: _Params, j: int, cum: np.ndarray) -> None:
     """Draw every random number of sample ``index`` (from its own generator) into row ``j``.
 
@@ -307,8 +313,7 @@ def _draw(config: SynthConfig, index: int, p: _Params, j: int, cum: np.ndarray) 
     """
     rng = np.random.default_rng([config.seed, index])
     u = rng.random(_NUM_UNIFORMS)
-    c = int(np.searchsorted(cum, u[0], side="right"))
-    c = min(c, config.num_classes - 1)
+    c = _drawn_class(config, u, cum)
     p.true_class[j] = c
     p.watermark[j] = c == config.watermark_class and u[1] < (config.watermark_rate or 0.0)
     label = c
@@ -582,3 +587,140 @@ def generate(
         class_part_values=definitions,
         card=card,
     )
+
+
+# --------------------------------------------------------------------------------------------
+# Exact one-vs-one ground truth: the minimal counterfactual x*
+# --------------------------------------------------------------------------------------------
+
+
+def render_counterfactuals(
+    config: SynthConfig, indices: Tensor | np.ndarray | list[int], targets: Tensor | list[int]
+) -> Tensor:
+    """The minimal counterfactuals ``x*(i, t)`` of benchmark samples, rendered exactly.
+
+    Sample ``indices[j]`` of the benchmark ``config`` is re-drawn (same bird, pose, scale, body
+    colour, background, clutter, watermark and pixel noise) with the defining part values of class
+    ``targets[j]`` in place of its own; the parts ``t`` does not define keep the sample's values.
+    So ``x*`` is of class ``t`` and of no other (any two classes differ in a defined part), and it
+    differs from ``x`` only where a part changes shape or pattern. With ``t`` the sample's own class
+    the result is the sample itself, bit for bit.
+
+    Args:
+        config: the benchmark's parameters (``ImageDataset.card["config"]`` of generated data).
+        indices: ``(N,)`` sample indices ``i`` (sample ids are ``s{i:06d}``).
+        targets: ``(N,)`` target classes ``t``.
+
+    Returns:
+        ``(N, 3, S, S)`` float32 images quantised to 8 bits, like :func:`generate`'s.
+
+    Raises:
+        ValueError: if ``indices`` and ``targets`` differ in length, an index is negative or a
+            target is not a class of the benchmark.
+    """
+    idx = np.asarray(torch.as_tensor(indices).tolist(), dtype=np.int64).reshape(-1)
+    tgt = np.asarray(torch.as_tensor(targets).tolist(), dtype=np.int64).reshape(-1)
+    if idx.shape != tgt.shape:
+        raise ValueError(
+            f"indices and targets must have the same length; got {idx.shape[0]} and {tgt.shape[0]}"
+        )
+    if idx.size and idx.min() < 0:
+        raise ValueError(f"sample indices must be >= 0; got {int(idx.min())}")
+    if tgt.size and (tgt.min() < 0 or tgt.max() >= config.num_classes):
+        raise ValueError(
+            f"targets must be classes 0 to {config.num_classes - 1} of this benchmark; got "
+            f"[{int(tgt.min())}, {int(tgt.max())}]"
+        )
+    s = config.size
+    out = torch.empty((idx.shape[0], 3, s, s), dtype=torch.float32)
+    cum = np.cumsum(config.class_probabilities())
+    lut = (np.arange(256, dtype=np.float32) / 255.0).astype(np.float32)
+    batch = max(1, 2**18 // (s * s))
+    for start in range(0, idx.shape[0], batch):
+        stop = min(start + batch, idx.shape[0])
+        p = _Params(stop - start, s, config.clutter)
+        for j in range(stop - start):
+            _draw(config, int(idx[start + j]), p, j, cum)
+            for part, values in PART_VALUES.items():
+                value = CLASS_TABLE[int(tgt[start + j])].get(part)
+                if value is not None:
+                    p.values[part][j] = values.index(value)
+        pixels, _ = _render(config, p)
+        out[start:stop] = torch.from_numpy(lut[pixels])
+    return out
+
+
+def _benchmark_indices(dataset: ImageDataset) -> tuple[SynthConfig, np.ndarray]:
+    """The generating config and the sample index of every row of a benchmark dataset."""
+    card = dataset.card or {}
+    if card.get("source") != "concilium.data.synthetic" or "config" not in card:
+        raise ValueError(
+            "counterfactuals need the synthetic benchmark (a dataset whose card records the "
+            "generator config, from concilium.data.synthetic.generate or a folder written from "
+            f"it); this dataset's card has source {card.get('source')!r}"
+        )
+    config = SynthConfig(**card["config"])
+    try:
+        idx = np.array([int(i.lstrip("s")) for i in dataset.ids], dtype=np.int64)
+    except ValueError:
+        raise ValueError(
+            "counterfactuals need the benchmark's sample ids (s000123); this dataset's ids were "
+            f"renamed (e.g. {dataset.ids[0]!r})"
+        ) from None
+    return config, idx
+
+
+def counterfactuals(dataset: ImageDataset, targets: Tensor, *, check: bool = True) -> Tensor:
+    """``x*`` of every image of a benchmark dataset (or a subset) for per-image target classes.
+
+    Args:
+        dataset: data made by :func:`generate` (also after ``subset`` or a folder round trip).
+        targets: ``(N,)`` target classes, one per image.
+        check: also re-render each image with its own class and raise unless it equals the
+            stored image exactly (catches data that is not what the card says).
+
+    Returns:
+        ``(N, 3, S, S)`` counterfactual images (see :func:`render_counterfactuals`).
+
+    Raises:
+        ValueError: if the dataset is not the benchmark, ``targets`` is not ``(N,)``, or (with
+            ``check``) the stored images are not the ones the card's config renders.
+    """
+    config, idx = _benchmark_indices(dataset)
+    targets = torch.as_tensor(targets)
+    if targets.shape != (len(dataset),):
+        raise ValueError(
+            f"targets must be ({len(dataset)},) class indices; got {tuple(targets.shape)}"
+        )
+    if check:
+        own = render_counterfactuals(config, idx, _true_classes(config, idx))
+        if not torch.equal(own, dataset.images):
+            bad = int((own != dataset.images).flatten(1).any(1).sum())
+            raise ValueError(
+                f"{bad} of {len(dataset)} images differ from what the card's benchmark config "
+                "renders for their ids; the images were edited or the card belongs to other data"
+            )
+    return render_counterfactuals(config, idx, targets)
+
+
+def _true_classes(config: SynthConfig, indices: np.ndarray) -> np.ndarray:
+    """The drawn (shown) class of each sample, whatever its possibly noisy label."""
+    cum = np.cumsum(config.class_probabilities())
+    out = np.empty(len(indices), np.int64)
+    for j, i in enumerate(indices.tolist()):
+        out[j] = _drawn_class(config, np.random.default_rng([config.seed, i]).random(1), cum)
+    return out
+
+
+def changed_masks(dataset: ImageDataset, targets: Tensor) -> Tensor:
+    """One-vs-one ground truth: the pixels where ``x`` and its counterfactual ``x*(t)`` differ.
+
+    Unlike :meth:`ImageDataset.difference_masks` (the part masks *of x*), this holds exactly the
+    pixels a minimal change to class ``t`` touches, including those outside ``x``'s own part
+    (a longer beak, a wider tail) and excluding unchanged pixels inside it (wing background).
+    A class against itself gives an empty mask.
+
+    Returns:
+        ``(N, H, W)`` bool masks.
+    """
+    return (counterfactuals(dataset, targets) != dataset.images).any(dim=1)

@@ -6,34 +6,46 @@ Modules: :mod:`~.networks` (generator, critic), :mod:`~.losses` (WGAN-GP, genera
 """
 
 from concilium.ganmex.checkpoint import (
+    PRESETS,
     GanmexCard,
     GanmexOptions,
     card_hash,
     load_card,
     load_generator,
 )
-from concilium.ganmex.losses import critic_loss, generator_loss, gradient_penalty
+from concilium.ganmex.losses import (
+    critic_loss,
+    generator_loss,
+    gradient_penalty,
+    similarity_loss,
+    target_loss,
+)
 from concilium.ganmex.networks import Critic, Generator
-from concilium.ganmex.provider import GanmexBaseline, parse_baseline_spec
+from concilium.ganmex.provider import GanmexBaseline, GeneratorBaseline, parse_baseline_spec
 from concilium.ganmex.training import (
     ValidationRecord,
+    finetune_generator,
     frozen,
     read_history,
     sample_targets,
     train_ganmex,
     train_step,
     validate,
+    validation_targets,
 )
 
 __all__ = [
+    "PRESETS",
     "Critic",
     "GanmexBaseline",
     "GanmexCard",
     "GanmexOptions",
     "Generator",
+    "GeneratorBaseline",
     "ValidationRecord",
     "card_hash",
     "critic_loss",
+    "finetune_generator",
     "frozen",
     "generator_loss",
     "gradient_penalty",
@@ -42,7 +54,10 @@ __all__ = [
     "parse_baseline_spec",
     "read_history",
     "sample_targets",
+    "similarity_loss",
+    "target_loss",
     "train_ganmex",
     "train_step",
     "validate",
+    "validation_targets",
 ]

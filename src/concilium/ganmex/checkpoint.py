@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
@@ -39,6 +39,7 @@ __all__ = [
     "VALIDATION_FILE",
     "GanmexCard",
     "GanmexOptions",
+    "PRESETS",
     "build_networks",
     "card_hash",
     "load_card",
@@ -55,25 +56,39 @@ FORMAT_VERSION = 1
 
 
 class GanmexOptions(BaseModel):
-    """Every GANMEX training option, with the reference code's defaults where it has one.
+    """Every GANMEX training option.
+
+    The defaults are the ones that find small counterfactuals in a few thousand steps on a CPU
+    (an identity-initialised pixel-space residual generator, a bounded hinge target loss, Adam
+    at 1e-4 with beta1 0.5, some same-class targets; see ``docs/ganmex.md``). The reference
+    implementation's settings are the preset ``GanmexOptions.preset("reference")``.
 
     Attributes:
         steps: generator updates in total (a resumed run continues up to this number).
         batch_size: images per batch.
-        lr_g: generator Adam learning rate (reference 2e-5).
+        lr_g: generator Adam learning rate (reference 2e-5, tuned for ~1e6 steps).
         lr_d: critic Adam learning rate (reference 1e-4).
         beta1: Adam beta1 for both optimisers (reference 0.9).
         beta2: Adam beta2 for both optimisers (reference 0.999).
         n_critic: critic updates per generator update (reference ``gen_disc_step_ratio`` 1.0,
             i.e. 1; StarGAN uses 5).
-        l_cls: weight of the frozen classifier's cross-entropy on ``G(x, t)`` (reference 1000).
-        l_sim: weight of the similarity ``|x - G(x, t)|_1`` (reference 100).
+        l_cls: weight of the target loss on ``C(G(x, t))`` (reference 1000 with ``"ce"``).
+        target_loss: ``"hinge"`` (bounded margin ``relu(max_{j != t} l_j - l_t + kappa)``) or
+            ``"ce"`` (the reference's cross-entropy, unbounded below its minimum).
+        kappa: margin of the hinge target loss.
+        l_sim: weight of the similarity on ``[0, 1]`` images. The reference's 100 on ``[-1, 1]``
+            images is 200 here (the L1 of ``[-1, 1]`` images is twice as large).
+        similarity: ``"l1"`` (per-pixel) or ``"group"`` (group-sparse over 4x4 patches).
         l_rec: weight of the cycle reconstruction ``|x - G(G(x, t), c_x)|_1`` (reference 0).
         gp_weight: weight of the WGAN-GP gradient penalty (10).
+        same_class: share of training targets equal to the image's own class (which teach
+            ``G(x, c) = x``), or ``"uniform"``: targets uniform over all ``K`` classes, the
+            reference's (a share of ``1/K``).
         base_channels: generator width.
         num_residual: generator residual blocks.
         critic_channels: critic width.
-        output: generator output mapping to [0, 1] (``"residual"`` starts at the identity; see
+        output: generator output mapping to [0, 1] (``"additive"`` starts at the exact
+            identity; the reference's is ``"tanh"``; see
             :class:`~concilium.ganmex.networks.Generator`).
         seed: seeds network initialisation, batches, targets and the penalty's interpolation.
         checkpoint_every: save and validate every this many steps (and at the last step).
@@ -84,22 +99,58 @@ class GanmexOptions(BaseModel):
 
     steps: int = Field(2000, ge=1)
     batch_size: int = Field(32, ge=1)
-    lr_g: float = Field(2e-5, gt=0)
+    lr_g: float = Field(1e-4, gt=0)
     lr_d: float = Field(1e-4, gt=0)
-    beta1: float = Field(0.9, ge=0, lt=1)
+    beta1: float = Field(0.5, ge=0, lt=1)
     beta2: float = Field(0.999, ge=0, lt=1)
     n_critic: int = Field(1, ge=1)
-    l_cls: float = Field(1000.0, ge=0)
-    l_sim: float = Field(100.0, ge=0)
+    l_cls: float = Field(10.0, ge=0)
+    target_loss: Literal["hinge", "ce"] = "hinge"
+    kappa: float = Field(2.0, ge=0)
+    l_sim: float = Field(200.0, ge=0)
+    similarity: Literal["l1", "group"] = "l1"
     l_rec: float = Field(0.0, ge=0)
     gp_weight: float = Field(10.0, ge=0)
+    same_class: float | Literal["uniform"] = 0.125
     base_channels: int = Field(32, ge=1)
     num_residual: int = Field(3, ge=0)
     critic_channels: int = Field(32, ge=1)
-    output: Literal["tanh", "sigmoid", "residual"] = "tanh"
+    output: Literal["additive", "tanh", "sigmoid", "residual"] = "additive"
     seed: int = 0
     checkpoint_every: int = Field(200, ge=1)
     val_size: int = Field(256, ge=1)
+
+    @field_validator("same_class")
+    @classmethod
+    def _check_same_class(cls, value: float | str) -> float | str:
+        if value != "uniform" and not 0.0 <= float(value) < 1.0:
+            raise ValueError(f"same_class must be in [0, 1) or 'uniform'; got {value}")
+        return value
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> GanmexOptions:
+        """The options of a named preset (:data:`PRESETS`), with ``overrides`` on top.
+
+        Raises:
+            ValueError: on an unknown preset name (listing the valid ones) or a bad override.
+        """
+        if name not in PRESETS:
+            raise ValueError(f"unknown GANMEX preset {name!r}; use one of {', '.join(PRESETS)}")
+        return cls(**{**PRESETS[name], **overrides})
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "reference": {
+        # pinjutien/GANMEX (stargan_estimator): tanh StarGAN output, CE x 1000, L1 x 100 on
+        # [-1, 1] images (200 on [0, 1]), Adam G 2e-5 / D 1e-4 with beta1 0.9, targets
+        # uniform over all classes
+        "output": "tanh", "target_loss": "ce", "l_cls": 1000.0, "l_sim": 200.0,
+        "lr_g": 2e-5, "lr_d": 1e-4, "beta1": 0.9, "same_class": "uniform",
+    },
+}
+"""Named GANMEX option sets: ``default`` (this package's defaults) and ``reference`` (the public
+reference implementation's loss, output and optimiser settings)."""
 
 
 #: Options a resumed run may change: none of them affects the saved training state.

@@ -16,7 +16,10 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Critic", "Generator", "check_image_size"]
+__all__ = ["OUTPUTS", "Critic", "Generator", "check_image_size"]
+
+OUTPUTS = ("additive", "tanh", "sigmoid", "residual")
+"""The generator's output mappings to ``[0, 1]`` (see :class:`Generator`)."""
 
 _EPS = 1e-3  # images are clamped to [_EPS, 1 - _EPS] before the logit of the residual output
 
@@ -61,11 +64,18 @@ class Generator(nn.Module):
         base_channels: width of the first convolution; doubled at each of the two
             down-sampling steps.
         num_residual: residual blocks at the bottleneck (StarGAN uses 6).
-        output: how the last convolution is mapped to ``[0, 1]``: ``"tanh"`` (``(tanh + 1) / 2``,
-            as in StarGAN), ``"sigmoid"``, or ``"residual"``: ``sigmoid(logit(x) + out)`` with the
-            last convolution initialised to zero, so that ``G`` starts as the identity (up to
-            clamping ``x`` to ``[1e-3, 1 - 1e-3]``) and learns only the change; not in the
-            paper, it reaches small ``|x - G(x, t)|`` in far fewer steps.
+        output: how the last convolution ``out`` is mapped to ``[0, 1]``:
+
+            * ``"additive"`` (default): a residual in pixel space,
+              ``G = x + a * where(a >= 0, 1 - x, x)`` with ``a = tanh(out)``, and the last
+              convolution initialised to zero. ``G`` starts as the exact identity, stays inside
+              ``[0, 1]`` without clamping, and ``a = +-1`` reaches white or black from any pixel,
+              so it learns only the change (no dead gradient at 0 or 1).
+            * ``"tanh"``: ``(tanh + 1) / 2``, as in StarGAN and the reference; it re-synthesises
+              the whole image, so it starts about 0.18 per pixel away from ``x``.
+            * ``"sigmoid"``: ``sigmoid(out)``.
+            * ``"residual"``: ``sigmoid(logit(x) + out)``, zero-initialised: the identity up to
+              clamping ``x`` to ``[1e-3, 1 - 1e-3]``, but it barely moves pixels near 0 or 1.
 
     Shapes:
         ``forward(images (N, C, H, W), targets (N,)) -> (N, C, H, W)`` with ``H`` and ``W``
@@ -79,7 +89,7 @@ class Generator(nn.Module):
         in_channels: int = 3,
         base_channels: int = 32,
         num_residual: int = 3,
-        output: Literal["tanh", "sigmoid", "residual"] = "tanh",
+        output: Literal["additive", "tanh", "sigmoid", "residual"] = "additive",
     ) -> None:
         super().__init__()
         if num_classes < 2:
@@ -89,8 +99,8 @@ class Generator(nn.Module):
                 "in_channels and base_channels must be >= 1 and num_residual >= 0; got "
                 f"{in_channels}, {base_channels}, {num_residual}"
             )
-        if output not in ("tanh", "sigmoid", "residual"):
-            raise ValueError(f"output must be 'tanh', 'sigmoid' or 'residual'; got {output!r}")
+        if output not in OUTPUTS:
+            raise ValueError(f"output must be one of {', '.join(OUTPUTS)}; got {output!r}")
         self.num_classes = num_classes
         self.in_channels = in_channels
         self.output = output
@@ -116,7 +126,7 @@ class Generator(nn.Module):
             ]
             c //= 2
         last = nn.Conv2d(c, in_channels, 7, padding=3)
-        if output == "residual":
+        if output in ("additive", "residual"):
             nn.init.zeros_(last.weight)
             nn.init.zeros_(last.bias)
         layers.append(last)
@@ -132,6 +142,9 @@ class Generator(nn.Module):
         onehot = torch.zeros(n, self.num_classes, h, w, dtype=images.dtype, device=images.device)
         onehot[torch.arange(n, device=images.device), targets.to(images.device)] = 1.0
         out = self.net(torch.cat([images, onehot], dim=1))
+        if self.output == "additive":
+            a = torch.tanh(out)
+            return images + a * torch.where(a >= 0, 1.0 - images, images)
         if self.output == "tanh":
             return (torch.tanh(out) + 1.0) / 2.0
         if self.output == "residual":

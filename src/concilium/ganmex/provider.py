@@ -34,6 +34,7 @@ __all__ = [
     "CACHE_NAME",
     "ContrastBaseline",
     "GanmexBaseline",
+    "GeneratorBaseline",
     "image_key",
     "parse_baseline_spec",
 ]
@@ -260,6 +261,32 @@ class ContrastBaseline:
 
     def __repr__(self) -> str:
         return f"ContrastBaseline({self.provider!r}, {len(self.contrast)} images)"
+
+
+class GeneratorBaseline:
+    """``G(x, t)`` from a generator held in memory (e.g. one fine-tuned for a randomised model by
+    :func:`~concilium.ganmex.training.finetune_generator`), without caching or card checks.
+
+    Args:
+        generator: a :class:`~concilium.ganmex.networks.Generator`.
+        name: shown in metadata and ``repr``.
+    """
+
+    def __init__(self, generator: torch.nn.Module, *, name: str = "generator") -> None:
+        self.generator = generator
+        self.name = name
+
+    @torch.no_grad()
+    def __call__(self, images: Tensor, targets: Tensor) -> Tensor:
+        images = check_images(images)
+        targets = check_labels(torch.as_tensor(targets), images.shape[0],
+                               self.generator.num_classes, "targets")
+        device = next(self.generator.parameters()).device
+        out = self.generator(images.to(device, torch.float32), targets.to(device))
+        return out.to(images.device, images.dtype)
+
+    def __repr__(self) -> str:
+        return f"GeneratorBaseline({self.name!r})"
 
 
 def parse_baseline_spec(

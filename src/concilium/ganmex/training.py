@@ -9,6 +9,7 @@ already holds one.
 
 from __future__ import annotations
 
+import copy
 import csv
 import time
 from collections.abc import Callable, Iterator
@@ -39,12 +40,14 @@ from concilium.ganmex.networks import Critic, Generator, check_image_size
 __all__ = [
     "StepLosses",
     "ValidationRecord",
+    "finetune_generator",
     "frozen",
     "read_history",
     "sample_targets",
     "train_ganmex",
     "train_step",
     "validate",
+    "validation_targets",
 ]
 
 
@@ -68,13 +71,41 @@ def frozen(model: nn.Module) -> Iterator[nn.Module]:
         model.train(was_training)
 
 
-def sample_targets(labels: Tensor, num_classes: int, *, generator: torch.Generator) -> Tensor:
-    """A uniformly random target class ``t != labels[i]`` per sample."""
+def sample_targets(
+    labels: Tensor,
+    num_classes: int,
+    *,
+    generator: torch.Generator,
+    same_class: float | str = 0.0,
+) -> Tensor:
+    """A random target class per sample.
+
+    Args:
+        labels: ``(N,)`` the images' classes.
+        num_classes: ``K``.
+        generator: the source of every draw.
+        same_class: share of targets equal to the label (teaching ``G(x, c) = x``); the others
+            are uniform over the ``K - 1`` other classes. ``"uniform"``: uniform over all ``K``
+            classes (the reference's). The default 0 gives only other classes (validation).
+    """
     if num_classes < 2:
         raise ValueError(f"counterfactual targets need num_classes >= 2; got {num_classes}")
+    if same_class == "uniform":
+        drawn = torch.randint(0, num_classes, labels.shape, generator=generator,
+                              device=generator.device)
+        return drawn.to(labels.device)
     offsets = torch.randint(1, num_classes, labels.shape, generator=generator,
                             device=generator.device)
+    if float(same_class) > 0:
+        keep = torch.rand(labels.shape, generator=generator, device=generator.device)
+        offsets = torch.where(keep < float(same_class), 0, offsets)
     return (labels + offsets.to(labels.device)) % num_classes
+
+
+def validation_targets(labels: Tensor, num_classes: int, *, seed: int) -> Tensor:
+    """The fixed target classes of the validation images: one other class per image, drawn
+    from ``seed`` (the training seed), the same at every checkpoint and for any later check."""
+    return sample_targets(labels, num_classes, generator=torch.Generator().manual_seed(seed + 2))
 
 
 @dataclass
@@ -125,7 +156,9 @@ def train_step(
     critic.requires_grad_(False)
     images, labels, targets = batches[-1]
     g = generator_loss(generator_net, critic, classifier, images, labels, targets,
-                       l_cls=options.l_cls, l_sim=options.l_sim, l_rec=options.l_rec)
+                       l_cls=options.l_cls, l_sim=options.l_sim, l_rec=options.l_rec,
+                       target=options.target_loss, kappa=options.kappa,
+                       similarity=options.similarity)
     opt_g.zero_grad(set_to_none=True)
     g.total.backward()
     opt_g.step()
@@ -156,6 +189,11 @@ class ValidationRecord:
         feature_distance_input: the same distance with ``x`` in place of ``G(x, t)``.
         loss_g: mean generator loss since the previous checkpoint.
         loss_d: mean critic loss since the previous checkpoint.
+        counterfactual_l1: mean per-pixel ``|G(x, t) - x*|`` against the exact minimal
+            counterfactuals ``x*`` (``None`` when none were given: only the benchmark has them).
+        in_region: share of ``|x - G(x, t)|`` (summed over pixels) inside the pixels where ``x``
+            and ``x*`` differ (``None`` without ``x*``); 1 for ``x*`` itself, the changed
+            region's share of the pixels for a uniform edit.
     """
 
     step: int
@@ -167,11 +205,15 @@ class ValidationRecord:
     feature_distance_input: float
     loss_g: float
     loss_d: float
+    counterfactual_l1: float | None = None
+    in_region: float | None = None
 
     def line(self) -> str:
         """The record as one human-readable line."""
+        exact = ("" if self.counterfactual_l1 is None or self.in_region is None else
+                 f"  |G-x*| {self.counterfactual_l1:.4f}  in region {self.in_region:5.1%}")
         return (f"step {self.step:>6}  {self.seconds:7.1f}s  success {self.success_rate:6.1%}  "
-                f"L1 {self.l1:.4f}  critic gap {self.critic_gap:+.3f}  "
+                f"L1 {self.l1:.4f}{exact}  critic gap {self.critic_gap:+.3f}  "
                 f"feature dist {self.feature_distance:.3f} (input {self.feature_distance_input:.3f})"
                 f"  loss G {self.loss_g:.3f}  loss D {self.loss_d:+.3f}")
 
@@ -198,17 +240,27 @@ def validate(
     labels: Tensor,
     targets: Tensor,
     *,
+    counterfactuals: Tensor | None = None,
     batch_size: int = 128,
-) -> dict[str, float]:
+) -> dict[str, float | None]:
     """Success rate, L1, critic gap and feature distance of ``G`` on a fixed validation set.
+
+    Args:
+        counterfactuals: the exact minimal counterfactuals ``x*`` of ``images`` for ``targets``
+            (``concilium.data.counterfactuals``), when known: adds ``|G - x*|`` and the share of
+            ``|x - G|`` inside the pixels where ``x`` and ``x*`` differ.
 
     Returns:
         A dict with the :class:`ValidationRecord` fields ``success_rate``, ``l1``,
-        ``critic_gap``, ``feature_distance`` and ``feature_distance_input``.
+        ``critic_gap``, ``feature_distance``, ``feature_distance_input``,
+        ``counterfactual_l1`` and ``in_region``.
     """
+    if counterfactuals is not None and counterfactuals.shape != images.shape:
+        raise ValueError(f"counterfactuals must be {tuple(images.shape)} like the images; got "
+                         f"{tuple(counterfactuals.shape)}")
     was_training = generator_net.training
     generator_net.eval()
-    hits, l1, d_real, d_fake = 0.0, 0.0, 0.0, 0.0
+    hits, l1, d_real, d_fake, ref_l1, inside, total = 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
     f_real, f_fake = [], []
     device = next(generator_net.parameters()).device
     for start in range(0, images.shape[0], batch_size):
@@ -216,7 +268,14 @@ def validate(
         t = targets[start:start + batch_size].to(device)
         fake = generator_net(x, t)
         hits += float((classifier(fake).argmax(1) == t).sum())
-        l1 += float((x - fake).abs().mean(dim=(1, 2, 3)).sum())
+        edit = (x - fake).abs()
+        l1 += float(edit.mean(dim=(1, 2, 3)).sum())
+        if counterfactuals is not None:
+            ref = counterfactuals[start:start + batch_size].to(device)
+            ref_l1 += float((fake - ref).abs().mean(dim=(1, 2, 3)).sum())
+            changed = (ref != x).any(dim=1, keepdim=True)
+            inside += float((edit * changed).sum())
+            total += float(edit.sum())
         d_real += float(critic(x).sum())
         d_fake += float(critic(fake).sum())
         f_real.append(_features(classifier, x).cpu())
@@ -240,6 +299,8 @@ def validate(
         "critic_gap": (d_real - d_fake) / n,
         "feature_distance": dist / classes if classes else nan,
         "feature_distance_input": dist_in / classes if classes else nan,
+        "counterfactual_l1": None if counterfactuals is None else ref_l1 / n,
+        "in_region": None if counterfactuals is None else (inside / total if total else nan),
     }
 
 
@@ -274,8 +335,8 @@ def read_history(path: str | Path, up_to: int | None = None) -> list[ValidationR
     names = {f.name: f.type for f in fields(ValidationRecord)}
     out = []
     for row in rows:
-        rec = ValidationRecord(**{k: (int(v) if k == "step" else float(v))
-                                  for k, v in row.items() if k in names})
+        rec = ValidationRecord(**{k: (int(v) if k == "step" else None if v in ("", None)
+                                      else float(v)) for k, v in row.items() if k in names})
         if up_to is None or rec.step <= up_to:
             out.append(rec)
     return out
@@ -302,6 +363,7 @@ def train_ganmex(
     options: GanmexOptions | None = None,
     val_images: Tensor | None = None,
     val_labels: Tensor | None = None,
+    val_counterfactuals: Callable[[Tensor], Tensor] | None = None,
     classifier_card_hash: str | None = None,
     classifier_name: str = "",
     data_fingerprint: str | None = None,
@@ -310,6 +372,7 @@ def train_ganmex(
     on_step: Callable[[int, StepLosses], None] | None = None,
     on_validation: Callable[[ValidationRecord], None] | None = None,
     until_success: float | None = None,
+    until_l1: float | None = None,
 ) -> tuple[GanmexCard, list[ValidationRecord]]:
     """Train (or resume training) a GANMEX generator for ``classifier`` and save it to ``out_dir``.
 
@@ -327,6 +390,11 @@ def train_ganmex(
         options: training options (defaults: :class:`GanmexOptions`).
         val_images: validation images; default: a seeded subset of the training images.
         val_labels: their classes.
+        val_counterfactuals: ``targets -> x*``: the exact minimal counterfactuals of the
+            validation images (the first ``val_size`` of ``val_images``) for the validation
+            targets, when known (the benchmark:
+            ``lambda t: concilium.data.counterfactuals(val_data, t)``); adds ``|G - x*|`` and the
+            in-region share to every validation record. Needs ``val_images``.
         classifier_card_hash: :func:`~concilium.ganmex.checkpoint.card_hash` of the
             classifier's member card, recorded so the provider can refuse other classifiers.
         classifier_name: free text recorded in the card (e.g. the member directory).
@@ -341,6 +409,9 @@ def train_ganmex(
         until_success: stop early at the first checkpoint whose target success rate reaches
             this value (``None``: always run ``options.steps`` steps). A later call with the
             same settings resumes from there.
+        until_l1: with ``until_success``, stop only once ``|x - G|`` is also at most this value
+            (stop on quality, not on the first success); alone, stop at the first checkpoint
+            with ``|x - G|`` at most this value and success at least 0.9.
 
     Returns:
         The final card and the full validation history (including lines of earlier runs).
@@ -352,6 +423,12 @@ def train_ganmex(
     options = options or GanmexOptions()
     if until_success is not None and not 0.0 < until_success <= 1.0:
         raise ValueError(f"until_success must lie in (0, 1]; got {until_success}")
+    if until_l1 is not None and not until_l1 > 0.0:
+        raise ValueError(f"until_l1 must be positive; got {until_l1}")
+    if until_l1 is not None and until_success is None:
+        until_success = 0.9
+    if val_counterfactuals is not None and val_images is None:
+        raise ValueError("val_counterfactuals needs val_images (the images they belong to)")
     images = check_images(images)
     num_classes = len(class_names)
     labels = check_labels(labels, images.shape[0], num_classes)
@@ -376,8 +453,13 @@ def train_ganmex(
             raise ValueError("val_labels are required with val_images")
         val_labels = check_labels(val_labels[:val_images.shape[0]], val_images.shape[0],
                                   num_classes, "val_labels")
-    val_targets = sample_targets(val_labels, num_classes,
-                                 generator=torch.Generator().manual_seed(options.seed + 2))
+    val_targets = validation_targets(val_labels, num_classes, seed=options.seed)
+    val_refs = None
+    if val_counterfactuals is not None:
+        val_refs = check_images(val_counterfactuals(val_targets), "val_counterfactuals")
+        if val_refs.shape != val_images.shape:
+            raise ValueError(f"val_counterfactuals must return {tuple(val_images.shape)} images "
+                             f"like the validation images; got {tuple(val_refs.shape)}")
 
     gen, critic = build_networks(options, num_classes=num_classes, image_size=(h, w),
                                  in_channels=in_channels)
@@ -413,7 +495,8 @@ def train_ganmex(
             for _ in range(options.n_critic):
                 idx = torch.randint(images.shape[0], (options.batch_size,), generator=rng)
                 y = labels[idx]
-                t = sample_targets(y, num_classes, generator=rng)
+                t = sample_targets(y, num_classes, generator=rng,
+                                   same_class=options.same_class)
                 batches.append((images[idx].to(device), y.to(device), t.to(device)))
             losses = train_step(gen, critic, classifier, opt_g, opt_d, batches, options=options,
                                 rng=rng)
@@ -423,7 +506,8 @@ def train_ganmex(
             if step % options.checkpoint_every and step != options.steps:
                 continue
             seconds = base_seconds + time.perf_counter() - started
-            scores = validate(gen, critic, classifier, val_images, val_labels, val_targets)
+            scores = validate(gen, critic, classifier, val_images, val_labels, val_targets,
+                              counterfactuals=val_refs)
             record = ValidationRecord(step=step, seconds=seconds, loss_g=sum_g / count,
                                       loss_d=sum_d / count, **scores)
             sum_g, sum_d, count = 0.0, 0.0, 0
@@ -434,6 +518,54 @@ def train_ganmex(
                             opt_d=opt_d, rng=rng)
             if on_validation is not None:
                 on_validation(record)
-            if until_success is not None and record.success_rate >= until_success:
+            if until_success is not None and record.success_rate >= until_success and (
+                    until_l1 is None or record.l1 <= until_l1):
                 break
     return card, history
+
+
+def finetune_generator(
+    generator_net: Generator,
+    classifier: nn.Module,
+    images: Tensor,
+    labels: Tensor,
+    *,
+    options: GanmexOptions,
+    steps: int,
+    seed: int = 0,
+) -> Generator:
+    """A copy of ``generator_net`` trained ``steps`` more steps against ``classifier`` (for
+    example a randomised copy of the model it was made for), with a fresh critic and the same
+    losses; ``generator_net`` is left as it was.
+
+    This is how a model-dependent baseline is made again for a randomised model in the
+    randomisation test (a brief fine-tune instead of a full training).
+
+    Returns:
+        The fine-tuned generator, in eval mode without parameter gradients, on the device of
+        ``generator_net``.
+    """
+    if steps < 0:
+        raise ValueError(f"steps must be >= 0; got {steps}")
+    images = check_images(images)
+    num_classes = generator_net.num_classes
+    labels = check_labels(labels, images.shape[0], num_classes)
+    device = next(generator_net.parameters()).device
+    gen = copy.deepcopy(generator_net).train().requires_grad_(True)
+    _, critic = build_networks(options.model_copy(update={"seed": seed}), num_classes=num_classes,
+                               image_size=tuple(images.shape[2:]), in_channels=images.shape[1])
+    critic.to(device).train()
+    betas = (options.beta1, options.beta2)
+    opt_g = torch.optim.Adam(gen.parameters(), lr=options.lr_g, betas=betas)
+    opt_d = torch.optim.Adam(critic.parameters(), lr=options.lr_d, betas=betas)
+    rng = torch.Generator().manual_seed(seed)
+    with frozen(classifier):
+        for _ in range(steps):
+            batches = []
+            for _ in range(options.n_critic):
+                idx = torch.randint(images.shape[0], (options.batch_size,), generator=rng)
+                y = labels[idx]
+                t = sample_targets(y, num_classes, generator=rng, same_class=options.same_class)
+                batches.append((images[idx].to(device), y.to(device), t.to(device)))
+            train_step(gen, critic, classifier, opt_g, opt_d, batches, options=options, rng=rng)
+    return gen.eval().requires_grad_(False)

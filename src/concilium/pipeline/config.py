@@ -47,6 +47,7 @@ from concilium.jobs.audit import AuditOptions
 from concilium.jobs.engines import EngineName
 from concilium.jobs.ensemble import ENSEMBLERS, EnsembleOptionsBase, ensemble_options
 from concilium.jobs.explain import ExplainOptions, check_methods
+from concilium.jobs.one_vs_one import OneVsOneOptions
 from concilium.metrics import METRICS
 from concilium.metrics.evaluate import check_params
 from concilium.models import parse_sources, train_ensemble
@@ -383,6 +384,34 @@ class AuditConfig(_Section):
         return AuditOptions.model_validate({**self.options, "device": device})
 
 
+class GanmexConfig(_Section):
+    """``[ganmex]``: the one-vs-one study (a GANMEX generator per member, then "why c and not t"
+    maps scored against the benchmark's exact counterfactuals): the fields of
+    :class:`concilium.jobs.one_vs_one.OneVsOneOptions` (``preset``, ``generator`` (its
+    training options), ``methods``, ``params``, ``seeds``, ``limit``, ``pairs``, ``randomisation``...)."""
+
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flatten(cls, values: Any) -> Any:
+        return flat_section(values, into="options", controls={},
+                            validate=lambda _, rest: validate_kwargs("ganmex", OneVsOneOptions,
+                                                                     rest))
+
+    @model_validator(mode="after")
+    def _check(self) -> GanmexConfig:
+        try:
+            self.study_options().ganmex_options()
+        except ValueError as err:
+            raise ValueError(f"[ganmex] {err}") from None
+        return self
+
+    def study_options(self) -> OneVsOneOptions:
+        """The study's options (validated, defaults filled in)."""
+        return OneVsOneOptions.model_validate(self.options)
+
+
 class ReportConfig(_Section):
     """``[report]``: the fields of :class:`concilium.report.ReportOptions` (``title``,
     ``gallery_images``, ``gallery_members``, ``gallery_metrics``, ``members_view``)."""
@@ -444,7 +473,8 @@ class ExperimentConfig(_Section):
         address: the Ray cluster to join (``auto``, ``HOST:PORT``, ``ray://HOST:10001``;
             default: a local Ray instance).
         workers: Ray workers (default: one per GPU, or per CPU on a CPU-only cluster).
-        data, models, committee, explain, ensemble, evaluate, audit, report: the sections.
+        data, models, committee, explain, ensemble, evaluate, audit, ganmex, report: the
+            sections (``ganmex``, like ``committee``, only runs when given).
     """
 
     name: str = "experiment"
@@ -459,6 +489,7 @@ class ExperimentConfig(_Section):
     ensemble: EnsembleConfig = Field(default_factory=EnsembleConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     audit: AuditConfig = Field(default_factory=lambda: AuditConfig.model_validate({}))
+    ganmex: GanmexConfig | None = None
     report: ReportConfig = Field(default_factory=lambda: ReportConfig.model_validate({}))
 
 
@@ -502,6 +533,7 @@ def _valid_keys(loc: list[str]) -> list[str]:
     fields = list(getattr(model, "model_fields", {}))
     flat = {"models": ["dir", "sources", *_train_model().model_fields],
             "report": list(ReportOptions.model_fields),
+            "ganmex": list(OneVsOneOptions.model_fields),
             "audit": ["enabled", *(k for k in AuditOptions.model_fields if k != "device")]}
     return flat.get(loc[-1], fields) if loc else fields
 

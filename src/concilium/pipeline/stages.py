@@ -14,6 +14,7 @@ explain      ``jobs.explain.explain_run``        ``[explain]``, data, models
 ensemble     ``jobs.ensemble.run_ensemble``      ``[ensemble]``, explain
 evaluate     ``jobs.evaluate.evaluate_run``      ``[evaluate]``, explain, ensemble
 audit        ``jobs.audit.run_audit``            ``[audit]``, evaluate, ensemble
+ganmex       ``jobs.one_vs_one.run_one_vs_one``  ``[ganmex]``, data, models
 report       ``report.write_report``             ``[report]``, everything before
 ===========  ==================================  =====================================
 """
@@ -35,6 +36,7 @@ from concilium.jobs.audit import run_audit
 from concilium.jobs.ensemble import run_ensemble
 from concilium.jobs.evaluate import evaluate_run
 from concilium.jobs.explain import ChunkEvent, ExplainOptions, explain_run
+from concilium.jobs.one_vs_one import run_one_vs_one
 from concilium.models import load_sources, train_ensemble
 from concilium.pipeline.config import EnsembleConfig, resolve_metrics
 from concilium.pipeline.context import Context, Stage
@@ -213,6 +215,27 @@ def audit(ctx: Context) -> dict[str, Any]:
     return {"tables": sorted(tables)}
 
 
+# ----------------------------------------------------------------------------- ganmex
+
+
+def ganmex(ctx: Context) -> dict[str, Any]:
+    """The ``ganmex`` stage: :func:`concilium.jobs.one_vs_one.run_one_vs_one` (a generator per
+    member, resumed where it stopped; scores reused while the options are unchanged)."""
+    if ctx.config.ganmex is None:
+        raise ValueError("the ganmex stage needs a [ganmex] section in the experiment")
+
+    def on_validation(member: str, rec: Any) -> None:
+        ctx.console.print(f"  {member}: {rec.line()}")
+
+    tables = run_one_vs_one(ctx.out, dataset=load_dataset(ctx), models_dir=ctx.models_dir,
+                            options=ctx.config.ganmex.study_options(),
+                            device=ctx.config.device, on_validation=on_validation)
+    claims = tables["one_vs_one_claims"]
+    for _, v in claims.iterrows():
+        ctx.console.print(f"  {v.get('member', '')} {v['method']}: {v['claim']}: {v['verdict']}")
+    return {"tables": sorted(tables), "verdicts": claims["verdict"].value_counts().to_dict()}
+
+
 # ----------------------------------------------------------------------------- committee
 
 
@@ -270,8 +293,12 @@ def _stage_list() -> list[Stage]:
               enabled=lambda c: c.audit.enabled,
               describe=lambda c: "per-class quality, bias" + (
                   ", anonymisation" if c.audit.options.get("anonymisation") else "")),
+        Stage("ganmex", lambda c: c.ganmex, ("data", "models"), ganmex,
+              enabled=lambda c: c.ganmex is not None,
+              describe=lambda c: "one-vs-one: a GANMEX generator per member, contrast maps "
+                                 "scored against the exact counterfactuals"),
         Stage("report", lambda c: c.report, ("data", "models", "committee", "explain",
-                                             "ensemble", "evaluate", "audit"), _report,
+                                             "ensemble", "evaluate", "audit", "ganmex"), _report,
               describe=lambda c: "RUN/report.html and RUN/summary.json"),
     ]
 

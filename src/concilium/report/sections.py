@@ -378,7 +378,8 @@ BAR_SECTIONS: tuple[BarSpec, ...] = (
     BarSpec("one-vs-one", "One-vs-one explanations", "one_vs_one", "relevance_mass", "baseline",
             "Why class c and not t: one-vs-one maps with counterfactual (GANMEX) and classic "
             "baselines, scored on the difference mask.",
-            "`python experiments/ganmex_one_vs_one.py --run {run}` (needs a trained GANMEX)"),
+            "`concilium run` with a [ganmex] section (or `python experiments/ganmex_one_vs_one.py "
+            "--bench BENCH --run {run}`)"),
 )
 """The bar-chart sections, by the columns their writers document."""
 
@@ -424,9 +425,30 @@ def bar_section(data: ReportData, spec: BarSpec) -> Section:
     return s
 
 
+def section_one_vs_one(data: ReportData, spec: BarSpec) -> Section:
+    """The one-vs-one bars (relevance mass on the pixels where x and its exact counterfactual
+    differ, per baseline), then the paper's claims with their verdicts and the generator's
+    quality, as ``concilium.jobs.one_vs_one`` wrote them (``one_vs_one_claims``,
+    ``one_vs_one_generator``)."""
+    s = bar_section(data, spec)
+    for name, intro in (("one_vs_one_claims", "The paper's claims: GANMEX against the best other "
+                         "baseline, difference and 95% interval across seeds."),
+                        ("one_vs_one_generator", "The generator on the same images: target "
+                         "success, |x - G|, |G - x*| and the share of |x - G| in the changed "
+                         "region.")):
+        table = data.tables.get(name)
+        if s.missing is None and table is not None and not table.empty:
+            s.paragraphs.append(intro)
+            s.tables.append(frame_table(table))
+    return s
+
+
+_BAR_BUILDERS = {"one-vs-one": section_one_vs_one}
+"""Bar sections with more than their bars; the others are :func:`bar_section` alone."""
+
 for _spec in BAR_SECTIONS:
     SECTIONS.register(_spec.section, _spec.title)(
-        lambda data, ctx, spec=_spec: bar_section(data, spec))
+        lambda data, ctx, spec=_spec: _BAR_BUILDERS.get(spec.section, bar_section)(data, spec))
 
 
 @SECTIONS.register("attributes", "Attribute explanations", after="anonymisation")
