@@ -15,7 +15,8 @@ and removes every hook afterwards.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -180,6 +181,22 @@ def register_method(
     return decorator
 
 
+@contextmanager
+def _deeplift_errors(method: str) -> Iterator[None]:
+    """Captum's DeepLIFT refuses a ReLU module called more than once (torchvision's ResNet
+    blocks call one ReLU three times) with a deep RuntimeError: say what it means instead."""
+    try:
+        yield
+    except RuntimeError as err:
+        if "used more than once" not in str(err):
+            raise
+        raise ValueError(
+            f"{method}: the model calls one activation module more than once (as torchvision's "
+            "ResNet blocks do), which Captum's DeepLIFT cannot follow; use lrp (zennit, with the "
+            "ResNet canonizer), integrated_gradients or another method"
+        ) from None
+
+
 def _plain_captum(
     captum: type[InputXGradient | GuidedBackprop | DeepLift], *, with_baselines: bool
 ) -> Callable[[Chunk, P.NoParams], Tensor]:
@@ -189,10 +206,11 @@ def _plain_captum(
     def run(c: Chunk, p: P.NoParams) -> Tensor:
         method = captum(c.module)
         if with_baselines:
-            return method.attribute(
-                c.images, baselines=c.baselines, target=c.classes,
-                additional_forward_args=c.forward_args,
-            )
+            with _deeplift_errors(captum.__name__):
+                return method.attribute(
+                    c.images, baselines=c.baselines, target=c.classes,
+                    additional_forward_args=c.forward_args,
+                )
         return method.attribute(c.images, target=c.classes, additional_forward_args=c.forward_args)
 
     return run
@@ -290,9 +308,10 @@ def _deeplift_shap(c: Chunk, p: P.DeepLiftShapParams) -> Tensor:
     ).to(c.baselines.device)
     dist = c.baselines[:1] + p.stdevs * noise
     dist[0] = c.baselines[0]
-    return DeepLiftShap(c.module).attribute(
-        c.images, baselines=dist, target=c.classes, additional_forward_args=c.forward_args
-    )
+    with _deeplift_errors("deeplift_shap"):
+        return DeepLiftShap(c.module).attribute(
+            c.images, baselines=dist, target=c.classes, additional_forward_args=c.forward_args
+        )
 
 
 register_method(
