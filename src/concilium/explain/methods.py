@@ -100,6 +100,9 @@ class MethodSpec:
         per_layer_channel: ``passes`` counts per channel of the method's layer (ScoreCAM and
             AblationCAM: one forward per channel, on top of one plain forward).
         architectures: ``"any"`` model, or ``"vit"`` only (attention rollout).
+        activation_hooks: hooks the backward of activation modules (DeepLIFT, guided
+            backpropagation, LRP), so in-place activations are switched off while it runs (as
+            for every layer method, whose hooked output an in-place activation would rewrite).
     """
 
     name: str
@@ -116,6 +119,7 @@ class MethodSpec:
     groupable: bool = False
     per_layer_channel: bool = False
     architectures: Literal["any", "vit"] = "any"
+    activation_hooks: bool = False
 
     def defaults(self) -> dict[str, object]:
         """The default parameters."""
@@ -165,6 +169,7 @@ def register_method(
     groupable: bool = False,
     per_layer_channel: bool = False,
     architectures: Literal["any", "vit"] = "any",
+    activation_hooks: bool = False,
 ) -> Callable[[Callable], Callable]:
     """Register the decorated ``run`` function as method ``name`` (fields: :class:`MethodSpec`)."""
 
@@ -174,7 +179,7 @@ def register_method(
             needs_baseline=needs_baseline, needs_layer=needs_layer, stochastic=stochastic,
             per_channel=per_channel, passes=passes, run=run, description=description,
             groupable=groupable, per_layer_channel=per_layer_channel,
-            architectures=architectures,
+            architectures=architectures, activation_hooks=activation_hooks,
         ))
         return run
 
@@ -290,7 +295,8 @@ def _vargrad(c: Chunk, p: P.NoiseTunnelParams) -> Tensor:
 register_method(
     name="deeplift", captum_class="captum.attr.DeepLift", params=P.NoParams, kind="gradient",
     needs_baseline=True, needs_layer=False, stochastic=False, per_channel=True,
-    passes=lambda p, hw: 2, description="DeepLIFT (rescale rule) against the baseline",
+    passes=lambda p, hw: 2, activation_hooks=True,
+    description="DeepLIFT (rescale rule) against the baseline",
 )(_plain_captum(DeepLift, with_baselines=True))
 
 
@@ -298,6 +304,7 @@ register_method(
     name="deeplift_shap", captum_class="captum.attr.DeepLiftShap", params=P.DeepLiftShapParams,
     kind="gradient", needs_baseline=True, needs_layer=False, stochastic=True, per_channel=True,
     passes=lambda p, hw: 2 * p.n_samples,
+    activation_hooks=True,
     description="DeepLIFT averaged over a noisy baseline distribution",
 )
 def _deeplift_shap(c: Chunk, p: P.DeepLiftShapParams) -> Tensor:
@@ -317,7 +324,8 @@ def _deeplift_shap(c: Chunk, p: P.DeepLiftShapParams) -> Tensor:
 register_method(
     name="guided_backprop", captum_class="captum.attr.GuidedBackprop", params=P.NoParams,
     kind="gradient", needs_baseline=False, needs_layer=False, stochastic=False, per_channel=True,
-    passes=_one, description="guided backpropagation (positive gradients through ReLUs)",
+    passes=_one, activation_hooks=True,
+    description="guided backpropagation (positive gradients through ReLUs)",
 )(_plain_captum(GuidedBackprop, with_baselines=False))
 
 
