@@ -25,6 +25,7 @@ defaults (shown in the ``params`` column); the ratio is per pass.
     python benchmarks/real_scale.py --quick          # 4 images, no metrics vs Quantus
     python benchmarks/real_scale.py --models vit_b16 --methods gradcam,attention_rollout
     python benchmarks/real_scale.py --per-channel-cams   # also ScoreCAM and AblationCAM (slow)
+    python benchmarks/real_scale.py --quick --models resnet50 --no-metrics   # one model, methods
 """
 
 from __future__ import annotations
@@ -357,6 +358,7 @@ def main() -> None:
     ap.add_argument("--per-channel-images", type=int, default=1,
                     help="images for ScoreCAM/AblationCAM (default 1)")
     ap.add_argument("--no-metrics", action="store_true")
+    ap.add_argument("--no-methods", action="store_true", help="metrics only")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
@@ -375,8 +377,9 @@ def main() -> None:
         net = make_model(model_name).to(device)
         with torch.no_grad():
             labels = net(images).argmax(1)
-        method_rows += bench_methods(model_name, net, images, labels, methods, device,
-                                     args.per_channel_images)
+        if not args.no_methods:
+            method_rows += bench_methods(model_name, net, images, labels, methods, device,
+                                         args.per_channel_images)
         if not args.no_metrics:
             metric_rows += bench_metrics(model_name, net, images, labels, device,
                                          with_quantus=not args.quick)
