@@ -68,7 +68,6 @@ METRIC_PARAMS: dict[str, dict[str, Any]] = {
     "faithfulness_correlation": {"nr_runs": 10, "subset_size": 3136},
     "pixel_flipping": {"features_in_step": 3136},
     "max_sensitivity": {"nr_samples": 3},
-    "infidelity": {"n_perturb_samples": 1},
 }
 
 
