@@ -65,9 +65,9 @@ NOT_FOR = {"resnet50": {"attention_rollout", "deeplift", "deeplift_shap"},
            "vit_b16": {"deeplift", "deeplift_shap", "lrp"}}
 #: model-bound metrics measured (reduced samples), with their Quantus class where it exists
 METRIC_PARAMS: dict[str, dict[str, Any]] = {
-    "faithfulness_correlation": {"nr_runs": 10, "subset_size": 3136},
-    "pixel_flipping": {"features_in_step": 3136},
-    "max_sensitivity": {"nr_samples": 3},
+    "faithfulness_correlation": {"nr_runs": 10, "subset_size": 224},
+    "pixel_flipping": {"step": 3136},  # pixels per step: 16 steps at 224 px
+    "max_sensitivity": {"nr_samples": 3, "normalise": False},
 }
 
 
@@ -331,12 +331,11 @@ def _quantus_time(name: str, net: nn.Module, images: Tensor, labels: Tensor, map
                                                  subset_size=params["subset_size"],
                                                  perturb_baseline="black", **kw)
     elif name == "pixel_flipping":
-        metric = quantus.PixelFlipping(features_in_step=params["features_in_step"],
+        # a Quantus feature is one channel value: 3 per pixel
+        metric = quantus.PixelFlipping(features_in_step=3 * params["step"],
                                        perturb_baseline="black", **kw)
     elif name == "max_sensitivity":
-        metric = quantus.MaxSensitivity(nr_samples=params["nr_samples"], **kw)
-    elif name == "infidelity":
-        metric = quantus.Infidelity(n_perturb_samples=params["n_perturb_samples"], **kw)
+        metric = quantus.MaxSensitivity(nr_samples=params["nr_samples"], normalise=False, **kw)
     else:
         return float("nan")
     now = clock(device)
