@@ -246,3 +246,23 @@ def test_layer_methods_explain_transformers_end_to_end(factory, method, caplog):
         signed = explain(model, images, "pred", method=method, batch_size=4, relu=False)
         assert signed.abs().sum() > 0 and (maps >= 0).all()
     assert hook_counts(model) == {}
+
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="hardware: needs a CUDA device")
+
+
+@CUDA
+@pytest.mark.parametrize("factory", [small_cnn, small_vit, small_swin])
+@pytest.mark.parametrize("method", ["gradcam", "gradcam_pp", "eigencam", "ablationcam", "lrp",
+                                    "attention_rollout"])
+def test_layer_methods_on_cuda_match_the_cpu(factory, method):
+    if method == "attention_rollout" and factory is not small_vit:
+        pytest.skip("ViTs only")
+    if method == "lrp" and factory is not small_cnn:
+        pytest.skip("CNN rules")
+    model = factory()
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    cpu = explain(model, images, 0, method=method, batch_size=4)
+    gpu = explain(model.cuda(), images.cuda(), 0, method=method, batch_size=4)
+    assert gpu.device.type == "cuda"
+    assert torch.allclose(gpu.cpu(), cpu, atol=1e-4, rtol=1e-3)
