@@ -284,7 +284,7 @@ def bench_methods(model_name: str, net: nn.Module, images: Tensor, labels: Tenso
 
 
 def bench_metrics(model_name: str, net: nn.Module, images: Tensor, labels: Tensor,
-                  device: torch.device, with_quantus: bool) -> list:
+                  device: torch.device, with_quantus: bool, only: list[str]) -> list:
     from concilium.metrics import METRICS, evaluate
 
     model = Counting(net, device).eval()
@@ -292,7 +292,7 @@ def bench_metrics(model_name: str, net: nn.Module, images: Tensor, labels: Tenso
     costs = PassCosts(net, device, reps=3)
     rows = []
     for name, params in METRIC_PARAMS.items():
-        if name not in METRICS:
+        if name not in METRICS or (only and name not in only):
             continue
         params = dict(params)
         if "batch_size" in METRICS.get(name).params:
@@ -331,8 +331,8 @@ def _quantus_time(name: str, net: nn.Module, images: Tensor, labels: Tensor, map
                                                  subset_size=params["subset_size"],
                                                  perturb_baseline="black", **kw)
     elif name == "pixel_flipping":
-        # a Quantus feature is one channel value: 3 per pixel
-        metric = quantus.PixelFlipping(features_in_step=3 * params["step"],
+        # the maps are (N, 1, H, W): a Quantus feature is one map pixel here
+        metric = quantus.PixelFlipping(features_in_step=params["step"],
                                        perturb_baseline="black", **kw)
     elif name == "max_sensitivity":
         metric = quantus.MaxSensitivity(nr_samples=params["nr_samples"], normalise=False, **kw)
@@ -357,6 +357,7 @@ def main() -> None:
                     help="images for ScoreCAM/AblationCAM (default 1)")
     ap.add_argument("--no-metrics", action="store_true")
     ap.add_argument("--no-methods", action="store_true", help="metrics only")
+    ap.add_argument("--metrics", default="", help="comma-separated (default: all measured)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
@@ -380,7 +381,8 @@ def main() -> None:
                                          args.per_channel_images)
         if not args.no_metrics:
             metric_rows += bench_metrics(model_name, net, images, labels, device,
-                                         with_quantus=not args.quick)
+                                         with_quantus=not args.quick,
+                                         only=[m for m in args.metrics.split(",") if m])
     print(f"\ndevice {device}; {args.n} images 3x224x224; torch threads {torch.get_num_threads()}")
     head = (f"{'model':8s} {'method':22s} {'n':>3s} {'passes':>6s} {'pass':>4s} {'s/img':>8s} "
             f"{'ours/bound':>10s} {'ours/lib':>8s}  params")
