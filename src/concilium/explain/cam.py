@@ -55,7 +55,9 @@ _REFERENCE = {"eigencam": "EigenCAM", "scorecam": "ScoreCAM", "ablationcam": "Ab
 @contextmanager
 def _hooked(layer: nn.Module, replace: Callable[[Tensor], Tensor] | None = None) -> Iterator[list[Tensor]]:
     """Record the layer's output (optionally replaced by ``replace(output)``); the hook is
-    removed on exit, also on an error."""
+    removed on exit, also on an error. The model continues with a copy of the output, so an
+    in-place operation after the layer (an in-place ReLU, a residual ``+=``) cannot rewrite the
+    recorded activation, whose gradient still flows through the copy."""
     seen: list[Tensor] = []
 
     def hook(_m: nn.Module, _i: object, out: object) -> Tensor | None:
@@ -63,7 +65,7 @@ def _hooked(layer: nn.Module, replace: Callable[[Tensor], Tensor] | None = None)
             raise ValueError("the layer must return one tensor; choose a convolutional layer or a "
                              "block's norm")
         seen.append(out)
-        return replace(out) if replace is not None else None
+        return replace(out) if replace is not None else out.clone()
 
     handle = layer.register_forward_hook(hook)
     try:

@@ -101,8 +101,7 @@ class MethodSpec:
             AblationCAM: one forward per channel, on top of one plain forward).
         architectures: ``"any"`` model, or ``"vit"`` only (attention rollout).
         activation_hooks: hooks the backward of activation modules (DeepLIFT, guided
-            backpropagation, LRP), so in-place activations are switched off while it runs (as
-            for every layer method, whose hooked output an in-place activation would rewrite).
+            backpropagation, LRP), so in-place activations are switched off while it runs.
     """
 
     name: str
