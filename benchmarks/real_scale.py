@@ -25,6 +25,7 @@ defaults (shown in the ``params`` column); the ratio is per pass.
     python benchmarks/real_scale.py --quick          # 4 images, no metrics vs Quantus
     python benchmarks/real_scale.py --models vit_b16 --methods gradcam,attention_rollout
     python benchmarks/real_scale.py --per-channel-cams   # also ScoreCAM and AblationCAM (slow)
+    python benchmarks/real_scale.py --quick --models resnet50 --no-metrics   # one model, methods
 """
 
 from __future__ import annotations
@@ -64,10 +65,9 @@ NOT_FOR = {"resnet50": {"attention_rollout", "deeplift", "deeplift_shap"},
            "vit_b16": {"deeplift", "deeplift_shap", "lrp"}}
 #: model-bound metrics measured (reduced samples), with their Quantus class where it exists
 METRIC_PARAMS: dict[str, dict[str, Any]] = {
-    "faithfulness_correlation": {"nr_runs": 10, "subset_size": 3136},
-    "pixel_flipping": {"features_in_step": 3136},
-    "max_sensitivity": {"nr_samples": 3},
-    "infidelity": {"n_perturb_samples": 1},
+    "faithfulness_correlation": {"nr_runs": 10, "subset_size": 224},
+    "pixel_flipping": {"step": 3136},  # pixels per step: 16 steps at 224 px
+    "max_sensitivity": {"nr_samples": 3, "normalise": False},
 }
 
 
@@ -284,7 +284,7 @@ def bench_methods(model_name: str, net: nn.Module, images: Tensor, labels: Tenso
 
 
 def bench_metrics(model_name: str, net: nn.Module, images: Tensor, labels: Tensor,
-                  device: torch.device, with_quantus: bool) -> list:
+                  device: torch.device, with_quantus: bool, only: list[str]) -> list:
     from concilium.metrics import METRICS, evaluate
 
     model = Counting(net, device).eval()
@@ -292,7 +292,7 @@ def bench_metrics(model_name: str, net: nn.Module, images: Tensor, labels: Tenso
     costs = PassCosts(net, device, reps=3)
     rows = []
     for name, params in METRIC_PARAMS.items():
-        if name not in METRICS:
+        if name not in METRICS or (only and name not in only):
             continue
         params = dict(params)
         if "batch_size" in METRICS.get(name).params:
@@ -331,12 +331,11 @@ def _quantus_time(name: str, net: nn.Module, images: Tensor, labels: Tensor, map
                                                  subset_size=params["subset_size"],
                                                  perturb_baseline="black", **kw)
     elif name == "pixel_flipping":
-        metric = quantus.PixelFlipping(features_in_step=params["features_in_step"],
+        # the maps are (N, 1, H, W): a Quantus feature is one map pixel here
+        metric = quantus.PixelFlipping(features_in_step=params["step"],
                                        perturb_baseline="black", **kw)
     elif name == "max_sensitivity":
-        metric = quantus.MaxSensitivity(nr_samples=params["nr_samples"], **kw)
-    elif name == "infidelity":
-        metric = quantus.Infidelity(n_perturb_samples=params["n_perturb_samples"], **kw)
+        metric = quantus.MaxSensitivity(nr_samples=params["nr_samples"], normalise=False, **kw)
     else:
         return float("nan")
     now = clock(device)
@@ -357,6 +356,8 @@ def main() -> None:
     ap.add_argument("--per-channel-images", type=int, default=1,
                     help="images for ScoreCAM/AblationCAM (default 1)")
     ap.add_argument("--no-metrics", action="store_true")
+    ap.add_argument("--no-methods", action="store_true", help="metrics only")
+    ap.add_argument("--metrics", default="", help="comma-separated (default: all measured)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
@@ -375,11 +376,13 @@ def main() -> None:
         net = make_model(model_name).to(device)
         with torch.no_grad():
             labels = net(images).argmax(1)
-        method_rows += bench_methods(model_name, net, images, labels, methods, device,
-                                     args.per_channel_images)
+        if not args.no_methods:
+            method_rows += bench_methods(model_name, net, images, labels, methods, device,
+                                         args.per_channel_images)
         if not args.no_metrics:
             metric_rows += bench_metrics(model_name, net, images, labels, device,
-                                         with_quantus=not args.quick)
+                                         with_quantus=not args.quick,
+                                         only=[m for m in args.metrics.split(",") if m])
     print(f"\ndevice {device}; {args.n} images 3x224x224; torch threads {torch.get_num_threads()}")
     head = (f"{'model':8s} {'method':22s} {'n':>3s} {'passes':>6s} {'pass':>4s} {'s/img':>8s} "
             f"{'ours/bound':>10s} {'ours/lib':>8s}  params")

@@ -246,3 +246,45 @@ def test_layer_methods_explain_transformers_end_to_end(factory, method, caplog):
         signed = explain(model, images, "pred", method=method, batch_size=4, relu=False)
         assert signed.abs().sum() > 0 and (maps >= 0).all()
     assert hook_counts(model) == {}
+
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="hardware: needs a CUDA device")
+
+
+@CUDA
+@pytest.mark.parametrize("factory", [small_cnn, small_vit, small_swin])
+@pytest.mark.parametrize("method", ["gradcam", "gradcam_pp", "eigencam", "ablationcam", "lrp",
+                                    "attention_rollout"])
+def test_layer_methods_on_cuda_match_the_cpu(factory, method):
+    if method == "attention_rollout" and factory is not small_vit:
+        pytest.skip("ViTs only")
+    if method == "lrp" and factory is not small_cnn:
+        pytest.skip("CNN rules")
+    model = factory()
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    cpu = explain(model, images, 0, method=method, batch_size=4)
+    gpu = explain(model.cuda(), images.cuda(), 0, method=method, batch_size=4)
+    assert gpu.device.type == "cuda"
+    assert torch.allclose(gpu.cpu(), cpu, atol=1e-4, rtol=1e-3)
+
+
+def test_an_in_place_operation_after_the_layer_does_not_rewrite_the_activation(images):
+    """The layer feeds an in-place ReLU (in-place activations stay on for layer methods): the
+    maps equal those of the same model with an out-of-place ReLU, and Captum's LayerGradCam."""
+    from captum.attr import LayerAttribution, LayerGradCam
+
+    def model(inplace: bool) -> nn.Module:
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(inplace=inplace),
+                             nn.Conv2d(4, 5, 3, padding=1), nn.ReLU(inplace=inplace),
+                             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(5, 3)).eval()
+
+    for method in ("gradcam", "layercam", "eigencam", "ablationcam"):
+        a = explain(model(True), images, 1, method=method, layer="2", batch_size=4, relu=False)
+        b = explain(model(False), images, 1, method=method, layer="2", batch_size=4, relu=False)
+        assert torch.allclose(a, b, atol=1e-6), method
+    plain = model(False)
+    ref = LayerAttribution.interpolate(
+        LayerGradCam(plain, plain[2]).attribute(images, target=1), (16, 16))
+    ours = explain(model(True), images, 1, method="gradcam", layer="2", batch_size=4, relu=False)
+    assert torch.allclose(ours, ref[:, 0], atol=1e-6)

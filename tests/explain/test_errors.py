@@ -113,3 +113,20 @@ def test_nan_map_is_reported_with_method_and_sample(net, images):
     model = _NaNOnSample(net, bad=2)
     with pytest.raises(ValueError, match=r"'saliency' produced NaN.*sample\(s\) 2;"):
         explain(model, images, 0, method="saliency", batch_size=8)
+
+
+@pytest.mark.parametrize("method", ["deeplift", "deeplift_shap"])
+def test_deeplift_on_a_reused_relu_says_what_to_do(method, images):
+    class Reused(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+            self.relu = nn.ReLU()
+            self.head = nn.Linear(4, 2)
+
+        def forward(self, x):
+            x = self.relu(self.relu(self.conv(x)))  # one module, called twice (torchvision ResNet)
+            return self.head(x.mean((2, 3)))
+
+    with pytest.raises(ValueError, match="more than once.*use lrp"):
+        explain(Reused(), images, 0, method=method, batch_size=4)

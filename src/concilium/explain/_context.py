@@ -95,12 +95,18 @@ _EXPECTED_WARNINGS: tuple[str, ...] = (
 
 
 @contextmanager
-def attribution_context(model: nn.Module) -> Iterator[None]:
-    """Eval mode, no in-place activations, and no hooks left behind: the state every
-    attribution runs in. Captum's warnings about what concilium does on purpose are silenced;
-    every other warning passes through."""
+def attribution_context(model: nn.Module, *, inplace_off: bool = True) -> Iterator[None]:
+    """Eval mode, no hooks left behind and (``inplace_off``, for methods that hook the
+    activations' backward) no in-place activations: the state every attribution runs in.
+    Captum's warnings about what concilium does on purpose are silenced; every other warning
+    passes through. In-place activations stay on for the other methods: switching them off
+    costs a fresh output buffer per activation (~10-20% on a ResNet-50 on the CPU)."""
     with warnings.catch_warnings():
         for message in _EXPECTED_WARNINGS:
             warnings.filterwarnings("ignore", message=message, category=UserWarning)
-        with eval_mode(model), no_inplace_activations(model), no_new_hooks(model):
-            yield
+        with eval_mode(model), no_new_hooks(model):
+            if inplace_off:
+                with no_inplace_activations(model):
+                    yield
+            else:
+                yield

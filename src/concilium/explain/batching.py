@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from concilium.explain._context import no_inplace_activations
+
 #: Most rows per forward+backward call, per device type: past ~64 rows a CPU gains nothing
 #: (caches thrash), an accelerator keeps gaining until its memory budget binds.
 ROW_CAP: dict[str, int] = {"cpu": 64, "cuda": 1024, "mps": 256}
@@ -106,8 +108,9 @@ def bytes_per_row(module: nn.Module, image: Tensor) -> int:
     (its growth from one row to two: weights saved for backward do not grow and cancel), plus
     twice the largest layer output (a gradient buffer and its input at the peak of the
     backward), times :data:`BACKWARD_MARGIN`."""
-    saved1, largest = _row_bytes(module, image, 1)
-    saved2, _ = _row_bytes(module, image, 2)
+    with no_inplace_activations(module):  # the larger case, whatever the caller's state
+        saved1, largest = _row_bytes(module, image, 1)
+        saved2, _ = _row_bytes(module, image, 2)
     return max(1, int(BACKWARD_MARGIN * (max(saved2 - saved1, 0) + 2 * largest)))
 
 

@@ -14,7 +14,7 @@ gradcam_pp      weights ``sum_hw relu(G) a``, ``a = G^2 / (2 G^2 + sum_hw(A) G^3
 xgradcam        weights ``sum_hw(G A) / sum_hw(A)``
 hirescam        ``sum_c G_c A_c`` (element-wise)
 layercam        ``sum_c relu(G_c) A_c``
-eigencam        ``A``'s first principal component (pytorch_grad_cam's own SVD projection)
+eigencam        ``A``'s first principal component (pytorch_grad_cam's SVD projection, thin SVD)
 scorecam        weights ``softmax_c f(x * norm(up(A_c)))``: one forward per channel
 ablationcam     weights ``(f(x) - f(x | A_c = 0)) / f(x)``: one forward per channel
 ==============  ===============================================================================
@@ -35,9 +35,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+import numpy as np
 import torch
 from captum.attr import GuidedBackprop
-from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection
 from torch import Tensor, nn
 from torch.nn import functional as F
 
@@ -55,7 +55,9 @@ _REFERENCE = {"eigencam": "EigenCAM", "scorecam": "ScoreCAM", "ablationcam": "Ab
 @contextmanager
 def _hooked(layer: nn.Module, replace: Callable[[Tensor], Tensor] | None = None) -> Iterator[list[Tensor]]:
     """Record the layer's output (optionally replaced by ``replace(output)``); the hook is
-    removed on exit, also on an error."""
+    removed on exit, also on an error. The model continues with a copy of the output, so an
+    in-place operation after the layer (an in-place ReLU, a residual ``+=``) cannot rewrite the
+    recorded activation, whose gradient still flows through the copy."""
     seen: list[Tensor] = []
 
     def hook(_m: nn.Module, _i: object, out: object) -> Tensor | None:
@@ -63,7 +65,7 @@ def _hooked(layer: nn.Module, replace: Callable[[Tensor], Tensor] | None = None)
             raise ValueError("the layer must return one tensor; choose a convolutional layer or a "
                              "block's norm")
         seen.append(out)
-        return replace(out) if replace is not None else None
+        return replace(out) if replace is not None else out.clone()
 
     handle = layer.register_forward_hook(hook)
     try:
@@ -179,7 +181,8 @@ for _name, (_reference, _description) in _GRADIENT_CAM_INFO.items():
 @register_method(
     name="guided_gradcam", captum_class="captum.attr.GuidedGradCam", params=P.GuidedGradCamParams,
     kind="gradient", needs_baseline=False, needs_layer=True, stochastic=False, per_channel=True,
-    passes=lambda p, hw: 2, description="guided backpropagation times GradCAM",
+    passes=lambda p, hw: 2, activation_hooks=True,
+    description="guided backpropagation times GradCAM",
 )
 def _guided_gradcam(c: Chunk, p: P.GuidedGradCamParams) -> Tensor:
     # Captum's GuidedGradCam, with GradCAM read through the layer layout (ViT tokens too)
@@ -191,10 +194,24 @@ def _guided_gradcam(c: Chunk, p: P.GuidedGradCamParams) -> Tensor:
     return guided * cam
 
 
+def eigen_projection(act: Tensor) -> Tensor:
+    """pytorch_grad_cam's ``get_2d_projection`` of ``(n, C, h, w)`` activations: each image's
+    ``(h*w, C)`` matrix, centred per channel, projected on its first right singular vector.
+    NumPy's thin SVD gives the same vector, with the same sign, as the full one pytorch_grad_cam
+    computes (whose ``C x C`` factor it never uses), at a fraction of the cost; torch's SVD may
+    flip the sign (the map would then be ReLU'd away), so NumPy's is used, on the CPU."""
+    n, ch, h, w = act.shape
+    m = np.nan_to_num(act.detach().float().cpu().numpy()).reshape(n, ch, h * w).transpose(0, 2, 1)
+    m = m - m.mean(axis=1, keepdims=True)
+    out = np.empty((n, h * w), dtype=np.float32)
+    for i in range(n):
+        _, _, vt = np.linalg.svd(m[i], full_matrices=False)
+        out[i] = m[i] @ vt[0]
+    return torch.from_numpy(out.reshape(n, h, w)).to(act.device, act.dtype)
+
+
 def _eigencam(c: Chunk) -> Tensor:
-    act = activations(c)
-    projected = get_2d_projection(act.detach().cpu().float().numpy())
-    return torch.from_numpy(projected).to(act.device, act.dtype)
+    return eigen_projection(activations(c))
 
 
 def _rows_of(c: Chunk, i: int, k: int) -> tuple[Tensor, tuple[Tensor, ...]]:

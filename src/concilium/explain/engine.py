@@ -303,7 +303,10 @@ def explain_many(
     base_seed = draw_seed(generator) if any(s.stochastic for s in specs) else 0
     shared = [m for m in SHARED_PASS if m in resolved] if len(set(SHARED_PASS) & set(resolved)) > 1 else []
     results: dict[str, Tensor] = {}
-    with attribution_context(model):
+    # in-place activations would hide their inputs from backward hooks (layer methods hook a
+    # copy of the layer's output instead: see concilium.explain.cam)
+    inplace_off = any(s.activation_hooks for s in specs)
+    with attribution_context(model, inplace_off=inplace_off):
         prep = Prepared(
             model, images, targets, labels=labels, attribute_names=attribute_names,
             baseline=baseline, need_baseline=need_baseline, layer=layer,

@@ -75,6 +75,7 @@ def composite(p: P.LrpParams, model: nn.Module, like: Tensor) -> Composite:
     name="lrp", captum_class="zennit.composites.EpsilonPlusFlat", params=P.LrpParams,
     kind="gradient", needs_baseline=False, needs_layer=False, stochastic=False, per_channel=True,
     passes=lambda p, hw: 1,
+    activation_hooks=True,
     description="layer-wise relevance propagation (zennit composites and canonizers)",
 )
 def _lrp(c: Chunk, p: P.LrpParams) -> Tensor:

@@ -15,7 +15,8 @@ and removes every hook afterwards.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -99,6 +100,8 @@ class MethodSpec:
         per_layer_channel: ``passes`` counts per channel of the method's layer (ScoreCAM and
             AblationCAM: one forward per channel, on top of one plain forward).
         architectures: ``"any"`` model, or ``"vit"`` only (attention rollout).
+        activation_hooks: hooks the backward of activation modules (DeepLIFT, guided
+            backpropagation, LRP), so in-place activations are switched off while it runs.
     """
 
     name: str
@@ -115,6 +118,7 @@ class MethodSpec:
     groupable: bool = False
     per_layer_channel: bool = False
     architectures: Literal["any", "vit"] = "any"
+    activation_hooks: bool = False
 
     def defaults(self) -> dict[str, object]:
         """The default parameters."""
@@ -164,6 +168,7 @@ def register_method(
     groupable: bool = False,
     per_layer_channel: bool = False,
     architectures: Literal["any", "vit"] = "any",
+    activation_hooks: bool = False,
 ) -> Callable[[Callable], Callable]:
     """Register the decorated ``run`` function as method ``name`` (fields: :class:`MethodSpec`)."""
 
@@ -173,11 +178,27 @@ def register_method(
             needs_baseline=needs_baseline, needs_layer=needs_layer, stochastic=stochastic,
             per_channel=per_channel, passes=passes, run=run, description=description,
             groupable=groupable, per_layer_channel=per_layer_channel,
-            architectures=architectures,
+            architectures=architectures, activation_hooks=activation_hooks,
         ))
         return run
 
     return decorator
+
+
+@contextmanager
+def _deeplift_errors(method: str) -> Iterator[None]:
+    """Captum's DeepLIFT refuses a ReLU module called more than once (torchvision's ResNet
+    blocks call one ReLU three times) with a deep RuntimeError: say what it means instead."""
+    try:
+        yield
+    except RuntimeError as err:
+        if "used more than once" not in str(err):
+            raise
+        raise ValueError(
+            f"{method}: the model calls one activation module more than once (as torchvision's "
+            "ResNet blocks do), which Captum's DeepLIFT cannot follow; use lrp (zennit, with the "
+            "ResNet canonizer), integrated_gradients or another method"
+        ) from None
 
 
 def _plain_captum(
@@ -189,10 +210,11 @@ def _plain_captum(
     def run(c: Chunk, p: P.NoParams) -> Tensor:
         method = captum(c.module)
         if with_baselines:
-            return method.attribute(
-                c.images, baselines=c.baselines, target=c.classes,
-                additional_forward_args=c.forward_args,
-            )
+            with _deeplift_errors(captum.__name__):
+                return method.attribute(
+                    c.images, baselines=c.baselines, target=c.classes,
+                    additional_forward_args=c.forward_args,
+                )
         return method.attribute(c.images, target=c.classes, additional_forward_args=c.forward_args)
 
     return run
@@ -272,7 +294,8 @@ def _vargrad(c: Chunk, p: P.NoiseTunnelParams) -> Tensor:
 register_method(
     name="deeplift", captum_class="captum.attr.DeepLift", params=P.NoParams, kind="gradient",
     needs_baseline=True, needs_layer=False, stochastic=False, per_channel=True,
-    passes=lambda p, hw: 2, description="DeepLIFT (rescale rule) against the baseline",
+    passes=lambda p, hw: 2, activation_hooks=True,
+    description="DeepLIFT (rescale rule) against the baseline",
 )(_plain_captum(DeepLift, with_baselines=True))
 
 
@@ -280,6 +303,7 @@ register_method(
     name="deeplift_shap", captum_class="captum.attr.DeepLiftShap", params=P.DeepLiftShapParams,
     kind="gradient", needs_baseline=True, needs_layer=False, stochastic=True, per_channel=True,
     passes=lambda p, hw: 2 * p.n_samples,
+    activation_hooks=True,
     description="DeepLIFT averaged over a noisy baseline distribution",
 )
 def _deeplift_shap(c: Chunk, p: P.DeepLiftShapParams) -> Tensor:
@@ -290,15 +314,17 @@ def _deeplift_shap(c: Chunk, p: P.DeepLiftShapParams) -> Tensor:
     ).to(c.baselines.device)
     dist = c.baselines[:1] + p.stdevs * noise
     dist[0] = c.baselines[0]
-    return DeepLiftShap(c.module).attribute(
-        c.images, baselines=dist, target=c.classes, additional_forward_args=c.forward_args
-    )
+    with _deeplift_errors("deeplift_shap"):
+        return DeepLiftShap(c.module).attribute(
+            c.images, baselines=dist, target=c.classes, additional_forward_args=c.forward_args
+        )
 
 
 register_method(
     name="guided_backprop", captum_class="captum.attr.GuidedBackprop", params=P.NoParams,
     kind="gradient", needs_baseline=False, needs_layer=False, stochastic=False, per_channel=True,
-    passes=_one, description="guided backpropagation (positive gradients through ReLUs)",
+    passes=_one, activation_hooks=True,
+    description="guided backpropagation (positive gradients through ReLUs)",
 )(_plain_captum(GuidedBackprop, with_baselines=False))
 
 

@@ -32,10 +32,11 @@ def _capture(layer: nn.Module | None, store: dict[str, Tensor]) -> Iterator[None
         yield
         return
 
-    def hook(_m: nn.Module, _inp: object, out: object) -> None:
+    def hook(_m: nn.Module, _inp: object, out: object) -> Tensor:
         if not isinstance(out, Tensor):
             raise ValueError("the GradCAM layer must return one tensor; choose a convolutional layer")
         store["act"] = out
+        return out.clone()  # in-place operations after the layer cannot rewrite the activation
 
     handle = layer.register_forward_hook(hook)
     try:
