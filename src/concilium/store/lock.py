@@ -148,12 +148,20 @@ def release(run_dir: str | Path) -> None:
 
 @contextlib.contextmanager
 def run_lock(run_dir: str | Path, *, command: str | None = None) -> Iterator[None]:
-    """Hold the lock of ``run_dir`` inside the block (see :func:`acquire`)."""
+    """Hold the lock of ``run_dir`` inside the block (see :func:`acquire`). A run folder that the
+    lock itself created and that holds nothing else when the block ends (a job refused by its
+    own checks) is removed, so a refused command leaves no empty run behind."""
+    created = not Path(run_dir).exists()
     acquire(run_dir, command=command)
     try:
         yield
     finally:
         release(run_dir)
+        if created and Path(run_dir).resolve() not in _HELD:
+            with contextlib.suppress(OSError):
+                if os.listdir(run_dir) == [LOCK_FILE]:
+                    (Path(run_dir) / LOCK_FILE).unlink()
+                    Path(run_dir).rmdir()
 
 
 def holds_run_lock(job: Callable[P, R]) -> Callable[P, R]:
