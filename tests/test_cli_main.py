@@ -65,3 +65,16 @@ def test_report_flags_are_the_report_options(monkeypatch, capsys, tmp_path):
 def test_report_options_reject_bad_gallery_sizes(tmp_path, bad):
     with pytest.raises(ValueError, match="gallery_images"):
         write_report(tmp_path, {"gallery_images": bad})
+
+
+def test_an_error_is_one_line_however_long_its_paths(capsys):
+    """A clear error is one line, not wrapped at the terminal width (a wrapped path broke the
+    words a user or a log search looks for: 'is \\none member')."""
+    from concilium.cli.main import _error
+
+    text = "--models /" + "long-folder/" * 12 + "model.safetensors is one member; pass the folder"
+    with pytest.raises(SystemExit) as exit_:
+        _error(text, 2)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and text in err

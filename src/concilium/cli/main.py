@@ -29,7 +29,8 @@ def _error(text: str, code: int) -> None:
 
     # a path that is not UTF-8 is shown with \x escapes, never as an unprintable surrogate
     text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    Console(stderr=True).print(f"[bold red]error:[/] {escape(text)}")
+    # soft wrap: one line however long the paths in it (a log line, and greppable)
+    Console(stderr=True).print(f"[bold red]error:[/] {escape(text)}", soft_wrap=True)
     sys.exit(code)
 
 
