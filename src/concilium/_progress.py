@@ -206,7 +206,7 @@ class PlainProgress:
         if task.total:
             parts.append(f"{task.completed:g}/{task.total:g}{unit} "
                          f"({100 * task.completed / task.total:.0f}%)")
-        else:
+        elif task.completed:  # a step without counts (a heartbeat) shows no "0"
             parts.append(f"{task.completed:g}{unit}")
         if note != "started":
             if task.completed > 0:
@@ -218,10 +218,9 @@ class PlainProgress:
         parts += [f"{k} {v}" for k, v in task.fields.items()
                   if k != "unit" and (self.fields is None or k in self.fields)
                   and v not in (None, "", "-")]
-        head = f"{task.description}: " + (f"{note}, " if note else "")
         if note is None and task.total and task.completed >= task.total:
-            head = f"{task.description}: done, "
-        return head + ", ".join(parts)
+            note = "done"
+        return f"{task.description}: " + ", ".join(([note] if note else []) + parts)
 
     def _line(self, task: _Task, note: str | None = None) -> None:
         now = self.clock()
