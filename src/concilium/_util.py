@@ -174,11 +174,6 @@ def shape_fingerprint(model: nn.Module) -> str:
     return hashlib.sha256(repr(state).encode()).hexdigest()[:16]
 
 
-def short_hash(text: str, n: int = 16) -> str:
-    """The first ``n`` hex digits of the SHA-256 of ``text``."""
-    return hashlib.sha256(text.encode()).hexdigest()[:n]
-
-
 def mean_interval(
     x: np.ndarray, *, rng: np.random.Generator, n_boot: int = 2000, level: float = 0.95
 ) -> tuple[float, float, float]:

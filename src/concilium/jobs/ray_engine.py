@@ -38,11 +38,6 @@ RAY_MISSING = ("the ray engine needs Ray, which is not installed; install the ex
                "`pip install concilium[ray]` (or drop --engine ray / engine = \"ray\")")
 
 
-def ray_available() -> bool:
-    """Whether Ray can be imported here."""
-    return ray is not None
-
-
 class _Worker:
     """The actor body: a Python process with torch and concilium imported, kept between jobs;
     the state of the job at hand is built once, on its first unit (again after a restart)."""

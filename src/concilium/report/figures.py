@@ -180,26 +180,6 @@ def radar_figures(scores: pd.DataFrame, *, columns: int = 4) -> str:
     return to_data_uri(fig)
 
 
-def scatter_figure(
-    x: np.ndarray, y: np.ndarray, labels: Sequence[str], *, xlabel: str, ylabel: str, title: str
-) -> str:
-    """A labelled scatter plot with a least-squares line (e.g. consensus score vs accuracy)."""
-    fig, ax = plt.subplots(figsize=(4.4, 3.4))
-    ax.scatter(x, y, color="tab:blue", s=22)
-    for xi, yi, label in zip(x, y, labels, strict=True):
-        ax.annotate(str(label), (xi, yi), fontsize=6, xytext=(3, 3), textcoords="offset points")
-    finite = np.isfinite(x) & np.isfinite(y)
-    if finite.sum() >= 2 and np.ptp(x[finite]) > 0:
-        slope, intercept = np.polyfit(x[finite], y[finite], 1)
-        xs = np.linspace(x[finite].min(), x[finite].max(), 10)
-        ax.plot(xs, slope * xs + intercept, color="tab:red", linewidth=1, linestyle="--")
-    ax.set_xlabel(xlabel, fontsize=8)
-    ax.set_ylabel(ylabel, fontsize=8)
-    ax.set_title(title, fontsize=8)
-    ax.tick_params(labelsize=7)
-    return to_data_uri(fig)
-
-
 def bar_figure(
     labels: Sequence[str], values: np.ndarray, *, flagged: Sequence[bool] | None = None,
     threshold: float | None = None, xlabel: str, title: str,
