@@ -98,8 +98,7 @@ def build_world(root: Path) -> dict[str, Path]:
     from concilium.cli.explain import run_explain
     from concilium.data.dataset import ImageDataset
     from concilium.data.folder import write_folder
-    from concilium.models.architectures import create_model
-    from concilium.models.members import MemberCard, save_member
+    from tiny_members import save_small_cnn_members
 
     g = torch.Generator().manual_seed(0)
     data = ImageDataset(
@@ -111,15 +110,7 @@ def build_world(root: Path) -> dict[str, Path]:
         class_names=["a", "b"],
     )
     write_folder(data, root / "data")
-    for k in range(2):
-        torch.manual_seed(k)
-        model = create_model("small-cnn", num_classes=2)
-        card = MemberCard(
-            member_id=f"m{k}", arch="small-cnn", num_classes=2, class_names=["a", "b"],
-            image_size=(HW, HW), seed=k, diversity="seed", epochs=0,
-            gradcam_layer=model.gradcam_layer, data_fingerprint=data.fingerprint(),
-        )  # fmt: skip
-        save_member(model.eval(), card, root / "models" / f"m{k}")
+    save_small_cnn_members(data, root / "models")
     run_explain(root / "data", models=root / "models", out=root / "run", methods="saliency",
                 batch_size=8, quiet=True)
     (root / "file.txt").write_text("")

@@ -15,9 +15,8 @@ from concilium.jobs.engine import InProcessEngine
 from concilium.jobs.engines import ENGINES, make_engine
 from concilium.jobs.explain import ExplainUnit, explain_to_store, explain_units
 from concilium.jobs.explain_plan import plan_members
-from concilium.models.architectures import create_model
-from concilium.models.members import MemberCard
 from concilium.store import ExplanationStore
+from tiny_members import chunk_files, small_cnn_members
 
 N, HW = 7, 16
 
@@ -40,21 +39,7 @@ def tiny():
                         masks=torch.rand(N, HW, HW, generator=g) > 0.5,
                         ids=[f"s{i}" for i in range(N)], splits=["test"] * N,
                         class_names=["a", "b"])
-    members = []
-    for k in range(2):
-        torch.manual_seed(k)
-        model = create_model("small-cnn", num_classes=2).eval()
-        members.append((model, MemberCard(
-            member_id=f"m{k}", arch="small-cnn", num_classes=2, class_names=["a", "b"],
-            image_size=(HW, HW), seed=k, diversity="seed", epochs=0,
-            gradcam_layer=model.gradcam_layer, data_fingerprint=data.fingerprint())))
-    return data, members
-
-
-def chunk_files(run: Path) -> dict[str, bytes]:
-    root = run / "explanations.zarr"
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file() and "/c/" in p.as_posix()}
+    return data, small_cnn_members(data)
 
 
 KW = {"seed": 5, "chunk_size": 3, "batch_size": 4, "meta": {"dataset_fingerprint": "x"}}

@@ -32,9 +32,8 @@ from concilium.data.specs import FolderDataset  # noqa: E402
 from concilium.jobs.engines import ENGINES, make_engine  # noqa: E402
 from concilium.jobs.evaluate import evaluate_run  # noqa: E402
 from concilium.jobs.explain import ExplainOptions, explain_run  # noqa: E402
-from concilium.models.architectures import create_model  # noqa: E402
-from concilium.models.members import MemberCard, save_member  # noqa: E402
 from concilium.store import ExplanationStore, read_metrics  # noqa: E402
+from tiny_members import chunk_files, save_small_cnn_members  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -75,21 +74,8 @@ def inputs(tmp_path_factory) -> tuple[FolderDataset, Path]:
                         ids=[f"s{i}" for i in range(N)], splits=["test"] * N,
                         class_names=["a", "b"])
     write_folder(data, root / "data")
-    for k in range(2):
-        torch.manual_seed(k)
-        model = create_model("small-cnn", num_classes=2)
-        save_member(model.eval(), MemberCard(
-            member_id=f"m{k}", arch="small-cnn", num_classes=2, class_names=["a", "b"],
-            image_size=(HW, HW), seed=k, diversity="seed", epochs=0,
-            gradcam_layer=model.gradcam_layer, data_fingerprint=data.fingerprint(),
-        ), root / "models" / f"m{k}")
+    save_small_cnn_members(data, root / "models")
     return FolderDataset(path=str((root / "data").resolve())), root / "models"
-
-
-def chunk_files(run: Path) -> dict[str, bytes]:
-    root = run / "explanations.zarr"
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file() and "/c/" in p.as_posix()}
 
 
 def metric_values(run: Path) -> pd.DataFrame:

@@ -14,11 +14,10 @@ from concilium.data.dataset import ImageDataset
 from concilium.data.folder import write_folder
 from concilium.jobs.evaluate import load_metric_params
 from concilium.metrics import METRICS
-from concilium.models.architectures import create_model
-from concilium.models.members import MemberCard, save_member
 from concilium.report.summary import family_scores
 from concilium.store.results import COLUMNS, ResultsTable, group_rows
 from concilium.vocabulary import FAMILIES
+from tiny_members import save_small_cnn_members
 
 
 def _table() -> pd.DataFrame:
@@ -92,22 +91,7 @@ def run_dir(tmp_path_factory) -> Path:
         class_names=["a", "b"],
     )
     write_folder(data, root / "data")
-    for k in range(2):
-        torch.manual_seed(k)
-        model = create_model("small-cnn", num_classes=2)
-        card = MemberCard(
-            member_id=f"m{k}",
-            arch="small-cnn",
-            num_classes=2,
-            class_names=["a", "b"],
-            image_size=(HW, HW),
-            seed=k,
-            diversity="seed",
-            epochs=0,
-            gradcam_layer=model.gradcam_layer,
-            data_fingerprint=data.fingerprint(),
-        )
-        save_member(model.eval(), card, root / "models" / f"m{k}")
+    save_small_cnn_members(data, root / "models")
     run = root / "run"
     result = CliRunner().invoke(
         app,

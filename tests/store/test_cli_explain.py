@@ -11,14 +11,14 @@ import torch
 from concilium.data.dataset import ImageDataset
 from concilium.data.folder import write_folder
 from concilium.jobs.explain import explain_to_store
-from concilium.models.architectures import create_model
-from concilium.models.members import MemberCard, load_members, save_member
+from concilium.models.members import load_members
 from concilium.store import (
     ExplanationStore,
     Run,
     RunInfo,
     select_split,
 )
+from tiny_members import chunk_files, save_small_cnn_members
 
 N, HW = 8, 16
 METHODS = "saliency,gradient_shap"
@@ -38,15 +38,7 @@ def setup(tmp_path_factory) -> tuple[Path, Path]:
         class_names=["a", "b"],
     )
     write_folder(data, root / "data")
-    for k in range(2):
-        torch.manual_seed(k)
-        model = create_model("small-cnn", num_classes=2)
-        card = MemberCard(
-            member_id=f"m{k}", arch="small-cnn", num_classes=2, class_names=["a", "b"],
-            image_size=(HW, HW), seed=k, diversity="seed", epochs=0,
-            gradcam_layer=model.gradcam_layer, data_fingerprint=data.fingerprint(),
-        )
-        save_member(model.eval(), card, root / "models" / f"m{k}")
+    save_small_cnn_members(data, root / "models")
     return root / "data", root / "models"
 
 
@@ -86,12 +78,6 @@ def test_cli_end_to_end_then_rerun_reuses(setup, tmp_path):
     assert {p: p.stat().st_mtime_ns for p in run.rglob("c/*") if p.is_file()} == before
 
 
-def _files(run: Path) -> dict[str, bytes]:
-    root = run / "explanations.zarr"
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file() and "/c/" in p.as_posix()}
-
-
 def test_interrupted_run_resumes_to_identical_arrays(setup, tmp_path, monkeypatch):
     """Killed between two writes of one chunk (saliency written, input x gradient not), then
     resumed: byte-identical to an uninterrupted run, shared pass and stochastic method included."""
@@ -125,7 +111,7 @@ def test_interrupted_run_resumes_to_identical_arrays(setup, tmp_path, monkeypatc
     assert status[("m0", "saliency")] == ("resumed", 1)
     assert status[("m0", "input_x_gradient")] == ("resumed", 2)
     assert status[("m1", "gradient_shap")] == ("computed", 3)
-    assert _files(tmp_path / "clean") == _files(tmp_path / "killed")
+    assert chunk_files(tmp_path / "clean") == chunk_files(tmp_path / "killed")
 
 
 def test_an_error_while_computing_keeps_every_finished_chunk(setup, tmp_path):
